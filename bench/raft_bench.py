@@ -1,0 +1,275 @@
+"""Raft throughput benchmark: the consensus core alone, the durable log's group commit, and raw fsync.
+
+Three measurements, side by side in one run (DESIGN.md section 11: compare, never assert timings):
+
+(a) commits/s of three ``RaftNode`` cores over ``MemoryStorage`` with a lossless, instant in-process
+    network; the leader proposes ``batch`` entries per round, then every message is delivered until the
+    cluster is quiet. This is the CPU cost of the protocol in Python, with no I/O at all.
+(b) group-commit throughput of ``DurableStorage`` on the chosen disk: per group, one ``append`` of
+    ``group`` entries of ``entry_bytes`` bytes, one hard-state update and one ``sync()`` (one fsync).
+(c) the floor for (b) on the same disk: a bare ``os.write`` + ``os.fsync`` loop writing the same bytes
+    per group (``group`` records of the same on-disk size), without any encoding or bookkeeping.
+
+Usage::
+
+    python bench/raft_bench.py [--seconds S] [--dir DIR] [--json]
+
+``run_bench()`` is the entry point the smoke test calls with tiny durations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+# Allow `python bench/raft_bench.py` from a checkout without installing the package.
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(_REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(_REPO_ROOT))
+
+from dtf_app.raft.log import DurableStorage  # noqa: E402
+from dtf_app.raft.types import Entry, HardState  # noqa: E402
+
+# Record framing overhead in log.py for a one-entry group: 12-byte record header + 12-byte entries head
+# + 13-byte entry head. Used to give the raw-fsync reference the same bytes per entry.
+_LOG_OVERHEAD_PER_ENTRY = 37
+
+
+# --- (a) the consensus core in an instant in-process network --------------------------------------------
+
+
+def _pump(nodes: dict[str, Any], storages: dict[str, Any]) -> None:
+    """Run Ready/advance cycles and deliver every message until no node has anything left to do."""
+    queue: deque[Any] = deque()
+    while True:
+        busy = False
+        for node_id, node in nodes.items():
+            while node.has_ready():
+                busy = True
+                rd = node.ready()
+                storage = storages[node_id]
+                if rd.snapshot is not None:
+                    storage.apply_snapshot(rd.snapshot)
+                if rd.entries:
+                    storage.append(rd.entries)
+                if rd.hard_state is not None:
+                    storage.set_hard_state(rd.hard_state)
+                queue.extend(rd.messages)
+                node.advance(rd)
+        if not queue and not busy:
+            return
+        while queue:
+            msg = queue.popleft()
+            nodes[msg.dst].step(msg)
+
+
+def bench_core(seconds: float, batch: int, entry_bytes: int = 100) -> dict[str, Any]:
+    """Commits/s (entries committed on the leader) for 3 cores proposing ``batch`` entries per round."""
+    from dtf_app.raft.core import RaftNode
+    from dtf_app.raft.storage import MemoryStorage
+    from dtf_app.raft.types import RaftConfig
+
+    peers = ("n1", "n2", "n3")
+    storages = {p: MemoryStorage() for p in peers}
+    nodes = {
+        p: RaftNode(RaftConfig(node_id=p, peers=peers), storages[p], random.Random(i))
+        for i, p in enumerate(peers)
+    }
+    nodes["n1"].campaign()
+    _pump(nodes, storages)
+    leader = nodes["n1"]
+    if leader.role != "leader":
+        raise RuntimeError(f"n1 did not win the election (role {leader.role})")
+    payload = b"x" * entry_bytes
+    start_commit = leader.commit_index
+    rounds = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while True:
+        for _ in range(batch):
+            leader.propose(payload)
+        _pump(nodes, storages)
+        rounds += 1
+        now = time.perf_counter()
+        if now >= deadline:
+            break
+    elapsed = now - start
+    commits = leader.commit_index - start_commit
+    if commits < rounds * batch:
+        raise RuntimeError(f"only {commits} of {rounds * batch} proposed entries committed")
+    return {
+        "batch": batch,
+        "rounds": rounds,
+        "commits": commits,
+        "seconds": elapsed,
+        "commits_per_s": commits / elapsed,
+        "rounds_per_s": rounds / elapsed,
+    }
+
+
+# --- (b) DurableStorage group commit ---------------------------------------------------------------------
+
+
+def bench_log(directory: Path, seconds: float, group: int, entry_bytes: int = 100) -> dict[str, Any]:
+    """Entries/s and fsyncs/s of append(group entries) + set_hard_state + sync() on ``directory``.
+
+    Only the time inside DurableStorage calls counts: building the Entry objects is the core's cost.
+    """
+    payload = os.urandom(entry_bytes)
+    storage = DurableStorage(directory)
+    try:
+        index = storage.last_index()
+        groups = 0
+        elapsed = 0.0
+        while elapsed < seconds:
+            batch = [Entry(term=1, index=index + k + 1, data=payload) for k in range(group)]
+            index += group
+            hard_state = HardState(term=1, vote="n1", commit=index)
+            start = time.perf_counter()
+            storage.append(batch)
+            storage.set_hard_state(hard_state)
+            storage.sync()
+            elapsed += time.perf_counter() - start
+            groups += 1
+    finally:
+        storage.close()
+    return {
+        "group": group,
+        "entries": groups * group,
+        "fsyncs": groups,
+        "seconds": elapsed,
+        "entries_per_s": groups * group / elapsed,
+        "fsyncs_per_s": groups / elapsed,
+    }
+
+
+# --- (c) raw os.write + os.fsync --------------------------------------------------------------------------
+
+
+def bench_raw(directory: Path, seconds: float, group: int, entry_bytes: int = 100) -> dict[str, Any]:
+    """The same bytes per group as (b), written with one os.write and made durable with one os.fsync."""
+    block = os.urandom((entry_bytes + _LOG_OVERHEAD_PER_ENTRY) * group)
+    path = directory / f"raw-{group}.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+    try:
+        groups = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while True:
+            os.write(fd, block)
+            os.fsync(fd)
+            groups += 1
+            now = time.perf_counter()
+            if now >= deadline:
+                break
+    finally:
+        os.close(fd)
+        path.unlink()
+    elapsed = now - start
+    return {
+        "group": group,
+        "entries": groups * group,
+        "fsyncs": groups,
+        "seconds": elapsed,
+        "entries_per_s": groups * group / elapsed,
+        "fsyncs_per_s": groups / elapsed,
+    }
+
+
+# --- driver ----------------------------------------------------------------------------------------------
+
+
+def run_bench(
+    seconds: float = 1.0,
+    directory: str | os.PathLike[str] | None = None,
+    *,
+    batches: tuple[int, ...] = (1, 64),
+    groups: tuple[int, ...] = (1, 16, 256),
+    entry_bytes: int = 100,
+) -> dict[str, Any]:
+    """Run all three measurements, ``seconds`` each, and return the figures as plain data."""
+    result: dict[str, Any] = {
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+        },
+        "seconds_per_measurement": seconds,
+        "entry_bytes": entry_bytes,
+    }
+    try:
+        import dtf_app.raft.core  # noqa: F401
+    except ImportError as exc:
+        result["core"] = {"available": False, "reason": f"dtf_app.raft.core cannot be imported: {exc}"}
+    else:
+        result["core"] = {
+            "available": True,
+            "results": [bench_core(seconds, batch, entry_bytes) for batch in batches],
+        }
+
+    base = Path(tempfile.mkdtemp(prefix="raft-bench-", dir=directory))
+    try:
+        result["disk_dir"] = str(base)
+        result["log"] = [bench_log(base / f"log-{group}", seconds, group, entry_bytes) for group in groups]
+        result["raw"] = [bench_raw(base, seconds, group, entry_bytes) for group in groups]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Human-readable table of a ``run_bench`` result."""
+    lines = [
+        f"Python {result['machine']['python']} on {result['machine']['platform']}, "
+        f"{result['machine']['cpus']} CPUs; {result['seconds_per_measurement']:g} s per measurement, "
+        f"{result['entry_bytes']}-byte entries",
+        "",
+        "(a) 3 Raft cores, MemoryStorage, instant lossless network",
+    ]
+    core = result["core"]
+    if core["available"]:
+        lines.append(f"    {'batch':>6} {'commits/s':>12} {'rounds/s':>10}")
+        for row in core["results"]:
+            lines.append(
+                f"    {row['batch']:>6} {row['commits_per_s']:>12,.0f} {row['rounds_per_s']:>10,.0f}"
+            )
+    else:
+        lines.append(f"    skipped: {core['reason']}")
+    lines += [
+        "",
+        f"(b) DurableStorage group commit vs (c) raw os.write+os.fsync, on {result['disk_dir']}",
+        f"    {'group':>6} {'log entries/s':>14} {'log fsyncs/s':>13} {'raw entries/s':>14} {'raw fsyncs/s':>13}",
+    ]
+    for log_row, raw_row in zip(result["log"], result["raw"], strict=True):
+        lines.append(
+            f"    {log_row['group']:>6} {log_row['entries_per_s']:>14,.0f} {log_row['fsyncs_per_s']:>13,.0f}"
+            f" {raw_row['entries_per_s']:>14,.0f} {raw_row['fsyncs_per_s']:>13,.0f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=1.0, help="duration of each measurement (default 1)")
+    parser.add_argument("--dir", default=None, help="directory on the disk to test (default: the temp dir)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args(argv)
+    if args.seconds <= 0:
+        parser.error("--seconds must be positive")
+    result = run_bench(args.seconds, args.dir)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

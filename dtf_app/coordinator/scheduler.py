@@ -1,0 +1,352 @@
+"""Task validation, requirement matching and the ready queue.
+
+Pure functions and one derived index: nothing here is replicated. The leader builds a
+:class:`ReadyQueue` from the state and asks :func:`plan_assignments` which pending tasks go to which
+free worker slots; the answer becomes an ``AssignTasks`` command.
+
+Priority: a higher number runs first (0-100, default 1); ties run oldest first (submission order).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+ALL_STATES = ("pending", "blocked", "unschedulable", "assigned", "running", "completed", "failed", "cancelled")
+TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
+TASK_TYPES = ("test", "benchmark", "custom")
+HARDWARE_KINDS = ("cpu", "cuda", "rocm", "mps", "openvino", "qualcomm", "webgpu", "webnn")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+BENCH_FUNCTIONS = ("latency", "throughput", "memory")
+TASK_KEYS = ("type", "priority", "config", "requirements", "dependencies", "timeout_seconds", "max_retries",
+             "name", "task_id", "metadata")
+REQUIREMENT_KEYS = ("hardware", "min_memory_gb", "min_cuda_compute", "min_gpu_memory_gb", "tags", "os",
+                    "min_cpu_cores")
+OS_NAMES = ("linux", "windows", "macos", "darwin")
+PRIORITY_RANGE = (0, 100)
+MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
+MAX_TASK_ID_LEN = 128
+
+
+class TaskValidationError(ValueError):
+    """A submitted task document is wrong; the message says where, what, and what is accepted."""
+
+
+# ---------------------------------------------------------------------------------------------- validation
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _typename(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number" if _is_number(value) else type(value).__name__)
+
+
+def _str_list(value: Any, where: str, *, allow_empty: bool = True) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TaskValidationError(f"{where} must be an array of strings, got {_typename(value)}")
+    if not allow_empty and not value:
+        raise TaskValidationError(f"{where} must not be empty")
+    return value
+
+
+def _positive_int(value: Any, where: str, *, minimum: int = 1, maximum: int | None = None) -> int:
+    if not _is_int(value) or value < minimum or (maximum is not None and value > maximum):
+        upper = f" and at most {maximum}" if maximum is not None else ""
+        raise TaskValidationError(f"{where} must be an integer of at least {minimum}{upper}, got {value!r}")
+    return value
+
+
+def _validate_config(kind: str, config: Any, where: str) -> dict[str, Any]:
+    if not isinstance(config, dict):
+        raise TaskValidationError(f"{where} must be an object, got {_typename(config)}")
+    if kind == "test":
+        test_file = config.get("test_file")
+        if isinstance(test_file, str):
+            if not test_file.strip():
+                raise TaskValidationError(f"{where}.test_file must not be empty")
+        elif isinstance(test_file, list):
+            _str_list(test_file, f"{where}.test_file", allow_empty=False)
+        else:
+            raise TaskValidationError(
+                f"{where}.test_file is required for a test task: a path or pytest node id, or a list of them")
+        if "test_args" in config:
+            _str_list(config["test_args"], f"{where}.test_args")
+    elif kind == "benchmark":
+        if not isinstance(config.get("model"), str) or not config["model"].strip():
+            raise TaskValidationError(f"{where}.model is required for a benchmark task (a model name, e.g. 'bert')")
+        if "batch_sizes" in config:
+            sizes = config["batch_sizes"]
+            if not isinstance(sizes, list) or not sizes or not all(_is_int(b) and 0 < b <= 65536 for b in sizes):
+                raise TaskValidationError(f"{where}.batch_sizes must be a non-empty array of positive integers")
+        if "precision" in config:
+            precision = config["precision"]
+            values = precision if isinstance(precision, list) else [precision]
+            if not values or not all(isinstance(p, str) and p in PRECISIONS for p in values):
+                raise TaskValidationError(
+                    f"{where}.precision must be one of {', '.join(PRECISIONS)} (or an array of them), got {precision!r}")
+        for key, low in (("iterations", 1), ("warmup", 0), ("sequence_length", 1)):
+            if key in config:
+                _positive_int(config[key], f"{where}.{key}", minimum=low, maximum=1_000_000)
+        if "functions" in config:
+            funcs = _str_list(config["functions"], f"{where}.functions")
+            bad = [f for f in funcs if f not in BENCH_FUNCTIONS]
+            if bad:
+                raise TaskValidationError(f"{where}.functions has {bad}; accepted: {', '.join(BENCH_FUNCTIONS)}")
+    else:
+        chosen = [k for k in ("command", "callable", "name") if k in config]
+        if len(chosen) != 1:
+            raise TaskValidationError(
+                f"{where} of a custom task needs exactly one of 'command' (argv array), 'callable' "
+                f"('module:function') or 'name' (a registered custom task), got {chosen or 'none'}")
+        if "command" in config:
+            _str_list(config["command"], f"{where}.command", allow_empty=False)
+        elif "callable" in config:
+            target = config["callable"]
+            if not isinstance(target, str) or target.count(":") != 1 or not all(target.split(":")):
+                raise TaskValidationError(f"{where}.callable must be 'module:function', got {target!r}")
+        elif not isinstance(config["name"], str) or not config["name"]:
+            raise TaskValidationError(f"{where}.name must be a non-empty string")
+        if "args" in config and not isinstance(config["args"], list):
+            raise TaskValidationError(f"{where}.args must be an array, got {_typename(config['args'])}")
+        if "kwargs" in config and not isinstance(config["kwargs"], dict):
+            raise TaskValidationError(f"{where}.kwargs must be an object, got {_typename(config['kwargs'])}")
+    if "working_dir" in config and not isinstance(config["working_dir"], str):
+        raise TaskValidationError(f"{where}.working_dir must be a string")
+    if "env" in config:
+        env = config["env"]
+        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise TaskValidationError(f"{where}.env must be an object of string values")
+    return config
+
+
+def _validate_requirements(req: Any, where: str) -> dict[str, Any]:
+    if req is None:
+        return {}
+    if not isinstance(req, dict):
+        raise TaskValidationError(f"{where} must be an object, got {_typename(req)}")
+    unknown = sorted(set(req) - set(REQUIREMENT_KEYS))
+    if unknown:
+        raise TaskValidationError(
+            f"{where} has unknown key(s) {', '.join(unknown)}; accepted: {', '.join(REQUIREMENT_KEYS)}")
+    out = dict(req)
+    if "hardware" in req:
+        hardware = req["hardware"]
+        if isinstance(hardware, str):
+            hardware = [hardware]
+        hardware = _str_list(hardware, f"{where}.hardware")
+        bad = [h for h in hardware if h not in HARDWARE_KINDS]
+        if bad:
+            raise TaskValidationError(f"{where}.hardware has {bad}; accepted: {', '.join(HARDWARE_KINDS)}")
+        out["hardware"] = hardware
+    for key in ("min_memory_gb", "min_cuda_compute", "min_gpu_memory_gb"):
+        if key in req and (not _is_number(req[key]) or req[key] < 0):
+            raise TaskValidationError(f"{where}.{key} must be a non-negative number, got {req[key]!r}")
+    if "min_cpu_cores" in req:
+        _positive_int(req["min_cpu_cores"], f"{where}.min_cpu_cores")
+    if "tags" in req:
+        out["tags"] = _str_list(req["tags"], f"{where}.tags")
+    if "os" in req:
+        if not isinstance(req["os"], str) or req["os"].lower() not in OS_NAMES:
+            raise TaskValidationError(f"{where}.os must be one of linux, windows, macos, got {req['os']!r}")
+        out["os"] = "macos" if req["os"].lower() == "darwin" else req["os"].lower()
+    return out
+
+
+def validate_task(doc: Any, where: str = "task", *, default_max_retries: int = 3) -> dict[str, Any]:
+    """Check one submitted task document and return it normalised (defaults filled in)."""
+    if not isinstance(doc, dict):
+        raise TaskValidationError(f"{where} must be a JSON object, got {_typename(doc)}")
+    unknown = sorted(set(doc) - set(TASK_KEYS))
+    if unknown:
+        raise TaskValidationError(f"{where} has unknown key(s) {', '.join(unknown)}; accepted: {', '.join(TASK_KEYS)}")
+    kind = doc.get("type")
+    if kind not in TASK_TYPES:
+        raise TaskValidationError(f"{where}.type must be one of {', '.join(TASK_TYPES)}, got {kind!r}")
+    priority = doc.get("priority", 1)
+    if not _is_int(priority) or not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
+        raise TaskValidationError(
+            f"{where}.priority must be an integer from {PRIORITY_RANGE[0]} to {PRIORITY_RANGE[1]} "
+            f"(higher runs first), got {priority!r}")
+    timeout = doc.get("timeout_seconds", 3600)
+    if not _is_number(timeout) or not 0 < timeout <= MAX_TIMEOUT_SECONDS:
+        raise TaskValidationError(
+            f"{where}.timeout_seconds must be a number greater than 0 and at most {MAX_TIMEOUT_SECONDS}, got {timeout!r}")
+    max_retries = doc.get("max_retries", default_max_retries)
+    if not _is_int(max_retries) or not 0 <= max_retries <= 100:
+        raise TaskValidationError(f"{where}.max_retries must be an integer from 0 to 100, got {max_retries!r}")
+    name = doc.get("name")
+    if name is not None and (not isinstance(name, str) or len(name) > 500):
+        raise TaskValidationError(f"{where}.name must be a string of at most 500 characters")
+    deps = doc.get("dependencies") or []
+    _str_list(deps, f"{where}.dependencies")
+    task_id = doc.get("task_id")
+    if task_id is not None and (not isinstance(task_id, str) or not task_id or len(task_id) > MAX_TASK_ID_LEN
+                                or not all(c.isalnum() or c in "-_.:" for c in task_id)):
+        raise TaskValidationError(
+            f"{where}.task_id must be 1-{MAX_TASK_ID_LEN} characters of letters, digits, '-', '_', '.', ':'")
+    metadata = doc.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise TaskValidationError(f"{where}.metadata must be an object")
+    return {
+        "type": kind, "priority": priority, "name": name or None,
+        "config": _validate_config(kind, doc.get("config", {}), f"{where}.config"),
+        "requirements": _validate_requirements(doc.get("requirements"), f"{where}.requirements"),
+        "dependencies": list(deps), "timeout_seconds": timeout, "max_retries": max_retries,
+        "task_id": task_id, "metadata": metadata or {},
+    }
+
+
+# ---------------------------------------------------------------------------------------------- matching
+def _gpu_devices(caps: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    gpu = caps.get("gpu") or {}
+    devices = gpu.get("devices") if isinstance(gpu, Mapping) else None
+    return [d for d in devices or [] if isinstance(d, Mapping)]
+
+
+def _worker_os(caps: Mapping[str, Any]) -> str:
+    platform = caps.get("platform") or {}
+    name = str(platform.get("os") or platform.get("system") or "").lower()
+    return "macos" if name == "darwin" else name
+
+
+def unmet_requirements(worker: Mapping[str, Any], req: Mapping[str, Any]) -> list[str]:
+    """Which requirements this worker does not meet (empty list: it can run the task)."""
+    caps = worker.get("capabilities") or {}
+    missing: list[str] = []
+    kinds = set(worker.get("hardware") or caps.get("hardware") or ["cpu"])
+    for kind in req.get("hardware") or ():
+        if kind not in kinds:
+            missing.append(f"hardware {kind}")
+    if "min_memory_gb" in req:
+        total = float((caps.get("memory") or {}).get("total_gb") or 0)
+        if total < req["min_memory_gb"]:
+            missing.append(f"memory >= {req['min_memory_gb']} GB")
+    gpus = _gpu_devices(caps)
+    if "min_gpu_memory_gb" in req and not any(float(d.get("memory_gb") or 0) >= req["min_gpu_memory_gb"] for d in gpus):
+        missing.append(f"a GPU with >= {req['min_gpu_memory_gb']} GB")
+    if "min_cuda_compute" in req:
+        def compute(device: Mapping[str, Any]) -> float:
+            try:
+                return float(device.get("compute_capability") or 0)
+            except (TypeError, ValueError):
+                return 0.0
+        if not any(d.get("type") == "cuda" and compute(d) >= req["min_cuda_compute"] for d in gpus):
+            missing.append(f"CUDA compute capability >= {req['min_cuda_compute']}")
+    if "min_cpu_cores" in req:
+        cores = int((caps.get("cpu") or {}).get("cores") or (caps.get("cpu") or {}).get("threads") or 0)
+        if cores < req["min_cpu_cores"]:
+            missing.append(f">= {req['min_cpu_cores']} CPU cores")
+    tags = set(worker.get("tags") or ())
+    for tag in req.get("tags") or ():
+        if tag not in tags:
+            missing.append(f"tag {tag}")
+    if "os" in req and _worker_os(caps) != req["os"]:
+        missing.append(f"os {req['os']}")
+    return missing
+
+
+def worker_satisfies(worker: Mapping[str, Any], req: Mapping[str, Any]) -> bool:
+    """True when the worker meets every requirement."""
+    return not req or not unmet_requirements(worker, req)
+
+
+def infeasibility_reason(workers: Iterable[Mapping[str, Any]], req: Mapping[str, Any]) -> str | None:
+    """None when some known worker could run a task with these requirements, else why none can.
+
+    With no worker known at all nothing can be judged yet, so the task is accepted.
+    """
+    known = list(workers)
+    if not known or not req:
+        return None
+    closest: list[str] | None = None
+    for worker in known:
+        missing = unmet_requirements(worker, req)
+        if not missing:
+            return None
+        if closest is None or len(missing) < len(closest):
+            closest = missing
+    return (f"no known worker ({len(known)} registered) meets the requirements; "
+            f"the closest lacks: {', '.join(closest or [])}")
+
+
+class ReadyQueue:
+    """Pending task ids ordered by priority (high first) then submission order; lazy deletion."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, str]] = []
+        self._members: set[str] = set()
+
+    def push(self, task: Mapping[str, Any]) -> None:
+        if task["task_id"] not in self._members:
+            self._members.add(task["task_id"])
+            heapq.heappush(self._heap, (-task["priority"], task["seq"], task["task_id"]))
+
+    def discard(self, task_id: str) -> None:
+        self._members.discard(task_id)
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def ordered(self) -> Iterable[str]:
+        """Yield member ids in order without removing them (popped entries are re-pushed by callers)."""
+        heap = self._heap
+        # Drop stale heads first so the common case (in-order consumption) stays O(log n).
+        while heap and heap[0][2] not in self._members:
+            heapq.heappop(heap)
+        if len(heap) > 4 * max(16, len(self._members)):
+            self._heap = heap = [entry for entry in heap if entry[2] in self._members]
+            heapq.heapify(heap)
+        for entry in sorted(heap) if len(heap) <= 64 else _heap_iter(heap):
+            if entry[2] in self._members:
+                yield entry[2]
+
+
+def _heap_iter(heap: list[tuple[int, int, str]]) -> Iterable[tuple[int, int, str]]:
+    """Iterate a heap in order without mutating it (a side heap of candidate indices)."""
+    if not heap:
+        return
+    frontier = [(heap[0], 0)]
+    while frontier:
+        entry, i = heapq.heappop(frontier)
+        yield entry
+        for child in (2 * i + 1, 2 * i + 2):
+            if child < len(heap):
+                heapq.heappush(frontier, (heap[child], child))
+
+
+def plan_assignments(queue: ReadyQueue, tasks: Mapping[str, Mapping[str, Any]],
+                     workers: Mapping[str, Mapping[str, Any]], free_slots: dict[str, int],
+                     *, scan_limit: int = 10_000) -> list[tuple[str, str]]:
+    """Match ready tasks to free slots: highest priority first, each to the least-loaded capable worker.
+
+    ``free_slots`` is consumed. Scanning stops when no slot is left or after ``scan_limit`` tasks (a
+    long tail of tasks that only a busy GPU worker can run must not make every round O(queue)).
+    """
+    plan: list[tuple[str, str]] = []
+    open_workers = {w: n for w, n in free_slots.items() if n > 0}
+    scanned = 0
+    for task_id in queue.ordered():
+        if not open_workers or scanned >= scan_limit:
+            break
+        scanned += 1
+        task = tasks[task_id]
+        req = task.get("requirements") or {}
+        best: str | None = None
+        best_free = -1
+        for worker_id, free in open_workers.items():
+            if free > best_free and worker_satisfies(workers[worker_id], req):
+                best, best_free = worker_id, free
+        if best is None:
+            continue
+        plan.append((task_id, best))
+        open_workers[best] -= 1
+        free_slots[best] -= 1
+        if open_workers[best] == 0:
+            del open_workers[best]
+    return plan

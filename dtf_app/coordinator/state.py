@@ -1,0 +1,379 @@
+"""The coordinator's deterministic state machine.
+
+Everything the coordinator knows that must survive a crash changes here and only here, by applying
+commands read back from the durable log (today the local command log, later the Raft log): the same
+commands in the same order give the same state on every node. ``apply`` is therefore pure with respect
+to its input: no clock (the proposer stamps ``time`` into the command), no randomness, no I/O. It returns
+the command's result for the proposer and a list of store events for the DuckDB writer.
+
+Commands (``{"op": ..., "time": float, ...}``):
+
+- ``SubmitTasks`` {tasks: [task docs with task_id, batch_id, seq]} -> pending / blocked / unschedulable
+- ``AssignTasks`` {assignments: [{task_id, worker_id, attempt}]} -> assigned (attempts = attempt)
+- ``StartTasks`` {items: [{task_id, attempt, start_time}]} -> running
+- ``CompleteTasks`` {items: [TaskOutcome with outcome "completed"]} -> completed (+ result)
+- ``FailTasks`` {items: [{task_id, attempt, error, retry: bool}]} -> pending again or failed
+- ``CancelTask`` {task_id, reason} -> cancelled
+- ``RegisterWorker`` {worker: {...}} ; ``WorkersLost`` {worker_ids: [...], reason}
+- ``CreateApiKey`` {name, role, key_hash} ; ``DeleteApiKey`` {name}
+
+Outcomes are idempotent on (task_id, attempt): a late or duplicated report for an attempt that is no
+longer current is ignored, which is what makes recording exactly-once while execution is at-least-once.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from dtf_app.coordinator import scheduler
+
+# Keep what the state holds of a run's output bounded: the full document goes to DuckDB.
+MAX_OUTPUT_CHARS = 4000
+
+TaskDoc = dict[str, Any]
+Events = list[dict[str, Any]]
+
+
+class State:
+    """Tasks, workers and API keys, changed only through :meth:`apply`."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, TaskDoc] = {}
+        self.workers: dict[str, dict[str, Any]] = {}
+        self.api_keys: dict[str, dict[str, Any]] = {}
+        self.counts: dict[str, int] = {}
+        # task_id -> ids of tasks waiting for it; derived, rebuilt on restore.
+        self.dependents: dict[str, list[str]] = {}
+        self.next_seq = 0
+        self.applied_index = 0
+
+    # ------------------------------------------------------------------ helpers
+    def _set_status(self, task: TaskDoc, status: str) -> None:
+        old = task["status"]
+        if old == status:
+            return
+        self.counts[old] = self.counts.get(old, 0) - 1
+        self.counts[status] = self.counts.get(status, 0) + 1
+        task["status"] = status
+
+    def _add_task(self, task: TaskDoc) -> None:
+        self.tasks[task["task_id"]] = task
+        self.counts[task["status"]] = self.counts.get(task["status"], 0) + 1
+
+    @staticmethod
+    def _task_event(task: TaskDoc) -> dict[str, Any]:
+        # A copy: the writer thread serialises it later while the live task keeps changing.
+        return {"kind": "task", "task": dict(task)}
+
+    def task_counts(self) -> dict[str, int]:
+        """Number of tasks per state (every state listed, zeros included) plus ``total``."""
+        out = {state: max(0, self.counts.get(state, 0)) for state in scheduler.ALL_STATES}
+        out["total"] = len(self.tasks)
+        return out
+
+    # ------------------------------------------------------------------ apply
+    def apply(self, command: dict[str, Any], index: int = 0) -> tuple[Any, Events]:
+        """Apply one committed command; returns (result for the proposer, store events)."""
+        op = command.get("op")
+        handler = _HANDLERS.get(op)  # type: ignore[arg-type]
+        if handler is None:
+            # An unknown op in the log means a newer version wrote it; skipping keeps replay alive.
+            result: Any = {"error": f"unknown command {op!r}"}
+            events: Events = []
+        else:
+            result, events = handler(self, command)
+        if index:
+            self.applied_index = index
+        return result, events
+
+    def _submit_tasks(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        now = cmd["time"]
+        events: Events = []
+        created: list[TaskDoc] = []
+        for doc in cmd["tasks"]:
+            if doc["task_id"] in self.tasks:
+                # A retried proposal of the same batch: keep the first, answer with it.
+                created.append(self.tasks[doc["task_id"]])
+                continue
+            task = dict(doc)
+            task.setdefault("status", "pending")
+            task.update(
+                attempts=0, worker_id=None, create_time=now, start_time=None, end_time=None,
+                error=None, result=None, seq=self.next_seq,
+            )
+            self.next_seq += 1
+            status = task["status"]
+            if status != "unschedulable":
+                status = self._initial_status(task)
+                task["status"] = status
+            self._add_task(task)
+            for dep in task.get("dependencies") or []:
+                self.dependents.setdefault(dep, []).append(task["task_id"])
+            created.append(task)
+            events.append(self._task_event(task))
+            if status == "failed":
+                events.extend(self._cascade_dependents(task, now))
+        return created, events
+
+    def _initial_status(self, task: TaskDoc) -> str:
+        deps = task.get("dependencies") or []
+        blocked = False
+        for dep_id in deps:
+            dep = self.tasks.get(dep_id)
+            if dep is None:
+                continue  # validated before proposing; a dependency in the same batch is fine
+            if dep["status"] in ("failed", "cancelled"):
+                task["error"] = f"dependency {dep_id} {dep['status']}"
+                return "failed"
+            if dep["status"] != "completed":
+                blocked = True
+        return "blocked" if blocked else "pending"
+
+    def _assign_tasks(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        events: Events = []
+        accepted: list[dict[str, Any]] = []
+        for item in cmd["assignments"]:
+            task = self.tasks.get(item["task_id"])
+            worker = self.workers.get(item["worker_id"])
+            if task is None or worker is None or task["status"] != "pending":
+                continue
+            task["attempts"] = item["attempt"]
+            task["worker_id"] = item["worker_id"]
+            task["start_time"] = None
+            self._set_status(task, "assigned")
+            worker.setdefault("assigned", {})[task["task_id"]] = item["attempt"]
+            accepted.append(item)
+            events.append(self._task_event(task))
+        return accepted, events
+
+    def _start_tasks(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        events: Events = []
+        for item in cmd["items"]:
+            task = self.tasks.get(item["task_id"])
+            if task is None or task["attempts"] != item["attempt"] or task["status"] != "assigned":
+                continue
+            task["start_time"] = item.get("start_time") or cmd["time"]
+            self._set_status(task, "running")
+            events.append(self._task_event(task))
+        return None, events
+
+    def _release(self, task: TaskDoc) -> None:
+        worker = self.workers.get(task.get("worker_id") or "")
+        if worker is not None:
+            worker.get("assigned", {}).pop(task["task_id"], None)
+
+    def _complete_tasks(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        now = cmd["time"]
+        events: Events = []
+        recorded = 0
+        for item in cmd["items"]:
+            task = self.tasks.get(item["task_id"])
+            if task is None or task["attempts"] != item["attempt"] or task["status"] not in ("assigned", "running"):
+                continue
+            result = dict(item.get("result") or {})
+            task["start_time"] = task["start_time"] or item.get("start_time") or now
+            task["end_time"] = item.get("end_time") or now
+            self._release(task)
+            self._set_status(task, "completed")
+            events.append(self._history_event(task, "completed", None, item))
+            events.append(self._result_event(task, result, item))
+            output = result.get("output")
+            if isinstance(output, str) and len(output) > MAX_OUTPUT_CHARS:
+                result["output"] = output[-MAX_OUTPUT_CHARS:]
+            # Per-test / per-benchmark rows live in DuckDB; the state keeps the summary.
+            for bulky in ("tests", "benchmarks"):
+                if isinstance(result.get(bulky), list):
+                    result[f"{bulky}_count"] = len(result.pop(bulky))
+            task["result"] = result
+            events.append(self._task_event(task))
+            events.extend(self._release_dependents(task, now))
+            recorded += 1
+        return recorded, events
+
+    def _fail_tasks(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        now = cmd["time"]
+        events: Events = []
+        for item in cmd["items"]:
+            task = self.tasks.get(item["task_id"])
+            if task is None or task["attempts"] != item["attempt"] or task["status"] not in ("assigned", "running"):
+                continue
+            events.extend(self._fail_attempt(task, item.get("error") or "failed", now, item,
+                                             retry=bool(item.get("retry", True))))
+        return None, events
+
+    def _fail_attempt(self, task: TaskDoc, error: str, now: float, item: dict[str, Any] | None,
+                      *, retry: bool) -> Events:
+        events: Events = [self._history_event(task, "failed", error, item or {})]
+        self._release(task)
+        task["error"] = error
+        if retry and task["attempts"] <= task.get("max_retries", 3):
+            task["worker_id"] = None
+            task["start_time"] = None
+            self._set_status(task, "pending")
+            events.append(self._task_event(task))
+            return events
+        task["end_time"] = now
+        task["error"] = error if not retry else f"{error} (gave up after {task['attempts']} attempts)"
+        self._set_status(task, "failed")
+        events.append(self._task_event(task))
+        events.extend(self._cascade_dependents(task, now))
+        return events
+
+    def _release_dependents(self, task: TaskDoc, now: float) -> Events:
+        events: Events = []
+        for dep_id in self.dependents.get(task["task_id"], ()):
+            waiting = self.tasks.get(dep_id)
+            if waiting is None or waiting["status"] != "blocked":
+                continue
+            status = self._initial_status(waiting)
+            if status != "blocked":
+                self._set_status(waiting, status)
+                if status == "failed":
+                    waiting["end_time"] = now
+                events.append(self._task_event(waiting))
+        return events
+
+    def _cascade_dependents(self, task: TaskDoc, now: float) -> Events:
+        """A failed or cancelled task fails everything that waits for it (transitively)."""
+        events: Events = []
+        stack = [task["task_id"]]
+        while stack:
+            parent_id = stack.pop()
+            parent = self.tasks[parent_id]
+            for dep_id in self.dependents.get(parent_id, ()):
+                waiting = self.tasks.get(dep_id)
+                if waiting is None or waiting["status"] not in ("blocked", "pending", "unschedulable"):
+                    continue
+                waiting["error"] = f"dependency {parent_id} {parent['status']}"
+                waiting["end_time"] = now
+                self._set_status(waiting, "failed")
+                events.append(self._task_event(waiting))
+                stack.append(dep_id)
+        return events
+
+    def _cancel_task(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        task = self.tasks.get(cmd["task_id"])
+        if task is None or task["status"] in scheduler.TERMINAL_STATES:
+            return task, []
+        was = task["status"]
+        self._release(task)
+        task["end_time"] = cmd["time"]
+        task["error"] = cmd.get("reason") or "cancelled"
+        self._set_status(task, "cancelled")
+        events: Events = [self._task_event(task)]
+        if was in ("assigned", "running"):
+            events.insert(0, self._history_event(task, "cancelled", task["error"], {}))
+        events.extend(self._cascade_dependents(task, cmd["time"]))
+        return task, events
+
+    def _register_worker(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        info = dict(cmd["worker"])
+        now = cmd["time"]
+        existing = self.workers.get(info["worker_id"])
+        worker = existing if existing is not None else {"registration_time": now, "assigned": {}}
+        worker.update(info)
+        worker["status"] = "online"
+        worker["last_heartbeat"] = now
+        self.workers[info["worker_id"]] = worker
+        events: Events = [_worker_event(worker)]
+        # A worker that can run tasks parked as unschedulable makes them schedulable again.
+        for task in self.tasks.values():
+            if task["status"] == "unschedulable" and scheduler.worker_satisfies(worker, task["requirements"]):
+                task["error"] = None
+                self._set_status(task, self._initial_status(task))
+                events.append(self._task_event(task))
+        return worker, events
+
+    def _workers_lost(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        now = cmd["time"]
+        events: Events = []
+        for worker_id in cmd["worker_ids"]:
+            worker = self.workers.get(worker_id)
+            if worker is None:
+                continue
+            worker["status"] = "offline"
+            events.append(_worker_event(worker))
+            for task_id, attempt in list(worker.get("assigned", {}).items()):
+                task = self.tasks.get(task_id)
+                if task is None or task["attempts"] != attempt or task["status"] not in ("assigned", "running"):
+                    continue
+                reason = cmd.get("reason") or f"worker {worker_id} lost"
+                events.extend(self._fail_attempt(task, reason, now, {"worker_id": worker_id}, retry=True))
+            worker["assigned"] = {}
+        return None, events
+
+    def _create_api_key(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        record = {"name": cmd["name"], "role": cmd["role"], "key_hash": cmd["key_hash"], "created": cmd["time"]}
+        self.api_keys[cmd["name"]] = record
+        return record, []
+
+    def _delete_api_key(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        return self.api_keys.pop(cmd["name"], None), []
+
+    # ------------------------------------------------------------------ events
+    @staticmethod
+    def _history_event(task: TaskDoc, status: str, error: str | None, item: dict[str, Any]) -> dict[str, Any]:
+        start = item.get("start_time") or task.get("start_time")
+        end = item.get("end_time") or task.get("end_time")
+        return {"kind": "history", "row": {
+            "task_id": task["task_id"], "worker_id": item.get("worker_id") or task.get("worker_id"),
+            "attempt": task["attempts"], "status": status, "start_time": start, "end_time": end,
+            "execution_time_seconds": (end - start) if start and end else None,
+            "error_message": error, "hardware_metrics": item.get("hardware_metrics"),
+        }}
+
+    @staticmethod
+    def _result_event(task: TaskDoc, result: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
+        return {"kind": "result", "result": {
+            "result_id": f"{task['task_id']}-{task['attempts']}",
+            "task_id": task["task_id"], "worker_id": task.get("worker_id"), "test_id": task.get("name"),
+            "task_type": task["type"], "timestamp": task["end_time"],
+            "metrics": result.get("metrics") or {}, "status": result.get("status") or "success",
+            "execution_time": result.get("execution_time"),
+            "hardware_metrics": item.get("hardware_metrics"), "environment": result.get("environment") or {},
+            "raw_data": dict(result.get("raw_data") or {}, output=result.get("output")),
+            "metadata": {"attempt": task["attempts"], "batch_id": task.get("batch_id"), "name": task.get("name")},
+            "tests": result.get("tests") or [], "benchmarks": result.get("benchmarks") or [],
+        }}
+
+    # ------------------------------------------------------------------ snapshot
+    def snapshot(self) -> bytes:
+        """Serialise the whole state (the log can then be compacted up to ``applied_index``)."""
+        return json.dumps({
+            "tasks": self.tasks, "workers": self.workers, "api_keys": self.api_keys,
+            "next_seq": self.next_seq, "applied_index": self.applied_index,
+        }, separators=(",", ":")).encode()
+
+    @classmethod
+    def restore(cls, data: bytes) -> State:
+        """Rebuild a state from :meth:`snapshot` bytes, derived indexes included."""
+        raw = json.loads(data)
+        state = cls()
+        state.workers = raw["workers"]
+        state.api_keys = raw["api_keys"]
+        state.next_seq = raw["next_seq"]
+        state.applied_index = raw["applied_index"]
+        for task in raw["tasks"].values():
+            state._add_task(task)
+            for dep in task.get("dependencies") or []:
+                state.dependents.setdefault(dep, []).append(task["task_id"])
+        return state
+
+
+def _worker_event(worker: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "worker", "worker": {k: v for k, v in worker.items() if k != "assigned"}}
+
+
+_HANDLERS = {
+    "SubmitTasks": State._submit_tasks,
+    "AssignTasks": State._assign_tasks,
+    "StartTasks": State._start_tasks,
+    "CompleteTasks": State._complete_tasks,
+    "FailTasks": State._fail_tasks,
+    "CancelTask": State._cancel_task,
+    "RegisterWorker": State._register_worker,
+    "WorkersLost": State._workers_lost,
+    "CreateApiKey": State._create_api_key,
+    "DeleteApiKey": State._delete_api_key,
+}

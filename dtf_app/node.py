@@ -1,0 +1,98 @@
+"""Run one node: coordinator, worker, or peer (both in one process) under ``trio.run``.
+
+SIGINT/SIGTERM cancel the node's nursery, so every service shuts down through its ``finally`` blocks:
+the coordinator flushes its DuckDB writer and closes its log, the worker kills running process groups
+and closes its outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import trio
+
+from dtf_app.config import ConfigError, Settings
+
+log = logging.getLogger("dtf.node")
+
+
+def setup_logging(level: str = "info") -> None:
+    """Concise logs on stderr (stdout is for data)."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S",
+    )
+    # Hypercorn/quart chatter at INFO is not useful to an operator.
+    for noisy in ("hypercorn.error", "quart.app", "quart.serving"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+async def _until_signal(cancel_scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            cancel_scope.cancel()
+            return
+
+
+async def run_node(settings: Settings) -> None:
+    """Serve the chosen mode until a signal arrives."""
+    if settings.mode not in ("coordinator", "worker", "peer"):
+        raise ConfigError(f"mode must be coordinator, worker or peer, got {settings.mode!r}")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_until_signal, nursery.cancel_scope)
+        if settings.mode in ("coordinator", "peer"):
+            from dtf_app.coordinator.service import serve_coordinator
+
+            url = await nursery.start(serve_coordinator, settings)
+            if settings.mode == "peer":
+                settings = settings.replace(coordinator=[url])
+        if settings.mode in ("worker", "peer"):
+            from dtf_app.worker.agent import run_worker
+
+            if settings.mode == "peer" and not settings.api_key:
+                settings = settings.replace(api_key=_local_admin_key(settings))
+            await nursery.start(run_worker, settings)
+
+
+def _local_admin_key(settings: Settings) -> str | None:
+    from pathlib import Path
+
+    path = Path(settings.data_dir) / "admin.key"
+    return path.read_text().strip() if path.exists() else None
+
+
+def run_mode(settings: Settings) -> int:
+    """Blocking entry point for ``dtf --mode ...``; returns the process exit code."""
+    setup_logging(settings.log_level)
+    try:
+        trio.run(run_node, settings)
+    except ConfigError:
+        raise
+    except KeyboardInterrupt:
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - map known failures to exit codes, re-raise the rest
+        code = _exit_code_for(exc)
+        if code is None:
+            raise
+        return code
+    return 0
+
+
+def _exit_code_for(exc: BaseException) -> int | None:
+    """Worker errors carry their exit code (3 unreachable, 4 auth); bind errors are config errors."""
+    errors = exc.exceptions if isinstance(exc, BaseExceptionGroup) else [exc]
+    for err in errors:
+        nested = _exit_code_for(err) if isinstance(err, BaseExceptionGroup) else None
+        if nested is not None:
+            return nested
+        code = getattr(err, "exit_code", None)
+        if isinstance(code, int):
+            log.error("%s", err)
+            return code
+        if isinstance(err, OSError) and err.errno in (98, 99, 13):
+            log.error("cannot listen: %s", err)
+            return 2
+    return None

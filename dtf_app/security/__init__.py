@@ -1,0 +1,1 @@
+"""Security: API keys, roles and (later) JWT, revocation and message signing."""

@@ -1,0 +1,1 @@
+"""DTF store package."""

@@ -1,0 +1,1 @@
+"""DTF worker package."""

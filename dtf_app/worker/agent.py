@@ -1,0 +1,754 @@
+"""The worker agent: connect to the leader, run assigned tasks in slots, report outcomes through the outbox.
+
+DESIGN.md §3 steps 3-4 and §8; the wire protocol is in :mod:`dtf_app.protocol`. One websocket per worker
+carries everything (hello/welcome, assignments, started/log/results, heartbeats, acks, cancels), batched.
+
+Shape of the service (all in one trio nursery, so cancelling it is a clean shutdown):
+
+* the *task nursery* runs tasks; it outlives connections, so tasks keep running while the coordinator is
+  unreachable and their outcomes wait in the outbox;
+* the *outcome flusher* writes finished outcomes to the DuckDB outbox in batches, and only then queues
+  them for sending; the *ack flusher* deletes acknowledged rows in batches;
+* the *connection loop* connects, says hello, waits for welcome, then runs one session (receive loop,
+  sender, log sender, heartbeat) until the socket drops, and reconnects with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import re
+import secrets
+import shutil
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from dtf_app import protocol
+from dtf_app.config import Settings
+from dtf_app.worker.outbox import Outbox, OutboxError, OutboxKey
+
+logger = logging.getLogger("dtf.worker")
+
+# Reconnect backoff: BACKOFF_INITIAL doubling up to BACKOFF_MAX, with +-25 % jitter so a restarted
+# coordinator is not hit by every worker in the same instant. Module constants so tests can shrink them.
+BACKOFF_INITIAL = 0.5
+BACKOFF_MAX = 10.0
+CONNECT_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 15.0
+STARTED_BATCH_DELAY = 0.005
+"""Collect "started" notices this long so a big assignment costs one message, not one per task."""
+LOG_FLUSH_INTERVAL = 0.1
+MAX_LOG_LINES_PER_MESSAGE = 200
+MAX_LOG_LINE_CHARS = 4000
+MAX_BUFFERED_LOG_LINES = 1000
+RESULTS_PER_MESSAGE = 300
+OUTBOX_BATCH = 500
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+AUTH_CLOSE_CODES = frozenset({4401, 4403})
+AUTH_ERROR_CODES = frozenset({"unauthorized", "forbidden"})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+class WorkerError(Exception):
+    """The worker cannot go on; ``exit_code`` is what ``dtf --mode worker`` exits with.
+
+    3: the coordinator cannot be reached; 4: the coordinator refused the API key; 2: bad settings.
+    """
+
+    def __init__(self, message: str, *, exit_code: int = 3) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class _RunningTask:
+    key: OutboxKey
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    cancel_requested: bool = False
+
+
+@dataclass
+class _LogBuffer:
+    lines: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_BUFFERED_LOG_LINES))
+    dropped: int = 0
+    finished: bool = False
+
+
+class _Signal:
+    """A reusable wake-up for one waiter: ``set()`` before or during ``wait()`` is never lost."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        self._event = trio.Event()
+
+
+def websocket_url(url: str) -> str:
+    """``http(s)://host:port[/prefix]`` -> ``ws(s)://host:port[/prefix]/ws/worker``; ws(s) URLs are kept."""
+    text = url.strip().rstrip("/")
+    for http, ws in (("https://", "wss://"), ("http://", "ws://")):
+        if text.startswith(http):
+            text = ws + text[len(http):]
+    if not text.startswith(("ws://", "wss://")) or len(text.split("://", 1)[1]) == 0:
+        raise WorkerError(
+            f"coordinator URL {url!r} is not valid: expected http://HOST:PORT, https://HOST:PORT, "
+            "ws://HOST:PORT or wss://HOST:PORT",
+            exit_code=2,
+        )
+    return text if text.endswith("/ws/worker") else text + "/ws/worker"
+
+
+def _task_key(document: dict[str, Any]) -> OutboxKey | None:
+    task_id, attempt = document.get("task_id"), document.get("attempt")
+    if not isinstance(task_id, str) or not task_id or isinstance(attempt, bool) or not isinstance(attempt, int):
+        return None
+    return task_id, attempt
+
+
+class WorkerAgent:
+    """One worker's connection, slots and outbox. Use :func:`run_worker`; this class is its machinery."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        worker_id: str,
+        outbox: Outbox,
+        capabilities: dict[str, Any],
+        *,
+        get_runner: Callable[[str], Any],
+        run_context: Callable[..., Any],
+        task_error: type[BaseException],
+        sample_health: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self.outbox = outbox
+        self.capabilities = capabilities
+        self._get_runner = get_runner
+        self._run_context = run_context
+        self._task_error = task_error
+        self._sample_health = sample_health
+        self._max_slots = max(1, int(settings.max_concurrent_tasks))
+        self._slots = trio.CapacityLimiter(self._max_slots)
+        self._heartbeat_interval = float(settings.heartbeat_interval)
+        self._running: dict[OutboxKey, _RunningTask] = {}
+        # Mirror of the outbox (everything not yet acked) and the part not yet sent on this connection.
+        self._unacked: dict[OutboxKey, dict[str, Any]] = {}
+        self._to_send: dict[OutboxKey, dict[str, Any]] = {}
+        self._started_items: list[dict[str, Any]] = []
+        self._send_signal = _Signal()
+        self._logs: dict[OutboxKey, _LogBuffer] = {}
+        self._log_signal = _Signal()
+        self._acked: list[OutboxKey] = []
+        self._ack_signal = _Signal()
+        self._outcomes_in, self._outcomes_out = trio.open_memory_channel[dict[str, Any]](math.inf)
+        self._ws: Any = None
+        self._send_lock = trio.Lock()
+        self._next_url: str | None = None
+        self._fatal: WorkerError | None = None
+        self._close_reason = ""
+        self._task_nursery: trio.Nursery | None = None
+        self._trio_token: trio.lowlevel.TrioToken | None = None
+
+    # ----------------------------------------------------------------------------------------- service
+    async def run(self, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled (clean shutdown) or a fatal :class:`WorkerError`."""
+        self._trio_token = trio.lowlevel.current_trio_token()
+        for outcome in await self.outbox.pending():
+            key = _task_key(outcome)
+            if key is not None:
+                self._unacked[key] = outcome
+        if self._unacked:
+            logger.info("outbox holds %d unacknowledged outcome(s); they will be re-sent", len(self._unacked))
+        fatal: WorkerError | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                self._task_nursery = nursery
+                nursery.start_soon(self._outcome_flusher)
+                nursery.start_soon(self._ack_flusher)
+                try:
+                    await self._connection_loop(task_status)
+                except WorkerError as exc:
+                    fatal = exc
+                # Stop taking work and cancel running tasks; the runners kill their process groups.
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # A broken outbox (disk full, file removed) inside a flusher is fatal too, with its own message.
+            match, _ = group.split(OutboxError)
+            if match is None:
+                raise
+            raise WorkerError(str(match.exceptions[0]), exit_code=2) from group
+        finally:
+            self._task_nursery = None
+        if fatal is not None:
+            raise fatal
+
+    # -------------------------------------------------------------------------------------- connection
+    async def _connection_loop(self, task_status: trio.TaskStatus[str]) -> None:
+        urls = [websocket_url(url) for url in self.settings.coordinator]
+        if not urls:
+            raise WorkerError("no coordinator URL configured (set --coordinator or DTF_COORDINATOR)", exit_code=2)
+        attempts = max(1, int(self.settings.reconnect_attempts))
+        failures, index, reported = 0, 0, False
+        while True:
+            url = self._next_url or urls[index % len(urls)]
+            self._next_url = None
+            welcomed = await self._session(url)
+            if welcomed and not reported:
+                reported = True
+                task_status.started(self.worker_id)
+            if self._fatal is not None:
+                raise self._fatal
+            if welcomed:
+                failures = 0
+                logger.warning("lost connection to %s (%s); reconnecting", url, self._close_reason)
+            else:
+                failures += 1
+                if failures >= attempts:
+                    raise WorkerError(
+                        f"cannot reach coordinator at {', '.join(self.settings.coordinator)} after "
+                        f"{failures} attempts: {self._close_reason}",
+                        exit_code=3,
+                    )
+                if self._next_url is None:
+                    index += 1
+                else:
+                    continue  # a redirect or leader hint: follow it now (it still counts as an attempt)
+            delay = min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** max(0, failures - 1)) * random.uniform(0.75, 1.25)
+            if not welcomed:
+                logger.warning(
+                    "coordinator %s: %s; retry %d/%d in %.1f s", url, self._close_reason, failures, attempts, delay
+                )
+            await trio.sleep(delay)
+
+    async def _session(self, url: str) -> bool:
+        """One connection: returns whether it got a welcome; sets ``_close_reason`` and maybe ``_fatal``."""
+        from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, open_websocket_url
+
+        headers = [(b"X-API-Key", self.settings.api_key.encode())] if self.settings.api_key else []
+        welcomed = False
+        try:
+            async with open_websocket_url(
+                url, extra_headers=headers, connect_timeout=CONNECT_TIMEOUT, disconnect_timeout=5,
+                max_message_size=MAX_MESSAGE_BYTES,
+            ) as ws:
+                await ws.send_message(protocol.dumps(self._hello()))
+                with trio.fail_after(HANDSHAKE_TIMEOUT):
+                    reply = protocol.loads(await ws.get_message())
+                if reply["type"] == protocol.ERROR:
+                    self._handle_error(reply, url)
+                    return False
+                if reply["type"] != protocol.WELCOME:
+                    self._close_reason = f"expected a welcome, got {reply['type']!r}"
+                    return False
+                welcomed = True
+                self._on_welcome(reply, url)
+                await self._serve(ws)
+                return True
+        except ConnectionRejected as exc:
+            if exc.status_code in (401, 403):
+                self._fatal = self._auth_error(url, f"HTTP {exc.status_code}")
+            elif exc.status_code in REDIRECT_STATUSES and exc.headers:
+                location = dict(exc.headers).get(b"location", b"").decode()
+                if location:
+                    self._next_url = websocket_url(location)
+                self._close_reason = f"redirected to {location or '(no location)'}"
+            else:
+                body = (exc.body or b"")[:200].decode(errors="replace")
+                self._close_reason = f"upgrade refused with HTTP {exc.status_code} {body}".strip()
+        except ConnectionClosed as exc:
+            self._on_closed(exc, url)
+        except HandshakeError as exc:
+            cause = exc.__cause__ or exc.__context__
+            self._close_reason = str(cause or exc) or type(exc).__name__
+        except OSError as exc:
+            self._close_reason = str(exc) or type(exc).__name__
+        except trio.TooSlowError:
+            self._close_reason = f"no welcome within {HANDSHAKE_TIMEOUT:g} s"
+        except ValueError as exc:
+            self._close_reason = f"unreadable message from the coordinator: {exc}"
+        return welcomed
+
+    def _on_closed(self, exc: Any, url: str) -> None:
+        reason = exc.reason
+        if reason is not None and reason.code in AUTH_CLOSE_CODES:
+            self._fatal = self._auth_error(url, reason.reason or f"close code {reason.code}")
+        else:
+            self._close_reason = f"closed: {reason}" if reason is not None else "closed"
+
+    def _auth_error(self, url: str, reason: str) -> WorkerError:
+        return WorkerError(
+            f"coordinator {url} refused this worker's API key ({reason}); give a key with the worker role "
+            "via --api-key or DTF_API_KEY",
+            exit_code=4,
+        )
+
+    def _hello(self) -> dict[str, Any]:
+        tags = list(dict.fromkeys([*self.settings.tags, *self.capabilities.get("tags", [])]))
+        return {
+            "type": protocol.HELLO,
+            "worker_id": self.worker_id,
+            "hostname": socket.gethostname(),
+            "capabilities": self.capabilities,
+            "max_concurrent_tasks": self._max_slots,
+            "tags": tags,
+            "simulated": bool(self.capabilities.get("simulated", False)),
+            "running": self._running_list(),
+        }
+
+    def _on_welcome(self, welcome: dict[str, Any], url: str) -> None:
+        interval = welcome.get("heartbeat_interval")
+        # The coordinator owns liveness (worker_timeout), so its interval wins over the local setting.
+        if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0:
+            self._heartbeat_interval = float(interval)
+        logger.info(
+            "worker %s connected to %s (node %s); %d slot(s), %d outcome(s) to re-send",
+            self.worker_id, url, welcome.get("node_id", "?"), self._max_slots, len(self._unacked),
+        )
+
+    def _handle_error(self, message: dict[str, Any], url: str) -> None:
+        code, text = str(message.get("code", "")), str(message.get("message", ""))
+        if code in AUTH_ERROR_CODES:
+            self._fatal = self._auth_error(url, f"{code}: {text}" if text else code)
+            return
+        leader_url = message.get("leader_url")
+        if isinstance(leader_url, str) and leader_url:
+            try:
+                self._next_url = websocket_url(leader_url)
+            except WorkerError:
+                logger.warning("ignoring unusable leader hint %r from %s", leader_url, url)
+        self._close_reason = f"coordinator error {code}: {text}"
+        logger.warning("coordinator %s says %s: %s", url, code, text)
+
+    async def _serve(self, ws: Any) -> None:
+        from trio_websocket import ConnectionClosed
+
+        self._ws = ws
+        self._to_send = dict(self._unacked)
+        if self._to_send or self._started_items:
+            self._send_signal.set()
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def guarded(loop: Callable[[], Any]) -> None:
+                    # A dropped socket ends the whole session quietly; the connection loop reconnects.
+                    try:
+                        await loop()
+                    except ConnectionClosed as exc:
+                        self._on_closed(exc, "coordinator")
+                        nursery.cancel_scope.cancel()
+
+                for loop in (self._receive_loop, self._sender, self._log_sender, self._heartbeat_loop):
+                    nursery.start_soon(guarded, loop)
+        finally:
+            self._ws = None
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        ws = self._ws
+        if ws is None:
+            return
+        async with self._send_lock:
+            await ws.send_message(protocol.dumps(message))
+
+    # ----------------------------------------------------------------------------------- session loops
+    async def _receive_loop(self) -> None:
+        # Dedicated reader (trio-websocket recipe): handlers never block, so pings keep being answered.
+        ws = self._ws
+        while True:
+            text = await ws.get_message()
+            try:
+                message = protocol.loads(text)
+            except ValueError as exc:
+                logger.warning("ignoring unreadable message from the coordinator: %s", exc)
+                continue
+            kind = message["type"]
+            if kind == protocol.ASSIGN:
+                self._handle_assign(message)
+            elif kind == protocol.CANCEL:
+                self._handle_cancel(message)
+            elif kind == protocol.ACK:
+                self._handle_ack(message)
+            elif kind == protocol.ERROR:
+                self._handle_error(message, "coordinator")
+                if self._fatal is not None or self._next_url is not None:
+                    await ws.aclose()
+                    return
+            elif kind != protocol.WELCOME:
+                logger.debug("ignoring message of type %r", kind)
+
+    async def _sender(self) -> None:
+        # One loop sends both "started" and "results" so a task's started notice never trails its result.
+        while True:
+            await self._send_signal.wait()
+            if self._started_items:
+                await trio.sleep(STARTED_BATCH_DELAY)
+            while self._started_items or self._to_send:
+                if self._started_items:
+                    items, self._started_items = self._started_items, []
+                    await self._send({"type": protocol.STARTED, "items": items})
+                if self._to_send:
+                    keys = list(self._to_send)[:RESULTS_PER_MESSAGE]
+                    batch = [self._to_send.pop(key) for key in keys]
+                    await self._send({"type": protocol.RESULTS, "items": batch})
+
+    async def _log_sender(self) -> None:
+        while True:
+            await self._log_signal.wait()
+            for key, buffer in list(self._logs.items()):
+                lines = [buffer.lines.popleft() for _ in range(min(len(buffer.lines), MAX_LOG_LINES_PER_MESSAGE))]
+                if buffer.dropped:
+                    lines.insert(0, f"[dtf: {buffer.dropped} log line(s) dropped while the link was slow]")
+                    buffer.dropped = 0
+                if lines:
+                    await self._send({"type": protocol.LOG, "task_id": key[0], "attempt": key[1], "lines": lines})
+                if buffer.finished and not buffer.lines:
+                    self._logs.pop(key, None)
+            if any(buffer.lines for buffer in self._logs.values()):
+                self._log_signal.set()
+            await trio.sleep(LOG_FLUSH_INTERVAL)  # at most one log message per task per interval
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await trio.sleep(self._heartbeat_interval)
+            try:
+                metrics = await trio.to_thread.run_sync(self._sample_health)
+            except Exception as exc:  # a failing metric must not cost the worker its liveness
+                logger.warning("health sample failed: %s", exc)
+                metrics = {}
+            await self._send({
+                "type": protocol.HEARTBEAT,
+                "metrics": metrics,
+                "free_slots": self._free_slots(),
+                "running": self._running_list(),
+            })
+
+    # ----------------------------------------------------------------------------- message handlers
+    def _handle_assign(self, message: dict[str, Any]) -> None:
+        tasks = message.get("tasks")
+        if not isinstance(tasks, list):
+            logger.warning("ignoring assign without a 'tasks' list")
+            return
+        accepted = 0
+        for task in tasks:
+            key = _task_key(task) if isinstance(task, dict) else None
+            if key is None:
+                logger.warning("ignoring assignment without task_id/attempt: %.200r", task)
+                continue
+            if key in self._running:
+                continue  # the coordinator re-sent an assignment we are already running
+            if key in self._unacked:
+                # Already ran; its outcome may not have arrived: send it again instead of re-running.
+                self._to_send[key] = self._unacked[key]
+                self._send_signal.set()
+                continue
+            if self._task_nursery is None:
+                return
+            record = _RunningTask(key)
+            self._running[key] = record
+            self._task_nursery.start_soon(self._run_task, task, record)
+            accepted += 1
+        if len(self._running) > self._max_slots:
+            logger.warning("assigned %d tasks for %d slots; the extra ones wait", len(self._running), self._max_slots)
+        if accepted:
+            logger.info("assigned %d task(s); %d running or waiting", accepted, len(self._running))
+
+    def _handle_cancel(self, message: dict[str, Any]) -> None:
+        task_id, attempt = message.get("task_id"), message.get("attempt")
+        for key, record in list(self._running.items()):
+            if key[0] == task_id and (attempt is None or key[1] == attempt):
+                logger.info("cancelling task %s attempt %d", key[0], key[1])
+                record.cancel_requested = True
+                record.scope.cancel()
+
+    def _handle_ack(self, message: dict[str, Any]) -> None:
+        items = message.get("items")
+        if not isinstance(items, list):
+            logger.warning("ignoring ack without an 'items' list")
+            return
+        for item in items:
+            key = _task_key(item) if isinstance(item, dict) else None
+            if key is None:
+                continue
+            self._unacked.pop(key, None)
+            self._to_send.pop(key, None)
+            self._acked.append(key)
+        self._ack_signal.set()
+
+    # --------------------------------------------------------------------------------------- tasks
+    async def _run_task(self, task: dict[str, Any], record: _RunningTask) -> None:
+        task_id, attempt = record.key
+        start_time = time.time()
+        work_dir = Path(self.settings.data_dir) / "work" / f"{re.sub(r'[^A-Za-z0-9._-]', '_', task_id)}-{attempt}"
+        outcome: dict[str, Any] | None = None
+        try:
+            with record.scope:
+                async with self._slots:  # guard: never more than max_concurrent_tasks at once
+                    start_time = time.time()
+                    self._started_items.append({"task_id": task_id, "attempt": attempt, "start_time": start_time})
+                    self._send_signal.set()
+                    work_dir.mkdir(parents=True, exist_ok=True)
+                    outcome = await self._execute(task, record.key, work_dir, start_time)
+            if record.cancel_requested:
+                # Whatever the runner made of the cancellation, the coordinator asked for it.
+                outcome = self._outcome(record.key, start_time, "failed", error="cancelled")
+        finally:
+            self._running.pop(record.key, None)
+            buffer = self._logs.get(record.key)
+            if buffer is not None:
+                buffer.finished = True
+                if self._ws is None:
+                    self._logs.pop(record.key, None)  # logs are ephemeral: nobody to send them to
+        assert outcome is not None
+        if outcome["error"]:
+            logger.warning("task %s attempt %d failed: %s", task_id, attempt, outcome["error"])
+        else:
+            logger.debug("task %s attempt %d completed in %.3f s", task_id, attempt, outcome["end_time"] - start_time)
+        self._outcomes_in.send_nowait(outcome)
+        if outcome["outcome"] == "completed":
+            await self._remove_work_dir(work_dir)
+
+    async def _execute(
+        self, task: dict[str, Any], key: OutboxKey, work_dir: Path, start_time: float
+    ) -> dict[str, Any]:
+        task_type = task.get("type")
+        try:
+            runner = self._get_runner(str(task_type))
+        except Exception as exc:
+            return self._outcome(key, start_time, "failed", error=f"no runner for task type {task_type!r}: {exc}")
+        timeout = task.get("timeout_seconds")
+        limit = float(timeout) if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0 else math.inf
+        context = self._run_context(
+            task_id=key[0], attempt=key[1], work_dir=work_dir, log=self._log_callback(key),
+            env={"DTF_TASK_ID": key[0], "DTF_ATTEMPT": str(key[1]), "DTF_WORKER_ID": self.worker_id},
+        )
+        result: Any = None
+        error: str | None = None
+        with trio.move_on_after(limit) as timeout_scope:
+            try:
+                result = await runner.run(task, context)
+            except self._task_error as exc:
+                error = str(exc) or type(exc).__name__
+            except Exception as exc:  # a runner bug fails the task, never the worker
+                logger.debug("runner for task %s raised", key[0], exc_info=True)
+                error = f"{type(exc).__name__}: {exc}"
+        if timeout_scope.cancelled_caught or (error is not None and timeout_scope.cancel_called):
+            return self._outcome(key, start_time, "failed", error=f"timed out after {limit:g} s")
+        if error is not None:
+            return self._outcome(key, start_time, "failed", error=error)
+        if not isinstance(result, dict):
+            return self._outcome(
+                key, start_time, "failed", error=f"runner returned {type(result).__name__}, not a result document"
+            )
+        return self._outcome(key, start_time, "completed", result=result)
+
+    @staticmethod
+    def _outcome(
+        key: OutboxKey, start_time: float, outcome: str, *, error: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "task_id": key[0], "attempt": key[1], "outcome": outcome, "start_time": start_time,
+            "end_time": time.time(), "error": error, "result": result,
+        }
+
+    def _log_callback(self, key: OutboxKey) -> Callable[[str], None]:
+        buffer = self._logs.setdefault(key, _LogBuffer())
+
+        def append(line: str) -> None:
+            text = str(line).rstrip("\n")
+            if len(text) > MAX_LOG_LINE_CHARS:
+                text = text[:MAX_LOG_LINE_CHARS] + " [truncated]"
+            if len(buffer.lines) == buffer.lines.maxlen:
+                buffer.dropped += 1
+            buffer.lines.append(text)
+            self._log_signal.set()
+
+        def log(line: str) -> None:
+            # Runners may log from a helper thread; trio objects are only touched on the trio thread.
+            try:
+                trio.lowlevel.current_task()
+            except RuntimeError:
+                if self._trio_token is not None:
+                    self._trio_token.run_sync_soon(append, line)
+                return
+            append(line)
+
+        return log
+
+    async def _remove_work_dir(self, work_dir: Path) -> None:
+        try:
+            work_dir.rmdir()  # the common case (in-process tasks) is an empty folder: no thread needed
+        except FileNotFoundError:
+            pass
+        except OSError:
+            await trio.to_thread.run_sync(lambda: shutil.rmtree(work_dir, ignore_errors=True))
+
+    def _free_slots(self) -> int:
+        return max(0, self._max_slots - len(self._running))
+
+    def _running_list(self) -> list[dict[str, Any]]:
+        return [{"task_id": task_id, "attempt": attempt} for task_id, attempt in self._running]
+
+    # --------------------------------------------------------------------------------------- outbox
+    async def _outcome_flusher(self) -> None:
+        batch: list[dict[str, Any]] = []
+        try:
+            while True:
+                batch = [await self._outcomes_out.receive()]
+                await trio.sleep(0)  # let tasks finishing in the same tick join this batch
+                while len(batch) < OUTBOX_BATCH:
+                    try:
+                        batch.append(self._outcomes_out.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await self._persist(batch)
+                batch = []
+        finally:
+            # Shutdown: outcomes already produced must reach the disk before the outbox closes.
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                while True:
+                    try:
+                        batch.append(self._outcomes_out.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                if batch:
+                    await self._persist(batch)
+
+    async def _persist(self, batch: list[dict[str, Any]]) -> None:
+        await self.outbox.add_many(batch)
+        for outcome in batch:
+            key = (outcome["task_id"], outcome["attempt"])
+            self._unacked[key] = outcome
+            self._to_send[key] = outcome
+        self._send_signal.set()
+
+    async def _ack_flusher(self) -> None:
+        try:
+            while True:
+                await self._ack_signal.wait()
+                keys, self._acked = self._acked, []
+                await self.outbox.remove_many(keys)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                keys, self._acked = self._acked, []
+                await self.outbox.remove_many(keys)
+
+
+# ------------------------------------------------------------------------------------------ identity
+def _claim_worker_id(settings: Settings) -> tuple[str, Any]:
+    """The worker's id and a held lock file (or None).
+
+    Without ``--worker-id`` the id ``<hostname>-<6 hex>`` is kept in ``<data_dir>/worker-id`` so a
+    restarted worker keeps its identity and its outbox. Several workers may share one data dir (``dtf up``):
+    the first one holds ``worker-id.lock`` for its lifetime; the others take a fresh id they do not persist.
+    """
+    if settings.worker_id:
+        return settings.worker_id, None
+    hostname = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname().split(".")[0].lower()) or "worker"
+    fresh = f"{hostname}-{secrets.token_hex(3)}"
+    data_dir = Path(settings.data_dir)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(data_dir / "worker-id.lock", "a+")  # noqa: SIM115 - held open for the worker's lifetime
+    except OSError as exc:
+        raise WorkerError(f"cannot use data dir {data_dir}: {exc}", exit_code=2) from exc
+    if not _try_lock(lock):
+        lock.close()
+        logger.info("data dir %s is used by another running worker; this one is %s (not persisted)", data_dir, fresh)
+        return fresh, None
+    id_file = data_dir / "worker-id"
+    try:
+        stored = id_file.read_text().strip() if id_file.exists() else ""
+        if re.fullmatch(r"[A-Za-z0-9._-]{1,128}", stored):
+            return stored, lock
+        id_file.write_text(fresh + "\n")
+    except OSError as exc:
+        lock.close()
+        raise WorkerError(f"cannot keep the worker id in {id_file}: {exc}", exit_code=2) from exc
+    return fresh, lock
+
+
+def _try_lock(handle: Any) -> bool:
+    try:
+        if os.name == "nt":
+            import msvcrt
+
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def _default_runner_api() -> tuple[Callable[[str], Any], Callable[..., Any], type[BaseException]]:
+    from dtf_app.worker.runners import RunContext, TaskError, get_runner
+
+    return get_runner, RunContext, TaskError
+
+
+async def run_worker(
+    settings: Settings,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    get_runner: Callable[[str], Any] | None = None,
+    detect_hardware: Callable[[str | None], dict[str, Any]] | None = None,
+    sample_health: Callable[[], dict[str, Any]] | None = None,
+) -> None:
+    """Run a worker until cancelled; ``task_status.started(worker_id)`` after the first welcome.
+
+    ``get_runner``, ``detect_hardware`` and ``sample_health`` default to :mod:`dtf_app.worker.runners`,
+    :func:`dtf_app.hardware.detect` and :func:`dtf_app.health.sample`; tests and embedders may pass their own.
+    Raises :class:`WorkerError` (with ``exit_code``) when the worker cannot go on.
+    """
+    if int(settings.max_concurrent_tasks) < 1:
+        raise WorkerError(
+            f"max_concurrent_tasks must be at least 1, got {settings.max_concurrent_tasks}", exit_code=2
+        )
+    if not float(settings.heartbeat_interval) > 0:
+        raise WorkerError(f"heartbeat_interval must be > 0 seconds, got {settings.heartbeat_interval}", exit_code=2)
+    for url in settings.coordinator:
+        websocket_url(url)  # validate every URL up front: a typo is a config error, not "unreachable"
+
+    default_get_runner, run_context, task_error = _default_runner_api()
+    if detect_hardware is None:
+        from dtf_app.hardware import detect as detect_hardware
+    if sample_health is None:
+        from dtf_app.health import sample as sample_health
+
+    worker_id, id_lock = _claim_worker_id(settings)
+    try:
+        capabilities = await trio.to_thread.run_sync(detect_hardware, settings.simulate_hardware)
+        try:
+            outbox = await Outbox.open(settings.worker_db_path(worker_id))
+        except OutboxError as exc:
+            raise WorkerError(str(exc), exit_code=2) from exc
+        agent = WorkerAgent(
+            settings, worker_id, outbox, capabilities,
+            get_runner=get_runner or default_get_runner, run_context=run_context, task_error=task_error,
+            sample_health=sample_health,
+        )
+        try:
+            await agent.run(task_status)
+        finally:
+            with trio.CancelScope(shield=True):
+                await outbox.aclose()
+    finally:
+        if id_lock is not None:
+            id_lock.close()

@@ -1,0 +1,1 @@
+"""Built-in hardware probes, registered through the dtf.hardware entry-point group."""

@@ -1,0 +1,1 @@
+"""Built-in task runners, registered through the dtf.runners entry-point group."""
