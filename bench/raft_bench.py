@@ -2,9 +2,11 @@
 
 Three measurements, side by side in one run (DESIGN.md section 11: compare, never assert timings):
 
-(a) commits/s of three ``RaftNode`` cores over ``MemoryStorage`` with a lossless, instant in-process
-    network; the leader proposes ``batch`` entries per round, then every message is delivered until the
-    cluster is quiet. This is the CPU cost of the protocol in Python, with no I/O at all.
+(a) commits/s of three ``RaftNode`` cores with a lossless, instant in-process network; the leader
+    proposes ``batch`` entries per round, then every message is delivered until the cluster is quiet.
+    Over ``MemoryStorage`` this is the CPU cost of the protocol in Python with no I/O at all; over
+    ``DurableStorage`` (one directory per node, same disk) each node also fsyncs every Ready that must
+    be synced, so a round costs at least two fsyncs in sequence (leader, then followers).
 (b) group-commit throughput of ``DurableStorage`` on the chosen disk: per group, one ``append`` of
     ``group`` entries of ``entry_bytes`` bytes, one hard-state update and one ``sync()`` (one fsync).
 (c) the floor for (b) on the same disk: a bare ``os.write`` + ``os.fsync`` loop writing the same bytes
@@ -64,6 +66,8 @@ def _pump(nodes: dict[str, Any], storages: dict[str, Any]) -> None:
                     storage.append(rd.entries)
                 if rd.hard_state is not None:
                     storage.set_hard_state(rd.hard_state)
+                if rd.must_sync and isinstance(storage, DurableStorage):
+                    storage.sync()
                 queue.extend(rd.messages)
                 node.advance(rd)
         if not queue and not busy:
@@ -73,41 +77,55 @@ def _pump(nodes: dict[str, Any], storages: dict[str, Any]) -> None:
             nodes[msg.dst].step(msg)
 
 
-def bench_core(seconds: float, batch: int, entry_bytes: int = 100) -> dict[str, Any]:
-    """Commits/s (entries committed on the leader) for 3 cores proposing ``batch`` entries per round."""
+def bench_core(
+    seconds: float, batch: int, entry_bytes: int = 100, durable_dir: Path | None = None
+) -> dict[str, Any]:
+    """Commits/s (entries committed on the leader) for 3 cores proposing ``batch`` entries per round.
+
+    With ``durable_dir`` each node persists to its own ``DurableStorage`` there and fsyncs every Ready
+    that must be synced (all three on the same disk, one after the other).
+    """
     from dtf_app.raft.core import RaftNode
     from dtf_app.raft.storage import MemoryStorage
     from dtf_app.raft.types import RaftConfig
 
     peers = ("n1", "n2", "n3")
-    storages = {p: MemoryStorage() for p in peers}
-    nodes = {
-        p: RaftNode(RaftConfig(node_id=p, peers=peers), storages[p], random.Random(i))
-        for i, p in enumerate(peers)
+    storages: dict[str, Any] = {
+        p: MemoryStorage() if durable_dir is None else DurableStorage(durable_dir / p) for p in peers
     }
-    nodes["n1"].campaign()
-    _pump(nodes, storages)
-    leader = nodes["n1"]
-    if leader.role != "leader":
-        raise RuntimeError(f"n1 did not win the election (role {leader.role})")
-    payload = b"x" * entry_bytes
-    start_commit = leader.commit_index
-    rounds = 0
-    start = time.perf_counter()
-    deadline = start + seconds
-    while True:
-        for _ in range(batch):
-            leader.propose(payload)
+    try:
+        nodes = {
+            p: RaftNode(RaftConfig(node_id=p, peers=peers), storages[p], random.Random(i))
+            for i, p in enumerate(peers)
+        }
+        nodes["n1"].campaign()
         _pump(nodes, storages)
-        rounds += 1
-        now = time.perf_counter()
-        if now >= deadline:
-            break
+        leader = nodes["n1"]
+        if leader.role != "leader":
+            raise RuntimeError(f"n1 did not win the election (role {leader.role})")
+        payload = b"x" * entry_bytes
+        start_commit = leader.commit_index
+        rounds = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while True:
+            for _ in range(batch):
+                leader.propose(payload)
+            _pump(nodes, storages)
+            rounds += 1
+            now = time.perf_counter()
+            if now >= deadline:
+                break
+    finally:
+        for storage in storages.values():
+            if isinstance(storage, DurableStorage):
+                storage.close()
     elapsed = now - start
     commits = leader.commit_index - start_commit
     if commits < rounds * batch:
         raise RuntimeError(f"only {commits} of {rounds * batch} proposed entries committed")
     return {
+        "storage": "memory" if durable_dir is None else "durable",
         "batch": batch,
         "rounds": rounds,
         "commits": commits,
@@ -189,6 +207,24 @@ def bench_raw(directory: Path, seconds: float, group: int, entry_bytes: int = 10
 # --- driver ----------------------------------------------------------------------------------------------
 
 
+def _empty_row(group: int) -> dict[str, Any]:
+    return {
+        "group": group,
+        "entries": 0,
+        "fsyncs": 0,
+        "seconds": 0.0,
+        "entries_per_s": 0.0,
+        "fsyncs_per_s": 0.0,
+    }
+
+
+def _add_row(total: dict[str, Any], part: dict[str, Any]) -> None:
+    for key in ("entries", "fsyncs", "seconds"):
+        total[key] += part[key]
+    total["entries_per_s"] = total["entries"] / total["seconds"]
+    total["fsyncs_per_s"] = total["fsyncs"] / total["seconds"]
+
+
 def run_bench(
     seconds: float = 1.0,
     directory: str | os.PathLike[str] | None = None,
@@ -196,8 +232,9 @@ def run_bench(
     batches: tuple[int, ...] = (1, 64),
     groups: tuple[int, ...] = (1, 16, 256),
     entry_bytes: int = 100,
+    include_core: bool = True,
 ) -> dict[str, Any]:
-    """Run all three measurements, ``seconds`` each, and return the figures as plain data."""
+    """Run the measurements, ``seconds`` each, and return the figures as plain data."""
     result: dict[str, Any] = {
         "machine": {
             "python": platform.python_version(),
@@ -208,20 +245,34 @@ def run_bench(
         "entry_bytes": entry_bytes,
     }
     try:
+        if not include_core:
+            raise ImportError("not requested")
         import dtf_app.raft.core  # noqa: F401
     except ImportError as exc:
         result["core"] = {"available": False, "reason": f"dtf_app.raft.core cannot be imported: {exc}"}
     else:
-        result["core"] = {
-            "available": True,
-            "results": [bench_core(seconds, batch, entry_bytes) for batch in batches],
-        }
+        result["core"] = {"available": True, "results": []}
 
     base = Path(tempfile.mkdtemp(prefix="raft-bench-", dir=directory))
     try:
         result["disk_dir"] = str(base)
-        result["log"] = [bench_log(base / f"log-{group}", seconds, group, entry_bytes) for group in groups]
-        result["raw"] = [bench_raw(base, seconds, group, entry_bytes) for group in groups]
+        if result["core"]["available"]:
+            rows = result["core"]["results"]
+            rows += [bench_core(seconds, batch, entry_bytes) for batch in batches]
+            rows += [bench_core(seconds, b, entry_bytes, base / f"core-{b}") for b in batches]
+        # Disk speed drifts with whatever else the machine is doing, so (b) and (c) run interleaved in
+        # short slices: each side sees the same conditions and the comparison stays fair.
+        slices = max(1, min(10, round(seconds / 0.2)))
+        log_rows = {group: _empty_row(group) for group in groups}
+        raw_rows = {group: _empty_row(group) for group in groups}
+        for slice_no in range(slices):
+            for group in groups:
+                log_dir = base / f"log-{group}-{slice_no}"
+                _add_row(log_rows[group], bench_log(log_dir, seconds / slices, group, entry_bytes))
+                shutil.rmtree(log_dir)
+                _add_row(raw_rows[group], bench_raw(base, seconds / slices, group, entry_bytes))
+        result["log"] = list(log_rows.values())
+        result["raw"] = list(raw_rows.values())
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return result
@@ -234,14 +285,15 @@ def format_table(result: dict[str, Any]) -> str:
         f"{result['machine']['cpus']} CPUs; {result['seconds_per_measurement']:g} s per measurement, "
         f"{result['entry_bytes']}-byte entries",
         "",
-        "(a) 3 Raft cores, MemoryStorage, instant lossless network",
+        "(a) 3 Raft cores, instant lossless network; storage: memory, or durable (log.py, fsync per Ready)",
     ]
     core = result["core"]
     if core["available"]:
-        lines.append(f"    {'batch':>6} {'commits/s':>12} {'rounds/s':>10}")
+        lines.append(f"    {'storage':>8} {'batch':>6} {'commits/s':>12} {'rounds/s':>10}")
         for row in core["results"]:
             lines.append(
-                f"    {row['batch']:>6} {row['commits_per_s']:>12,.0f} {row['rounds_per_s']:>10,.0f}"
+                f"    {row['storage']:>8} {row['batch']:>6} {row['commits_per_s']:>12,.0f}"
+                f" {row['rounds_per_s']:>10,.0f}"
             )
     else:
         lines.append(f"    skipped: {core['reason']}")

@@ -458,7 +458,15 @@ class RaftNode:
                 pr.snapshot_wait += 1
                 if pr.snapshot_wait > self.config.election_ticks:
                     pr.become_probe()
-            self._send(MT.HEARTBEAT, pid, commit=min(pr.match, committed), context=ctx)
+            commit = min(pr.match, committed)
+            if not ctx and pr.sent_since_heartbeat and pr.commit_sent >= commit:
+                # An append reached for this follower during this interval already reset its election
+                # timer and carried the commit index it can use: a heartbeat would add nothing.
+                pr.sent_since_heartbeat = False
+                continue
+            pr.sent_since_heartbeat = False
+            pr.commit_sent = max(pr.commit_sent, commit)
+            self._send(MT.HEARTBEAT, pid, commit=commit, context=ctx)
 
     def _step_leader(self, msg: Message) -> None:
         t = msg.type
@@ -557,6 +565,8 @@ class RaftNode:
             )
         )
         pr.sent_entries(entries[-1].index if entries else None)
+        pr.commit_sent = log.committed
+        pr.sent_since_heartbeat = True
         return True
 
     def _send_snapshot(self, to: str, pr: Progress) -> bool:
@@ -748,7 +758,8 @@ class RaftNode:
 
     def _init_progress(self) -> None:
         nxt = self._log.last_index() + 1
-        for vid in self._voters:
+        # Sorted so that message order (and so a seeded simulation) does not depend on set hashing.
+        for vid in sorted(self._voters):
             if vid not in self._progress:
                 pr = Progress(nxt, self.config.max_inflight_msgs)
                 # A peer we just started tracking counts as active until the next CheckQuorum round.

@@ -11,7 +11,7 @@ etcd's WAL)::
     LOCK                              flock'd while open, so two processes never share a log
     wal-<seq:020d>.log                segments, replayed in sequence order
     snap-<index:020d>-<term:020d>.snap  the newest snapshot; older ones are deleted once it is durable
-    *.tmp                             half-written files from a crash; ignored and removed at open
+    wal-*.log.tmp, snap-*.snap.tmp    half-written files from a crash; ignored and removed at open
 
 A segment is ``SEGMENT_MAGIC`` followed by records. A record is a 12-byte header -- a 2-byte record magic,
 a type byte, a reserved byte, the body length (u32) and a CRC32 over type, reserved byte, length and
@@ -31,12 +31,21 @@ Why the record magic: when the last segment ends in a damaged record we must tel
 write was interrupted by a crash: truncate it away, log it, carry on) from damage in the middle (valid
 records follow the bad one: refuse to open rather than silently drop acknowledged data). The magic lets
 ``bytes.find`` locate candidate records after the damage at C speed; each candidate is checked by CRC.
+(Entry data that itself embeds a CRC-valid record of this format could make a torn tail look like damage
+in the middle: the open then fails loudly, it never drops data silently.)
 
 Disk use stays bounded: segments roll at ``segment_bytes``; when ``compact()`` makes whole old segments
 dead, the live state (base point, hard state, live entries) is rewritten into a fresh "checkpoint"
 segment (temp file, fsync, rename, fsync directory) starting with a RESET record, and the older segments
 are deleted. A crash between the rename and the deletes is harmless: replay starts at the newest segment
 that begins with a RESET record.
+
+Snapshots are files of their own (magic, index, term, voters, data, CRC32), written atomically: temp
+file, fsync, rename, fsync directory; the newest one is kept. ``create_snapshot`` only writes the file
+(like ``MemoryStorage``, it does not compact). ``apply_snapshot`` (a snapshot received from the leader)
+writes the file flagged "installed", then a checkpoint segment resetting the log to it, and is durable on
+return; if a crash falls between the two, the next open sees an installed snapshot ahead of the log and
+finishes the install.
 
 The voter set is learned like ``MemoryStorage`` does: from ``voters_from_entry`` over the stored entries,
 and below them from the compaction point / snapshot, so ``initial_state()`` reports the latest
@@ -61,7 +70,13 @@ try:  # POSIX only; on Windows the directory is simply not locked.
 except ImportError:  # pragma: no cover - exercised on Windows only
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["DurableStorage", "FileLogStorage", "LogCorruptionError", "StorageClosedError"]
+__all__ = [
+    "DurableStorage",
+    "FileLogStorage",
+    "LogCorruptionError",
+    "StorageClosedError",
+    "StorageLockedError",
+]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +108,7 @@ SNAPSHOT_INSTALLED = 1
 _KIND_CODES = {"normal": 0, "noop": 1, "config": 2}
 _KIND_NAMES = {code: name for name, code in _KIND_CODES.items()}
 _NO_VOTE = 0xFFFF
+_CHECKPOINT_CHUNK = 4096  # entries per record when a checkpoint rewrites the live tail
 
 _SEGMENT_RE = re.compile(r"^wal-(\d{20})\.log$")
 _SNAPSHOT_RE = re.compile(r"^snap-(\d{20})-(\d{20})\.snap$")
@@ -104,6 +120,10 @@ class LogCorruptionError(Exception):
 
 class StorageClosedError(Exception):
     """The storage was closed, or a write/fsync failed earlier so its files can no longer be trusted."""
+
+
+class StorageLockedError(RuntimeError):
+    """Another open ``DurableStorage`` (in this or another process) holds the directory's lock."""
 
 
 # --- encoding ------------------------------------------------------------------------------------------
@@ -276,7 +296,13 @@ class _Segment:
 
 
 class DurableStorage:
-    """The durable ``LogStorage``: write-ahead log segments plus atomically written snapshot files."""
+    """The durable ``LogStorage``: write-ahead log segments plus atomically written snapshot files.
+
+    Reads are served from memory (every entry after the compaction point is kept as an ``Entry``). Not
+    thread-safe: one caller at a time, e.g. a driver that runs its whole persist step (appends, hard
+    state, ``sync()``) in a worker thread while the core waits for it. After a failed write or fsync the
+    instance refuses further use (``StorageClosedError``): reopen it to recover from what is on disk.
+    """
 
     def __init__(
         self, directory: str | os.PathLike[str], *, segment_bytes: int = DEFAULT_SEGMENT_BYTES
@@ -380,9 +406,11 @@ class DurableStorage:
         truncating = first <= self.last_index()
         data = _encode_entries(entries, REC_REPLACE if truncating else REC_ENTRIES)
         confs = self._confs_of(entries)
-        self._write(data, max_index=entries[-1].index)
+        self._write(data)
         if truncating:
             self._truncate_from(first)
+        active = self._segments[-1]
+        active.max_index = max(active.max_index, entries[-1].index)
         self._extend(entries, confs)
 
     def set_hard_state(self, hs: HardState) -> None:
@@ -463,6 +491,12 @@ class DurableStorage:
             self._release()
             self._failed = self._failed or "closed"
 
+    def __del__(self) -> None:
+        # An instance dropped without close() (e.g. a simulated crash) must not keep the lock, or the
+        # directory could never be reopened in this process. No sync: a crash would not have synced either.
+        if getattr(self, "_lock_fd", -1) >= 0 or getattr(self, "_fd", -1) >= 0:
+            self._release()
+
     def __enter__(self) -> DurableStorage:
         return self
 
@@ -497,6 +531,9 @@ class DurableStorage:
 
     def _truncate_from(self, index: int) -> None:
         del self._entries[index - self._base_index - 1 :]
+        for segment in self._segments:
+            # What a segment held from index on is dead now, so compaction up to index - 1 frees it.
+            segment.max_index = min(segment.max_index, index - 1)
         cut = bisect_left(self._conf_indexes, index)
         del self._conf_indexes[cut:], self._conf_voters[cut:]
 
@@ -516,7 +553,7 @@ class DurableStorage:
         if self._failed is not None:
             raise StorageClosedError(f"storage at {self._dir} is unusable: {self._failed}")
 
-    def _write(self, data: bytes, max_index: int = 0) -> None:
+    def _write(self, data: bytes) -> None:
         if self._size >= self._segment_bytes:
             self._roll()
         try:
@@ -531,9 +568,6 @@ class DurableStorage:
             raise
         self._size += len(data)
         self._dirty = True
-        if max_index:
-            segment = self._segments[-1]
-            segment.max_index = max(segment.max_index, max_index)
 
     def _segment_path(self, seq: int) -> Path:
         return self._dir / f"wal-{seq:020d}.log"
@@ -542,13 +576,18 @@ class DurableStorage:
         # The old segment is fsynced before the new one exists: otherwise the kernel could write the new
         # segment's pages first and a crash would leave a torn record in a segment that is not the last,
         # which replay must (and does) treat as damage in the middle of the log.
-        os.fsync(self._fd)
-        os.close(self._fd)
         seq = self._segments[-1].seq + 1
         segment = _Segment(seq, self._segment_path(seq))
-        self._fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        self._segments.append(segment)
-        _write_all(self._fd, SEGMENT_MAGIC)
+        try:
+            os.fsync(self._fd)
+            fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+            os.close(self._fd)
+            self._fd = fd
+            self._segments.append(segment)
+            _write_all(self._fd, SEGMENT_MAGIC)
+        except OSError as exc:
+            self._failed = f"starting segment {segment.path.name} failed: {exc}"
+            raise
         self._size = len(SEGMENT_MAGIC)
         self._dirty = self._dir_dirty = True
 
@@ -572,7 +611,9 @@ class DurableStorage:
             _encode_hard_state(self._hard_state),
         ]
         if self._entries:
-            parts.append(_encode_entries(self._entries))
+            # Several records keep each one far below the 4 GiB a record length can express.
+            for lo in range(0, len(self._entries), _CHECKPOINT_CHUNK):
+                parts.append(_encode_entries(self._entries[lo : lo + _CHECKPOINT_CHUNK]))
         seq = self._segments[-1].seq + 1
         segment = _Segment(seq, self._segment_path(seq), max_index=self.last_index())
         data = b"".join(parts)
@@ -609,13 +650,16 @@ class DurableStorage:
             return
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             os.close(self._lock_fd)
             self._lock_fd = -1
-            raise RuntimeError(
+            raise StorageLockedError(
                 f"raft log directory {self._dir} is in use by another DurableStorage (LOCK is held); "
                 "stop the other process or point this one at its own --data-dir"
             ) from None
+        except OSError as exc:
+            # Some network filesystems do not support flock; the log still works, just unguarded.
+            log.warning("cannot lock %s (%s); continuing without the single-writer guard", self._dir, exc)
 
     def _release(self) -> None:
         for fd in (self._fd, self._lock_fd):
@@ -626,7 +670,7 @@ class DurableStorage:
     # --- opening and replay ---------------------------------------------------------------------------
 
     def _open(self) -> None:
-        for leftover in sorted(self._dir.glob("*.tmp")):
+        for leftover in sorted([*self._dir.glob("wal-*.log.tmp"), *self._dir.glob("snap-*.snap.tmp")]):
             # A crash interrupted an atomic write before its rename: the previous version is intact.
             log.warning("removing leftover temporary file %s (interrupted write)", leftover)
             leftover.unlink()

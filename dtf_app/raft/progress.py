@@ -32,6 +32,8 @@ class Progress:
         "recent_active",
         "stall_rounds",
         "match_at_last_heartbeat",
+        "commit_sent",
+        "sent_since_heartbeat",
     )
 
     def __init__(self, next_index: int, max_inflight: int) -> None:
@@ -49,6 +51,10 @@ class Progress:
         # Heartbeat rounds in which replicate-state data stayed unacknowledged (a lost append).
         self.stall_rounds = 0
         self.match_at_last_heartbeat = 0
+        # The commit index our last message carried, and whether an append went out since the last
+        # heartbeat round: such a follower needs no heartbeat unless its commit index is behind.
+        self.commit_sent = 0
+        self.sent_since_heartbeat = False
 
     def __repr__(self) -> str:
         return f"Progress({self.state} match={self.match} next={self.next} inflight={len(self.inflights)})"

@@ -7,8 +7,8 @@ Shape of the service (all in one trio nursery, so cancelling it is a clean shutd
 
 * the *task nursery* runs tasks; it outlives connections, so tasks keep running while the coordinator is
   unreachable and their outcomes wait in the outbox;
-* the *outcome flusher* writes finished outcomes to the DuckDB outbox in batches, and only then queues
-  them for sending; the *ack flusher* deletes acknowledged rows in batches;
+* the *outbox writer* stores finished outcomes in the DuckDB outbox and deletes acknowledged ones, in one
+  transaction per batch; an outcome is queued for sending only once it is on disk;
 * the *connection loop* connects, says hello, waits for welcome, then runs one session (receive loop,
   sender, log sender, heartbeat) until the socket drops, and reconnects with exponential backoff.
 """
@@ -146,6 +146,7 @@ class WorkerAgent:
         self._slots = trio.CapacityLimiter(self._max_slots)
         self._heartbeat_interval = float(settings.heartbeat_interval)
         self._running: dict[OutboxKey, _RunningTask] = {}
+        self._finished: dict[OutboxKey, dict[str, Any]] = {}  # outcomes on their way into the outbox
         # Mirror of the outbox (everything not yet acked) and the part not yet sent on this connection.
         self._unacked: dict[OutboxKey, dict[str, Any]] = {}
         self._to_send: dict[OutboxKey, dict[str, Any]] = {}
@@ -154,8 +155,7 @@ class WorkerAgent:
         self._logs: dict[OutboxKey, _LogBuffer] = {}
         self._log_signal = _Signal()
         self._acked: list[OutboxKey] = []
-        self._ack_signal = _Signal()
-        self._outcomes_in, self._outcomes_out = trio.open_memory_channel[dict[str, Any]](math.inf)
+        self._outbox_signal = _Signal()
         self._ws: Any = None
         self._send_lock = trio.Lock()
         self._next_url: str | None = None
@@ -163,6 +163,8 @@ class WorkerAgent:
         self._close_reason = ""
         self._task_nursery: trio.Nursery | None = None
         self._trio_token: trio.lowlevel.TrioToken | None = None
+        self._task_status: trio.TaskStatus[str] | None = None
+        self._session_scope: trio.CancelScope | None = None
 
     # ----------------------------------------------------------------------------------------- service
     async def run(self, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -178,8 +180,7 @@ class WorkerAgent:
         try:
             async with trio.open_nursery() as nursery:
                 self._task_nursery = nursery
-                nursery.start_soon(self._outcome_flusher)
-                nursery.start_soon(self._ack_flusher)
+                nursery.start_soon(self._outbox_writer)
                 try:
                     await self._connection_loop(task_status)
                 except WorkerError as exc:
@@ -203,14 +204,12 @@ class WorkerAgent:
         if not urls:
             raise WorkerError("no coordinator URL configured (set --coordinator or DTF_COORDINATOR)", exit_code=2)
         attempts = max(1, int(self.settings.reconnect_attempts))
-        failures, index, reported = 0, 0, False
+        failures, index = 0, 0
+        self._task_status = task_status
         while True:
             url = self._next_url or urls[index % len(urls)]
             self._next_url = None
             welcomed = await self._session(url)
-            if welcomed and not reported:
-                reported = True
-                task_status.started(self.worker_id)
             if self._fatal is not None:
                 raise self._fatal
             if welcomed:
@@ -257,6 +256,9 @@ class WorkerAgent:
                     return False
                 welcomed = True
                 self._on_welcome(reply, url)
+                if self._task_status is not None:
+                    self._task_status.started(self.worker_id)  # once: the first welcome
+                    self._task_status = None
                 await self._serve(ws)
                 return True
         except ConnectionRejected as exc:
@@ -343,6 +345,7 @@ class WorkerAgent:
             self._send_signal.set()
         try:
             async with trio.open_nursery() as nursery:
+                self._session_scope = nursery.cancel_scope
 
                 async def guarded(loop: Callable[[], Any]) -> None:
                     # A dropped socket ends the whole session quietly; the connection loop reconnects.
@@ -384,9 +387,8 @@ class WorkerAgent:
                 self._handle_ack(message)
             elif kind == protocol.ERROR:
                 self._handle_error(message, "coordinator")
-                if self._fatal is not None or self._next_url is not None:
-                    await ws.aclose()
-                    return
+                if (self._fatal is not None or self._next_url is not None) and self._session_scope:
+                    self._session_scope.cancel()  # end the session; the connection loop acts on it
             elif kind != protocol.WELCOME:
                 logger.debug("ignoring message of type %r", kind)
 
@@ -448,8 +450,8 @@ class WorkerAgent:
             if key is None:
                 logger.warning("ignoring assignment without task_id/attempt: %.200r", task)
                 continue
-            if key in self._running:
-                continue  # the coordinator re-sent an assignment we are already running
+            if key in self._running or key in self._finished:
+                continue  # the coordinator re-sent an assignment we are running or just finished
             if key in self._unacked:
                 # Already ran; its outcome may not have arrived: send it again instead of re-running.
                 self._to_send[key] = self._unacked[key]
@@ -486,7 +488,7 @@ class WorkerAgent:
             self._unacked.pop(key, None)
             self._to_send.pop(key, None)
             self._acked.append(key)
-        self._ack_signal.set()
+        self._outbox_signal.set()
 
     # --------------------------------------------------------------------------------------- tasks
     async def _run_task(self, task: dict[str, Any], record: _RunningTask) -> None:
@@ -502,22 +504,22 @@ class WorkerAgent:
                     self._send_signal.set()
                     work_dir.mkdir(parents=True, exist_ok=True)
                     outcome = await self._execute(task, record.key, work_dir, start_time)
-            if record.cancel_requested:
-                # Whatever the runner made of the cancellation, the coordinator asked for it.
+            if outcome is None or record.cancel_requested:
+                # Only a "cancel" message cancels record.scope; whatever the runner made of it, say so.
                 outcome = self._outcome(record.key, start_time, "failed", error="cancelled")
         finally:
             self._running.pop(record.key, None)
             buffer = self._logs.get(record.key)
             if buffer is not None:
                 buffer.finished = True
-                if self._ws is None:
-                    self._logs.pop(record.key, None)  # logs are ephemeral: nobody to send them to
-        assert outcome is not None
+                if self._ws is None or not buffer.lines:
+                    self._logs.pop(record.key, None)  # logs are ephemeral: nothing (or nobody) to send
         if outcome["error"]:
             logger.warning("task %s attempt %d failed: %s", task_id, attempt, outcome["error"])
         else:
             logger.debug("task %s attempt %d completed in %.3f s", task_id, attempt, outcome["end_time"] - start_time)
-        self._outcomes_in.send_nowait(outcome)
+        self._finished[record.key] = outcome
+        self._outbox_signal.set()
         if outcome["outcome"] == "completed":
             await self._remove_work_dir(work_dir)
 
@@ -527,6 +529,8 @@ class WorkerAgent:
         task_type = task.get("type")
         try:
             runner = self._get_runner(str(task_type))
+        except self._task_error as exc:
+            return self._outcome(key, start_time, "failed", error=str(exc))
         except Exception as exc:
             return self._outcome(key, start_time, "failed", error=f"no runner for task type {task_type!r}: {exc}")
         timeout = task.get("timeout_seconds")
@@ -604,48 +608,30 @@ class WorkerAgent:
         return [{"task_id": task_id, "attempt": attempt} for task_id, attempt in self._running]
 
     # --------------------------------------------------------------------------------------- outbox
-    async def _outcome_flusher(self) -> None:
-        batch: list[dict[str, Any]] = []
+    async def _outbox_writer(self) -> None:
         try:
             while True:
-                batch = [await self._outcomes_out.receive()]
-                await trio.sleep(0)  # let tasks finishing in the same tick join this batch
-                while len(batch) < OUTBOX_BATCH:
-                    try:
-                        batch.append(self._outcomes_out.receive_nowait())
-                    except trio.WouldBlock:
-                        break
-                await self._persist(batch)
-                batch = []
+                await self._outbox_signal.wait()
+                await self._write_outbox()
         finally:
-            # Shutdown: outcomes already produced must reach the disk before the outbox closes.
+            # Shutdown: outcomes already produced and acks already received reach the file first.
             with trio.CancelScope(shield=True), trio.move_on_after(10):
-                while True:
-                    try:
-                        batch.append(self._outcomes_out.receive_nowait())
-                    except trio.WouldBlock:
-                        break
-                if batch:
-                    await self._persist(batch)
+                await self._write_outbox()
 
-    async def _persist(self, batch: list[dict[str, Any]]) -> None:
-        await self.outbox.add_many(batch)
-        for outcome in batch:
-            key = (outcome["task_id"], outcome["attempt"])
-            self._unacked[key] = outcome
-            self._to_send[key] = outcome
-        self._send_signal.set()
-
-    async def _ack_flusher(self) -> None:
-        try:
-            while True:
-                await self._ack_signal.wait()
-                keys, self._acked = self._acked, []
-                await self.outbox.remove_many(keys)
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(10):
-                keys, self._acked = self._acked, []
-                await self.outbox.remove_many(keys)
+    async def _write_outbox(self) -> None:
+        # Everything that piled up since the last write (outcomes and acks) goes in one transaction, so
+        # while one commit is in flight the next batch grows instead of queueing many tiny commits.
+        while self._finished or self._acked:
+            batch = list(self._finished.values())[:OUTBOX_BATCH]
+            acked, self._acked = self._acked, []
+            await self.outbox.apply(add=batch, remove=acked)
+            for outcome in batch:
+                key = (outcome["task_id"], outcome["attempt"])
+                self._finished.pop(key, None)
+                self._unacked[key] = outcome
+                self._to_send[key] = outcome
+            if batch:
+                self._send_signal.set()
 
 
 # ------------------------------------------------------------------------------------------ identity
@@ -663,7 +649,7 @@ def _claim_worker_id(settings: Settings) -> tuple[str, Any]:
     data_dir = Path(settings.data_dir)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        lock = open(data_dir / "worker-id.lock", "a+")  # noqa: SIM115 - held open for the worker's lifetime
+        lock = open(data_dir / "worker-id.lock", "a+")  # held open: the lock lives as long as the worker
     except OSError as exc:
         raise WorkerError(f"cannot use data dir {data_dir}: {exc}", exit_code=2) from exc
     if not _try_lock(lock):
@@ -730,11 +716,17 @@ async def run_worker(
     if detect_hardware is None:
         from dtf_app.hardware import detect as detect_hardware
     if sample_health is None:
-        from dtf_app.health import sample as sample_health
+        from dtf_app.health import sample
+
+        def sample_health() -> dict[str, Any]:
+            return sample(settings.data_dir)
 
     worker_id, id_lock = _claim_worker_id(settings)
     try:
-        capabilities = await trio.to_thread.run_sync(detect_hardware, settings.simulate_hardware)
+        try:
+            capabilities = await trio.to_thread.run_sync(detect_hardware, settings.simulate_hardware)
+        except (ValueError, OSError) as exc:  # an unreadable or invalid --simulate-hardware profile
+            raise WorkerError(f"cannot use the hardware profile: {exc}", exit_code=2) from exc
         try:
             outbox = await Outbox.open(settings.worker_db_path(worker_id))
         except OutboxError as exc:

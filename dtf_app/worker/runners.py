@@ -174,6 +174,30 @@ def build_env(ctx: RunContext, task_env: object, where: str = "config.env") -> d
     return env
 
 
+def python_executable(value: object = None, where: str = "config.python") -> str:
+    """The Python interpreter for a task's subprocess: ``value`` if given, else the worker's own.
+
+    A frozen worker (PyInstaller) has no interpreter of its own: it uses ``DTF_PYTHON`` or ``python3``
+    from PATH.
+    """
+    import shutil
+
+    if value is None:
+        if not getattr(sys, "frozen", False):
+            return sys.executable
+        value = os.environ.get("DTF_PYTHON") or shutil.which("python3") or shutil.which("python")
+        if not value:
+            raise TaskError("this frozen worker needs a Python interpreter for this task: set DTF_PYTHON "
+                            "or put python3 on PATH")
+        return str(value)
+    if not isinstance(value, str) or not value:
+        raise TaskError(f"{where} must be the path or name of a Python interpreter, got {value!r}")
+    found = shutil.which(value)
+    if found is None:
+        raise TaskError(f"{where} {value!r} is not an executable on this worker")
+    return found
+
+
 def resolve_working_dir(value: object, where: str = "config.working_dir") -> Path:
     """The directory a subprocess runs in: ``value`` (must exist) or the worker's cwd."""
     if value is None:
@@ -296,6 +320,23 @@ def _killpg(pgid: int, sig: int) -> bool:
         return True
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether a process group still has a live (non-zombie) member."""
+    if not _killpg(pgid, 0):
+        return False
+    # Killed members reparented to an init that reaps lazily (containers) linger as zombies and still
+    # count for killpg; they are dead for our purposes.
+    import psutil
+
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (OSError, psutil.Error):
+            continue
+    return False
+
+
 async def _terminate_group(proc: trio.Process, grace: float) -> None:
     """SIGTERM the process group, wait up to ``grace`` for it to empty, then SIGKILL what is left."""
     pgid = proc.pid
@@ -307,7 +348,7 @@ async def _terminate_group(proc: trio.Process, grace: float) -> None:
         if proc.returncode is None:
             await proc.wait()
         # Members other than the leader are not our children: poll until the group is empty.
-        while _killpg(pgid, 0):
+        while _group_alive(pgid):
             await trio.sleep(0.02)
         return
     _killpg(pgid, signal.SIGKILL)

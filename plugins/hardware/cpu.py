@@ -17,7 +17,7 @@ def probe() -> dict:
     cpu: dict = {"model": _model_name(), "cores": cores, "threads": threads, "arch": platform.machine()}
     try:
         freq = psutil.cpu_freq()
-    except (OSError, NotImplementedError):  # some VMs and containers expose no frequency at all
+    except (OSError, RuntimeError):  # some VMs and containers expose no frequency (psutil raises)
         freq = None
     if freq is not None and freq.max:
         cpu["frequency_mhz"] = round(freq.max)

@@ -11,7 +11,6 @@ could not run the suite, which is a TaskError carrying the output tail.
 from __future__ import annotations
 
 import re
-import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -21,6 +20,7 @@ from dtf_app.worker.runners import (
     TaskError,
     build_env,
     environment_info,
+    python_executable,
     resolve_working_dir,
     run_process,
 )
@@ -43,9 +43,12 @@ class TestRunner:
         test_args = config.get("test_args") or []
         if not isinstance(test_args, list) or not all(isinstance(a, str | int | float) for a in test_args):
             raise TaskError(f"config.test_args must be a list of strings, got {test_args!r}")
+        python = python_executable(config.get("python"))
         junit = ctx.work_dir / "junit.xml"
-        argv = [sys.executable, "-m", "pytest", *targets, *map(str, test_args), f"--junitxml={junit}",
-                "-p", "no:cacheprovider"]
+        # xunit1 puts each test's file (relative to pytest's rootdir) in the XML, which gives exact node
+        # ids; it goes first so a junit_family in the user's test_args still wins.
+        argv = [python, "-m", "pytest", "-o", "junit_family=xunit1", *targets, *map(str, test_args),
+                f"--junitxml={junit}", "-p", "no:cacheprovider"]
         env = build_env(ctx, config.get("env"))
         rootdir: list[str] = []
 
@@ -141,6 +144,11 @@ def _nodeid(classname: str, name: str, file: str | None, rootdir: Path) -> str:
         # Collection errors are reported with an empty classname and the module as the name.
         return name
     parts = classname.split(".")
+    if file and file.endswith(".py"):
+        # xunit1: the classname is the module's dotted path plus classes; the file names the module exactly.
+        module_parts = file[:-3].replace("\\", "/").split("/")
+        if parts[:len(module_parts)] == module_parts:
+            return "::".join([file.replace("\\", "/"), *parts[len(module_parts):], name])
     # The module path is the longest dotted prefix that names a .py file under rootdir; the rest are
     # classes. Package dirs may contain dots only in theory; pytest's own conversion has the same limit.
     for cut in range(len(parts), 0, -1):

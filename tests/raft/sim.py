@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 
 from dtf_app.raft.core import (
+    ConfChange,
     Entry,
     Message,
     NotLeader,
@@ -64,6 +65,11 @@ class SimNode:
         self.sm_index = 0
         self.sm_crc = 0
         self.read_states: list[ReadState] = []
+        # Snapshots received in Ready.snapshot, and those this node's application created (index -> bytes).
+        self.installed: list[Snapshot] = []
+        self.created: dict[int, bytes] = {}
+        # Index of the first entry applied by this incarnation (None until one is).
+        self.first_apply_after_start: int | None = None
         # Per incarnation, for monotonicity checks.
         self.seen_term = 0
         self.seen_commit = 0
@@ -101,6 +107,8 @@ class Invariants:
         self.pred_at: dict[tuple[int, int], int] = {}
         self.applied: dict[int, tuple[int, str, bytes]] = {}
         self.crc_at: dict[int, int] = {0: 0}
+        # ReadIndex ctx -> highest commit index any node had seen when the read was asked.
+        self.read_floor: dict[bytes, int] = {}
 
     def fail(self, text: str) -> None:
         raise SafetyViolation(text)
@@ -174,6 +182,13 @@ class Invariants:
         committed = self.committed_terms.get(ent.index)
         if committed is not None and committed != ent.term:
             self.fail(f"{node.id}: applied term {ent.term} at {ent.index}, committed term {committed}")
+
+    def on_read_state(self, node: SimNode, rs: ReadState) -> None:
+        floor = self.read_floor.get(rs.ctx)
+        if floor is None:
+            self.fail(f"{node.id}: answer to a read nobody asked for: {rs}")
+        elif rs.index < floor:
+            self.fail(f"{node.id}: read {rs.ctx!r} answered at {rs.index}, but {floor} was committed when asked")
 
     def on_state(self, node: SimNode) -> None:
         known = self.crc_at.setdefault(node.sm_index, node.sm_crc)
@@ -280,6 +295,7 @@ class Cluster:
         snap = node.storage.snapshot()
         node.sm_index, node.sm_crc = decode_state(snap.data) if snap else (0, 0)
         node.read_states = []
+        node.first_apply_after_start = None
         self._push(self.now + self.rng.randrange(1, TICK_MS), "tick", (node.id, node.incarnation))
         self._handle_ready(node)
 
@@ -408,17 +424,24 @@ class Cluster:
                 self._send(msg)
             if rd.snapshot is not None:
                 before = node.sm_index
+                node.installed.append(rd.snapshot)
                 node.sm_index, node.sm_crc = decode_state(rd.snapshot.data)
                 check.on_restore(node, rd.snapshot, before)
             for ent in rd.committed_entries:
                 check.on_apply(node, ent)
+                if node.first_apply_after_start is None:
+                    node.first_apply_after_start = ent.index
                 node.sm_index = ent.index
                 node.sm_crc = zlib.crc32(ent.data, node.sm_crc)
                 check.on_state(node)
                 if self.snapshot_every and ent.index % self.snapshot_every == 0:
-                    storage.create_snapshot(ent.index, encode_state(node.sm_index, node.sm_crc))
+                    data = encode_state(node.sm_index, node.sm_crc)
+                    storage.create_snapshot(ent.index, data)
+                    node.created[ent.index] = data
                     storage.compact(ent.index)
-            node.read_states.extend(rd.read_states)
+            for rs in rd.read_states:
+                check.on_read_state(node, rs)
+                node.read_states.append(rs)
             raft.advance(rd)
         check.after_step(node)
 
@@ -435,6 +458,49 @@ class Cluster:
             return None
         self._handle_ready(node)
         return index
+
+    def read(self, i: int | str, ctx: bytes) -> bool:
+        """Ask node i for a read barrier; False if it refused (no leader known)."""
+        node = self.node(i)
+        if node.raft is None:
+            return False
+        self.check.read_floor[ctx] = self.check.max_committed
+        try:
+            node.raft.read_index(ctx)
+        except NotLeader:
+            return False
+        self._handle_ready(node)
+        return True
+
+    def conf_change(self, i: int | str, change: ConfChange) -> int | None:
+        node = self.node(i)
+        if node.raft is None:
+            return None
+        try:
+            index = node.raft.propose_conf_change(change)
+        except (NotLeader, ProposalDropped):
+            return None
+        self._handle_ready(node)
+        return index
+
+    def transfer(self, i: int | str, to: str) -> None:
+        node = self.node(i)
+        if node.raft is not None:
+            node.raft.transfer_leadership(to)
+            self._handle_ready(node)
+
+    def tick_now(self, i: int | str) -> None:
+        """Tick node i once outside its schedule (for tests that need exact tick counts)."""
+        node = self.node(i)
+        if node.raft is not None:
+            node.raft.tick()
+            self._handle_ready(node)
+
+    def deliver_now(self, msg: Message) -> None:
+        node = self.nodes[msg.dst]
+        if node.raft is not None:
+            node.raft.step(msg)
+            self._handle_ready(node)
 
     def alive_connected(self) -> list[SimNode]:
         return [n for n in self.nodes.values() if n.raft is not None and n.connected]

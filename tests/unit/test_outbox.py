@@ -71,3 +71,13 @@ async def test_unopenable_path_names_the_file(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(OutboxError, match="not-a-dir"):
         await Outbox.open(blocker / "outbox.duckdb")
+
+
+async def test_apply_inserts_and_deletes_in_one_call(tmp_path: Path) -> None:
+    outbox = await Outbox.open(tmp_path / "outbox.duckdb")
+    await outbox.add_many([outcome("old-1"), outcome("old-2")])
+    await outbox.apply(add=[outcome("new")], remove=[("old-1", 1)])
+    assert sorted(row["task_id"] for row in await outbox.pending()) == ["new", "old-2"]
+    await outbox.apply()
+    assert await outbox.count() == 2
+    await outbox.aclose()

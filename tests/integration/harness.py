@@ -1,0 +1,172 @@
+"""Real processes on 127.0.0.1 for integration tests: a coordinator, workers, and an API client.
+
+Nothing here is simulated: each node is ``python -m dtf_app --mode ...`` in its own process, bound to
+an ephemeral port; the tests talk to it over HTTP with real API keys and kill it with real signals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+ASSETS = REPO / "assets"
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("DTF_API_KEY", None)
+    env.pop("DTF_COORDINATOR", None)
+    env.update(extra or {})
+    return env
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "condition") -> Any:
+    """Poll until predicate() is truthy; return its value or fail with what was awaited."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except (httpx.HTTPError, OSError, ValueError, KeyError):
+            last = None
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+class Node:
+    """A dtf process with its log file."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "dtf_app", *args], stdout=self._log,
+                                     stderr=subprocess.STDOUT, env=_env(env), start_new_session=True)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        self._log.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class Cluster:
+    """A coordinator and its workers in real processes, torn down at the end of a test."""
+
+    def __init__(self, root: Path, *, worker_timeout: float = 3.0, heartbeat_interval: float = 1.0) -> None:
+        self.root = root
+        self.data_dir = root / "coord"
+        self.worker_timeout = worker_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.coordinator: Node | None = None
+        self.workers: list[Node] = []
+        self.url = ""
+        self.admin_key = ""
+        self._worker_key = ""
+
+    # -------------------------------------------------------------- coordinator
+    def start_coordinator(self) -> str:
+        node_file = self.data_dir / "node.json"
+        if node_file.exists():
+            node_file.unlink()
+        self.coordinator = Node(["--mode", "coordinator", "--host", "127.0.0.1", "--port", "0", "--data-dir",
+                                 str(self.data_dir), "--worker-timeout", str(self.worker_timeout),
+                                 "--heartbeat-interval", str(self.heartbeat_interval)],
+                                self.root / "coordinator.log")
+        pid = self.coordinator.proc.pid
+
+        def ready() -> str | None:
+            if self.coordinator.proc.poll() is not None:
+                raise AssertionError(f"coordinator exited early:\n{self.coordinator.output()}")
+            info = json.loads(node_file.read_text())
+            if info.get("pid") != pid:
+                return None
+            httpx.get(info["url"] + "/status", timeout=2).raise_for_status()
+            return info["url"]
+
+        self.url = wait_for(ready, what="coordinator to serve")
+        self.admin_key = (self.data_dir / "admin.key").read_text().strip()
+        return self.url
+
+    # -------------------------------------------------------------- api
+    def api(self, method: str, path: str, *, key: str | None = None, **kwargs: Any) -> httpx.Response:
+        headers = kwargs.pop("headers", {})
+        headers.setdefault("X-API-Key", key if key is not None else self.admin_key)
+        return httpx.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
+
+    def create_key(self, role: str, name: str | None = None) -> str:
+        response = self.api("POST", "/api/keys", json={"name": name or f"{role}-{time.monotonic_ns()}", "role": role})
+        assert response.status_code == 201, response.text
+        return response.json()["key"]
+
+    @property
+    def worker_key(self) -> str:
+        if not self._worker_key:
+            self._worker_key = self.create_key("worker", "integration-workers")
+        return self._worker_key
+
+    # -------------------------------------------------------------- workers
+    def start_worker(self, name: str, *, slots: int = 2, simulate: str | None = None,
+                     tags: str | None = None) -> Node:
+        args = ["--mode", "worker", "--coordinator", self.url, "--worker-id", name, "--data-dir",
+                str(self.root / "workers" / name), "--max-concurrent-tasks", str(slots),
+                "--heartbeat-interval", str(self.heartbeat_interval)]
+        if simulate:
+            args += ["--simulate-hardware", str(ASSETS / "hardware" / simulate)]
+        if tags:
+            args += ["--tags", tags]
+        node = Node(args, self.root / f"worker-{name}.log", env={"DTF_API_KEY": self.worker_key})
+        self.workers.append(node)
+        return node
+
+    def wait_workers(self, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+        def online() -> list[dict[str, Any]] | None:
+            workers = [w for w in self.api("GET", "/api/workers").json()["workers"] if w["status"] == "online"]
+            return workers if len(workers) >= count else None
+
+        return wait_for(online, timeout, what=f"{count} workers online")
+
+    # -------------------------------------------------------------- tasks
+    def submit(self, tasks: Any, **params: Any) -> httpx.Response:
+        return self.api("POST", "/api/tasks", json=tasks, params=params)
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        return self.api("GET", f"/api/tasks/{task_id}").json()
+
+    def wait_task(self, task_id: str, states: tuple[str, ...] = ("completed", "failed", "cancelled"),
+                  timeout: float = 60.0) -> dict[str, Any]:
+        return wait_for(lambda: (t := self.task(task_id))["status"] in states and t, timeout,
+                        what=f"task {task_id} to reach {states}")
+
+    def stop(self) -> None:
+        for node in self.workers:
+            node.stop()
+        if self.coordinator is not None:
+            self.coordinator.stop()

@@ -1,0 +1,82 @@
+"""Bad input gets a clear 4xx with a JSON error, and authentication is enforced everywhere."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.integration.harness import Cluster
+
+
+@pytest.fixture
+def running(cluster: Cluster) -> Cluster:
+    cluster.start_coordinator()
+    return cluster
+
+
+@pytest.mark.parametrize(("body", "status", "fragment"), [
+    (b"{not json", 400, "not valid JSON"),
+    (b"", 400, "empty"),
+    (b'"a string"', 400, "task object or an array"),
+    (b"[]", 400, "empty"),
+    (b'{"type": "quantum", "config": {}}', 400, "type must be one of"),
+    (b'{"type": "custom", "priority": "urgent", "config": {"command": ["true"]}}', 400, "priority"),
+    (b'{"type": "custom", "priority": 1000, "config": {"command": ["true"]}}', 400, "priority"),
+    (b'{"type": "custom", "config": {"command": ["true"]}, "requirements": {"gpu_count": 2}}', 400, "gpu_count"),
+    (b'{"type": "custom", "config": {"command": 5}}', 400, "command must be an array"),
+    (b'{"type": "test", "config": {"test_file": 3}}', 400, "test_file"),
+    (b'{"type": "custom", "config": {"command": ["true"]}, "dependencies": ["nope"]}', 400, "unknown task"),
+    (b'[{"type": "custom", "config": {"command": ["true"]}}, {"type": "custom"}]', 400, "tasks[1]"),
+])
+def test_bad_task_documents_get_400_with_message(running: Cluster, body: bytes, status: int, fragment: str) -> None:
+    response = running.api("POST", "/api/tasks", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert fragment in error["message"] and error["code"]
+    # Nothing from a refused batch was queued.
+    assert running.api("GET", "/api/tasks").json()["total"] == 0
+
+
+def test_unknown_routes_and_bad_params_are_json_4xx(running: Cluster) -> None:
+    assert running.api("GET", "/api/nothing").status_code == 404
+    assert running.api("GET", "/api/tasks/missing").status_code == 404
+    assert running.api("GET", "/api/tasks", params={"limit": "ten"}).status_code == 400
+    assert running.api("GET", "/api/tasks", params={"status": "sleepy"}).status_code == 400
+    assert running.api("DELETE", "/api/tasks").status_code == 405
+    bad_agg = running.api("GET", "/api/results/aggregate", params={"aggregation_level": "colour"})
+    assert bad_agg.status_code == 400 and "aggregation_level" in bad_agg.text
+    for response in (running.api("GET", "/api/nothing"), bad_agg):
+        assert "error" in response.json()
+
+
+def test_only_status_is_open_and_roles_are_enforced(running: Cluster) -> None:
+    assert httpx.get(running.url + "/status").status_code == 200
+    for path in ("/api/status", "/api/tasks", "/api/workers", "/api/results", "/metrics", "/api/keys"):
+        assert httpx.get(running.url + path).status_code == 401, path
+        assert running.api("GET", path, key="dtf_wrong").status_code == 401, path
+    viewer = running.create_key("viewer")
+    worker = running.create_key("worker")
+    operator = running.create_key("operator")
+    task = {"type": "custom", "config": {"command": ["true"]}}
+    assert running.api("GET", "/api/tasks", key=viewer).status_code == 200
+    assert running.api("POST", "/api/tasks", key=viewer, json=task).status_code == 403
+    assert running.api("GET", "/api/tasks", key=worker).status_code == 403
+    assert running.api("POST", "/api/tasks", key=operator, json=task).status_code == 201
+    assert running.api("POST", "/api/keys", key=operator, json={"name": "x", "role": "admin"}).status_code == 403
+    bearer = httpx.get(running.url + "/api/status", headers={"Authorization": f"Bearer {viewer}"})
+    assert bearer.status_code == 200
+    listed = running.api("GET", "/api/keys").json()["keys"]
+    assert all("key" not in k and "key_hash" not in k for k in listed)
+    assert running.api("DELETE", f"/api/keys/{[k for k in listed if k['role'] == 'viewer'][0]['name']}").status_code == 200
+    assert running.api("GET", "/api/tasks", key=viewer).status_code == 401
+
+
+def test_metrics_and_status_shapes(running: Cluster) -> None:
+    status = running.api("GET", "/api/status").json()
+    for key in ("node_id", "role", "leader_id", "term", "tasks", "workers"):
+        assert key in status
+    assert {"pending", "running", "completed", "failed"} <= set(status["tasks"])
+    metrics = running.api("GET", "/metrics").text
+    assert "dtf_tasks{state=\"pending\"}" in metrics
+    leader = running.api("GET", "/api/cluster/leader").json()
+    assert leader["url"] == running.url

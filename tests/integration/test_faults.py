@@ -1,0 +1,60 @@
+"""kill -9 of a worker or the coordinator loses nothing that was acknowledged."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from tests.integration.harness import Cluster, wait_for
+
+
+def test_worker_killed_mid_task_task_completes_on_another_worker(cluster: Cluster) -> None:
+    cluster.start_coordinator()
+    victim = cluster.start_worker("victim", slots=1)
+    cluster.wait_workers(1)
+    created = cluster.submit({"type": "custom", "name": "slow", "max_retries": 3,
+                              "config": {"command": ["sleep", "4"]}}).json()
+    running = cluster.wait_task(created["task_id"], states=("running",), timeout=30)
+    assert running["worker_id"] == "victim"
+    victim.kill(signal.SIGKILL)
+    cluster.start_worker("survivor", slots=1)
+    task = cluster.wait_task(created["task_id"], timeout=60)
+    assert task["status"] == "completed"
+    assert task["worker_id"] == "survivor"
+    assert task["attempts"] == 2
+    lost = cluster.api("GET", "/api/workers/victim").json()
+    assert lost["status"] == "offline"
+
+
+def test_coordinator_killed_right_after_ack_keeps_the_task(cluster: Cluster) -> None:
+    cluster.start_coordinator()
+    response = cluster.submit([{"type": "custom", "name": f"durable-{i}", "config": {"command": ["true"]}}
+                               for i in range(50)])
+    assert response.status_code == 201
+    ids = [t["task_id"] for t in response.json()]
+    cluster.coordinator.kill(signal.SIGKILL)  # no worker yet: nothing ran, everything is only in the log
+    cluster.coordinator.wait()
+    cluster.start_coordinator()
+    for task_id in ids:
+        assert cluster.task(task_id)["status"] == "pending"
+    cluster.start_worker("w1", slots=4)
+    for task_id in ids:
+        assert cluster.wait_task(task_id)["status"] == "completed"
+
+
+def test_coordinator_restart_mid_run_results_are_resent_from_outbox(cluster: Cluster) -> None:
+    cluster.start_coordinator()
+    cluster.start_worker("w1", slots=2)
+    cluster.wait_workers(1)
+    created = cluster.submit([{"type": "custom", "config": {"command": ["sleep", "2"]}} for _ in range(2)]).json()
+    for task in created:
+        cluster.wait_task(task["task_id"], states=("running",), timeout=30)
+    cluster.coordinator.kill(signal.SIGKILL)
+    cluster.coordinator.wait()
+    time.sleep(2.5)  # the tasks finish while the coordinator is down; results wait in the outbox
+    cluster.start_coordinator()
+    for task in created:
+        done = cluster.wait_task(task["task_id"], timeout=60)
+        assert done["status"] == "completed"
+        assert done["attempts"] == 1  # the outbox re-sent the result: no re-run
+    wait_for(lambda: cluster.api("GET", "/api/workers/w1").json()["status"] == "online", what="worker back")
