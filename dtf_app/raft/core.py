@@ -25,6 +25,7 @@ import random
 
 from dtf_app.raft.logview import RaftLog
 from dtf_app.raft.progress import Progress
+from dtf_app.raft.readonly import ReadOnly
 from dtf_app.raft.storage import LogStorage
 from dtf_app.raft.types import (
     ConfChange,
@@ -63,19 +64,6 @@ TRANSFER_CONTEXT = b"transfer"
 _VOTE_TYPES = (MT.PRE_VOTE, MT.VOTE)
 
 
-class _ReadRequest:
-    """A pending ReadIndex request on the leader, confirmed by a heartbeat round."""
-
-    __slots__ = ("index", "ctx", "origin", "round", "acks")
-
-    def __init__(self, index: int, ctx: bytes, origin: str, round_no: int, me: str) -> None:
-        self.index = index
-        self.ctx = ctx
-        self.origin = origin
-        self.round = round_no
-        self.acks = {me}
-
-
 class RaftNode:
     """One Raft peer. See the module docstring for the interaction protocol."""
 
@@ -104,11 +92,7 @@ class RaftNode:
         self._pending_conf_index = 0
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
-        # Leader-side ReadIndex bookkeeping: requests waiting for the first own-term commit, and those
-        # waiting for a quorum of heartbeat acks for their round.
-        self._deferred_reads: list[tuple[bytes, str]] = []
-        self._pending_reads: list[_ReadRequest] = []
-        self._read_round = 0
+        self._reads = ReadOnly()
         self._reset(self._term)
 
     # --- read-only properties -----------------------------------------------------------------------
@@ -296,8 +280,8 @@ class RaftNode:
             else:
                 self._become_follower(msg.term, None)
         elif msg.term < self._term:
-            if msg.type in (MT.APPEND, MT.HEARTBEAT) and (self.config.check_quorum or self.config.pre_vote):
-                # A stale leader (e.g. partitioned away): tell it our term so it steps down.
+            if msg.type in (MT.APPEND, MT.HEARTBEAT, MT.SNAPSHOT):
+                # A stale leader (e.g. partitioned away): reject with our term so it steps down (§5.1).
                 self._send(MT.APPEND_RESP, msg.src)
             elif msg.type == MT.PRE_VOTE:
                 self._send(MT.PRE_VOTE_RESP, msg.src, reject=True)
@@ -412,9 +396,10 @@ class RaftNode:
             self._send(MT.APPEND_RESP, msg.src, index=log.committed)
             return
         if log.match_term(snap.index, snap.term):
-            # We already hold the snapshot's last entry: just fast-forward the commit index.
+            # We already hold the snapshot's last entry: just fast-forward the commit index. Only that
+            # much is known to match the leader (our later entries may be from another term).
             log.commit_to(snap.index)
-            self._send(MT.APPEND_RESP, msg.src, index=log.last_index())
+            self._send(MT.APPEND_RESP, msg.src, index=snap.index)
             return
         log.restore(snap)
         self._voters = snap.voters
@@ -500,7 +485,8 @@ class RaftNode:
             return
         if pr.state == "probe":
             pr.become_replicate()
-        elif pr.state == "snapshot" and pr.match >= pr.pending_snapshot:
+        elif pr.state == "snapshot" and pr.match + 1 >= self._log.first_index():
+            # Caught up far enough (by the snapshot or otherwise) that entries can take over.
             pr.become_probe()
             pr.become_replicate()
         elif pr.state == "replicate":
@@ -534,7 +520,8 @@ class RaftNode:
                 pr.stall_rounds = 0
             pr.match_at_last_heartbeat = pr.match
         if msg.context:
-            self._ack_read_round(msg.src, int(msg.context))
+            for req in self._reads.ack(msg.src, msg.context, self._voters):
+                self._answer_read(req.index, req.ctx, req.origin)
 
     def _send_append(self, to: str, send_if_empty: bool = True) -> bool:
         """Send the next append (or the snapshot) to ``to`` if flow control allows. True if sent."""
@@ -595,9 +582,8 @@ class RaftNode:
 
     def _after_commit(self) -> None:
         """Things that wait for the commit index: deferred reads, and a removed leader stepping down."""
-        if self._deferred_reads and self._committed_in_term():
-            deferred, self._deferred_reads = self._deferred_reads, []
-            for ctx, origin in deferred:
+        if self._reads.deferred and self._committed_in_term():
+            for ctx, origin in self._reads.take_deferred():
                 self._leader_read(ctx, origin)
         if self._id not in self._voters and self._log.committed >= self._pending_conf_index:
             # We were removed and that is now committed: hand over quickly, then stop leading.
@@ -640,32 +626,12 @@ class RaftNode:
 
     def _leader_read(self, ctx: bytes, origin: str) -> None:
         if not self._committed_in_term():
-            # Thesis §6.4: a new leader does not know the latest commit index until its noop commits.
-            self._deferred_reads.append((ctx, origin))
-            return
-        if self._voters == {self._id}:
+            # A new leader does not know the latest commit index until its noop commits: defer.
+            self._reads.defer(ctx, origin)
+        elif self._voters == {self._id}:
             self._answer_read(self._log.committed, ctx, origin)
-            return
-        self._read_round += 1
-        self._pending_reads.append(
-            _ReadRequest(self._log.committed, ctx, origin, self._read_round, self._id)
-        )
-        self._broadcast_heartbeat(str(self._read_round).encode())
-
-    def _ack_read_round(self, voter: str, round_no: int) -> None:
-        if voter not in self._voters:
-            return
-        quorum = len(self._voters) // 2 + 1
-        confirmed = 0
-        for i, req in enumerate(self._pending_reads):
-            if req.round <= round_no:
-                req.acks.add(voter)
-                if len(req.acks & self._voters) >= quorum:
-                    confirmed = i + 1
-        # A confirmed round also confirms every earlier request.
-        for req in self._pending_reads[:confirmed]:
-            self._answer_read(req.index, req.ctx, req.origin)
-        del self._pending_reads[:confirmed]
+        else:
+            self._broadcast_heartbeat(self._reads.add(self._log.committed, ctx, origin, self._id))
 
     def _answer_read(self, index: int, ctx: bytes, origin: str) -> None:
         if origin == self._id:
@@ -703,8 +669,7 @@ class RaftNode:
         self._votes = {}
         self._progress = {}
         self._lead_transferee = None
-        self._deferred_reads = []
-        self._pending_reads = []
+        self._reads.reset()
 
     def _become_follower(self, term: int, lead: str | None) -> None:
         self._reset(term)

@@ -31,7 +31,12 @@ from dtf_app.plugins import RUNNERS_GROUP, load_plugin
 TAIL_LINES = 200
 TAIL_BYTES = 8 * 1024
 KILL_GRACE_SECONDS = 2.0
-_MAX_LINE_BYTES = 64 * 1024
+_MAX_LINE_BYTES = 1024 * 1024  # longer lines are cut; result lines (benchmark JSON) stay whole
+_WINDOWS = sys.platform == "win32"
+# Own session/process group, so one killpg reaches every child the task spawns (on Windows: a new
+# process group, and the tree is ended with taskkill /T).
+_NEW_GROUP: dict = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if _WINDOWS  # type: ignore[attr-defined]
+                    else {"start_new_session": True})
 
 
 class TaskError(Exception):
@@ -235,7 +240,7 @@ async def run_process(
             stderr=subprocess.STDOUT,
             cwd=str(cwd) if cwd else None,
             env=dict(env) if env is not None else None,
-            start_new_session=True,  # own process group: one killpg reaches every child it spawns
+            **_NEW_GROUP,
         )
     except FileNotFoundError:
         raise TaskError(f"command not found: {argv[0]!r} (not on PATH of the worker, or a wrong path)") from None
@@ -339,6 +344,12 @@ def _group_alive(pgid: int) -> bool:
 
 async def _terminate_group(proc: trio.Process, grace: float) -> None:
     """SIGTERM the process group, wait up to ``grace`` for it to empty, then SIGKILL what is left."""
+    if _WINDOWS:
+        if proc.returncode is None:
+            await trio.run_process(["taskkill", "/T", "/F", "/PID", str(proc.pid)], check=False,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            await proc.wait()
+        return
     pgid = proc.pid
     if not _killpg(pgid, signal.SIGTERM):
         if proc.returncode is None:

@@ -7,7 +7,7 @@ Config (DESIGN.md §5): ``model`` (a name containing a known family, e.g. ``bert
 extras: ``layers`` (transformer blocks to run, default 1) and ``backend`` (torch|numpy|python, default:
 the best importable).
 
-The measurement runs in a separate process (:mod:`dtf_plugins.runners.bench_worker`) on a block shaped
+The measurement runs in a separate process (:mod:`dtf_plugins.runners.bench_worker`, started by file path) on a block shaped
 like the model family with random weights, which the result says in ``environment.weights``.
 """
 
@@ -15,10 +15,17 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
+from pathlib import Path
 
-from dtf_app.worker.runners import RunContext, TaskError, build_env, environment_info, run_process
+from dtf_app.worker.runners import (
+    RunContext,
+    TaskError,
+    build_env,
+    environment_info,
+    python_executable,
+    run_process,
+)
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 FUNCTIONS = ("latency", "throughput", "memory")
@@ -117,6 +124,20 @@ def _int(config: dict, key: str, default: int, lo: int, hi: int) -> int:
     return value
 
 
+def _worker_argv() -> list[str]:
+    """How to start the measurement process.
+
+    By file path when the source is on disk: bench_worker imports nothing from DTF, so this works whether
+    or not dtf_plugins is importable by that interpreter (uninstalled checkout, another Python).
+    """
+    from dtf_plugins.runners import bench_worker
+
+    source = Path(bench_worker.__file__)
+    if source.suffix == ".py" and source.exists():
+        return [python_executable(), str(source)]
+    return [python_executable(), "-m", "dtf_plugins.runners.bench_worker"]
+
+
 class BenchmarkRunner:
     """Runs ``benchmark`` tasks in a measurement subprocess."""
 
@@ -126,13 +147,15 @@ class BenchmarkRunner:
 
         def take_result(line: str) -> bool:
             if line.startswith(_RESULT_MARKER):
-                payload.update(json.loads(line[len(_RESULT_MARKER):]))
+                try:
+                    payload.update(json.loads(line[len(_RESULT_MARKER):]))
+                except ValueError as exc:
+                    payload["fatal"] = f"unreadable result from the benchmark process ({exc})"
                 return True
             return False
 
-        argv = [sys.executable, "-m", "dtf_plugins.runners.bench_worker"]
         started = time.perf_counter()
-        proc = await run_process(argv, ctx, cwd=ctx.work_dir, env=build_env(ctx, None),
+        proc = await run_process(_worker_argv(), ctx, cwd=ctx.work_dir.resolve(), env=build_env(ctx, None),
                                  stdin_data=json.dumps(spec).encode(), on_line=take_result)
         elapsed = time.perf_counter() - started
         if proc.returncode != 0 or not payload:

@@ -44,7 +44,8 @@ class TestRunner:
         if not isinstance(test_args, list) or not all(isinstance(a, str | int | float) for a in test_args):
             raise TaskError(f"config.test_args must be a list of strings, got {test_args!r}")
         python = python_executable(config.get("python"))
-        junit = ctx.work_dir / "junit.xml"
+        # Absolute: pytest runs in working_dir, which need not be the worker's cwd.
+        junit = ctx.work_dir.resolve() / "junit.xml"
         # xunit1 puts each test's file (relative to pytest's rootdir) in the XML, which gives exact node
         # ids; it goes first so a junit_family in the user's test_args still wins.
         argv = [python, "-m", "pytest", "-o", "junit_family=xunit1", *targets, *map(str, test_args),

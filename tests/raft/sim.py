@@ -550,19 +550,16 @@ class Cluster:
         starts = 0
         while self.now < deadline:
             index = None
-            for k in range(len(self.ids)):
+            for _ in range(len(self.ids)):
                 starts = (starts + 1) % len(self.ids)
                 node = self.node(starts)
                 if node.raft is not None and node.connected:
                     index = self.propose(starts, data)
                     if index is not None:
                         break
-                del k
             if index is not None:
-                found = index
-                self.run_until(lambda: self._committed_as(found, data, expected), 2_000)
-                if self._committed_as(found, data, expected):
-                    return found
+                if self.run_until(lambda i=index: self._committed_as(i, data, expected), 2_000):
+                    return index
                 if not retry:
                     raise AssertionError(f"one({data!r}) failed to reach agreement (seed {self.seed})")
             else:

@@ -19,12 +19,12 @@ import pytest
 from dtf_app.raft.core import ConfChange
 from tests.raft.sim import Cluster
 
-ROUNDS = 120
+ROUNDS = 200
 
 
 def run_schedule(seed: int) -> Cluster:
     rng = random.Random(seed ^ 0x5EED)
-    n = rng.choice([3, 3, 5])
+    n = rng.choice([3, 3, 4, 5, 5, 7])
     c = Cluster(
         n,
         seed=seed,
@@ -73,10 +73,10 @@ def run_schedule(seed: int) -> Cluster:
         elif action < 0.90:
             target = rng.choice(members)
             c.read(target, f"read-{seed}-{round_no}".encode())
-        elif action < 0.94:
+        elif action < 0.93:
             if leader is not None and leader.raft is not None:
                 c.transfer(leader.id, rng.choice(sorted(leader.raft.voters | {"nobody"})))
-        elif leader is not None and leader.raft is not None and conf_changes < 2:
+        elif leader is not None and leader.raft is not None and conf_changes < 4:
             voters = leader.raft.voters
             if len(voters) > 3 and rng.random() < 0.5:
                 victim = rng.choice(sorted(voters))
@@ -116,9 +116,21 @@ def check_liveness(c: Cluster, seed: int) -> None:
 
                 # The entry may have been overwritten if leadership changed meanwhile: then retry.
                 if c.run_until(everywhere, 5_000) and c.check.applied[index][2] == f"final-{seed}".encode():
+                    check_read(c, leader.id, seed)
                     return
         c.run_for(300)
     raise AssertionError(f"no progress within 60 s of healing: leaders={[n.id for n in c.leaders()]}")
+
+
+def check_read(c: Cluster, leader: str, seed: int) -> None:
+    """A healed cluster answers a read barrier on the leader, at or above everything committed."""
+    ctx = f"final-read-{seed}".encode()
+    node = c.nodes[leader]
+    if node.raft is None or node.raft.role != "leader":
+        return
+    assert c.read(leader, ctx)
+    answered = c.run_until(lambda: any(s.ctx == ctx for s in node.read_states), 5_000)
+    assert answered or node.raft is None or node.raft.role != "leader", "healed leader never answered a read"
 
 
 def test_sweep(request: pytest.FixtureRequest) -> None:

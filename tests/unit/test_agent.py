@@ -229,7 +229,8 @@ async def test_assigned_tasks_run_report_started_logs_results_and_acks_empty_the
     log_lines = {line for message in observed["logs"] for line in message["lines"]}
     assert {"start t0", f"sum {sum(range(100))}"} <= log_lines
     assert observed["heartbeat"]["metrics"] == fake_health()
-    assert observed["heartbeat"]["free_slots"] == 4
+    heartbeat = observed["heartbeat"]
+    assert heartbeat["free_slots"] == 4 - len(heartbeat["running"]) and heartbeat["free_slots"] >= 1
     # Work dirs existed during the run and are removed after success.
     assert all(ctx.work_dir.parent == Path(settings.data_dir) / "work" for ctx in runner.contexts)
     assert not any(ctx.work_dir.exists() for ctx in runner.contexts)
@@ -451,6 +452,10 @@ async def test_bad_settings_are_config_errors(tmp_path: Path) -> None:
             await run_worker(make_settings(tmp_path, 1, **changes), detect_hardware=fake_hardware,
                              sample_health=fake_health)
         assert info.value.exit_code == 2
+    # A missing --simulate-hardware profile, through the real hardware.detect.
+    with pytest.raises(WorkerError, match="cannot use the hardware profile: .*nonexistent.json") as info:
+        await run_worker(make_settings(tmp_path, 1, simulate_hardware=str(tmp_path / "nonexistent.json")))
+    assert info.value.exit_code == 2
 
 
 def test_websocket_url_conversion() -> None:
@@ -477,3 +482,160 @@ def test_generated_worker_id_is_persisted_and_not_shared_by_concurrent_workers(t
     assert again_id == first_id
     again_lock.close()
     assert agent._claim_worker_id(settings.replace(worker_id="explicit")) == ("explicit", None)
+
+
+async def test_tasks_keep_running_across_a_reconnect_and_report_on_the_new_connection(tmp_path: Path) -> None:
+    seen: dict[str, Any] = {}
+
+    async def first(conn: Connection) -> None:
+        await conn.send({"type": protocol.ASSIGN, "tasks": [assignment("long", sleep=0.5)]})
+        await conn.collect(protocol.STARTED, 1)  # then drop the connection while the task runs
+
+    async def second(conn: Connection) -> None:
+        seen["hello"] = conn.hello
+        seen["results"] = await conn.collect(protocol.RESULTS, 1)
+
+    fake = FakeCoordinator([first])
+    done = trio.Event()
+
+    async def wrapped_second(conn: Connection) -> None:
+        await second(conn)
+        done.set()
+        await trio.sleep_forever()
+
+    fake.scripts.append(wrapped_second)
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await fake.start(nursery)
+            await start_worker(nursery, make_settings(tmp_path, fake.port), StandInRunner())
+            await done.wait()
+            nursery.cancel_scope.cancel()
+    assert seen["hello"]["running"] == [{"task_id": "long", "attempt": 1}]
+    assert seen["results"][0]["task_id"] == "long" and seen["results"][0]["outcome"] == "completed"
+
+
+class ChattyRunner:
+    """Logs many lines (one of them huge), some from a helper thread, then succeeds."""
+
+    async def run(self, task: dict, ctx: RunContext) -> dict:
+        for index in range(300):
+            ctx.log(f"line {index}")
+        ctx.log("x" * (agent.MAX_LOG_LINE_CHARS + 500))
+        await trio.to_thread.run_sync(ctx.log, "from a thread")
+        await trio.sleep(0.05)  # lines keep flowing after the task ends too
+        return {"status": "success", "metrics": {}}
+
+
+async def test_log_lines_are_batched_capped_and_truncated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent, "MAX_LOG_LINES_PER_MESSAGE", 50)
+    messages: list[dict] = []
+
+    async def script(conn: Connection) -> None:
+        await conn.send({"type": protocol.ASSIGN, "tasks": [assignment("chatty")]})
+        while not messages or messages[-1]["lines"][-1] != "from a thread":
+            messages.append(await conn.next(protocol.LOG))
+
+    fake = FakeCoordinator([])
+    done = trio.Event()
+
+    async def wrapped(conn: Connection) -> None:
+        await script(conn)
+        done.set()
+        await trio.sleep_forever()
+
+    fake.scripts.append(wrapped)
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await fake.start(nursery)
+            settings = make_settings(tmp_path, fake.port)
+            await nursery.start(lambda task_status: run_worker(
+                settings, task_status=task_status, get_runner=lambda t: ChattyRunner(),
+                detect_hardware=fake_hardware, sample_health=fake_health))
+            await done.wait()
+            nursery.cancel_scope.cancel()
+    lines = [line for message in messages for line in message["lines"]]
+    assert all(m["task_id"] == "chatty" and m["attempt"] == 1 for m in messages)
+    assert all(len(m["lines"]) <= 50 for m in messages) and len(messages) >= 6
+    assert lines[:300] == [f"line {index}" for index in range(300)]
+    assert lines[300].endswith(" [truncated]") and len(lines[300]) == agent.MAX_LOG_LINE_CHARS + len(" [truncated]")
+    assert lines[301:] == ["from a thread"]
+
+
+async def test_shutdown_cancels_running_tasks_and_leaves_a_reopenable_outbox(tmp_path: Path) -> None:
+    runner = StandInRunner()
+    started = trio.Event()
+
+    async def script(conn: Connection) -> None:
+        await conn.send({"type": protocol.ASSIGN, "tasks": [assignment("done"), assignment("forever", sleep=600)]})
+        await conn.collect(protocol.RESULTS, 1)
+        started.set()
+        await trio.sleep_forever()
+
+    fake = FakeCoordinator([script])
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await fake.start(nursery)
+            settings = make_settings(tmp_path, fake.port)
+            await start_worker(nursery, settings, runner)
+            await started.wait()
+            nursery.cancel_scope.cancel()  # what SIGTERM does through node.py
+    assert runner.active == 0  # the sleeping task was cancelled, not left behind
+    assert [row["task_id"] for row in await outbox_rows(settings)] == ["done"]
+
+
+async def test_default_runners_hardware_and_health_run_real_commands(tmp_path: Path) -> None:
+    """No injection: the real dtf.runners plugins, hardware.detect and health.sample."""
+    seen: dict[str, Any] = {}
+    marker = tmp_path / "survivor"
+
+    async def script(conn: Connection) -> None:
+        seen["hello"] = conn.hello
+        await conn.send({"type": protocol.ASSIGN, "tasks": [
+            {**assignment("cmd"), "config": {"command": ["python3", "-c", "print('hello from a subprocess')"]}},
+            {**assignment("named"), "config": {"name": "echo", "args": [1, 2]}},
+            # The subprocess would create the marker after 1.5 s; the 0.5 s timeout must kill it first.
+            {**assignment("hang", timeout=0.5), "config": {"command": [
+                "python3", "-c", f"import time, pathlib; time.sleep(1.5); pathlib.Path({str(marker)!r}).touch()"]}},
+        ]})
+        seen["results"] = await conn.collect(protocol.RESULTS, 3)
+        seen["heartbeat"] = await conn.next(protocol.HEARTBEAT)
+
+    fake = FakeCoordinator([])
+    done = trio.Event()
+
+    async def wrapped(conn: Connection) -> None:
+        await script(conn)
+        done.set()
+        await trio.sleep_forever()
+
+    fake.scripts.append(wrapped)
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await fake.start(nursery)
+            settings = make_settings(tmp_path, fake.port)
+            await nursery.start(lambda task_status: run_worker(settings, task_status=task_status))
+            await done.wait()
+            nursery.cancel_scope.cancel()
+    assert "cpu" in seen["hello"]["capabilities"]["hardware"] and seen["hello"]["simulated"] is False
+    by_id = {o["task_id"]: o for o in seen["results"]}
+    assert by_id["cmd"]["outcome"] == "completed" and by_id["cmd"]["result"]["status"] == "success"
+    assert "hello from a subprocess" in by_id["cmd"]["result"]["output"]
+    assert by_id["named"]["outcome"] == "completed"
+    assert by_id["hang"]["outcome"] == "failed" and by_id["hang"]["error"] == "timed out after 0.5 s"
+    assert "cpu_percent" in seen["heartbeat"]["metrics"]
+    await trio.sleep(2)
+    assert not marker.exists()  # the timed-out subprocess was killed, not left running
+
+
+async def test_unusable_work_dir_fails_the_task_not_the_worker(tmp_path: Path) -> None:
+    outcomes: list[dict] = []
+    settings_dir = tmp_path / "data"
+    settings_dir.mkdir()
+    (settings_dir / "work").write_text("a file where the work folder should be")
+
+    async def script(conn: Connection) -> None:
+        await conn.send({"type": protocol.ASSIGN, "tasks": [assignment("t1")]})
+        outcomes.extend(await conn.collect(protocol.RESULTS, 1))
+
+    await run_script(tmp_path, script, StandInRunner())
+    assert outcomes[0]["outcome"] == "failed" and outcomes[0]["error"].startswith("worker error: ")

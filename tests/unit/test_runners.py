@@ -386,3 +386,16 @@ def test_broken_runner_plugin_is_a_task_error(tmp_path: Path, monkeypatch: pytes
         get_runner("broken")
     # The built-ins still work next to it.
     assert isinstance(get_runner("test"), TestRunner)
+
+
+async def test_relative_work_dir_with_another_working_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The agent's work dirs live under a data dir that may be relative ("./dtf-data"); pytest runs elsewhere.
+    monkeypatch.chdir(tmp_path)
+    Path("rel-work").mkdir()
+    ctx = RunContext(task_id="t-2", attempt=1, work_dir=Path("rel-work"))
+    result = await TestRunner().run(task("test", {"test_file": "test_strings.py", "working_dir": str(SUITE)}), ctx)
+    assert result["metrics"]["passed"] == 4
+    assert (tmp_path / "rel-work" / "junit.xml").exists()
+    bench = await BenchmarkRunner().run(task("benchmark", {"model": "bert-tiny", "iterations": 1, "warmup": 0,
+                                                           "sequence_length": 4}), ctx)
+    assert bench["benchmarks"][0]["latency_ms_mean"] > 0
