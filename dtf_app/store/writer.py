@@ -10,8 +10,9 @@ batch is therefore turned into column lists and inserted with one ``INSERT ... S
 dict of numpy object arrays (DuckDB scans those natively, without pandas or pyarrow). Measured on the
 2-core dev machine for 20,000 task upserts: ``executemany`` took 17 s for 2,000 rows (~120 rows/s, one
 prepared execution per row plus index maintenance); the registered-arrays path took 0.1-0.2 s for all
-20,000 (~100k-200k rows/s); one JSON document unnested with ``from_json`` took 1.3 s. ``bench/store_bench.py``
-measures it again.
+20,000 (~100k-200k rows/s); one JSON document unnested with ``from_json`` took 1.3 s; multi-row ``VALUES``
+with bound parameters 1.9 s. Without numpy (DuckDB will not scan a plain dict of lists) the writer falls
+back to that last one. ``bench/store_bench.py`` compares them side by side.
 
 DuckDB calls block, so every call runs in a worker thread (``trio.to_thread.run_sync``), one batch at a
 time, while new events keep accumulating in the trio thread. Reads use their own cursor per query so a
@@ -24,7 +25,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -106,19 +107,50 @@ class _TableWriter:
     def write(self, con: Any, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        import numpy as np
-
+        columns = [[convert(row.get(name)) for row in rows]
+                   for name, convert in zip(self.names, self.converters, strict=True)]
+        np = _numpy()
+        if np is None:
+            self._write_values(con, columns)
+            return
         arrays = {}
-        for i, (name, convert) in enumerate(zip(self.names, self.converters, strict=True)):
+        for i, values in enumerate(columns):
             # np.empty + slice assignment keeps one object per cell even when a value is a sequence.
-            column = np.empty(len(rows), dtype=object)
-            column[:] = [convert(row.get(name)) for row in rows]
-            arrays[f"c{i}"] = column
+            array = np.empty(len(values), dtype=object)
+            array[:] = values
+            arrays[f"c{i}"] = array
         con.register(self.view, arrays)
         try:
             con.execute(self.sql)
         finally:
             con.unregister(self.view)
+
+    def _write_values(self, con: Any, columns: list[list[Any]]) -> None:
+        """Without numpy: multi-row VALUES with bound parameters (~10k rows/s, still one transaction)."""
+        width = len(columns)
+        row_marks = "(" + ", ".join("?" * width) + ")"
+        rows = list(zip(*columns, strict=True))
+        for start in range(0, len(rows), _VALUES_CHUNK):
+            chunk = rows[start:start + _VALUES_CHUNK]
+            names = ", ".join(f"c{i}" for i in range(width))
+            values = ", ".join([row_marks] * len(chunk))
+            sql = self.sql.replace(f"FROM {self.view}", f"FROM (VALUES {values}) AS v({names})")
+            con.execute(sql, [value for row in chunk for value in row])
+
+
+_VALUES_CHUNK = 1000
+_NUMPY: list[Any] = []
+
+
+def _numpy() -> Any:
+    """numpy when installed (the fast path), else None; looked up once."""
+    if not _NUMPY:
+        try:
+            import numpy
+        except ImportError:
+            numpy = None  # type: ignore[assignment]
+        _NUMPY.append(numpy)
+    return _NUMPY[0]
 
 
 _WRITERS = {
@@ -235,10 +267,6 @@ class Store:
             validate_event(event)
         if not events and index is None:
             return
-        if self._failure is not None:
-            # The writer has stopped; keep the events queued (close() or a restarted run() may still
-            # write them) rather than raise into the state machine that produced them.
-            log.debug("store: writer failed earlier, queueing anyway")
         if not self._queue:
             self._oldest_put = time.monotonic()
         self._queue.append((index, events))
@@ -280,22 +308,23 @@ class Store:
                     self._release_waiters()
 
     async def flush(self) -> None:
-        """Return once every event put so far is committed; raises StoreError if the writer failed."""
+        """Return once every event put so far is committed.
+
+        With the writer task running this waits for it (StoreError if it failed meanwhile); without it
+        (tests, shutdown paths) the batch is written in this task and a write error propagates as is.
+        """
         target = self._put_seq
         while self._committed_seq < target:
-            if self._failure is not None:
-                raise StoreError(f"the store writer stopped: {self._failure}") from self._failure
             if self._running:
                 done = trio.Event()
                 self._waiters.append((target, done))
                 self._urgent.set()
                 self._data.set()
                 await done.wait()
+                if self._failure is not None and self._committed_seq < target:
+                    raise StoreError(f"the store writer stopped: {self._failure!r}") from self._failure
             else:
-                # No writer task (tests, shutdown paths): write in this task instead.
                 await self._write_batch()
-        if self._failure is not None and self._committed_seq < target:
-            raise StoreError(f"the store writer stopped: {self._failure}") from self._failure
 
     async def _write_batch(self) -> None:
         async with self._write_lock:
@@ -317,6 +346,7 @@ class Store:
                 self._release_waiters()
                 raise
             self._committed_seq = target
+            self._failure = None
             self._release_waiters()
 
     def _release_waiters(self) -> None:
@@ -352,6 +382,7 @@ class Store:
                 mark = max(self._last_applied, index or 0)
                 try:
                     next_id = self._write_events(con, entry, mark)
+                    self._next_history_id = next_id
                     written += len(entry)
                 except (OSError, MemoryError):
                     raise
@@ -457,8 +488,3 @@ class Store:
             "running": self._running,
         }
 
-
-def iter_event_rows(events: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    """The payloads of the events of one kind (a helper for callers that inspect batches)."""
-    key = EVENT_KINDS[kind]
-    return [event[key] for event in events if event.get("kind") == kind]

@@ -88,15 +88,17 @@ class Cluster:
         self.coordinator: Node | None = None
         self.workers: list[Node] = []
         self.url = ""
+        self.port = 0
         self.admin_key = ""
         self._worker_key = ""
 
     # -------------------------------------------------------------- coordinator
     def start_coordinator(self) -> str:
+        """Start (or restart, on the same port so workers find it again) the coordinator."""
         node_file = self.data_dir / "node.json"
         if node_file.exists():
             node_file.unlink()
-        self.coordinator = Node(["--mode", "coordinator", "--host", "127.0.0.1", "--port", "0", "--data-dir",
+        self.coordinator = Node(["--mode", "coordinator", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir",
                                  str(self.data_dir), "--worker-timeout", str(self.worker_timeout),
                                  "--heartbeat-interval", str(self.heartbeat_interval)],
                                 self.root / "coordinator.log")
@@ -112,6 +114,7 @@ class Cluster:
             return info["url"]
 
         self.url = wait_for(ready, what="coordinator to serve")
+        self.port = int(self.url.rsplit(":", 1)[1])
         self.admin_key = (self.data_dir / "admin.key").read_text().strip()
         return self.url
 

@@ -19,7 +19,7 @@ from dtf_app.raft.core import (
     RaftNode,
     Snapshot,
 )
-from dtf_app.raft.types import encode_noop, voters_from_entry
+from dtf_app.raft.types import encode_conf_change, encode_noop, voters_from_entry
 from tests.raft.helpers import ack_all, become_leader, committed, handle, make_node, messages
 
 MT = MessageType
@@ -230,3 +230,31 @@ def test_snapshot_matching_our_log_only_acknowledges_the_snapshot_index() -> Non
     resp = [m for m in messages(node, st) if m.type == MT.APPEND_RESP]
     assert [(m.index, m.reject) for m in resp] == [(2, False)]
     assert node.commit_index == 2 and node.last_index == 4
+
+
+def test_config_entry_takes_effect_when_appended_and_is_undone_by_truncation() -> None:
+    node, st = make_node(term=1)
+    noop = Entry(1, 1, "noop", encode_noop({"a", "b", "c"}))
+    change = Entry(1, 2, "config", encode_conf_change(ConfChange("add", "d"), {"a", "b", "c", "d"}))
+    node.step(Message(MT.APPEND, "b", "a", 1, index=0, log_term=0, entries=(noop, change)))
+    handle(node, st)
+    assert node.voters == {"a", "b", "c", "d"}, "a config entry applies as soon as it is in the log"
+    # A new leader that never had the change overwrites it: the old configuration is back.
+    node.step(Message(MT.APPEND, "c", "a", 2, index=1, log_term=1, entries=(Entry(2, 2, "normal", b"x"),)))
+    handle(node, st)
+    assert node.voters == {"a", "b", "c"}
+    restarted = RaftNode(node.config, st, random.Random(5))
+    assert restarted.voters == {"a", "b", "c"}
+
+
+def test_removed_node_does_not_campaign() -> None:
+    node, st = make_node(term=1)
+    noop = Entry(1, 1, "noop", encode_noop({"a", "b", "c"}))
+    change = Entry(1, 2, "config", encode_conf_change(ConfChange("remove", "a"), {"b", "c"}))
+    node.step(Message(MT.APPEND, "b", "a", 1, index=0, log_term=0, entries=(noop, change), commit=2))
+    handle(node, st)
+    for _ in range(100):
+        node.tick()
+    assert node.role == "follower" and node.term == 1
+    node.step(Message(MT.TIMEOUT_NOW, "b", "a", 1))
+    assert node.role == "follower"

@@ -163,7 +163,8 @@ def test_transfer_to_up_to_date_follower() -> None:
     c.transfer(leader, target)
     assert c.run_until(lambda: c.raft(target).role == "leader", ELECTION_TIMEOUT_MS)
     assert c.raft(target).term == term + 1
-    assert c.raft(leader).role == "follower"
+    # The old leader steps down as soon as the new term's messages reach it.
+    assert c.run_until(lambda: c.raft(leader).role == "follower", 2 * TICK_MS)
     c.one(b"y", 3)
 
 

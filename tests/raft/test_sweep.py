@@ -29,7 +29,7 @@ def run_schedule(seed: int) -> Cluster:
         n,
         seed=seed,
         reliable=rng.random() < 0.4,
-        snapshot_every=rng.choice([0, 5, 10, 25]),
+        snapshot_every=rng.choice([0, 1, 2, 5, 10, 25]),
         lose_unsynced=rng.random() < 0.5,
         pre_vote=rng.random() < 0.85,
         check_quorum=rng.random() < 0.85,
@@ -70,13 +70,13 @@ def run_schedule(seed: int) -> Cluster:
             c.heal()
         elif action < 0.86:
             c.long_reordering = not c.long_reordering and rng.random() < 0.5
-        elif action < 0.90:
+        elif action < 0.89:
             target = rng.choice(members)
             c.read(target, f"read-{seed}-{round_no}".encode())
-        elif action < 0.93:
+        elif action < 0.92:
             if leader is not None and leader.raft is not None:
                 c.transfer(leader.id, rng.choice(sorted(leader.raft.voters | {"nobody"})))
-        elif leader is not None and leader.raft is not None and conf_changes < 4:
+        elif leader is not None and leader.raft is not None and conf_changes < 6:
             voters = leader.raft.voters
             if len(voters) > 3 and rng.random() < 0.5:
                 victim = rng.choice(sorted(voters))

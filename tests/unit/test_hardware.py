@@ -17,10 +17,10 @@ import types
 from pathlib import Path
 
 import pytest
-from dtf_plugins.hardware import amd, apple, container, nvidia
 
 from dtf_app import hardware, plugins
 from dtf_app.hardware import detect, format_table, hardware_kinds, load_profile, validate_profile
+from dtf_plugins.hardware import amd, apple, container, nvidia
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "hardware"
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import psutil
 import pytest
 import trio
+
+from dtf_app.worker.runners import RunContext, TaskError, environment_info, get_runner, run_process
 from dtf_plugins.runners.benchmark import BenchmarkRunner, parse_config
 from dtf_plugins.runners.custom import CustomRunner
 from dtf_plugins.runners.test_runner import TestRunner
-
-from dtf_app.worker.runners import RunContext, TaskError, environment_info, get_runner, run_process
 
 REPO = Path(__file__).resolve().parents[2]
 SUITE = REPO / "assets" / "sample_suite"

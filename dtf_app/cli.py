@@ -1,0 +1,531 @@
+"""The ``dtf`` command line (DESIGN.md §4).
+
+Parsing is stdlib argparse only; each command imports what it needs after parsing, so ``dtf --version``
+and ``dtf --mode worker`` never pay for (or depend on) the TUI, the web server or DuckDB when they do not
+use them. Exit codes: 0 ok, 1 task or test failures, 2 usage/config errors, 3 cannot reach the cluster,
+4 auth refused. User errors print ``dtf: error: ...`` on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from dtf_app import __version__
+from dtf_app.config import ConfigError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH = 0, 1, 2, 3, 4
+ROLES = ("admin", "operator", "worker", "viewer")
+# Node options given without --mode are a mistake worth naming rather than silently opening the TUI.
+NODE_OPTIONS = ("config", "host", "port", "data_dir", "db_path", "coordinator", "api_key", "peers", "node_id",
+                "max_concurrent_tasks", "tags", "worker_id", "heartbeat_interval", "worker_timeout",
+                "simulate_hardware", "log_level")
+
+NO_TUI_MESSAGE = (
+    "dtf: the terminal dashboard is not available in this release yet.\n"
+    "Start a local cluster without it:   dtf up --workers 2 --headless\n"
+    "Run one node:                      dtf --mode coordinator | worker | peer\n"
+    "See every command:                 dtf --help"
+)
+
+
+class UsageError(Exception):
+    """Bad command-line input found after parsing (exit code 2)."""
+
+
+def _add_node_options(parser: argparse.ArgumentParser) -> None:
+    node = parser.add_argument_group("node options (with --mode)")
+    node.add_argument("--mode", choices=("coordinator", "worker", "peer"),
+                      help="run a node: coordinator, worker, or peer (coordinator replica + local worker)")
+    node.add_argument("--config", metavar="FILE", help="settings file: TOML (dtf.toml) or the deployment "
+                      "guide's coordinator.json / worker.json")
+    node.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    node.add_argument("--port", type=int, help="port to listen on (default 8080; 0 = any free port)")
+    node.add_argument("--data-dir", metavar="D", help="state directory (default ./dtf-data)")
+    node.add_argument("--db-path", metavar="F", help="DuckDB file (default <data-dir>/dtf.duckdb)")
+    node.add_argument("--coordinator", metavar="URL[,URL...]", help="coordinator URL(s) a worker connects to")
+    node.add_argument("--api-key", metavar="K", help="API key (prefer DTF_API_KEY: flags show in ps)")
+    node.add_argument("--peers", metavar="id=URL,...", help="the other coordinators of a Raft cluster")
+    node.add_argument("--node-id", metavar="ID", help="this coordinator's id")
+    node.add_argument("--max-concurrent-tasks", type=int, metavar="N", help="task slots of a worker (default 4)")
+    node.add_argument("--tags", metavar="a,b", help="worker tags tasks can require")
+    node.add_argument("--worker-id", metavar="ID", help="stable worker id (default: derived from the host)")
+    node.add_argument("--heartbeat-interval", type=float, metavar="S", help="seconds between heartbeats (10)")
+    node.add_argument("--worker-timeout", type=float, metavar="S", help="seconds before a silent worker is lost (30)")
+    node.add_argument("--simulate-hardware", metavar="FILE", help="advertise a hardware profile "
+                      "(assets/hardware/*.json), flagged as simulated")
+    node.add_argument("--log-level", metavar="L", help="debug | info | warning | error (default info)")
+
+
+def _add_client_options(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
+    # SUPPRESS keeps a value given before the subcommand (dtf --data-dir D tasks list) from being reset.
+    group = parser.add_argument_group("connection")
+    group.add_argument("--coordinator", metavar="URL[,URL...]", default=argparse.SUPPRESS,
+                       help="coordinator URL(s) (DTF_COORDINATOR; default: <data-dir>/node.json, "
+                            "else http://127.0.0.1:8080)")
+    group.add_argument("--api-key", metavar="K", default=argparse.SUPPRESS,
+                       help="API key (DTF_API_KEY; default: <data-dir>/admin.key)")
+    group.add_argument("--data-dir", metavar="D", default=argparse.SUPPRESS,
+                       help="data dir of a local cluster: its admin.key and node.json are used (./dtf-data)")
+    group.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="settings file")
+    if json_flag:
+        parser.add_argument("--json", action="store_true", help="print data as JSON on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole ``dtf`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="dtf", description="DTF: run tests and benchmarks across machines with different hardware.",
+        epilog="Without arguments dtf opens the dashboard on a local node (not available yet: use dtf up). "
+               "Exit codes: 0 ok, 1 task/test failures, 2 usage or config error, 3 cluster unreachable, "
+               "4 auth refused.")
+    parser.add_argument("--version", action="version", version=f"dtf {__version__}")
+    _add_node_options(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    up = sub.add_parser("up", help="start a local coordinator and N workers",
+                        description="Start a local coordinator and N worker processes (logs in <data-dir>/logs).")
+    up.add_argument("--workers", type=int, default=2, metavar="N", help="number of worker processes (default 2)")
+    up.add_argument("--headless", action="store_true", help="no dashboard: print status counts")
+    up.add_argument("--port", type=int, default=argparse.SUPPRESS, help="coordinator port (default 0 = any free)")
+    up.add_argument("--data-dir", metavar="D", default=argparse.SUPPRESS, help="state directory (./dtf-data)")
+    up.add_argument("--run-file", metavar="F", help="submit this task file, wait, print the summary, stop")
+    up.add_argument("--max-concurrent-tasks", type=int, metavar="N", default=argparse.SUPPRESS,
+                    help="task slots per worker")
+    up.add_argument("--simulate-hardware", metavar="FILE", default=argparse.SUPPRESS,
+                    help="hardware profile every worker advertises (flagged simulated)")
+    up.add_argument("--json", action="store_true", help="with --run-file: final task documents as JSON")
+
+    submit = sub.add_parser(
+        "submit", help="submit tasks", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Submit tasks from a file, generate benchmark tasks, or build one test/custom task.",
+        epilog="Task files hold a task object, a list of them, or {\"tasks\": [...]}. Relative test_file and\n"
+               "working_dir paths are made absolute against the task file's directory, because workers run\n"
+               "elsewhere. Examples:\n"
+               "  dtf submit --task-file assets/tasks/demo.json --wait\n"
+               "  dtf submit --generate benchmark --model bert --batch-sizes 1,2,4 --precision fp16,fp32\n"
+               "  dtf submit --type test --test-file tests/ --test-args=\"-x -q\" --wait\n"
+               "  dtf submit --type custom --wait -- python3 -c \"print('hi')\"")
+    source = submit.add_mutually_exclusive_group(required=True)
+    source.add_argument("--task-file", metavar="F", help="JSON task file")
+    source.add_argument("--generate", choices=("benchmark",), help="generate tasks from a template")
+    source.add_argument("--type", choices=("test", "custom", "benchmark"), dest="task_type",
+                        help="build one task of this type from the options below")
+    submit.add_argument("--model", help="model family (or several, comma-separated) for --generate benchmark")
+    submit.add_argument("--batch-sizes", default="1,2,4", help="comma-separated batch sizes (default 1,2,4)")
+    submit.add_argument("--precision", default="fp32", help="comma-separated: fp32,fp16,bf16,int8 (default fp32)")
+    submit.add_argument("--iterations", type=int, help="benchmark iterations per configuration")
+    submit.add_argument("--test-file", action="append", metavar="PATH",
+                        help="pytest file, directory or node id (repeatable)")
+    submit.add_argument("--test-args", action="append", metavar="ARGS",
+                        help="extra pytest arguments, one shell-quoted string (write --test-args=\"-x -q\")")
+    submit.add_argument("command_argv", nargs="*", metavar="CMD", help="for --type custom: the command after --")
+    submit.add_argument("--priority", type=int, help="higher runs first")
+    submit.add_argument("--name", help="task name (numbered when there are several tasks)")
+    submit.add_argument("--requirements", metavar="JSON", help="requirements object, e.g. '{\"min_memory_gb\": 8}'")
+    submit.add_argument("--hardware", metavar="KINDS", help="required hardware kinds, e.g. cuda or cpu,openvino")
+    submit.add_argument("--tags", dest="req_tags", metavar="a,b", default=None, help="worker tags required")
+    submit.add_argument("--timeout", type=float, metavar="S", help="timeout_seconds of each task")
+    submit.add_argument("--max-retries", type=int, metavar="N", dest="task_max_retries", help="retries per task")
+    submit.add_argument("--wait", action="store_true", help="wait for the tasks, show progress, then a table")
+    submit.add_argument("--periodic", type=float, metavar="SECONDS", help="resubmit every SECONDS until Ctrl-C")
+    submit.add_argument("--allow-unschedulable", action="store_true",
+                        help="accept tasks no current worker can run (they wait as unschedulable)")
+    _add_client_options(submit)
+
+    tasks = sub.add_parser("tasks", help="list, show or cancel tasks")
+    tasks_sub = tasks.add_subparsers(dest="action", metavar="ACTION", required=True)
+    t_list = tasks_sub.add_parser("list", help="list tasks")
+    t_list.add_argument("--status", help="pending, running, completed, failed, ...")
+    t_list.add_argument("--type", dest="task_type", choices=("test", "benchmark", "custom"))
+    t_list.add_argument("--batch", dest="batch_id", help="only tasks of this submission batch")
+    t_list.add_argument("--limit", type=int, default=100)
+    _add_client_options(t_list)
+    for action, text in (("show", "show one task with its result"), ("cancel", "cancel a task")):
+        parser_ = tasks_sub.add_parser(action, help=text)
+        parser_.add_argument("task_id", metavar="ID")
+        _add_client_options(parser_)
+
+    workers = sub.add_parser("workers", help="list workers")
+    workers_sub = workers.add_subparsers(dest="action", metavar="ACTION", required=True)
+    w_list = workers_sub.add_parser("list", help="list workers")
+    w_list.add_argument("--status", help="only workers in this state (online, offline, ...)")
+    _add_client_options(w_list)
+
+    results = sub.add_parser("results", help="stored results, or aggregates over them")
+    results.add_argument("--task", dest="task_id", metavar="ID", help="results of one task")
+    results.add_argument("--status", help="success, failure or partial")
+    results.add_argument("--limit", type=int, default=100)
+    results.add_argument("--aggregate", action="store_true", help="statistics per group instead of rows")
+    results.add_argument("--result-type", default="benchmark", help="with --aggregate: benchmark or test")
+    results.add_argument("--level", default="model", help="with --aggregate: grouping level (model, ...)")
+    _add_client_options(results)
+
+    status = sub.add_parser("status", help="cluster status: task and worker counts")
+    _add_client_options(status)
+
+    hardware = sub.add_parser("hardware", help="detect this machine's hardware")
+    hardware.add_argument("--json", action="store_true", help="the capabilities document as JSON")
+    hardware.add_argument("--simulate-hardware", metavar="FILE", default=argparse.SUPPRESS,
+                          help="show what a worker with this profile would advertise")
+
+    keys = sub.add_parser("keys", help="manage API keys (admin)")
+    keys_sub = keys.add_subparsers(dest="action", metavar="ACTION", required=True)
+    k_create = keys_sub.add_parser("create", help="create a key (shown once)")
+    k_create.add_argument("--name", required=True)
+    k_create.add_argument("--role", required=True, choices=ROLES)
+    _add_client_options(k_create)
+    k_delete = keys_sub.add_parser("delete", help="delete a key")
+    k_delete.add_argument("--name", required=True)
+    _add_client_options(k_delete)
+    _add_client_options(keys_sub.add_parser("list", help="list keys (names and roles, never the keys)"))
+
+    sub.add_parser("dash", help="dashboard against a running cluster (not available yet)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dtf`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except KeyboardInterrupt:
+        print("dtf: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # stdout went away (dtf ... | head): not an error worth a traceback.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except Exception as exc:  # user-facing errors from lazily imported modules, mapped by type
+        from dtf_app.client import ClientError, TaskFileError
+
+        if isinstance(exc, ClientError):
+            return _fail(exc.message, exc.exit_code)
+        if isinstance(exc, TaskFileError):
+            return _fail(str(exc), EXIT_USAGE)
+        if type(exc).__name__ == "UpError" and type(exc).__module__ == "dtf_app.up":
+            return _fail(str(exc), exc.exit_code)  # type: ignore[attr-defined]
+        raise
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"dtf: error: {message}", file=sys.stderr)
+    return code
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    command = args.command
+    if command is None:
+        if args.mode is None:
+            given = [name for name in NODE_OPTIONS if getattr(args, name, None) is not None]
+            if given:
+                raise UsageError(f"--{given[0].replace('_', '-')} is a node option: add --mode coordinator, "
+                                 "worker or peer (or use a command, see dtf --help)")
+            print(NO_TUI_MESSAGE, file=sys.stderr)
+            return EXIT_USAGE
+        return _run_node(args)
+    if args.mode is not None:
+        raise UsageError(f"--mode cannot be combined with the {command!r} command")
+    if command == "dash":
+        print(NO_TUI_MESSAGE, file=sys.stderr)
+        return EXIT_USAGE
+    if command == "up":
+        from dtf_app.up import run_up
+
+        return run_up(args)
+    if command == "hardware":
+        return _cmd_hardware(args)
+    handler = {"submit": _cmd_submit, "tasks": _cmd_tasks, "workers": _cmd_workers, "results": _cmd_results,
+               "status": _cmd_status, "keys": _cmd_keys}[command]
+    return handler(args)
+
+
+def _run_node(args: argparse.Namespace) -> int:
+    from dtf_app.config import load_settings
+
+    settings = load_settings(args, mode=args.mode)
+    from dtf_app.node import run_mode
+
+    return run_mode(settings)
+
+
+def make_client(args: argparse.Namespace) -> Any:
+    """A Client for the coordinator the options, environment and data dir point at."""
+    from dtf_app.client import Client, resolve_target
+
+    target = resolve_target(args)
+    return Client(target.urls, target.api_key)
+
+
+def _cmd_hardware(args: argparse.Namespace) -> int:
+    import os
+
+    from dtf_app.hardware import detect, format_table
+
+    profile = getattr(args, "simulate_hardware", None) or os.environ.get("DTF_SIMULATE_HARDWARE") or None
+    try:
+        caps = detect(simulate_file=profile)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        from dtf_app.output import print_json
+
+        print_json({"hardware": caps})
+    else:
+        print(format_table(caps))
+    return EXIT_OK
+
+
+def _split(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def build_submission(args: argparse.Namespace) -> list[dict]:
+    """The task documents a ``dtf submit`` invocation describes (raises TaskFileError / UsageError)."""
+    import json
+    import shlex
+
+    from dtf_app.client import check_task, generate_benchmark_tasks, load_task_file
+
+    command = list(args.command_argv or [])
+    if command and command[0] == "--":
+        command = command[1:]
+    if args.task_file:
+        tasks = load_task_file(args.task_file)
+    elif args.generate == "benchmark":
+        if not args.model:
+            raise UsageError("--generate benchmark needs --model (e.g. --model bert)")
+        tasks = generate_benchmark_tasks(args.model, args.batch_sizes, args.precision, iterations=args.iterations)
+    elif args.task_type == "test":
+        if not args.test_file:
+            raise UsageError("--type test needs --test-file PATH (a pytest file, directory or node id)")
+        test_args: list[str] = []
+        for text in args.test_args or []:
+            try:
+                test_args += shlex.split(text)
+            except ValueError as exc:
+                raise UsageError(f"--test-args {text!r}: {exc}") from None
+        import os
+
+        files = [os.path.abspath(p.split("::")[0]) + ("::" + p.split("::", 1)[1] if "::" in p else "")
+                 for p in args.test_file]
+        config: dict[str, Any] = {"test_file": files[0] if len(files) == 1 else files}
+        if test_args:
+            config["test_args"] = test_args
+        tasks = [check_task({"type": "test", "config": config}, "--type test")]
+    elif args.task_type == "custom":
+        if not command:
+            raise UsageError("--type custom needs the command after --, e.g. dtf submit --type custom -- "
+                             "python3 -c \"print('hi')\"")
+        tasks = [{"type": "custom", "config": {"command": command}}]
+    else:  # --type benchmark: one task, same options as --generate
+        if not args.model:
+            raise UsageError("--type benchmark needs --model (e.g. --model bert)")
+        tasks = generate_benchmark_tasks(args.model, args.batch_sizes, args.precision, iterations=args.iterations)
+    if command and args.task_type != "custom":
+        raise UsageError(f"unexpected arguments {' '.join(command)!r} (only --type custom takes a command)")
+
+    requirements: dict[str, Any] = {}
+    if args.requirements:
+        try:
+            requirements = json.loads(args.requirements)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--requirements: invalid JSON at column {exc.colno}: {exc.msg}") from None
+        if not isinstance(requirements, dict):
+            raise UsageError("--requirements must be a JSON object, e.g. '{\"hardware\": [\"cuda\"]}'")
+    if args.hardware:
+        requirements["hardware"] = _split(args.hardware)
+    if args.req_tags:
+        requirements["tags"] = _split(args.req_tags)
+    for i, task in enumerate(tasks):
+        if requirements:
+            task["requirements"] = {**(task.get("requirements") or {}), **requirements}
+        if args.priority is not None:
+            task["priority"] = args.priority
+        if args.timeout is not None:
+            if args.timeout <= 0:
+                raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+            task["timeout_seconds"] = args.timeout
+        if args.task_max_retries is not None:
+            task["max_retries"] = args.task_max_retries
+        if args.name:
+            task["name"] = args.name if len(tasks) == 1 else f"{args.name}-{i + 1}"
+    return tasks
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    import time
+
+    from dtf_app import output
+
+    tasks = build_submission(args)
+    if args.periodic is not None and args.periodic <= 0:
+        raise UsageError(f"--periodic must be a positive number of seconds, got {args.periodic}")
+    with make_client(args) as client:
+        worst = EXIT_OK
+        round_no = 0
+        try:
+            while True:
+                round_no += 1
+                started = time.monotonic()
+                code = _submit_round(client, tasks, args, round_no if args.periodic else None)
+                worst = max(worst, code)
+                if args.periodic is None:
+                    return code
+                time.sleep(max(0.0, args.periodic - (time.monotonic() - started)))
+        except KeyboardInterrupt:
+            if args.periodic is None:
+                print("\ndtf: stopped waiting; the tasks keep running (see dtf tasks list)", file=sys.stderr)
+                return 130
+            print(f"\ndtf: periodic submission stopped after {round_no} round(s)", file=sys.stderr)
+            output.Progress().close()
+            return worst
+
+
+def _submit_round(client: Any, tasks: list[dict], args: argparse.Namespace, round_no: int | None) -> int:
+    from dtf_app import output
+    from dtf_app.client import ClientError, batch_failed, wait_for_tasks
+
+    try:
+        created = client.submit(tasks, allow_unschedulable=args.allow_unschedulable)
+    except ClientError as exc:
+        if exc.status == 422:
+            raise ClientError(f"{exc.message}; dtf submit --allow-unschedulable queues it anyway",
+                              exc.exit_code, exc.status) from None
+        raise
+    created = created if isinstance(created, list) else [created]
+    prefix = f"round {round_no}: " if round_no else ""
+    batch = created[0].get("batch_id") if created else None
+    if not args.wait:
+        if args.json:
+            output.print_json(created)
+        else:
+            print(f"{prefix}submitted {len(created)} task(s)" + (f" in batch {batch}" if batch else ""))
+            print(output.table([(t.get("task_id"), t.get("name"), t.get("type"), t.get("status"))
+                                for t in created], ("task id", "name", "type", "status")))
+        return EXIT_OK
+    print(f"{prefix}submitted {len(created)} task(s)" + (f" in batch {batch}" if batch else "")
+          + "; waiting (Ctrl-C stops waiting, not the tasks)", file=sys.stderr)
+    progress = output.Progress()
+    try:
+        final = wait_for_tasks(client, created, on_counts=lambda c, n: progress.update(c, n, prefix))
+    finally:
+        progress.close()
+    if args.json:
+        output.print_json(final)
+    else:
+        print(output.tasks_table(final))
+    return EXIT_FAILED if batch_failed(final) else EXIT_OK
+
+
+def _cmd_tasks(args: argparse.Namespace) -> int:
+    from dtf_app import output
+
+    with make_client(args) as client:
+        if args.action == "list":
+            if args.limit < 1:
+                raise UsageError(f"--limit must be at least 1, got {args.limit}")
+            data = client.tasks(status=args.status, type=args.task_type, batch_id=args.batch_id, limit=args.limit)
+            if args.json:
+                output.print_json(data)
+            else:
+                print(output.tasks_table(data["tasks"]))
+                print(f"{len(data['tasks'])} of {data.get('total', len(data['tasks']))} task(s)", file=sys.stderr)
+            return EXIT_OK
+        if args.action == "show":
+            task = client.task(args.task_id)
+            if args.json:
+                output.print_json(task)
+            else:
+                print(output.task_detail(task))
+            return EXIT_OK
+        task = client.cancel(args.task_id)
+        if args.json:
+            output.print_json(task)
+        else:
+            print(f"task {task.get('task_id')} is now {task.get('status')}")
+        return EXIT_OK
+
+
+def _cmd_workers(args: argparse.Namespace) -> int:
+    from dtf_app import output
+
+    with make_client(args) as client:
+        workers = client.workers(status=args.status)
+    if args.json:
+        output.print_json({"workers": workers})
+    else:
+        print(output.workers_table(workers) if workers else "no workers registered")
+    return EXIT_OK
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    from dtf_app import output
+
+    with make_client(args) as client:
+        if args.aggregate:
+            data = client.aggregate(args.result_type, args.level)
+            if args.json:
+                output.print_json(data)
+            else:
+                print(output.aggregate_table(data))
+            return EXIT_OK
+        results = client.results(task_id=args.task_id, status=args.status, limit=args.limit)
+    if args.json:
+        output.print_json({"results": results})
+    else:
+        print(output.results_table(results) if results else "no results")
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from dtf_app import output
+
+    with make_client(args) as client:
+        data = client.status()
+    if args.json:
+        output.print_json(data)
+        return EXIT_OK
+    print(f"node {data.get('node_id')} ({data.get('role')}), leader {data.get('leader_id')}, term {data.get('term')}")
+    tasks, workers = data.get("tasks") or {}, data.get("workers") or {}
+    print("tasks:   " + output.counts_line(tasks, int(tasks.get("total") or 0)))
+    print(f"workers: {workers.get('online', 0)} online, {workers.get('offline', 0)} offline, "
+          f"{workers.get('total', 0)} total")
+    return EXIT_OK
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from dtf_app import output
+
+    with make_client(args) as client:
+        if args.action == "create":
+            created = client.create_key(args.name, args.role)
+            if args.json:
+                output.print_json(created)
+            else:
+                print(created["key"])
+                print(f"created key {created['name']!r} with role {created['role']}: it is shown only this "
+                      "once, store it now (e.g. export DTF_API_KEY=...)", file=sys.stderr)
+            return EXIT_OK
+        if args.action == "delete":
+            data = client.delete_key(args.name)
+            if args.json:
+                output.print_json(data)
+            else:
+                print(f"deleted key {args.name!r}")
+            return EXIT_OK
+        keys = client.keys()
+    if args.json:
+        output.print_json({"keys": keys})
+    else:
+        print(output.table([(k.get("name"), k.get("role"), output.format_timestamp(k.get("created"))) for k in keys],
+                           ("name", "role", "created")))
+    return EXIT_OK
