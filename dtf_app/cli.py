@@ -20,7 +20,7 @@ ROLES = ("admin", "operator", "worker", "viewer")
 # Node options given without --mode are a mistake worth naming rather than silently opening the TUI.
 NODE_OPTIONS = ("config", "host", "port", "data_dir", "db_path", "coordinator", "api_key", "peers", "node_id",
                 "max_concurrent_tasks", "tags", "worker_id", "heartbeat_interval", "worker_timeout",
-                "simulate_hardware", "log_level")
+                "simulate_hardware", "log_level", "reconnect_attempts", "max_retries")
 
 NO_TUI_MESSAGE = (
     "dtf: the terminal dashboard is not available in this release yet.\n"
@@ -53,6 +53,9 @@ def _add_node_options(parser: argparse.ArgumentParser) -> None:
     node.add_argument("--worker-id", metavar="ID", help="stable worker id (default: derived from the host)")
     node.add_argument("--heartbeat-interval", type=float, metavar="S", help="seconds between heartbeats (10)")
     node.add_argument("--worker-timeout", type=float, metavar="S", help="seconds before a silent worker is lost (30)")
+    node.add_argument("--reconnect-attempts", type=int, metavar="N",
+                      help="worker: connection attempts before giving up (default 10)")
+    node.add_argument("--max-retries", type=int, metavar="N", help="coordinator: retries of a lost task (3)")
     node.add_argument("--simulate-hardware", metavar="FILE", help="advertise a hardware profile "
                       "(assets/hardware/*.json), flagged as simulated")
     node.add_argument("--log-level", metavar="L", help="debug | info | warning | error (default info)")
@@ -262,7 +265,8 @@ def make_client(args: argparse.Namespace) -> Any:
     from dtf_app.client import Client, resolve_target
 
     target = resolve_target(args)
-    return Client(target.urls, target.api_key)
+    origin = target.url_source if target.url_source.endswith("node.json") else None
+    return Client(target.urls, target.api_key, origin=origin)
 
 
 def _cmd_hardware(args: argparse.Namespace) -> int:
@@ -364,8 +368,6 @@ def build_submission(args: argparse.Namespace) -> list[dict]:
 def _cmd_submit(args: argparse.Namespace) -> int:
     import time
 
-    from dtf_app import output
-
     tasks = build_submission(args)
     if args.periodic is not None and args.periodic <= 0:
         raise UsageError(f"--periodic must be a positive number of seconds, got {args.periodic}")
@@ -386,7 +388,6 @@ def _cmd_submit(args: argparse.Namespace) -> int:
                 print("\ndtf: stopped waiting; the tasks keep running (see dtf tasks list)", file=sys.stderr)
                 return 130
             print(f"\ndtf: periodic submission stopped after {round_no} round(s)", file=sys.stderr)
-            output.Progress().close()
             return worst
 
 

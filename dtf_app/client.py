@@ -88,13 +88,15 @@ class Client:
     """Synchronous client for the DTF HTTP API; one method per endpoint the CLI uses."""
 
     def __init__(self, urls: str | Sequence[str], api_key: str | None = None, *,
-                 timeout: float = DEFAULT_TIMEOUT, transport: Any = None) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, transport: Any = None, origin: str | None = None) -> None:
         import httpx
 
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         if not self.urls:
             raise ClientError("no coordinator URL given (use --coordinator URL or DTF_COORDINATOR)", 2)
         self.api_key = api_key
+        # Where the URL came from (e.g. a data dir's node.json), so "cannot reach" can say which setting to fix.
+        self.origin = origin
         headers = {"X-API-Key": api_key} if api_key else {}
         self._httpx = httpx
         # A short connect timeout: an unreachable URL should fail over quickly to the next one.
@@ -153,6 +155,8 @@ class Client:
             self._current = self.urls.index(base) if base in self.urls else 0
             return self._decode(response, method, path, needs)
         tried = "; ".join(errors)
+        if self.origin:
+            tried += f"; the URL came from {self.origin}"
         raise ClientError(f"cannot reach the DTF coordinator ({tried}). Is it running? Start a local cluster "
                           "with `dtf up --workers 2 --headless`, or point --coordinator / DTF_COORDINATOR at "
                           "a running one", 3)

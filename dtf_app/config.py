@@ -11,7 +11,6 @@ says where the value came from (file, environment variable or flag) so the user 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -233,6 +232,8 @@ def _section(section: str, value: Any, where: str) -> dict[str, Any]:
 
 
 def _unknown_message(key: str, where: str, known: tuple[str, ...] | list[str]) -> str:
+    import difflib  # only on the error path: keeps `dtf --version` lean
+
     close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
     hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else \
         f"known keys: {', '.join(sorted(known))}"

@@ -162,7 +162,7 @@ def counts_line(counts: Mapping[str, int], total: int) -> str:
     """``3/10 done  running 2  pending 5  completed 3`` — only states with tasks in them."""
     done = sum(counts.get(s, 0) for s in ("completed", "failed", "cancelled"))
     parts = [f"{state} {counts[state]}" for state in STATE_ORDER if counts.get(state)]
-    return f"{done}/{total} done  " + "  ".join(parts)
+    return (f"{done}/{total} done  " + "  ".join(parts)).rstrip()
 
 
 class Progress:

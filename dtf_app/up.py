@@ -205,7 +205,8 @@ def run_up(args: argparse.Namespace) -> int:
     _check_not_running(data_dir)
 
     children: list[Child] = []
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, and `kill -INT` should still stop us.
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
     def on_signal(signum: int, frame: Any) -> None:
         raise _Stop(signum)
@@ -245,11 +246,17 @@ def run_up(args: argparse.Namespace) -> int:
             return _serve(client, children)
     except (_Stop, KeyboardInterrupt):
         print("\ndtf up: stopping the cluster", file=sys.stderr)
-        return 0
+        # Interrupting a --run-file run means its tasks did not all finish: not a success.
+        return 130 if tasks is not None else 0
     finally:
-        stop_children(children)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        # A second Ctrl-C must not abandon children half-stopped; stop_children is bounded (grace + kill).
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            stop_children(children)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _status_ok(client: Any) -> bool:

@@ -39,9 +39,13 @@ from dtf_app.security import keys as keymod
 
 log = logging.getLogger("dtf.coordinator")
 
-# How long a dispatch round waits for more work to arrive before matching (batches bursts).
-DISPATCH_COALESCE_S = 0.002
-RESULT_COALESCE_S = 0.002
+# Rounds yield once before collecting so frames that arrived together are handled together; the
+# replicator's group commit does the rest of the batching.
+DISPATCH_COALESCE_S = 0.0
+RESULT_COALESCE_S = 0.0
+# Extra tasks per slot a worker may hold queued, so a slot never idles for a coordinator round trip
+# (tasks of a few milliseconds would otherwise run at the speed of that round trip).
+PREFETCH_PER_SLOT = 1
 LOG_LINES_KEPT = 200
 SUBSCRIBER_BUFFER = 10_000
 
@@ -349,7 +353,7 @@ class Coordinator:
                 worker = self.state.workers.get(worker_id)
                 if conn.closed or worker is None:
                     continue
-                slots = conn.capacity - len(worker.get("assigned") or {})
+                slots = conn.capacity * (1 + PREFETCH_PER_SLOT) - len(worker.get("assigned") or {})
                 if slots > 0:
                     free[worker_id] = slots
             if not free or not len(self.queue):

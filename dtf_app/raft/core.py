@@ -93,6 +93,7 @@ class RaftNode:
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
         self._reads = ReadOnly()
+        self._append_pending = False
         self._reset(self._term)
 
     # --- read-only properties -----------------------------------------------------------------------
@@ -208,6 +209,7 @@ class RaftNode:
         log = self._log
         return bool(
             self._msgs
+            or self._append_pending
             or self._read_states
             or self._hard_state() != self._prev_hs
             or (log.unstable_snapshot is not None and not log.snapshot_in_progress)
@@ -217,6 +219,8 @@ class RaftNode:
 
     def ready(self) -> Ready:
         """Collect what to persist, send and apply. Call :meth:`advance` after handling it."""
+        if self._append_pending:
+            self._flush_appends()
         log = self._log
         hs = self._hard_state()
         hs_out = hs if hs != self._prev_hs else None
@@ -615,12 +619,18 @@ class RaftNode:
         if len(self._voters) == 1 and self._id in self._voters:
             if self._maybe_commit():
                 self._after_commit()
-        # Batching: only followers with nothing in flight beyond what flow control allows get a message;
-        # the rest pick the entry up in the next append.
-        for pid in list(self._progress):
-            if pid != self._id and self._role == "leader":
-                self._send_append(pid, send_if_empty=False)
+        # Batching: appends go out when the application next collects a Ready, so every proposal made
+        # until then shares one message per follower (within flow-control limits).
+        self._append_pending = True
         return index
+
+    def _flush_appends(self) -> None:
+        self._append_pending = False
+        if self._role != "leader":
+            return
+        for pid in list(self._progress):
+            if pid != self._id:
+                self._send_append(pid, send_if_empty=False)
 
     # --- ReadIndex ----------------------------------------------------------------------------------
 

@@ -8,11 +8,13 @@ its log and puts only the events of entries above :meth:`Store.open`'s answer, s
 DuckDB is built for bulk: a transaction per event would cap ingest at a few hundred rows a second. Each
 batch is therefore turned into column lists and inserted with one ``INSERT ... SELECT`` over a registered
 dict of numpy object arrays (DuckDB scans those natively, without pandas or pyarrow). Measured on the
-2-core dev machine for 20,000 task upserts: ``executemany`` took 17 s for 2,000 rows (~120 rows/s, one
-prepared execution per row plus index maintenance); the registered-arrays path took 0.1-0.2 s for all
-20,000 (~100k-200k rows/s); one JSON document unnested with ``from_json`` took 1.3 s; multi-row ``VALUES``
-with bound parameters 1.9 s. Without numpy (DuckDB will not scan a plain dict of lists) the writer falls
-back to that last one. ``bench/store_bench.py`` compares them side by side.
+2-core dev machine (duckdb 2.0.0), upserting into a table with a primary key: ``executemany`` managed
+120-370 rows/s (one prepared execution per row plus index maintenance); multi-row ``VALUES`` with bound
+parameters ~11k rows/s; one JSON document unnested with ``from_json`` 15k rows/s on the 11-column task
+table (81k on a 5-column one); the registered arrays 100k-340k rows/s. The whole Store (put, collapse,
+convert, write in a thread) takes 20,000 task events (5,000 tasks x 4 states) in 0.2-0.4 s. Without
+numpy (DuckDB will not scan a plain dict of lists) the writer falls back to multi-row ``VALUES``.
+``bench/store_bench.py`` compares the paths side by side.
 
 DuckDB calls block, so every call runs in a worker thread (``trio.to_thread.run_sync``), one batch at a
 time, while new events keep accumulating in the trio thread. Reads use their own cursor per query so a
@@ -24,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -138,6 +141,16 @@ class _TableWriter:
             con.execute(sql, [value for row in chunk for value in row])
 
 
+def _is_data_error(exc: BaseException) -> bool:
+    """True for errors caused by one event's content (skippable); False for I/O, memory, fatal or SQL bugs."""
+    import duckdb
+
+    if isinstance(exc, duckdb.Error):
+        return isinstance(exc, duckdb.DataError | duckdb.IntegrityError | duckdb.InvalidInputException)
+    # Python-side conversion of a value (int("x"), a dict changed while serialised, ...).
+    return isinstance(exc, TypeError | ValueError | OverflowError | RuntimeError)
+
+
 _VALUES_CHUNK = 1000
 _NUMPY: list[Any] = []
 
@@ -189,7 +202,9 @@ class Store:
         self.db_path = Path(db_path)
         self.flush_interval = flush_interval
         self.max_batch = max_batch
-        self._con: Any = None
+        self._con: Any = None        # spawns the per-query read cursors, under _cursor_lock
+        self._write_con: Any = None  # the writer's own cursor: only ever used by one thread at a time
+        self._cursor_lock = threading.Lock()
         self._queue: Batch = []
         self._queued_events = 0
         self._oldest_put = 0.0
@@ -242,6 +257,7 @@ class Store:
             con.close()
             raise
         self._con = con
+        self._write_con = con.cursor()
         return self._last_applied
 
     def close(self) -> None:
@@ -255,10 +271,17 @@ class Store:
                 self._committed_seq = self._put_seq
             except Exception:
                 log.exception("store: could not write %d queued entries while closing", len(batch))
-        elif self._queue:
-            log.warning("store: closing with a batch in flight; %d queued entries not written", len(self._queue))
+                self._queue[:0] = batch  # what was not committed stays visible in statistics()
+                self._queued_events = sum(len(events) for _, events in self._queue)
+        if self._write_lock.locked():
+            # A worker thread is inside a transaction on this connection: closing under it is unsafe.
+            # Leave the connection to be released when the thread is done and the object is collected.
+            log.warning("store: close() with a batch in flight; %d queued entries not written",
+                        self._queued_events)
+            return
+        self._write_con.close()
         self._con.close()
-        self._con = None
+        self._con = self._write_con = None
 
     # ------------------------------------------------------------------------------------------ writing
     def put(self, index: int | None, events: list[dict[str, Any]]) -> None:
@@ -360,41 +383,47 @@ class Store:
 
     # ------------------------------------------------------------------------------------------ thread side
     def _write_sync(self, batch: Batch) -> None:
-        """Write one batch in one transaction (runs in a worker thread)."""
+        """Write one batch in one transaction (runs in a worker thread).
+
+        Entries are removed from ``batch`` as they are committed, so after an exception the caller
+        re-queues exactly the entries that are not in the database yet.
+        """
         started = time.perf_counter()
         last_index = self._last_applied
         for index, _events in batch:
             if index is not None and index > last_index:
                 last_index = index
         events = [event for _, entry in batch for event in entry]
-        con = self._con
+        con = self._write_con
+        written = failed = 0
         try:
-            next_id = self._write_events(con, events, last_index)
-            written, failed = len(events), 0
-        except (OSError, MemoryError):
-            raise
-        except Exception:
+            self._next_history_id = self._write_events(con, events, last_index)
+            self._last_applied = last_index
+            written = len(events)
+            batch.clear()
+        except Exception as exc:
+            if not _is_data_error(exc):
+                raise
             # One bad event must not cost the whole batch (or stall the writer forever on replay): write
             # entry by entry and skip, loudly, only the entries that fail on their own.
             log.exception("store: batch of %d events failed; retrying entry by entry", len(events))
-            next_id, written, failed = self._next_history_id, 0, 0
-            for index, entry in batch:
+            while batch:
+                index, entry = batch[0]
                 mark = max(self._last_applied, index or 0)
                 try:
-                    next_id = self._write_events(con, entry, mark)
-                    self._next_history_id = next_id
+                    self._next_history_id = self._write_events(con, entry, mark)
                     written += len(entry)
-                except (OSError, MemoryError):
-                    raise
-                except Exception:
+                except Exception as entry_exc:
+                    if not _is_data_error(entry_exc):
+                        raise
                     log.exception("store: dropped the %d events of log entry %s", len(entry), index)
                     failed += len(entry)
                     self._write_events(con, [], mark)  # still record the index: replay would fail again
                 self._last_applied = mark
-        self._next_history_id = next_id
-        self._last_applied = last_index
-        self._written += written
-        self._failed += failed
+                del batch[0]
+        finally:
+            self._written += written
+            self._failed += failed
         self._batches += 1
         self._last_batch_events = len(events)
         self._last_batch_seconds = time.perf_counter() - started
@@ -447,7 +476,10 @@ class Store:
                 con.execute("INSERT OR REPLACE INTO store_meta VALUES ('last_applied_index', ?)", [str(last_index)])
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            try:
+                con.execute("ROLLBACK")
+            except Exception:  # a fatal error may have invalidated the connection: report the first error
+                log.debug("store: rollback failed", exc_info=True)
             raise
         return next_id
 
@@ -459,7 +491,10 @@ class Store:
         return await trio.to_thread.run_sync(self._query_sync, sql, params, limiter=self._read_limiter)
 
     def _query_sync(self, sql: str, params: list[Any] | None) -> list[dict[str, Any]]:
-        cursor = self._con.cursor()
+        # A DuckDB connection object is not thread-safe, but cursors made from it are independent
+        # connections to the same database: make one per query, serialising only their creation.
+        with self._cursor_lock:
+            cursor = self._con.cursor()
         try:
             cursor.execute(sql, params) if params else cursor.execute(sql)
             description = cursor.description or []

@@ -461,8 +461,8 @@ class WorkerAgent:
             if key is None:
                 logger.warning("ignoring assignment without task_id/attempt: %.200r", task)
                 continue
-            if key in self._running or key in self._finished:
-                continue  # the coordinator re-sent an assignment we are running or just finished
+            if key in self._running:
+                continue  # the coordinator re-sent an assignment we are running
             if key in self._unacked:
                 # Already ran; its outcome may not have arrived: send it again instead of re-running.
                 self._to_send[key] = self._unacked[key]
@@ -475,7 +475,8 @@ class WorkerAgent:
             self._task_nursery.start_soon(self._run_task, task, record)
             accepted += 1
         if len(self._running) > self._max_slots:
-            logger.warning("assigned %d tasks for %d slots; the extra ones wait", len(self._running), self._max_slots)
+            # The coordinator prefetches up to one extra task per slot so a slot never idles for a round trip.
+            logger.debug("assigned %d tasks for %d slots; the extra ones wait", len(self._running), self._max_slots)
         if accepted:
             logger.info("assigned %d task(s); %d running or waiting", accepted, len(self._running))
 
@@ -498,6 +499,9 @@ class WorkerAgent:
                 continue
             self._unacked.pop(key, None)
             self._to_send.pop(key, None)
+            # Acked before it reached the outbox: no need to write it at all. Removal stays queued in
+            # case its insert is in flight right now (deleting a missing row is harmless).
+            self._finished.pop(key, None)
             self._acked.append(key)
         self._outbox_signal.set()
 
@@ -535,7 +539,13 @@ class WorkerAgent:
             logger.warning("task %s attempt %d failed: %s", task_id, attempt, outcome["error"])
         else:
             logger.debug("task %s attempt %d completed in %.3f s", task_id, attempt, outcome["end_time"] - start_time)
+        # Sent at once and persisted alongside: the outbox matters when the coordinator is unreachable,
+        # and waiting for its commit would put a DuckDB transaction on every task's critical path. A
+        # worker that dies before both is declared lost and its task runs again (at-least-once).
         self._finished[record.key] = outcome
+        self._unacked[record.key] = outcome
+        self._to_send[record.key] = outcome
+        self._send_signal.set()
         self._outbox_signal.set()
         if outcome["outcome"] == "completed":
             self._spent_dirs.append(work_dir)
@@ -649,14 +659,14 @@ class WorkerAgent:
         while self._finished or self._acked:
             batch = list(self._finished.values())[:OUTBOX_BATCH]
             acked, self._acked = self._acked, []
-            await self.outbox.apply(add=batch, remove=acked)
+            try:
+                await self.outbox.apply(add=batch, remove=acked)
+            except BaseException:
+                # Cancelled (shutdown) or failed before the commit: keep the acks for the final write.
+                self._acked = acked + self._acked
+                raise
             for outcome in batch:
-                key = (outcome["task_id"], outcome["attempt"])
-                self._finished.pop(key, None)
-                self._unacked[key] = outcome
-                self._to_send[key] = outcome
-            if batch:
-                self._send_signal.set()
+                self._finished.pop((outcome["task_id"], outcome["attempt"]), None)
 
 
 def _remove_dirs(paths: list[Path]) -> None:

@@ -92,7 +92,7 @@ class Invariants:
     * Election safety: at most one leader per term.
     * Log matching: entries with the same index and term are identical and have the same predecessor
       term (checked as durable logs grow, which by induction gives identical prefixes).
-    * Leader completeness: a new leader's log holds every entry known to be committed.
+    * Leader completeness: a new leader's log holds every entry known to be committed in an earlier term.
     * State machine safety: every node applies the same entry at each index; applies are in order
       without gaps; snapshots agree with what was applied at their index.
     * A node's term and commit index never decrease within one incarnation (and the durable term never
@@ -102,6 +102,9 @@ class Invariants:
     def __init__(self) -> None:
         self.leaders: dict[int, str] = {}
         self.committed_terms: dict[int, int] = {}
+        # index -> lowest term of a node seen holding it as committed: it was committed in that term or
+        # earlier, so every leader of a later term must have it (leader completeness).
+        self.committed_by: dict[int, int] = {}
         self.max_committed = 0
         self.entry_at: dict[tuple[int, int], tuple[str, bytes]] = {}
         self.pred_at: dict[tuple[int, int], int] = {}
@@ -130,8 +133,11 @@ class Invariants:
                 known = self.committed_terms.get(index)
                 if known is None:
                     self.committed_terms[index] = t
+                    self.committed_by[index] = term
                 elif known != t:
                     self.fail(f"{node.id}: committed index {index} has term {t}, elsewhere {known}")
+                elif term < self.committed_by[index]:
+                    self.committed_by[index] = term
             self.max_committed = max(self.max_committed, commit)
         node.seen_term, node.seen_commit = term, commit
         if raft.role == "leader" and node.was_leader_in_term != term:
@@ -147,7 +153,11 @@ class Invariants:
         first = node.storage.first_index()
         for index in range(max(first, 1), self.max_committed + 1):
             want = self.committed_terms.get(index)
-            if want is not None and raft.log_term(index) != want:
+            # Only entries committed in an earlier term must be there: a candidate can legitimately win
+            # an old term (a delayed vote) after a later term committed more.
+            if want is None or self.committed_by[index] >= raft.term:
+                continue
+            if raft.log_term(index) != want:
                 self.fail(
                     f"leader {node.id} (term {raft.term}) lacks committed entry {index} (term {want}); "
                     f"has term {raft.log_term(index)}"

@@ -160,15 +160,29 @@ def test_probe_state_sends_one_append_until_answered() -> None:
 
 
 def test_proposals_are_batched_into_one_append_per_follower() -> None:
-    node, st = make_node(max_inflight_msgs=1)
+    node, st = make_node()
     ack_all(node, st, become_leader(node, st))
     for k in range(5):
         node.propose(f"v{k}".encode())
     apps = [m for m in messages(node, st) if m.type == MT.APPEND]
-    assert len([m for m in apps if m.dst == "b"]) == 1
-    node.step(Message(MT.APPEND_RESP, "b", "a", node.term, index=apps[0].index + len(apps[0].entries)))
-    rest = [m for m in messages(node, st) if m.type == MT.APPEND and m.dst == "b"]
-    assert len(rest) == 1 and rest[0].entries[-1].index == node.last_index
+    assert sorted(m.dst for m in apps) == ["b", "c"]
+    assert all([e.data for e in m.entries] == [f"v{k}".encode() for k in range(5)] for m in apps)
+
+
+def test_flow_control_holds_back_proposals_until_the_window_opens() -> None:
+    node, st = make_node(max_inflight_msgs=1)
+    ack_all(node, st, become_leader(node, st))
+    node.propose(b"first")
+    messages(node, st)
+    for k in range(5):
+        node.propose(f"v{k}".encode())
+    apps = [m for m in messages(node, st) if m.type == MT.APPEND]
+    assert not apps, "sent beyond max_inflight_msgs"
+    # b acknowledges "first": its window opens and the five waiting entries go out in one append.
+    node.step(Message(MT.APPEND_RESP, "b", "a", node.term, index=node.last_index - 5))
+    rest = [m for m in messages(node, st) if m.type == MT.APPEND]
+    assert [m.dst for m in rest] == ["b"]
+    assert [e.data for e in rest[0].entries] == [f"v{k}".encode() for k in range(5)]
 
 
 def test_commit_index_rides_on_the_next_message_not_an_extra_round() -> None:

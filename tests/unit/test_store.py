@@ -314,6 +314,32 @@ async def test_a_bad_entry_is_skipped_alone_and_its_index_recorded(store: Store)
     assert stats["failed"] == 1 and stats["written"] == 2 and stats["last_applied"] == 3
 
 
+async def test_fatal_error_mid_fallback_requeues_only_uncommitted_entries(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    tasks_writer = writer._WRITERS["distributed_tasks"]
+    original = tasks_writer.write
+
+    def fail_on_good2(con: Any, rows: list[dict[str, Any]]) -> None:
+        if [row["task_id"] for row in rows] == ["good2"]:
+            raise OSError(5, "I/O error")
+        original(con, rows)
+
+    monkeypatch.setattr(tasks_writer, "write", fail_on_good2)
+    store.put(1, [task("good1"), history("good1", "w1", "completed", 1.0)])
+    store.put(2, [task("bad", priority="not a number")])
+    store.put(3, [task("good2")])
+    with pytest.raises(OSError, match="I/O error"):
+        await store.flush()
+    assert store.statistics()["queued"] == 1  # only entry 3 goes back to the queue
+    assert store.statistics()["last_applied"] == 2
+    monkeypatch.undo()
+    await store.flush()
+    rows = await store.query("SELECT task_id FROM distributed_tasks ORDER BY task_id")
+    assert rows == [{"task_id": "good1"}, {"task_id": "good2"}]
+    assert len(await store.query("SELECT * FROM task_execution_history")) == 1  # entry 1 written once
+    assert store.statistics()["last_applied"] == 3
+
+
 async def test_open_returns_the_index_so_replay_writes_each_row_once(db_path: Path) -> None:
     log = [(i, [history(f"t{i}", "w1", "completed", 1.0), task(f"t{i}", "completed")]) for i in range(1, 11)]
     s = Store(db_path)
@@ -372,6 +398,28 @@ async def test_20000_task_events_through_the_writer(store: Store) -> None:
           f"({20000 / elapsed:,.0f} events/s)")
     assert rows == [{"status": "completed", "n": 5000}]
     assert stats["written"] == 20000 and stats["last_applied"] == 400 and stats["queued"] == 0
+
+
+async def test_queries_run_while_the_writer_writes(store: Store) -> None:
+    seen: list[int] = []
+
+    async def reader() -> None:
+        while True:
+            (row,) = await store.query("SELECT count(*) AS n FROM task_execution_history")
+            seen.append(row["n"])
+            await trio.sleep(0)
+
+    async with running(store) as nursery:
+        nursery.start_soon(reader)
+        for index in range(1, 201):
+            store.put(index, [history(f"t{index}-{i}", "w1", "completed", 1.0) for i in range(50)])
+            if index % 10 == 0:
+                await trio.sleep(0.005)
+        await store.flush()
+        (final,) = await store.query("SELECT count(*) AS n, count(DISTINCT id) AS ids FROM task_execution_history")
+    assert final == {"n": 10000, "ids": 10000}
+    assert seen and seen == sorted(seen)  # readers only ever see whole committed batches, growing
+    assert all(n % 50 == 0 for n in seen)
 
 
 async def test_cancelling_run_flushes_what_is_queued(store: Store) -> None:
