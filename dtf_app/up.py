@@ -228,7 +228,9 @@ def run_up(args: argparse.Namespace) -> int:
             _wait_until("the coordinator's /status", lambda: _status_ok(client), [coordinator], START_TIMEOUT_SECONDS)
             worker_key = _worker_key(client, data_dir)
             for i in range(1, workers + 1):
-                argv = ["--mode", "worker", "--coordinator", url, "--data-dir", str(data_dir / "workers" / f"w{i}")]
+                # A stable id per slot number: a restarted `dtf up` finds its workers' outboxes again.
+                argv = ["--mode", "worker", "--coordinator", url, "--worker-id", f"w{i}",
+                        "--data-dir", str(data_dir / "workers" / f"w{i}")]
                 if slots is not None:
                     argv += ["--max-concurrent-tasks", str(slots)]
                 if profile:

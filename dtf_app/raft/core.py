@@ -630,7 +630,8 @@ class RaftNode:
             return
         for pid in list(self._progress):
             if pid != self._id:
-                self._send_append(pid, send_if_empty=False)
+                while self._send_append(pid, send_if_empty=False):
+                    pass
 
     # --- ReadIndex ----------------------------------------------------------------------------------
 

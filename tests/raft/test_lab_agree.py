@@ -212,3 +212,20 @@ def test_rpc_counts() -> None:
     c.run_for(ELECTION_TIMEOUT_MS)
     total3 = c.rpc_count
     assert total3 - total2 <= 3 * 20, f"too many RPCs ({total3 - total2}) for 1 second of idleness"
+
+
+def test_rpc_counts_concurrent_starts() -> None:
+    # The lab's own flow: start iters+1 commands at once, then wait for all of them everywhere.
+    c = Cluster(3, seed=20)
+    leader = c.check_one_leader()
+    term = c.raft(leader).term
+    total1 = c.rpc_count
+    iters = 10
+    indexes = [c.propose(leader, str(1000 + i).encode()) for i in range(iters + 1)]
+    assert all(index is not None for index in indexes)
+    for index in indexes:
+        assert index is not None
+        c.wait_committed(index, 3)
+    assert c.raft(leader).term == term
+    total2 = c.rpc_count
+    assert total2 - total1 <= (iters + 1 + 3) * 3, f"too many RPCs ({total2 - total1}) for {iters} entries"
