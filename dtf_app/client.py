@@ -75,12 +75,25 @@ def resolve_target(args: Any) -> Target:
                 urls, url_source = [node["url"]], str(node_file)
         except (OSError, ValueError):
             pass  # no local node recorded: keep the default URL
+    if "coordinator" not in sources and url_source == "default":
+        from dtf_app import localreg
+
+        # No URL anywhere: if exactly one coordinator runs on this machine, that is the one meant.
+        live = localreg.live_entries()
+        if len(live) == 1 and live[0]["url"] not in urls:
+            urls, url_source = [live[0]["url"]], "the local coordinator registry"
     if key is None:
         key_file = data_dir / "admin.key"
         try:
             key, key_source = key_file.read_text().strip() or None, str(key_file)
         except OSError:
             pass
+    if key is None and urls:
+        from dtf_app import localreg
+
+        found = localreg.local_key(urls[0], "admin.key")
+        if found is not None:
+            key, key_source = found
     return Target(urls=list(urls), api_key=key, key_source=key_source, url_source=url_source)
 
 

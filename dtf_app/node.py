@@ -52,16 +52,21 @@ async def run_node(settings: Settings) -> None:
         if settings.mode in ("worker", "peer"):
             from dtf_app.worker.agent import run_worker
 
-            if settings.mode == "peer" and not settings.api_key:
-                settings = settings.replace(api_key=_local_admin_key(settings))
+            if not settings.api_key:
+                settings = settings.replace(api_key=_local_worker_key(settings))
             await nursery.start(run_worker, settings)
 
 
-def _local_admin_key(settings: Settings) -> str | None:
-    from pathlib import Path
+def _local_worker_key(settings: Settings) -> str | None:
+    """A worker given no key may use the worker key of a coordinator on this machine (same user)."""
+    from dtf_app import localreg
 
-    path = Path(settings.data_dir) / "admin.key"
-    return path.read_text().strip() if path.exists() else None
+    for url in settings.coordinator:
+        found = localreg.local_key(url, "worker.key")
+        if found is not None:
+            log.info("no API key given; using the local coordinator's worker key %s", found[1])
+            return found[0]
+    return None
 
 
 def run_mode(settings: Settings) -> int:

@@ -29,7 +29,7 @@ from typing import Any
 
 import trio
 
-from dtf_app import __version__
+from dtf_app import __version__, localreg
 from dtf_app import protocol as proto
 from dtf_app.config import Settings
 from dtf_app.coordinator import scheduler
@@ -461,21 +461,32 @@ class Coordinator:
                 await self.propose([{"op": "FailTasks", "items": stale}])
 
 
-async def _ensure_bootstrap_key(coord: Coordinator) -> None:
-    """First start with no keys: create the admin key and write it to <data_dir>/admin.key (0600)."""
-    key_path = coord.data_dir / "admin.key"
-    if coord.state.api_keys:
-        return
-    key = keymod.generate_key()
-    await coord.propose([{"op": "CreateApiKey", "name": "bootstrap-admin", "role": "admin",
-                          "key_hash": keymod.hash_key(key)}])
-    tmp = key_path.with_suffix(".tmp")
+# The worker key a first start creates for local workers; `dtf up` reuses it (same name and file).
+LOCAL_WORKER_KEY_NAME = "dtf-up-workers"
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        handle.write(key + "\n")
-    os.replace(tmp, key_path)
+        handle.write(secret + "\n")
+    os.replace(tmp, path)
+
+
+async def _ensure_bootstrap_key(coord: Coordinator) -> None:
+    """First start with no keys: write an admin key to <data_dir>/admin.key and a worker key to
+    <data_dir>/worker.key (both 0600), so the local path needs no setup while staying authenticated."""
+    if coord.state.api_keys:
+        return
+    admin, worker = keymod.generate_key(), keymod.generate_key()
+    await coord.propose([
+        {"op": "CreateApiKey", "name": "bootstrap-admin", "role": "admin", "key_hash": keymod.hash_key(admin)},
+        {"op": "CreateApiKey", "name": LOCAL_WORKER_KEY_NAME, "role": "worker", "key_hash": keymod.hash_key(worker)},
+    ])
+    _write_secret(coord.data_dir / "admin.key", admin)
+    _write_secret(coord.data_dir / "worker.key", worker)
     log.warning("bootstrap admin API key written to %s (mode 0600); use it with --api-key or --data-dir",
-                key_path)
+                coord.data_dir / "admin.key")
 
 
 def _write_node_file(coord: Coordinator) -> None:
@@ -503,6 +514,7 @@ async def serve_coordinator(settings: Settings, *, task_status: trio.TaskStatus[
     config.graceful_timeout = 2.0
     config.websocket_ping_interval = None
     stop = trio.Event()
+    registration = None
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(coord.store.run)
@@ -511,6 +523,7 @@ async def serve_coordinator(settings: Settings, *, task_status: trio.TaskStatus[
             binds = await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))
             coord.url = _pick_url(binds, settings)
             _write_node_file(coord)
+            registration = localreg.register(coord.url, coord.data_dir)
             nursery.start_soon(coord.dispatch_loop)
             nursery.start_soon(coord.results_loop)
             nursery.start_soon(coord.liveness_loop)
@@ -518,6 +531,7 @@ async def serve_coordinator(settings: Settings, *, task_status: trio.TaskStatus[
             task_status.started(coord.url)
             await trio.sleep_forever()
     finally:
+        localreg.unregister(registration)
         with trio.CancelScope(shield=True):
             try:
                 await coord.store.flush()

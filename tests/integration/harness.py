@@ -98,10 +98,10 @@ class Cluster:
         node_file = self.data_dir / "node.json"
         if node_file.exists():
             node_file.unlink()
-        self.coordinator = Node(["--mode", "coordinator", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir",
+        self.coordinator = self.node(["--mode", "coordinator", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir",
                                  str(self.data_dir), "--worker-timeout", str(self.worker_timeout),
                                  "--heartbeat-interval", str(self.heartbeat_interval)],
-                                self.root / "coordinator.log")
+                          self.root / "coordinator.log")
         pid = self.coordinator.proc.pid
 
         def ready() -> str | None:
@@ -117,6 +117,15 @@ class Cluster:
         self.port = int(self.url.rsplit(":", 1)[1])
         self.admin_key = (self.data_dir / "admin.key").read_text().strip()
         return self.url
+
+    def node(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> Node:
+        """A dtf process whose local-coordinator registry is private to this test."""
+        return Node(args, log_path, env={"DTF_STATE_DIR": str(self.root / "state"), **(env or {})})
+
+    def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run a `dtf` CLI command to completion (same private registry as the nodes)."""
+        return subprocess.run([sys.executable, "-m", "dtf_app", *args], capture_output=True, text=True,
+                              timeout=timeout, env=_env({"DTF_STATE_DIR": str(self.root / "state"), **(env or {})}))
 
     # -------------------------------------------------------------- api
     def api(self, method: str, path: str, *, key: str | None = None, **kwargs: Any) -> httpx.Response:
@@ -145,7 +154,7 @@ class Cluster:
             args += ["--simulate-hardware", str(ASSETS / "hardware" / simulate)]
         if tags:
             args += ["--tags", tags]
-        node = Node(args, self.root / f"worker-{name}.log", env={"DTF_API_KEY": self.worker_key})
+        node = self.node(args, self.root / f"worker-{name}.log", env={"DTF_API_KEY": self.worker_key})
         self.workers.append(node)
         return node
 
