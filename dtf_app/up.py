@@ -279,6 +279,27 @@ def _print_where(url: str, data_dir: Path, workers: int, key_path: Path) -> None
     print(f"  logs:       {data_dir / 'logs'}/*.log", file=sys.stderr)
 
 
+def _print_result_details(client: Any, final: list[dict]) -> None:
+    """Below the task table: benchmark configurations and test counts, read back from DuckDB."""
+    from dtf_app import output
+
+    bench_rows: list[dict] = []
+    for task in final:
+        if task.get("status") != "completed" or task.get("type") == "custom":
+            continue
+        detail = client.result(f"{task['task_id']}-{task.get('attempts')}")
+        bench_rows.extend(detail.get("benchmarks") or [])
+        if task.get("type") == "test":
+            outcomes: dict[str, int] = {}
+            for row in detail.get("tests") or []:
+                outcomes[row.get("outcome")] = outcomes.get(row.get("outcome"), 0) + 1
+            summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(outcomes.items()))
+            print(f"\ntests of {task.get('name') or task['task_id']}: {summary or 'none collected'}")
+    if bench_rows:
+        print("\nbenchmarks:")
+        print(output.benchmarks_table(bench_rows))
+
+
 def _run_file(client: Any, tasks: list[dict], args: argparse.Namespace, data_dir: Path) -> int:
     from dtf_app import output
     from dtf_app.client import wait_for_tasks
@@ -295,6 +316,7 @@ def _run_file(client: Any, tasks: list[dict], args: argparse.Namespace, data_dir
         output.print_json(final)
     else:
         print(output.tasks_table(final))
+        _print_result_details(client, final)
     print(f"dtf up: results are in {data_dir / 'dtf.duckdb'}", file=sys.stderr)
     ok = all(t.get("status") == "completed" and output.result_status(t) == "success" for t in final)
     return 0 if ok else 1

@@ -16,7 +16,12 @@ membership changes (thesis §4.1: a config entry takes effect as soon as it is i
 at a time; a new leader must commit its noop first).
 
 Message economy: the commit index only travels in the next append or heartbeat; the leader does not
-broadcast an extra round when its commit index moves.
+broadcast an extra round when its commit index moves. Proposals made between two ``ready()`` calls share
+one append per follower, and a heartbeat is skipped for a follower that already got an append carrying
+the current commit index in that heartbeat interval.
+
+Handle Readys strictly in order (persist, send, apply, ``advance``): a Ready's messages may depend on
+what an earlier Ready asked to persist.
 """
 
 from __future__ import annotations
@@ -775,7 +780,8 @@ class RaftNode:
         snap = log.unstable_snapshot or log.storage.snapshot()
         if snap is not None:
             return snap.voters
-        return self._voters
+        # No configuration left in the log: back to the one this node was started with.
+        return frozenset(self.config.peers)
 
     def _send(self, mtype: MessageType, to: str, **fields: object) -> None:
         self._msgs.append(Message(mtype, self._id, to, self._term, **fields))  # type: ignore[arg-type]

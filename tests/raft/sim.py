@@ -469,6 +469,20 @@ class Cluster:
         self._handle_ready(node)
         return index
 
+    def propose_batch(self, i: int | str, datas: list[bytes]) -> list[int]:
+        """Several proposals before the application loop runs once (they share appends)."""
+        node = self.node(i)
+        indexes: list[int] = []
+        if node.raft is None:
+            return indexes
+        for data in datas:
+            try:
+                indexes.append(node.raft.propose(data))
+            except (NotLeader, ProposalDropped):
+                break
+        self._handle_ready(node)
+        return indexes
+
     def read(self, i: int | str, ctx: bytes) -> bool:
         """Ask node i for a read barrier; False if it refused (no leader known)."""
         node = self.node(i)

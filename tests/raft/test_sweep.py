@@ -45,10 +45,14 @@ def run_schedule(seed: int) -> Cluster:
         leaders = c.leaders()
         leader = leaders[-1] if leaders else None
         if rng.random() < 0.6:
-            for _ in range(rng.randint(1, 8)):
-                for nid in members:
-                    if c.propose(nid, f"s{seed}r{round_no}-{rng.getrandbits(20)}".encode()) is not None:
-                        break
+            datas = [f"s{seed}r{round_no}-{k}".encode() for k in range(rng.randint(1, 8))]
+            if leader is not None and rng.random() < 0.5:
+                c.propose_batch(leader.id, datas)
+            else:
+                for data in datas:
+                    for nid in members:
+                        if c.propose(nid, data) is not None:
+                            break
         if action < 0.30:
             pass
         elif action < 0.42:

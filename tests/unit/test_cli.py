@@ -183,7 +183,7 @@ def test_custom_and_test_tasks_from_flags(tmp_path: Path) -> None:
 
 
 def test_task_file_paths_become_absolute_against_the_file() -> None:
-    (test_task, custom_task) = load_task_file(TASKS / "demo.json")
+    test_task, _bench, custom_task, _callable = load_task_file(TASKS / "demo.json")
     files = test_task["config"]["test_file"]
     assert files == [str(REPO / "assets" / "sample_suite" / "test_math.py"),
                      str(REPO / "assets" / "sample_suite" / "test_strings.py")]
@@ -275,7 +275,7 @@ def test_up_run_file_runs_the_demo_for_real(tmp_path: Path) -> None:
                timeout=240)
     assert proc.returncode == 0, proc.stderr
     assert "sample-suite" in proc.stdout and "hello" in proc.stdout
-    assert proc.stdout.count("success") == 2
+    assert proc.stdout.count("success") == 4
     assert "dtf.duckdb" in proc.stderr and (tmp_path / "data" / "dtf.duckdb").exists()
     assert oct((tmp_path / "data" / "worker.key").stat().st_mode & 0o777) == "0o600"
 
