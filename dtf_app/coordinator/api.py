@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any
 
+import trio
 from quart import Response, g, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -169,6 +170,23 @@ def create_app(coord: Coordinator) -> QuartTrio:
     async def cluster_leader() -> Response:
         return json_response({"leader_id": coord.node_id, "term": 1, "url": coord.url})
 
+    @app.get("/api/cluster/nodes")
+    @requires("read")
+    async def cluster_nodes() -> Response:
+        # One node until the Raft issue makes this a replicated cluster.
+        return json_response({"nodes": [{"node_id": coord.node_id, "url": coord.url, "role": "leader",
+                                         "term": 1, "healthy": True, "enabled": True,
+                                         "applied_index": coord.state.applied_index}]})
+
+    @app.get("/api/cluster/health")
+    @requires("read")
+    async def cluster_health() -> Response:
+        from dtf_app import health
+
+        metrics = await trio.to_thread.run_sync(health.sample, str(coord.data_dir))
+        return json_response({"nodes": [{"node_id": coord.node_id, "healthy": True, "metrics": metrics,
+                                         "alerts": health.evaluate(metrics)}]})
+
     @app.get("/metrics")
     @requires("read")
     async def metrics() -> Response:
@@ -185,6 +203,28 @@ def create_app(coord: Coordinator) -> QuartTrio:
         if status:
             views = [v for v in views if v and v["status"] == status]
         return json_response({"workers": views})
+
+    @app.post("/api/workers/register")
+    @requires("worker")
+    async def register_worker() -> Response:
+        """HTTP registration (the websocket hello does the same); the worker shows online once connected."""
+        body = await _json_body()
+        if not isinstance(body, dict) or not isinstance(body.get("worker_id"), str) or not body["worker_id"]:
+            raise ApiError(400, "invalid_worker", "the body must be an object with a non-empty string worker_id")
+        caps = body.get("capabilities") or {}
+        slots = body.get("max_concurrent_tasks", 1)
+        if not isinstance(caps, dict):
+            raise ApiError(400, "invalid_worker", "capabilities must be an object")
+        if not isinstance(slots, int) or isinstance(slots, bool) or not 1 <= slots <= 10_000:
+            raise ApiError(400, "invalid_worker", "max_concurrent_tasks must be an integer from 1 to 10000")
+        tags = body.get("tags") or []
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise ApiError(400, "invalid_worker", "tags must be an array of strings")
+        info = {"worker_id": body["worker_id"], "hostname": str(body.get("hostname") or ""), "capabilities": caps,
+                "hardware": list(caps.get("hardware") or ["cpu"]), "tags": sorted(set(tags) | set(caps.get("tags") or [])),
+                "simulated": bool(caps.get("simulated")), "max_concurrent_tasks": slots, "hardware_metrics": {}}
+        await coord.propose([{"op": "RegisterWorker", "worker": info}])
+        return json_response(coord.worker_view(body["worker_id"]), 201)
 
     @app.get("/api/workers/<worker_id>")
     @requires("read")

@@ -80,3 +80,21 @@ def test_metrics_and_status_shapes(running: Cluster) -> None:
     assert "dtf_tasks{state=\"pending\"}" in metrics
     leader = running.api("GET", "/api/cluster/leader").json()
     assert leader["url"] == running.url
+
+
+def test_http_worker_registration_and_cluster_views(running: Cluster) -> None:
+    worker = running.create_key("worker")
+    bad = running.api("POST", "/api/workers/register", key=worker, json={"hostname": "x"})
+    assert bad.status_code == 400 and "worker_id" in bad.json()["error"]["message"]
+    ok = running.api("POST", "/api/workers/register", key=worker, json={
+        "worker_id": "http-w", "capabilities": {"hardware": ["cpu", "cuda"]}, "max_concurrent_tasks": 2})
+    assert ok.status_code == 201 and ok.json()["worker_id"] == "http-w"
+    assert "cuda" in running.api("GET", "/api/workers/http-w").json()["hardware"]
+    # Now a cuda task is feasible (a registered worker can run it), so it is accepted as pending.
+    accepted = running.submit({"type": "custom", "requirements": {"hardware": ["cuda"]}, "config": {"command": ["true"]}})
+    assert accepted.status_code == 201 and accepted.json()["status"] == "pending"
+    nodes = running.api("GET", "/api/cluster/nodes").json()["nodes"]
+    assert nodes[0]["role"] == "leader"
+    health = running.api("GET", "/api/cluster/health").json()["nodes"][0]
+    assert {"cpu_percent", "memory_percent", "disk_percent"} <= set(health["metrics"])
+    assert isinstance(health["alerts"], list)
