@@ -276,7 +276,8 @@ class Coordinator:
         """Register a connecting worker (durably) and start tracking its connection."""
         worker_id = str(hello["worker_id"])
         caps = hello.get("capabilities") if isinstance(hello.get("capabilities"), dict) else {}
-        capacity = int(hello.get("max_concurrent_tasks") or 1)
+        raw_slots = hello.get("max_concurrent_tasks")
+        capacity = raw_slots if isinstance(raw_slots, int) and not isinstance(raw_slots, bool) and raw_slots > 0 else 1
         tags = sorted(set(hello.get("tags") or []) | set(caps.get("tags") or []))
         info = {
             "worker_id": worker_id, "hostname": str(hello.get("hostname") or ""), "capabilities": caps,

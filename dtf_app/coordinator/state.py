@@ -158,6 +158,14 @@ class State:
             events.append(self._task_event(task))
         return None, events
 
+    @staticmethod
+    def _is_current(task: TaskDoc | None, item: dict[str, Any]) -> bool:
+        """Is this report about the task's live attempt, from the worker that holds it?"""
+        if task is None or task["attempts"] != item.get("attempt") or task["status"] not in ("assigned", "running"):
+            return False
+        reporter = item.get("worker_id")
+        return not reporter or reporter == task.get("worker_id")
+
     def _release(self, task: TaskDoc) -> None:
         worker = self.workers.get(task.get("worker_id") or "")
         if worker is not None:
@@ -169,7 +177,7 @@ class State:
         recorded = 0
         for item in cmd["items"]:
             task = self.tasks.get(item["task_id"])
-            if task is None or task["attempts"] != item["attempt"] or task["status"] not in ("assigned", "running"):
+            if not self._is_current(task, item):
                 continue
             result = dict(item.get("result") or {})
             task["start_time"] = task["start_time"] or item.get("start_time") or now
@@ -196,7 +204,7 @@ class State:
         events: Events = []
         for item in cmd["items"]:
             task = self.tasks.get(item["task_id"])
-            if task is None or task["attempts"] != item["attempt"] or task["status"] not in ("assigned", "running"):
+            if not self._is_current(task, item):
                 continue
             events.extend(self._fail_attempt(task, item.get("error") or "failed", now, item,
                                              retry=bool(item.get("retry", True))))

@@ -112,3 +112,16 @@ def test_unknown_command_is_skipped_not_fatal() -> None:
     result, events = state.apply({"op": "FromTheFuture", "time": 1.0}, 7)
     assert "unknown command" in result["error"] and events == []
     assert state.applied_index == 7
+
+
+def test_report_from_another_worker_is_ignored() -> None:
+    state = State()
+    state.apply(_worker("w1"))
+    state.apply(_worker("w2"))
+    _submit(state, _task("t1"))
+    _assign(state, "t1", 1, "w1")
+    item = {"task_id": "t1", "attempt": 1, "outcome": "completed", "result": {}, "worker_id": "w2"}
+    recorded, _ = state.apply({"op": "CompleteTasks", "time": 4.0, "items": [item]})
+    assert recorded == 0 and state.tasks["t1"]["status"] == "assigned"
+    recorded, _ = state.apply({"op": "CompleteTasks", "time": 4.0, "items": [dict(item, worker_id="w1")]})
+    assert recorded == 1 and state.tasks["t1"]["status"] == "completed"
