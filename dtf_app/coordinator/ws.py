@@ -31,6 +31,19 @@ async def _reject(code: str, message: str, close_code: int) -> None:
     await websocket.close(close_code, message[:120])
 
 
+async def _authorized(coord: Coordinator, permission: str) -> bool:
+    """Check the upgrade's API key; on failure answer with an error frame and close 4401/4403."""
+    from dtf_app.coordinator.api import ws_principal
+
+    principal, why = ws_principal(coord, permission)
+    if principal is not None:
+        return True
+    unauthorized = (why or "").startswith("unauth")
+    await _reject("unauthorized" if unauthorized else "forbidden", why or "refused",
+                  CLOSE_UNAUTHORIZED if unauthorized else CLOSE_FORBIDDEN)
+    return False
+
+
 async def _sender(receive: trio.MemoryReceiveChannel[dict[str, Any]]) -> None:
     async with receive:
         async for message in receive:
@@ -39,13 +52,8 @@ async def _sender(receive: trio.MemoryReceiveChannel[dict[str, Any]]) -> None:
 
 async def worker_socket() -> None:
     """``WS /ws/worker``: hello -> welcome, then assignments out and reports in."""
-    from dtf_app.coordinator.api import ws_principal
-
     coord: Coordinator = g.coord
-    principal, why = ws_principal(coord, "worker")
-    if principal is None:
-        await _reject("unauthorized" if why.startswith("unauth") else "forbidden", why,
-                      CLOSE_UNAUTHORIZED if why.startswith("unauth") else CLOSE_FORBIDDEN)
+    if not await _authorized(coord, "worker"):
         return
     await websocket.accept()
     try:
@@ -90,13 +98,10 @@ def _response(kind: str, request_id: Any, **data: Any) -> dict[str, Any]:
 
 async def client_socket() -> None:
     """``WS /ws``: subscribe to task/worker updates and ask for status."""
-    from dtf_app.coordinator.api import CHANNELS, ws_principal
+    from dtf_app.coordinator.api import CHANNELS
 
     coord: Coordinator = g.coord
-    principal, why = ws_principal(coord, "read")
-    if principal is None:
-        await _reject("unauthorized" if why.startswith("unauth") else "forbidden", why,
-                      CLOSE_UNAUTHORIZED if why.startswith("unauth") else CLOSE_FORBIDDEN)
+    if not await _authorized(coord, "read"):
         return
     await websocket.accept()
     send, receive = trio.open_memory_channel[dict[str, Any]](SUBSCRIBER_BUFFER)

@@ -54,3 +54,15 @@ async def test_ws_without_key_is_refused(cluster: Cluster) -> None:
         with pytest.raises(ConnectionClosed) as info:
             await ws.get_message()
         assert info.value.reason.code == 4401
+
+
+async def test_worker_socket_needs_worker_role(cluster: Cluster) -> None:
+    await trio.to_thread.run_sync(cluster.start_coordinator)
+    viewer = await trio.to_thread.run_sync(lambda: cluster.create_key("viewer"))
+    ws_url = cluster.url.replace("http://", "ws://") + "/ws/worker"
+    async with open_websocket_url(ws_url, extra_headers=[(b"X-API-Key", viewer.encode())]) as ws:
+        first = json.loads(await ws.get_message())
+        assert first["type"] == "error" and first["code"] == "forbidden"
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.get_message()
+        assert info.value.reason.code == 4403
