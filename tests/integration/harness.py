@@ -49,11 +49,12 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
 class Node:
     """A dtf process with its log file."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None,
+                 python_args: tuple[str, ...] = ()) -> None:
         self.args = args
         self.log_path = log_path
         self._log = open(log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "dtf_app", *args], stdout=self._log,
+        self.proc = subprocess.Popen([sys.executable, *python_args, "-m", "dtf_app", *args], stdout=self._log,
                                      stderr=subprocess.STDOUT, env=_env(env), start_new_session=True)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -93,7 +94,7 @@ class Cluster:
         self._worker_key = ""
 
     # -------------------------------------------------------------- coordinator
-    def start_coordinator(self) -> str:
+    def start_coordinator(self, python_args: tuple[str, ...] = ()) -> str:
         """Start (or restart, on the same port so workers find it again) the coordinator."""
         node_file = self.data_dir / "node.json"
         if node_file.exists():
@@ -101,7 +102,7 @@ class Cluster:
         self.coordinator = self.node(["--mode", "coordinator", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir",
                                  str(self.data_dir), "--worker-timeout", str(self.worker_timeout),
                                  "--heartbeat-interval", str(self.heartbeat_interval)],
-                          self.root / "coordinator.log")
+                          self.root / "coordinator.log", python_args=python_args)
         pid = self.coordinator.proc.pid
 
         def ready() -> str | None:
@@ -118,9 +119,11 @@ class Cluster:
         self.admin_key = (self.data_dir / "admin.key").read_text().strip()
         return self.url
 
-    def node(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> Node:
+    def node(self, args: list[str], log_path: Path, env: dict[str, str] | None = None,
+             python_args: tuple[str, ...] = ()) -> Node:
         """A dtf process whose local-coordinator registry is private to this test."""
-        return Node(args, log_path, env={"DTF_STATE_DIR": str(self.root / "state"), **(env or {})})
+        return Node(args, log_path, env={"DTF_STATE_DIR": str(self.root / "state"), **(env or {})},
+                    python_args=python_args)
 
     def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run a `dtf` CLI command to completion (same private registry as the nodes)."""
@@ -146,7 +149,7 @@ class Cluster:
 
     # -------------------------------------------------------------- workers
     def start_worker(self, name: str, *, slots: int = 2, simulate: str | None = None,
-                     tags: str | None = None) -> Node:
+                     tags: str | None = None, python_args: tuple[str, ...] = ()) -> Node:
         args = ["--mode", "worker", "--coordinator", self.url, "--worker-id", name, "--data-dir",
                 str(self.root / "workers" / name), "--max-concurrent-tasks", str(slots),
                 "--heartbeat-interval", str(self.heartbeat_interval)]
@@ -154,7 +157,8 @@ class Cluster:
             args += ["--simulate-hardware", str(ASSETS / "hardware" / simulate)]
         if tags:
             args += ["--tags", tags]
-        node = self.node(args, self.root / f"worker-{name}.log", env={"DTF_API_KEY": self.worker_key})
+        node = self.node(args, self.root / f"worker-{name}.log", env={"DTF_API_KEY": self.worker_key},
+                         python_args=python_args)
         self.workers.append(node)
         return node
 
