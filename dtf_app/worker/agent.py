@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import re
-import secrets
 import shutil
 import socket
 import time
@@ -34,6 +32,7 @@ import trio
 
 from dtf_app import protocol
 from dtf_app.config import Settings
+from dtf_app.worker.identity import claim_worker_id
 from dtf_app.worker.outbox import Outbox, OutboxError, OutboxKey
 
 logger = logging.getLogger("dtf.worker")
@@ -679,61 +678,6 @@ def _remove_dirs(paths: list[Path]) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-# ------------------------------------------------------------------------------------------ identity
-def _claim_worker_id(settings: Settings) -> tuple[str, Any]:
-    """The worker's id and a held lock file (or None).
-
-    Without ``--worker-id`` the id ``<hostname>-<6 hex>`` is kept in ``<data_dir>/worker-id`` so a
-    restarted worker keeps its identity and its outbox. Several workers may share one data dir (``dtf up``):
-    the first one holds ``worker-id.lock`` for its lifetime; the others take a fresh id they do not persist.
-    """
-    if settings.worker_id:
-        return settings.worker_id, None
-    hostname = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname().split(".")[0].lower()) or "worker"
-    fresh = f"{hostname}-{secrets.token_hex(3)}"
-    data_dir = Path(settings.data_dir)
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        lock = open(data_dir / "worker-id.lock", "a+")  # held open: the lock lives as long as the worker
-    except OSError as exc:
-        raise WorkerError(f"cannot use data dir {data_dir}: {exc}", exit_code=2) from exc
-    if not _try_lock(lock):
-        lock.close()
-        logger.info("data dir %s is used by another running worker; this one is %s (not persisted)", data_dir, fresh)
-        return fresh, None
-    id_file = data_dir / "worker-id"
-    try:
-        stored = id_file.read_text().strip() if id_file.exists() else ""
-        if re.fullmatch(r"[A-Za-z0-9._-]{1,128}", stored):
-            return stored, lock
-        id_file.write_text(fresh + "\n")
-    except OSError as exc:
-        lock.close()
-        raise WorkerError(f"cannot keep the worker id in {id_file}: {exc}", exit_code=2) from exc
-    return fresh, lock
-
-
-def _try_lock(handle: Any) -> bool:
-    """False when another live process holds the lock (the OS drops it when that process dies)."""
-    if os.name == "nt":
-        import msvcrt
-
-        try:
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    import fcntl
-
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    except OSError as exc:  # a file system without locks (some network mounts): go on unguarded
-        logger.debug("cannot lock %s: %s", handle.name, exc)
-    return True
-
-
 def _default_runner_api() -> tuple[Callable[[str], Any], Callable[..., Any], type[BaseException]]:
     from dtf_app.worker.runners import RunContext, TaskError, get_runner
 
@@ -772,7 +716,7 @@ async def run_worker(
         def sample_health() -> dict[str, Any]:
             return sample(settings.data_dir)
 
-    worker_id, id_lock = _claim_worker_id(settings)
+    worker_id, id_lock = claim_worker_id(settings)
     try:
         try:
             capabilities = await trio.to_thread.run_sync(detect_hardware, settings.simulate_hardware)

@@ -18,7 +18,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 
 from dtf_app import protocol
 from dtf_app.config import Settings
-from dtf_app.worker import agent
+from dtf_app.worker import agent, identity
 from dtf_app.worker.agent import WorkerError, run_worker, websocket_url
 from dtf_app.worker.outbox import Outbox
 from dtf_app.worker.runners import RunContext, TaskError
@@ -468,20 +468,20 @@ def test_websocket_url_conversion() -> None:
 
 def test_generated_worker_id_is_persisted_and_not_shared_by_concurrent_workers(tmp_path: Path) -> None:
     settings = Settings(data_dir=str(tmp_path), worker_id=None)
-    first_id, first_lock = agent._claim_worker_id(settings)
+    first_id, first_lock = identity.claim_worker_id(settings)
     assert first_lock is not None
     assert (tmp_path / "worker-id").read_text().strip() == first_id
     hostname_part, suffix = first_id.rsplit("-", 1)
     assert len(suffix) == 6 and int(suffix, 16) >= 0 and hostname_part
     # A second worker on the same data dir while the first runs gets its own, unpersisted id.
-    second_id, second_lock = agent._claim_worker_id(settings)
+    second_id, second_lock = identity.claim_worker_id(settings)
     assert second_id != first_id and second_lock is None
     first_lock.close()
     # After the first stops, a restart keeps the persisted identity.
-    again_id, again_lock = agent._claim_worker_id(settings)
+    again_id, again_lock = identity.claim_worker_id(settings)
     assert again_id == first_id
     again_lock.close()
-    assert agent._claim_worker_id(settings.replace(worker_id="explicit")) == ("explicit", None)
+    assert identity.claim_worker_id(settings.replace(worker_id="explicit")) == ("explicit", None)
 
 
 async def test_tasks_keep_running_across_a_reconnect_and_report_on_the_new_connection(tmp_path: Path) -> None:

@@ -1,0 +1,73 @@
+"""A worker's identity: the id it registers with, kept across restarts of the same data dir."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import socket
+from pathlib import Path
+from typing import Any
+
+from dtf_app.config import Settings
+
+logger = logging.getLogger("dtf.worker")
+
+
+def claim_worker_id(settings: Settings) -> tuple[str, Any]:
+    """The worker's id and a held lock file (or None).
+
+    Without ``--worker-id`` the id ``<hostname>-<6 hex>`` is kept in ``<data_dir>/worker-id`` so a
+    restarted worker keeps its identity and its outbox. Several workers may share one data dir (``dtf up``):
+    the first one holds ``worker-id.lock`` for its lifetime; the others take a fresh id they do not persist.
+    """
+    if settings.worker_id:
+        return settings.worker_id, None
+    hostname = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname().split(".")[0].lower()) or "worker"
+    fresh = f"{hostname}-{secrets.token_hex(3)}"
+    data_dir = Path(settings.data_dir)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(data_dir / "worker-id.lock", "a+")  # held open: the lock lives as long as the worker
+    except OSError as exc:
+        from dtf_app.worker.agent import WorkerError  # agent imports this module: import at use
+
+        raise WorkerError(f"cannot use data dir {data_dir}: {exc}", exit_code=2) from exc
+    if not _try_lock(lock):
+        lock.close()
+        logger.info("data dir %s is used by another running worker; this one is %s (not persisted)", data_dir, fresh)
+        return fresh, None
+    id_file = data_dir / "worker-id"
+    try:
+        stored = id_file.read_text().strip() if id_file.exists() else ""
+        if re.fullmatch(r"[A-Za-z0-9._-]{1,128}", stored):
+            return stored, lock
+        id_file.write_text(fresh + "\n")
+    except OSError as exc:
+        lock.close()
+        from dtf_app.worker.agent import WorkerError
+
+        raise WorkerError(f"cannot keep the worker id in {id_file}: {exc}", exit_code=2) from exc
+    return fresh, lock
+
+
+def _try_lock(handle: Any) -> bool:
+    """False when another live process holds the lock (the OS drops it when that process dies)."""
+    if os.name == "nt":
+        import msvcrt
+
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as exc:  # a file system without locks (some network mounts): go on unguarded
+        logger.debug("cannot lock %s: %s", handle.name, exc)
+    return True
