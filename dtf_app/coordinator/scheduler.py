@@ -322,10 +322,10 @@ def _heap_iter(heap: list[tuple[int, int, str]]) -> Iterable[tuple[int, int, str
 
 def plan_assignments(queue: ReadyQueue, tasks: Mapping[str, Mapping[str, Any]],
                      workers: Mapping[str, Mapping[str, Any]], free_slots: dict[str, int],
-                     *, scan_limit: int = 10_000) -> list[tuple[str, str]]:
+                     *, scan_limit: int = 10_000, skip: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """Match ready tasks to free slots: highest priority first, each to the least-loaded capable worker.
 
-    ``free_slots`` is consumed. Scanning stops when no slot is left or after ``scan_limit`` tasks (a
+    ``free_slots`` is consumed; ids in ``skip`` (already placed this round) are passed over. Scanning stops when no slot is left or after ``scan_limit`` tasks (a
     long tail of tasks that only a busy GPU worker can run must not make every round O(queue)).
     """
     plan: list[tuple[str, str]] = []
@@ -334,6 +334,8 @@ def plan_assignments(queue: ReadyQueue, tasks: Mapping[str, Mapping[str, Any]],
     for task_id in queue.ordered():
         if not open_workers or scanned >= scan_limit:
             break
+        if task_id in skip:
+            continue
         scanned += 1
         task = tasks[task_id]
         req = task.get("requirements") or {}

@@ -349,17 +349,24 @@ class Coordinator:
             await self._dispatch_wakeup.wait()
             self._dispatch_wakeup = trio.Event()
             await trio.sleep(DISPATCH_COALESCE_S)
-            free: dict[str, int] = {}
+            idle: dict[str, int] = {}
+            prefetch: dict[str, int] = {}
             for worker_id, conn in self.conns.items():
                 worker = self.state.workers.get(worker_id)
                 if conn.closed or worker is None:
                     continue
-                slots = conn.capacity * (1 + PREFETCH_PER_SLOT) - len(worker.get("assigned") or {})
-                if slots > 0:
-                    free[worker_id] = slots
-            if not free or not len(self.queue):
+                held = len(worker.get("assigned") or {})
+                idle[worker_id] = max(0, conn.capacity - held)
+                prefetch[worker_id] = conn.capacity * (1 + PREFETCH_PER_SLOT) - held - idle[worker_id]
+            if not len(self.queue) or not any(n > 0 for n in (*idle.values(), *prefetch.values())):
                 continue
-            plan = scheduler.plan_assignments(self.queue, self.state.tasks, self.state.workers, free)
+            # Idle slots everywhere first; only then queue extra tasks on workers (prefetch), so a
+            # free worker never waits while a busy one holds work in its queue.
+            plan = scheduler.plan_assignments(self.queue, self.state.tasks, self.state.workers, idle)
+            placed = {task_id for task_id, _ in plan}
+            if len(self.queue) > len(placed) and any(n > 0 for n in prefetch.values()):
+                plan += scheduler.plan_assignments(self.queue, self.state.tasks, self.state.workers, prefetch,
+                                                   skip=placed)
             if not plan:
                 continue
             assignments = [{"task_id": t, "worker_id": w, "attempt": self.state.tasks[t]["attempts"] + 1}

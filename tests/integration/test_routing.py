@@ -31,3 +31,13 @@ def test_cuda_task_never_reaches_cpu_worker_and_impossible_is_refused(cluster: C
     cluster.start_worker("amd1", simulate="amd-mi250.json", slots=1)
     task = cluster.wait_task(parked.json()["task_id"], timeout=60)
     assert task["status"] == "completed" and task["worker_id"] == "amd1"
+
+
+def test_idle_slots_are_filled_before_any_worker_queues_extra_tasks(cluster: Cluster) -> None:
+    cluster.start_coordinator()
+    cluster.start_worker("big", slots=2)
+    cluster.start_worker("small", slots=1)
+    cluster.wait_workers(2)
+    created = cluster.submit([{"type": "custom", "config": {"command": ["sleep", "3"]}} for _ in range(3)]).json()
+    running = [cluster.wait_task(t["task_id"], states=("running",), timeout=20) for t in created]
+    assert sorted(t["worker_id"] for t in running) == ["big", "big", "small"]

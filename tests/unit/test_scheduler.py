@@ -86,3 +86,14 @@ def test_ready_queue_large_iteration_is_ordered() -> None:
     ids = list(queue.ordered())
     expected = sorted((t for t in range(500) if t % 3), key=lambda t: (-(t % 7), t))
     assert ids == [f"t{t}" for t in expected]
+
+
+def test_plan_skips_tasks_already_placed_this_round() -> None:
+    tasks = {f"t{i}": {"task_id": f"t{i}", "priority": 1, "seq": i, "requirements": {}} for i in range(4)}
+    queue = ReadyQueue()
+    for task in tasks.values():
+        queue.push(task)
+    first = plan_assignments(queue, tasks, {"cpu": CPU}, {"cpu": 2})
+    second = plan_assignments(queue, tasks, {"cpu": CPU}, {"cpu": 5}, skip={t for t, _ in first})
+    assert [t for t, _ in first] == ["t0", "t1"]
+    assert [t for t, _ in second] == ["t2", "t3"]
