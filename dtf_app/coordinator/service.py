@@ -407,8 +407,10 @@ class Coordinator:
                          if item.get("outcome") == "completed"]
             failed = [{"task_id": item["task_id"], "attempt": item["attempt"], "worker_id": conn.worker_id,
                        "error": item.get("error") or "failed", "start_time": item.get("start_time"),
-                       "end_time": item.get("end_time"), "retry": item.get("error") != "cancelled"}
+                       "end_time": item.get("end_time"), "retry": True}
                       for conn, item in results if item.get("outcome") != "completed"]
+            # retry=True even for "cancelled": a task the user cancelled is already terminal (the report
+            # is ignored), so a "cancelled" here means the worker was stopped mid-task: run it again.
             if completed:
                 commands.append({"op": "CompleteTasks", "items": completed})
             if failed:

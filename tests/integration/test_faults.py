@@ -58,3 +58,17 @@ def test_coordinator_restart_mid_run_results_are_resent_from_outbox(cluster: Clu
         assert done["status"] == "completed"
         assert done["attempts"] == 1  # the outbox re-sent the result: no re-run
     wait_for(lambda: cluster.api("GET", "/api/workers/w1").json()["status"] == "online", what="worker back")
+
+
+def test_worker_stopped_with_sigterm_mid_task_task_runs_again(cluster: Cluster) -> None:
+    cluster.start_coordinator()
+    first = cluster.start_worker("first", slots=1)
+    cluster.wait_workers(1)
+    created = cluster.submit({"type": "custom", "config": {"command": ["sleep", "3"]}}).json()
+    cluster.wait_task(created["task_id"], states=("running",), timeout=30)
+    first.stop()  # SIGTERM: the worker kills the process group and records the attempt as interrupted
+    # The same worker comes back: its outbox re-sends "cancelled" for the interrupted attempt, which
+    # must put the task back in the queue, not fail it.
+    cluster.start_worker("first", slots=1)
+    task = cluster.wait_task(created["task_id"], timeout=60)
+    assert task["status"] == "completed" and task["attempts"] == 2
