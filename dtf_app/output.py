@@ -106,7 +106,11 @@ def _short_error(task: Mapping[str, Any]) -> str | None:
     if isinstance(result, Mapping) and result.get("status") == "failure":
         metrics = result.get("metrics") or {}
         if isinstance(metrics, Mapping) and "failed" in metrics:
-            return f"{metrics.get('failed')} test(s) failed"
+            parts = [f"{metrics.get(key)} {label}" for key, label in
+                     (("failed", "failed"), ("errors", "error(s)")) if metrics.get(key)]
+            return ", ".join(parts) or "failure"
+        if isinstance(metrics, Mapping) and "return_code" in metrics:
+            return f"exit code {metrics['return_code']}"
     return None
 
 

@@ -362,3 +362,15 @@ def test_up_reports_a_busy_port_as_a_config_error(tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         proc = dtf("up", "--workers", "1", "--port", str(port), "--data-dir", str(tmp_path / "data"))
     assert_clean_error(proc, 2, "coordinator exited with code 2", "Address already in use")
+
+
+def test_task_table_explains_failures() -> None:
+    from dtf_app.output import tasks_table
+
+    base = {"task_id": "t", "type": "test", "status": "completed"}
+    collected_error = dict(base, result={"status": "failure", "metrics": {"failed": 0, "errors": 1}})
+    two_failed = dict(base, result={"status": "failure", "metrics": {"failed": 2, "errors": 0}})
+    bad_exit = dict(base, type="custom", result={"status": "failure", "metrics": {"return_code": 3}})
+    text = tasks_table([collected_error, two_failed, bad_exit])
+    assert "1 error(s)" in text and "0 failed" not in text
+    assert "2 failed" in text and "exit code 3" in text
