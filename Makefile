@@ -34,6 +34,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/throughput_bench.py
 	$(BIN)/python bench/raft_bench.py
+	$(BIN)/python bench/store_bench.py
 
 raft-sweep: $(STAMP)
 	$(BIN)/python -m pytest tests/raft/test_sweep.py -q --raft-seeds=$(SEEDS)

@@ -523,6 +523,8 @@ async def serve_coordinator(settings: Settings, *, task_status: trio.TaskStatus[
     config.errorlog = logging.getLogger("dtf.http")
     config.graceful_timeout = 2.0
     config.websocket_ping_interval = None
+    # A results frame may carry many outcomes, each with per-test rows of a large suite.
+    config.websocket_max_message_size = 64 * 1024 * 1024
     stop = trio.Event()
     registration = None
     try:
