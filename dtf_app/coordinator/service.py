@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import socket
 import time
@@ -186,6 +185,10 @@ class Coordinator:
             conn = self.conns.get(result["worker_id"])
             if conn is not None and result.get("status") == "cancelled":
                 conn.push({"type": proto.CANCEL, "task_id": result["task_id"], "attempt": result["attempts"]})
+        self._dispatch_wakeup.set()
+
+    def wake_dispatcher(self) -> None:
+        """Ask the dispatch loop for a round (new work or new free slots)."""
         self._dispatch_wakeup.set()
 
     # ------------------------------------------------------------------ proposing
@@ -560,8 +563,3 @@ def _pick_url(binds: list[str], settings: Settings) -> str:
                 return f"http://127.0.0.1:{port}"
             return bind
     return f"http://{settings.host}:{settings.port}"
-
-
-def request_timeout(settings: Settings) -> float:
-    """How long an API call may wait on a commit before answering 503."""
-    return max(5.0, math.ceil(settings.worker_timeout))

@@ -71,7 +71,7 @@ async def worker_socket() -> None:
     send.send_nowait({"type": proto.WELCOME, "worker_id": conn.worker_id, "node_id": coord.node_id,
                       "heartbeat_interval": coord.settings.heartbeat_interval,
                       "worker_timeout": coord.settings.worker_timeout})
-    coord._dispatch_wakeup.set()
+    coord.wake_dispatcher()
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_sender, receive)
