@@ -72,3 +72,39 @@ def test_worker_stopped_with_sigterm_mid_task_task_runs_again(cluster: Cluster) 
     cluster.start_worker("first", slots=1)
     task = cluster.wait_task(created["task_id"], timeout=60)
     assert task["status"] == "completed" and task["attempts"] == 2
+
+
+def test_kill_9_during_concurrent_submits_loses_no_acknowledged_task(cluster: Cluster) -> None:
+    import threading
+
+    cluster.start_coordinator()
+    acked: list[str] = []
+    stop = threading.Event()
+
+    def submitter(n: int) -> None:
+        i = 0
+        while not stop.is_set() and i < 400:
+            try:
+                response = cluster.submit([{"type": "custom", "task_id": f"s{n}-{i}-{j}", "config": {"command": ["true"]}}
+                                           for j in range(5)])
+            except Exception:  # noqa: BLE001 - the coordinator is being killed: errors are expected
+                return
+            if response.status_code == 201:
+                acked.extend(t["task_id"] for t in response.json())
+            i += 1
+
+    threads = [threading.Thread(target=submitter, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: len(acked) >= 200, timeout=30, what="some acknowledged submits")
+    cluster.coordinator.kill(signal.SIGKILL)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    cluster.coordinator.wait()
+    cluster.start_coordinator()
+    total = cluster.api("GET", "/api/tasks", params={"limit": 100_000}).json()
+    known = {t["task_id"] for t in total["tasks"]}
+    missing = [task_id for task_id in acked if task_id not in known]
+    assert not missing, f"{len(missing)} acknowledged tasks lost, e.g. {missing[:5]}"
+    assert len(acked) >= 200
