@@ -44,10 +44,14 @@ async def _authorized(coord: Coordinator, permission: str) -> bool:
     return False
 
 
-async def _sender(receive: trio.MemoryReceiveChannel[dict[str, Any]]) -> None:
+async def _sender(receive: trio.MemoryReceiveChannel[dict[str, Any]], done: trio.CancelScope) -> None:
+    """Drain the connection's queue into the socket; when the coordinator closes the queue (the worker
+    was declared lost, or replaced by a newer connection) end the whole connection, so the peer sees the
+    close and reconnects instead of talking to a socket nobody listens to."""
     async with receive:
         async for message in receive:
             await websocket.send(proto.dumps(message))
+    done.cancel()
 
 
 async def worker_socket() -> None:
@@ -74,7 +78,7 @@ async def worker_socket() -> None:
     coord.wake_dispatcher()
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_sender, receive)
+            nursery.start_soon(_sender, receive, nursery.cancel_scope)
             while True:
                 raw = await websocket.receive()
                 try:
@@ -109,7 +113,7 @@ async def client_socket() -> None:
     coord.subscribers.add(sub)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_sender, receive)
+            nursery.start_soon(_sender, receive, nursery.cancel_scope)
             while True:
                 raw = await websocket.receive()
                 try:

@@ -108,3 +108,25 @@ def test_kill_9_during_concurrent_submits_loses_no_acknowledged_task(cluster: Cl
     missing = [task_id for task_id in acked if task_id not in known]
     assert not missing, f"{len(missing)} acknowledged tasks lost, e.g. {missing[:5]}"
     assert len(acked) >= 200
+
+
+def test_paused_worker_is_declared_lost_then_comes_back(cluster: Cluster) -> None:
+    cluster.start_coordinator()
+    frozen = cluster.start_worker("frozen", slots=1)
+    cluster.wait_workers(1)
+    created = cluster.submit({"type": "custom", "config": {"command": ["sleep", "2"]}}).json()
+    cluster.wait_task(created["task_id"], states=("running",), timeout=30)
+    frozen.kill(signal.SIGSTOP)  # a hung machine: the socket stays open, nothing is said
+    try:
+        cluster.start_worker("healthy", slots=1)
+        task = cluster.wait_task(created["task_id"], timeout=60)
+        assert task["status"] == "completed" and task["worker_id"] == "healthy"
+        assert cluster.api("GET", "/api/workers/frozen").json()["status"] == "offline"
+    finally:
+        frozen.kill(signal.SIGCONT)
+    # Resumed, it notices the coordinator dropped it, reconnects and takes work again.
+    wait_for(lambda: cluster.api("GET", "/api/workers/frozen").json()["status"] == "online", timeout=30,
+             what="the resumed worker to reconnect")
+    cluster.workers[-1].stop()  # only the resumed worker is left to run the next task
+    follow = cluster.submit({"type": "custom", "config": {"command": ["true"]}}).json()
+    assert cluster.wait_task(follow["task_id"], timeout=60)["worker_id"] == "frozen"
