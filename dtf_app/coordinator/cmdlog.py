@@ -46,6 +46,7 @@ class CommandLog:
         self._fd: int | None = None
         self.last_index = 0
         self.entries_since_snapshot = 0
+        self.bytes_since_snapshot = 0
 
     def open(self) -> tuple[bytes | None, list[tuple[int, dict[str, Any]]]]:
         """Open (creating) the log; return the snapshot bytes (or None) and the records after it."""
@@ -75,6 +76,7 @@ class CommandLog:
         os.ftruncate(self._fd, good_end)
         self.last_index = records[-1][0] if records else snap_index
         self.entries_since_snapshot = len(records)
+        self.bytes_since_snapshot = good_end
         return snapshot, records
 
     def append(self, commands: list[dict[str, Any]]) -> int:
@@ -86,8 +88,10 @@ class CommandLog:
             body = json.dumps({"i": self.last_index, "c": command}, separators=(",", ":"), default=str).encode()
             chunks.append(_HEADER.pack(len(body), zlib.crc32(body)))
             chunks.append(body)
-        os.write(self._fd, b"".join(chunks))
+        data = b"".join(chunks)
+        os.write(self._fd, data)
         self.entries_since_snapshot += len(commands)
+        self.bytes_since_snapshot += len(data)
         return self.last_index
 
     def sync(self) -> None:
@@ -112,6 +116,7 @@ class CommandLog:
         os.ftruncate(self._fd, 0)
         os.fsync(self._fd)
         self.entries_since_snapshot = 0
+        self.bytes_since_snapshot = 0
 
     def close(self) -> None:
         if self._fd is not None:
@@ -138,11 +143,12 @@ class Replicator:
 
     def __init__(self, cmdlog: CommandLog, state: State,
                  on_applied: Callable[[int, dict[str, Any], Any, list[dict[str, Any]]], None],
-                 *, snapshot_every: int = 20_000) -> None:
+                 *, snapshot_every: int = 20_000, snapshot_bytes: int = 256 * 1024 * 1024) -> None:
         self.cmdlog = cmdlog
         self.state = state
         self.on_applied = on_applied
         self.snapshot_every = snapshot_every
+        self.snapshot_bytes = snapshot_bytes
         self._queue: list[_Proposal] = []
         self._wakeup = trio.Event()
         self._closed = False
@@ -193,7 +199,9 @@ class Replicator:
                         proposal.results.append(result)
                         index += 1
                     proposal.done.set()
-                if self.cmdlog.entries_since_snapshot >= self.snapshot_every:
+                # Bounded replay: snapshot after many entries or many bytes, whichever comes first.
+                if (self.cmdlog.entries_since_snapshot >= self.snapshot_every
+                        or self.cmdlog.bytes_since_snapshot >= self.snapshot_bytes):
                     await self.snapshot()
         finally:
             self._closed = True

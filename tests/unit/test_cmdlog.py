@@ -73,3 +73,19 @@ async def test_group_commit_and_snapshot(tmp_path: Path) -> None:
     for index, command in records:
         restored.apply(command, index)
     assert len(restored.api_keys) == 120 and restored.applied_index == 120
+
+
+async def test_snapshot_also_triggers_on_log_bytes(tmp_path: Path) -> None:
+    state = State()
+    log = CommandLog(tmp_path)
+    log.open()
+    rep = Replicator(log, state, lambda i, c, r, e: None, snapshot_every=10**9, snapshot_bytes=4096)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rep.run)
+        for n in range(40):
+            await rep.propose([{"op": "CreateApiKey", "time": 1.0, "name": f"k{n}", "role": "viewer",
+                                "key_hash": "x" * 200}])
+        nursery.cancel_scope.cancel()
+    assert (tmp_path / "state.snapshot").exists()
+    assert log.bytes_since_snapshot < 4096
+    log.close()
