@@ -124,7 +124,8 @@ class Coordinator:
         self.state = State()
         self.store: Any = None
         self.cmdlog = CommandLog(self.data_dir / "log")
-        self.replicator = Replicator(self.cmdlog, self.state, self._on_applied)
+        self.replicator = Replicator(self.cmdlog, self.state, self._on_applied,
+                                     snapshot_every=max(1, int(settings.snapshot_every)))
         self.queue = scheduler.ReadyQueue()
         self.conns: dict[str, WorkerConn] = {}
         self.subscribers: set[Subscriber] = set()

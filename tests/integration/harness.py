@@ -94,7 +94,7 @@ class Cluster:
         self._worker_key = ""
 
     # -------------------------------------------------------------- coordinator
-    def start_coordinator(self, python_args: tuple[str, ...] = ()) -> str:
+    def start_coordinator(self, python_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> str:
         """Start (or restart, on the same port so workers find it again) the coordinator."""
         node_file = self.data_dir / "node.json"
         if node_file.exists():
@@ -102,7 +102,7 @@ class Cluster:
         self.coordinator = self.node(["--mode", "coordinator", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir",
                                  str(self.data_dir), "--worker-timeout", str(self.worker_timeout),
                                  "--heartbeat-interval", str(self.heartbeat_interval)],
-                          self.root / "coordinator.log", python_args=python_args)
+                          self.root / "coordinator.log", env=env, python_args=python_args)
         pid = self.coordinator.proc.pid
 
         def ready() -> str | None:

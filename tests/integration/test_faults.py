@@ -130,3 +130,35 @@ def test_paused_worker_is_declared_lost_then_comes_back(cluster: Cluster) -> Non
     cluster.workers[-1].stop()  # only the resumed worker is left to run the next task
     follow = cluster.submit({"type": "custom", "config": {"command": ["true"]}}).json()
     assert cluster.wait_task(follow["task_id"], timeout=60)["worker_id"] == "frozen"
+
+
+def test_restart_after_snapshots_keeps_state_and_writes_rows_once(cluster: Cluster) -> None:
+    import duckdb
+
+    env = {"DTF_SNAPSHOT_EVERY": "7"}  # many snapshot + log restarts during this short run
+    cluster.start_coordinator(env=env)
+    cluster.start_worker("w1", slots=2)
+    cluster.wait_workers(1)
+    ids = []
+    for i in range(12):
+        ids += [t["task_id"] for t in cluster.submit([{"type": "custom", "name": f"r{i}-{j}",
+                                                       "config": {"command": ["true"]}} for j in range(3)]).json()]
+    for task_id in ids:
+        assert cluster.wait_task(task_id)["status"] == "completed"
+    assert (cluster.data_dir / "log" / "state.snapshot").exists()
+    cluster.coordinator.kill(signal.SIGKILL)
+    cluster.coordinator.wait()
+    cluster.start_coordinator(env=env)
+    assert all(cluster.task(task_id)["status"] == "completed" for task_id in ids)
+    more = cluster.submit({"type": "custom", "config": {"command": ["true"]}}).json()
+    assert cluster.wait_task(more["task_id"])["status"] == "completed"
+    cluster.stop()
+    con = duckdb.connect(str(cluster.data_dir / "dtf.duckdb"), read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM distributed_tasks").fetchone()[0] == len(ids) + 1
+        # Replay after the crash re-applied entries the store already had: still one row per attempt.
+        assert con.execute("SELECT count(*), count(DISTINCT result_id) FROM results").fetchone() == (
+            len(ids) + 1, len(ids) + 1)
+        assert con.execute("SELECT count(*) FROM task_execution_history").fetchone()[0] == len(ids) + 1
+    finally:
+        con.close()
