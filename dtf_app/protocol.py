@@ -8,7 +8,8 @@ Handshake (the API key travels in the ``X-API-Key`` header of the websocket upgr
 
     worker -> {"type": "hello", "worker_id": str, "hostname": str, "capabilities": {...},
                "max_concurrent_tasks": int, "tags": [str], "simulated": bool,
-               "running": [{"task_id", "attempt"}]}           # tasks it is still running (reconnect)
+               "running": [{"task_id", "attempt"}],           # tasks it is still running (reconnect)
+               "finished": [{"task_id", "attempt"}]}          # outcomes it will re-send (await an ack)
     coord  -> {"type": "welcome", "worker_id": str, "heartbeat_interval": float,
                "worker_timeout": float, "node_id": str}
     coord  -> {"type": "error", "code": str, "message": str}   # then closes (bad hello, bad key ...)

@@ -74,6 +74,8 @@ class WorkerConn:
         self.connected_at = time.time()
         self.last_seen = time.monotonic()
         self.running: set[str] = set()
+        # Tasks it has outcomes for that are on their way (listed in its hello): never run them again.
+        self.finished: set[str] = set()
         self.assigned_at: dict[str, float] = {}
         self.health: dict[str, Any] = {}
         self.closed = False
@@ -295,6 +297,7 @@ class Coordinator:
             old.send.close()
         conn = WorkerConn(worker_id, capacity, send)
         conn.running = {r["task_id"] for r in hello.get("running") or [] if isinstance(r, dict) and "task_id" in r}
+        conn.finished = {r["task_id"] for r in hello.get("finished") or [] if isinstance(r, dict) and "task_id" in r}
         self.conns[worker_id] = conn
         await self.propose([{"op": "RegisterWorker", "worker": info}])
         log.info("worker %s connected (%s, %d slots%s)", worker_id, ",".join(info["hardware"]), capacity,
@@ -315,6 +318,7 @@ class Coordinator:
             for item in message.get("items") or []:
                 if isinstance(item, dict) and "task_id" in item and "attempt" in item:
                     conn.running.discard(item["task_id"])
+                    conn.finished.discard(item["task_id"])
                     self._results.append((conn, item))
             self._results_wakeup.set()
         elif kind == proto.STARTED:
@@ -366,11 +370,14 @@ class Coordinator:
                 continue
             # Idle slots everywhere first; only then queue extra tasks on workers (prefetch), so a
             # free worker never waits while a busy one holds work in its queue.
-            plan = scheduler.plan_assignments(self.queue, self.state.tasks, self.state.workers, idle)
+            # A reconnecting worker's finished-but-unrecorded tasks wait for their results, not a re-run.
+            reported = {task_id for conn in self.conns.values() for task_id in conn.finished}
+            plan = scheduler.plan_assignments(self.queue, self.state.tasks, self.state.workers, idle,
+                                              skip=reported)
             placed = {task_id for task_id, _ in plan}
             if len(self.queue) > len(placed) and any(n > 0 for n in prefetch.values()):
                 plan += scheduler.plan_assignments(self.queue, self.state.tasks, self.state.workers, prefetch,
-                                                   skip=placed)
+                                                   skip=placed | reported)
             if not plan:
                 continue
             assignments = [{"task_id": t, "worker_id": w, "attempt": self.state.tasks[t]["attempts"] + 1}
@@ -464,7 +471,7 @@ class Coordinator:
                 for task_id, attempt in (worker.get("assigned") or {}).items():
                     task = self.state.tasks[task_id]
                     since = conn.assigned_at.get(task_id, started)
-                    if task_id not in conn.running and now - max(since, started) > grace:
+                    if task_id not in conn.running and task_id not in conn.finished and now - max(since, started) > grace:
                         stale.append({"task_id": task_id, "attempt": attempt, "worker_id": wid, "retry": True,
                                       "error": f"worker {wid} no longer runs it"})
                     elif task.get("start_time") and wall - task["start_time"] > task["timeout_seconds"] + grace + 30:

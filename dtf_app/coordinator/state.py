@@ -159,12 +159,19 @@ class State:
         return None, events
 
     @staticmethod
-    def _is_current(task: TaskDoc | None, item: dict[str, Any]) -> bool:
-        """Is this report about the task's live attempt, from the worker that holds it?"""
-        if task is None or task["attempts"] != item.get("attempt") or task["status"] not in ("assigned", "running"):
+    def _is_current(task: TaskDoc | None, item: dict[str, Any], *, late_ok: bool = False) -> bool:
+        """Is this report about the task's live attempt, from the worker that holds it?
+
+        With ``late_ok``, also the attempt that was taken back (worker declared lost) while no new
+        attempt has started: its worker did run it, so its result is recorded instead of re-running.
+        """
+        if task is None or task["attempts"] != item.get("attempt"):
             return False
         reporter = item.get("worker_id")
-        return not reporter or reporter == task.get("worker_id")
+        if task["status"] in ("assigned", "running"):
+            return not reporter or reporter == task.get("worker_id")
+        return (late_ok and task["status"] == "pending" and bool(reporter)
+                and reporter == task.get("last_worker_id"))
 
     def _release(self, task: TaskDoc) -> None:
         worker = self.workers.get(task.get("worker_id") or "")
@@ -177,8 +184,10 @@ class State:
         recorded = 0
         for item in cmd["items"]:
             task = self.tasks.get(item["task_id"])
-            if not self._is_current(task, item):
+            if not self._is_current(task, item, late_ok=True):
                 continue
+            if task["status"] == "pending":
+                task["worker_id"] = task.get("last_worker_id")
             result = dict(item.get("result") or {})
             task["start_time"] = task["start_time"] or item.get("start_time") or now
             task["end_time"] = item.get("end_time") or now
@@ -216,6 +225,7 @@ class State:
         self._release(task)
         task["error"] = error
         if retry and task["attempts"] <= task.get("max_retries", 3):
+            task["last_worker_id"] = task["worker_id"]
             task["worker_id"] = None
             task["start_time"] = None
             self._set_status(task, "pending")

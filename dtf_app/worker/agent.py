@@ -320,6 +320,8 @@ class WorkerAgent:
             "tags": tags,
             "simulated": bool(self.capabilities.get("simulated", False)),
             "running": self._running_list(),
+            # Outcomes waiting for an ack (they follow the welcome): the coordinator must not run these again.
+            "finished": [{"task_id": task_id, "attempt": attempt} for task_id, attempt in self._unacked],
         }
 
     def _on_welcome(self, welcome: dict[str, Any], url: str) -> None:

@@ -46,12 +46,12 @@ def test_coordinator_restart_mid_run_results_are_resent_from_outbox(cluster: Clu
     cluster.start_coordinator()
     cluster.start_worker("w1", slots=2)
     cluster.wait_workers(1)
-    created = cluster.submit([{"type": "custom", "config": {"command": ["sleep", "2"]}} for _ in range(2)]).json()
+    created = cluster.submit([{"type": "custom", "config": {"command": ["sleep", "4"]}} for _ in range(2)]).json()
     for task in created:
         cluster.wait_task(task["task_id"], states=("running",), timeout=30)
     cluster.coordinator.kill(signal.SIGKILL)
     cluster.coordinator.wait()
-    time.sleep(2.5)  # the tasks finish while the coordinator is down; results wait in the outbox
+    time.sleep(4.5)  # the tasks finish while the coordinator is down; results wait in the outbox
     cluster.start_coordinator()
     for task in created:
         done = cluster.wait_task(task["task_id"], timeout=60)
@@ -64,7 +64,7 @@ def test_worker_stopped_with_sigterm_mid_task_task_runs_again(cluster: Cluster) 
     cluster.start_coordinator()
     first = cluster.start_worker("first", slots=1)
     cluster.wait_workers(1)
-    created = cluster.submit({"type": "custom", "config": {"command": ["sleep", "3"]}}).json()
+    created = cluster.submit({"type": "custom", "config": {"command": ["sleep", "5"]}}).json()
     cluster.wait_task(created["task_id"], states=("running",), timeout=30)
     first.stop()  # SIGTERM: the worker kills the process group and records the attempt as interrupted
     # The same worker comes back: its outbox re-sends "cancelled" for the interrupted attempt, which
@@ -114,7 +114,7 @@ def test_paused_worker_is_declared_lost_then_comes_back(cluster: Cluster) -> Non
     cluster.start_coordinator()
     frozen = cluster.start_worker("frozen", slots=1)
     cluster.wait_workers(1)
-    created = cluster.submit({"type": "custom", "config": {"command": ["sleep", "2"]}}).json()
+    created = cluster.submit({"type": "custom", "config": {"command": ["sleep", "6"]}}).json()
     cluster.wait_task(created["task_id"], states=("running",), timeout=30)
     frozen.kill(signal.SIGSTOP)  # a hung machine: the socket stays open, nothing is said
     try:

@@ -38,6 +38,6 @@ def test_idle_slots_are_filled_before_any_worker_queues_extra_tasks(cluster: Clu
     cluster.start_worker("big", slots=2)
     cluster.start_worker("small", slots=1)
     cluster.wait_workers(2)
-    created = cluster.submit([{"type": "custom", "config": {"command": ["sleep", "3"]}} for _ in range(3)]).json()
+    created = cluster.submit([{"type": "custom", "config": {"command": ["sleep", "8"]}} for _ in range(3)]).json()
     running = [cluster.wait_task(t["task_id"], states=("running",), timeout=20) for t in created]
     assert sorted(t["worker_id"] for t in running) == ["big", "big", "small"]

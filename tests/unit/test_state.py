@@ -125,3 +125,26 @@ def test_report_from_another_worker_is_ignored() -> None:
     assert recorded == 0 and state.tasks["t1"]["status"] == "assigned"
     recorded, _ = state.apply({"op": "CompleteTasks", "time": 4.0, "items": [dict(item, worker_id="w1")]})
     assert recorded == 1 and state.tasks["t1"]["status"] == "completed"
+
+
+def test_late_result_of_a_taken_back_attempt_is_recorded_if_not_rerun() -> None:
+    state = State()
+    state.apply(_worker("w1"))
+    _submit(state, _task("t1"))
+    _assign(state, "t1", 1, "w1")
+    state.apply({"op": "WorkersLost", "time": 5.0, "worker_ids": ["w1"]})
+    assert state.tasks["t1"]["status"] == "pending"
+    item = {"task_id": "t1", "attempt": 1, "outcome": "completed", "result": {"status": "success"}}
+    # Only from the worker that ran it...
+    recorded, _ = state.apply({"op": "CompleteTasks", "time": 6.0, "items": [dict(item, worker_id="w9")]})
+    assert recorded == 0 and state.tasks["t1"]["status"] == "pending"
+    recorded, _ = state.apply({"op": "CompleteTasks", "time": 6.0, "items": [dict(item, worker_id="w1")]})
+    assert recorded == 1 and state.tasks["t1"]["status"] == "completed"
+    assert state.tasks["t1"]["worker_id"] == "w1" and state.tasks["t1"]["attempts"] == 1
+    # ...and a late failure report never fails a task that was put back in the queue.
+    _submit(state, _task("t2"))
+    _assign(state, "t2", 1, "w1")
+    state.apply({"op": "WorkersLost", "time": 7.0, "worker_ids": ["w1"]})
+    state.apply({"op": "FailTasks", "time": 8.0, "items": [{"task_id": "t2", "attempt": 1, "worker_id": "w1",
+                                                           "error": "boom"}]})
+    assert state.tasks["t2"]["status"] == "pending"
