@@ -202,6 +202,37 @@ def validate_task(doc: Any, where: str = "task", *, default_max_retries: int = 3
     }
 
 
+def find_cycle(graph: Mapping[str, Iterable[str]]) -> list[str] | None:
+    """A dependency cycle among the graph's own nodes (edges to other ids are ignored), or None.
+
+    Only tasks of one batch can form a cycle: a task can only depend on tasks that exist or come with it.
+    """
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    for root in graph:
+        if root in state:
+            continue
+        stack: list[tuple[str, Iterable[str]]] = [(root, iter(graph[root]))]
+        path = [root]
+        state[root] = 1
+        while stack:
+            node, edges = stack[-1]
+            for nxt in edges:
+                if nxt not in graph:
+                    continue
+                if state.get(nxt) == 1:
+                    return path[path.index(nxt):] + [nxt]
+                if nxt not in state:
+                    state[nxt] = 1
+                    path.append(nxt)
+                    stack.append((nxt, iter(graph[nxt])))
+                    break
+            else:
+                state[node] = 2
+                stack.pop()
+                path.pop()
+    return None
+
+
 # ---------------------------------------------------------------------------------------------- matching
 def _gpu_devices(caps: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     gpu = caps.get("gpu") or {}

@@ -208,19 +208,27 @@ class Coordinator:
         Raises scheduler.TaskValidationError for dependency/feasibility problems (-> 400/422).
         """
         batch_id = uuid.uuid4().hex[:12]
-        seen: set[str] = set()
-        prepared = []
-        workers = list(self.state.workers.values())
+        ids: list[str] = []
         for i, doc in enumerate(docs):
-            where = f"tasks[{i}]" if len(docs) > 1 else "task"
             task_id = doc.get("task_id") or uuid.uuid4().hex
-            if task_id in self.state.tasks or task_id in seen:
+            if task_id in self.state.tasks or task_id in ids:
+                where = f"tasks[{i}]" if len(docs) > 1 else "task"
                 raise scheduler.TaskValidationError(f"{where}.task_id {task_id!r} already exists")
-            seen.add(task_id)
+            ids.append(task_id)
+        in_batch = dict(zip(ids, docs, strict=True))
+        for i, doc in enumerate(docs):
             for dep in doc["dependencies"]:
-                if dep not in self.state.tasks and dep not in seen:
+                if dep not in self.state.tasks and dep not in in_batch:
+                    where = f"tasks[{i}]" if len(docs) > 1 else "task"
                     raise scheduler.TaskValidationError(
                         f"{where}.dependencies names unknown task {dep!r} (submit it first or in the same batch)")
+        cycle = scheduler.find_cycle({task_id: doc["dependencies"] for task_id, doc in in_batch.items()})
+        if cycle:
+            raise scheduler.TaskValidationError(f"dependency cycle: {' -> '.join(cycle)}")
+        prepared = []
+        workers = list(self.state.workers.values())
+        for i, (task_id, doc) in enumerate(in_batch.items()):
+            where = f"tasks[{i}]" if len(docs) > 1 else "task"
             task = dict(doc, task_id=task_id, batch_id=batch_id)
             reason = scheduler.infeasibility_reason(workers, doc["requirements"])
             if reason is not None:

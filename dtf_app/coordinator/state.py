@@ -91,6 +91,7 @@ class State:
         now = cmd["time"]
         events: Events = []
         created: list[TaskDoc] = []
+        fresh: list[TaskDoc] = []
         for doc in cmd["tasks"]:
             if doc["task_id"] in self.tasks:
                 # A retried proposal of the same batch: keep the first, answer with it.
@@ -100,19 +101,24 @@ class State:
             task.setdefault("status", "pending")
             task.update(
                 attempts=0, worker_id=None, create_time=now, start_time=None, end_time=None,
-                error=None, result=None, seq=self.next_seq,
+                error=task.get("error"), result=None, seq=self.next_seq,
             )
             self.next_seq += 1
-            status = task["status"]
-            if status != "unschedulable":
-                status = self._initial_status(task)
-                task["status"] = status
-            self._add_task(task)
+            # Registered before any status is computed, so tasks of one batch may depend on each other
+            # in any order.
+            self.tasks[task["task_id"]] = task
             for dep in task.get("dependencies") or []:
                 self.dependents.setdefault(dep, []).append(task["task_id"])
+            fresh.append(task)
             created.append(task)
+        for task in fresh:
+            if task["status"] != "unschedulable":
+                task["status"] = self._initial_status(task)
+            self.counts[task["status"]] = self.counts.get(task["status"], 0) + 1
+        for task in fresh:
             events.append(self._task_event(task))
-            if status == "failed":
+            if task["status"] == "failed":
+                task["end_time"] = now
                 events.extend(self._cascade_dependents(task, now))
         return created, events
 

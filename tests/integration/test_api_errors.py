@@ -98,3 +98,17 @@ def test_http_worker_registration_and_cluster_views(running: Cluster) -> None:
     health = running.api("GET", "/api/cluster/health").json()["nodes"][0]
     assert {"cpu_percent", "memory_percent", "disk_percent"} <= set(health["metrics"])
     assert isinstance(health["alerts"], list)
+
+
+def test_dependency_cycles_are_refused_and_batch_order_does_not_matter(running: Cluster) -> None:
+    cycle = running.submit([
+        {"type": "custom", "task_id": "a", "dependencies": ["b"], "config": {"command": ["true"]}},
+        {"type": "custom", "task_id": "b", "dependencies": ["a"], "config": {"command": ["true"]}},
+    ])
+    assert cycle.status_code == 400 and "cycle" in cycle.json()["error"]["message"]
+    ok = running.submit([
+        {"type": "custom", "task_id": "child", "dependencies": ["parent"], "config": {"command": ["true"]}},
+        {"type": "custom", "task_id": "parent", "config": {"command": ["true"]}},
+    ])
+    assert ok.status_code == 201
+    assert [t["status"] for t in ok.json()] == ["blocked", "pending"]

@@ -97,3 +97,11 @@ def test_plan_skips_tasks_already_placed_this_round() -> None:
     second = plan_assignments(queue, tasks, {"cpu": CPU}, {"cpu": 5}, skip={t for t, _ in first})
     assert [t for t, _ in first] == ["t0", "t1"]
     assert [t for t, _ in second] == ["t2", "t3"]
+
+
+def test_find_cycle() -> None:
+    assert scheduler.find_cycle({"a": ["b"], "b": ["c"], "c": []}) is None
+    assert scheduler.find_cycle({"a": ["x-existing"]}) is None
+    assert scheduler.find_cycle({"a": ["a"]}) == ["a", "a"]
+    cycle = scheduler.find_cycle({"a": ["b"], "b": ["c"], "c": ["a"], "d": ["a"]})
+    assert cycle is not None and cycle[0] == cycle[-1] and set(cycle) == {"a", "b", "c"}

@@ -148,3 +148,12 @@ def test_late_result_of_a_taken_back_attempt_is_recorded_if_not_rerun() -> None:
     state.apply({"op": "FailTasks", "time": 8.0, "items": [{"task_id": "t2", "attempt": 1, "worker_id": "w1",
                                                            "error": "boom"}]})
     assert state.tasks["t2"]["status"] == "pending"
+
+
+def test_batch_tasks_may_depend_on_later_tasks_of_the_same_batch() -> None:
+    state = State()
+    state.apply(_worker())
+    _submit(state, _task("late-dependent", dependencies=["base"]), _task("base"))
+    assert state.tasks["late-dependent"]["status"] == "blocked"
+    assert state.tasks["base"]["status"] == "pending"
+    assert state.task_counts()["blocked"] == 1 and state.task_counts()["pending"] == 1
