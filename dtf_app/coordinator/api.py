@@ -22,7 +22,7 @@ from werkzeug.exceptions import HTTPException
 from dtf_app import __version__
 from dtf_app import protocol as proto
 from dtf_app.coordinator import scheduler
-from dtf_app.coordinator.service import Coordinator, task_view
+from dtf_app.coordinator.service import Coordinator, clean_outcome, task_view
 from dtf_app.security import keys as keymod
 
 log = logging.getLogger("dtf.api")
@@ -327,13 +327,16 @@ def create_app(coord: Coordinator) -> QuartTrio:
             raise ApiError(400, "invalid_outcome", "attempt must be an integer")
         if outcome == "completed" and not isinstance(body.get("result", {}), dict):
             raise ApiError(400, "invalid_outcome", "result must be an object")
-        worker_id = task.get("worker_id") or ""
-        item = {"task_id": task_id, "attempt": attempt, "worker_id": worker_id,
-                "start_time": body.get("start_time"), "end_time": body.get("end_time") or time.time()}
+        item = clean_outcome({**body, "task_id": task_id, "attempt": attempt, "outcome": outcome,
+                               "result": body.get("result") or {}})
+        if item is None:
+            raise ApiError(400, "invalid_outcome", "the outcome is malformed")
+        item["worker_id"] = task.get("worker_id") or ""
+        item["end_time"] = item["end_time"] or time.time()
         if outcome == "completed":
-            command = {"op": "CompleteTasks", "items": [dict(item, outcome="completed", result=body.get("result") or {})]}
+            command = {"op": "CompleteTasks", "items": [item]}
         else:
-            command = {"op": "FailTasks", "items": [dict(item, error=str(body.get("error") or "failed"),
+            command = {"op": "FailTasks", "items": [dict(item, error=item["error"] or "failed",
                                                          retry=bool(body.get("retry", True)))]}
         await coord.propose([command])
         return json_response(task_view(coord.state.tasks[task_id]))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -116,6 +117,44 @@ def _matches(filter_: dict[str, Any], doc: dict[str, Any]) -> bool:
     return True
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) else None
+
+
+def clean_outcome(raw: Any) -> dict[str, Any] | None:
+    """A worker's outcome reduced to the shapes the state machine and the store expect, or None.
+
+    Workers are other processes (maybe other versions, maybe buggy): nothing they send may be able to
+    stop the command log, so every field is checked here, before it is proposed.
+    """
+    if not isinstance(raw, dict) or not isinstance(raw.get("task_id"), str):
+        return None
+    attempt = raw.get("attempt")
+    if not isinstance(attempt, int) or isinstance(attempt, bool):
+        return None
+    outcome = "completed" if raw.get("outcome") == "completed" else "failed"
+    item: dict[str, Any] = {"task_id": raw["task_id"], "attempt": attempt, "outcome": outcome,
+                            "start_time": _number(raw.get("start_time")), "end_time": _number(raw.get("end_time")),
+                            "error": str(raw["error"])[:4000] if raw.get("error") is not None else None}
+    result = raw.get("result")
+    if outcome == "completed":
+        if not isinstance(result, dict):
+            result = {"status": "failure", "raw_data": {"invalid_result": repr(result)[:1000]}}
+        result = dict(result)
+        if result.get("status") not in proto.RESULT_STATUSES:
+            result["status"] = "partial"
+        for key in ("metrics", "environment", "raw_data"):
+            if not isinstance(result.get(key, {}), dict):
+                result[key] = {"value": result[key]}
+        for key in ("tests", "benchmarks"):
+            rows = result.get(key)
+            if rows is not None:
+                result[key] = [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
+        result["execution_time"] = _number(result.get("execution_time"))
+        item["result"] = result
+    return item
+
+
 class Coordinator:
     """The coordinator's in-process world: state, log, store, connections, loops."""
 
@@ -167,7 +206,12 @@ class Coordinator:
     def _on_applied(self, index: int, command: dict[str, Any], result: Any, events: list[dict[str, Any]]) -> None:
         # Events of entries the store already holds are not written twice (exactly-once rows).
         if events and index > self._last_store_index and self.store is not None:
-            self.store.put(index, events)
+            try:
+                self.store.put(index, events)
+            except ValueError:
+                log.exception("log entry %d produced store events the writer refused; not recorded", index)
+        if isinstance(result, dict) and set(result) == {"error"}:
+            log.error("log entry %d: %s", index, result["error"])
         if self._replaying:
             return
         op = command["op"]
@@ -323,11 +367,14 @@ class Coordinator:
         conn.last_seen = time.monotonic()
         kind = message.get("type")
         if kind == proto.RESULTS:
-            for item in message.get("items") or []:
-                if isinstance(item, dict) and "task_id" in item and "attempt" in item:
-                    conn.running.discard(item["task_id"])
-                    conn.finished.discard(item["task_id"])
-                    self._results.append((conn, item))
+            for raw in message.get("items") or []:
+                item = clean_outcome(raw)
+                if item is None:
+                    log.warning("worker %s sent a malformed outcome; ignored: %.200r", conn.worker_id, raw)
+                    continue
+                conn.running.discard(item["task_id"])
+                conn.finished.discard(item["task_id"])
+                self._results.append((conn, item))
             self._results_wakeup.set()
         elif kind == proto.STARTED:
             for item in message.get("items") or []:

@@ -82,7 +82,12 @@ class State:
             result: Any = {"error": f"unknown command {op!r}"}
             events: Events = []
         else:
-            result, events = handler(self, command)
+            try:
+                result, events = handler(self, command)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                # A malformed command must not stop the log (replay would stop at it forever). The same
+                # input fails the same way on every node, so skipping it keeps replicas identical.
+                result, events = {"error": f"{op} rejected: {type(exc).__name__}: {exc}"}, []
         if index:
             self.applied_index = index
         return result, events

@@ -112,3 +112,42 @@ def test_dependency_cycles_are_refused_and_batch_order_does_not_matter(running: 
     ])
     assert ok.status_code == 201
     assert [t["status"] for t in ok.json()] == ["blocked", "pending"]
+
+
+def test_garbage_from_a_worker_cannot_break_the_coordinator(running: Cluster) -> None:
+    """A buggy or hostile worker key sends malformed outcomes; the coordinator stays up and consistent."""
+    import json as _json
+
+    import trio
+    from trio_websocket import open_websocket_url
+
+    worker_key = running.create_key("worker")
+    created = running.submit({"type": "custom", "config": {"command": ["true"]}}).json()
+
+    async def rogue() -> None:
+        url = running.url.replace("http://", "ws://") + "/ws/worker"
+        async with open_websocket_url(url, extra_headers=[(b"X-API-Key", worker_key.encode())]) as ws:
+            await ws.send_message(_json.dumps({"type": "hello", "worker_id": "rogue", "max_concurrent_tasks": "x",
+                                               "capabilities": ["not", "a", "dict"]}))
+            assert _json.loads(await ws.get_message())["type"] == "welcome"
+            assign = _json.loads(await ws.get_message())
+            while assign["type"] != "assign":
+                assign = _json.loads(await ws.get_message())
+            task = assign["tasks"][0]
+            for junk in ([1, 2], {"task_id": 5}, {"task_id": task["task_id"], "attempt": "one"},
+                         {"task_id": task["task_id"], "attempt": task["attempt"], "outcome": "completed",
+                          "start_time": "yesterday", "result": {"status": "great", "metrics": [1],
+                                                                "tests": "many", "benchmarks": [{"batch_size": "x"}]}}):
+                await ws.send_message(_json.dumps({"type": "results", "items": [junk]}))
+            await ws.send_message("not json at all")
+            ack = _json.loads(await ws.get_message())
+            while ack["type"] != "ack":
+                ack = _json.loads(await ws.get_message())
+
+    trio.run(rogue)
+    task = running.task(created["task_id"])
+    assert task["status"] == "completed" and task["result"]["status"] == "partial"
+    assert running.api("GET", "/api/status").status_code == 200
+    assert running.api("GET", "/api/results").status_code == 200
+    follow = running.submit({"type": "custom", "config": {"command": ["true"]}})
+    assert follow.status_code == 201
