@@ -121,6 +121,11 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) else None
 
 
+def _strings(value: Any) -> list[str]:
+    """The strings of a list sent by a peer (anything else: none)."""
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
 def clean_outcome(raw: Any) -> dict[str, Any] | None:
     """A worker's outcome reduced to the shapes the state machine and the store expect, or None.
 
@@ -336,10 +341,10 @@ class Coordinator:
         caps = hello.get("capabilities") if isinstance(hello.get("capabilities"), dict) else {}
         raw_slots = hello.get("max_concurrent_tasks")
         capacity = raw_slots if isinstance(raw_slots, int) and not isinstance(raw_slots, bool) and raw_slots > 0 else 1
-        tags = sorted(set(hello.get("tags") or []) | set(caps.get("tags") or []))
+        tags = sorted(set(_strings(hello.get("tags"))) | set(_strings(caps.get("tags"))))
         info = {
             "worker_id": worker_id, "hostname": str(hello.get("hostname") or ""), "capabilities": caps,
-            "hardware": list(caps.get("hardware") or ["cpu"]), "tags": tags,
+            "hardware": _strings(caps.get("hardware")) or ["cpu"], "tags": tags,
             "simulated": bool(hello.get("simulated") or caps.get("simulated")),
             "max_concurrent_tasks": capacity, "hardware_metrics": hello.get("metrics") or {},
         }
