@@ -97,7 +97,14 @@ def _exit_code_for(exc: BaseException) -> int | None:
         if isinstance(code, int):
             log.error("%s", err)
             return code
-        if isinstance(err, OSError) and err.errno in (98, 99, 13):
+        if isinstance(err, OSError) and err.errno in (98, 99):
             log.error("cannot listen: %s", err)
+            return 2
+        if isinstance(err, OSError):
+            # An unusable data dir, db path or port: a setting to fix, not a crash to report.
+            log.error("cannot start: %s", err)
+            return 2
+        if type(err).__name__ in ("StoreError", "OutboxError", "ConfigError"):
+            log.error("%s", err)
             return 2
     return None

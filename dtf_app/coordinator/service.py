@@ -602,8 +602,9 @@ async def serve_coordinator(settings: Settings, *, task_status: trio.TaskStatus[
         async with trio.open_nursery() as nursery:
             await nursery.start(coord.store.run)
             await nursery.start(coord.replicator.run)
-            await _ensure_bootstrap_key(coord)
+            # Bind before anything is written, so a port in use leaves a fresh data dir untouched.
             binds = await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))
+            await _ensure_bootstrap_key(coord)
             coord.url = _pick_url(binds, settings)
             _write_node_file(coord)
             registration = localreg.register(coord.url, coord.data_dir)

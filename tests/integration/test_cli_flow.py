@@ -71,3 +71,21 @@ def test_cli_errors_are_clear(cluster: Cluster) -> None:
     result = cluster.cli("--mode", "coordinator", "--config", str(config), "--port", "0",
                          "--data-dir", str(cluster.root / "x"))
     assert result.returncode == 2 and "postgresql" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_node_start_problems_are_exit_2_without_traceback(cluster: Cluster) -> None:
+    url = cluster.start_coordinator()
+    port = url.rsplit(":", 1)[1]
+    same_port = cluster.cli("--mode", "coordinator", "--port", port, "--data-dir", str(cluster.root / "other"),
+                            timeout=30)
+    assert same_port.returncode == 2 and "Address already in use" in same_port.stderr
+    same_dir = cluster.cli("--mode", "coordinator", "--port", "0", "--data-dir", str(cluster.data_dir), timeout=30)
+    assert same_dir.returncode == 2 and "another DTF process" in same_dir.stderr
+    blocked = cluster.root / "a-file"
+    blocked.write_text("not a directory")
+    bad_dir = cluster.cli("--mode", "coordinator", "--port", "0", "--data-dir", str(blocked / "sub"), timeout=30)
+    assert bad_dir.returncode == 2 and "cannot start" in bad_dir.stderr
+    for result in (same_port, same_dir, bad_dir):
+        assert "Traceback" not in result.stderr
+    # The running coordinator was not disturbed.
+    assert cluster.api("GET", "/api/status").status_code == 200
