@@ -129,7 +129,13 @@ def create_app(coord: Coordinator) -> QuartTrio:
         if status == 404:
             message = f"no such endpoint: {request.method} {request.path} (see GET /openapi.json)"
         elif status == 405:
-            message = f"{request.method} is not allowed on {request.path}"
+            allowed = sorted(getattr(exc, "valid_methods", None) or [])
+            message = f"{request.method} is not allowed on {request.path}" + (
+                f"; allowed: {', '.join(allowed)}" if allowed else "")
+            response = error_response(status, code, message)
+            if allowed:
+                response.headers["Allow"] = ", ".join(allowed)  # RFC 9110 requires it on a 405
+            return response
         elif status == 413:
             message = f"the request body is larger than {MAX_BODY_BYTES} bytes"
         return error_response(status, code, message)
@@ -200,6 +206,8 @@ def create_app(coord: Coordinator) -> QuartTrio:
     async def list_workers() -> Response:
         views = [coord.worker_view(w) for w in sorted(coord.state.workers)]
         status = request.args.get("status")
+        if status and status not in ("online", "offline"):
+            raise ApiError(400, "invalid_parameter", f"status must be online or offline, got {status!r}")
         if status:
             views = [v for v in views if v and v["status"] == status]
         return json_response({"workers": views})
@@ -212,7 +220,7 @@ def create_app(coord: Coordinator) -> QuartTrio:
         if not isinstance(body, dict) or not isinstance(body.get("worker_id"), str) or not body["worker_id"]:
             raise ApiError(400, "invalid_worker", "the body must be an object with a non-empty string worker_id")
         caps = body.get("capabilities") or {}
-        slots = body.get("max_concurrent_tasks", 1)
+        slots = scheduler.as_int(body.get("max_concurrent_tasks", 1))
         if not isinstance(caps, dict):
             raise ApiError(400, "invalid_worker", "capabilities must be an object")
         if not isinstance(slots, int) or isinstance(slots, bool) or not 1 <= slots <= 10_000:
@@ -255,6 +263,8 @@ def create_app(coord: Coordinator) -> QuartTrio:
                                                   default_max_retries=max_retries)
                           for i, doc in enumerate(docs)]
             created = await coord.submit(normalised, allow_unschedulable=_bool_arg("allow_unschedulable"))
+        except scheduler.TaskConflictError as exc:
+            raise ApiError(409, "exists", str(exc)) from None
         except scheduler.TaskValidationError as exc:
             code = "unschedulable" if "cannot run on any worker" in str(exc) else "invalid_task"
             raise ApiError(400 if code == "invalid_task" else 422, code, str(exc)) from None
@@ -322,6 +332,12 @@ def create_app(coord: Coordinator) -> QuartTrio:
         task = coord.state.tasks.get(task_id)
         if task is None:
             raise ApiError(404, "not_found", f"no task {task_id!r}")
+        for key in ("start_time", "end_time"):
+            value = body.get(key)
+            if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+                raise ApiError(400, "invalid_outcome", f"{key} must be unix seconds (a number), got {value!r}")
+        if "error" in body and not isinstance(body["error"], str):
+            raise ApiError(400, "invalid_outcome", "error must be a string")
         attempt = body.get("attempt", task["attempts"])
         if not isinstance(attempt, int) or isinstance(attempt, bool):
             raise ApiError(400, "invalid_outcome", "attempt must be an integer")
@@ -384,8 +400,10 @@ def create_app(coord: Coordinator) -> QuartTrio:
         await coord.store.flush()
         filters = {k: v for k, v in request.args.items() if k not in ("result_type", "aggregation_level")}
         try:
-            data = await queries.aggregate(coord.store, result_type=request.args.get("result_type") or "benchmark",
-                                           aggregation_level=request.args.get("aggregation_level") or "model",
+            result_type = request.args.get("result_type") or "benchmark"
+            # Without a level, the natural one for the type (model only applies to benchmarks and tasks).
+            level = request.args.get("aggregation_level") or ("status" if result_type == "test" else "model")
+            data = await queries.aggregate(coord.store, result_type=result_type, aggregation_level=level,
                                            filters=filters)
         except ValueError as exc:
             raise ApiError(400, "invalid_parameter", str(exc)) from None
@@ -450,14 +468,9 @@ def create_app(coord: Coordinator) -> QuartTrio:
     @app.get("/openapi.json")
     @requires("read")
     async def openapi() -> Response:
-        routes = sorted({(rule.rule, tuple(sorted(m for m in rule.methods if m not in ("HEAD", "OPTIONS"))))
-                         for rule in app.url_map.iter_rules()})
-        paths: dict[str, Any] = {}
-        for rule, methods in routes:
-            paths[rule.replace("<", "{").replace(">", "}")] = {m.lower(): {"responses": {"200": {"description": "ok"}}}
-                                                               for m in methods}
-        return json_response({"openapi": "3.0.3", "info": {"title": "DTF API", "version": __version__},
-                              "paths": paths})
+        from dtf_app.coordinator.openapi import build_spec
+
+        return json_response(build_spec(__version__))
 
     # ------------------------------------------------------------------ websockets
     from dtf_app.coordinator.ws import client_socket, worker_socket

@@ -33,7 +33,18 @@ class TaskValidationError(ValueError):
     """A submitted task document is wrong; the message says where, what, and what is accepted."""
 
 
+class TaskConflictError(TaskValidationError):
+    """A submitted task_id is already taken (HTTP 409)."""
+
+
 # ---------------------------------------------------------------------------------------------- validation
+def as_int(value: Any) -> Any:
+    """An integral JSON number as int (``3.0`` -> ``3``: JSON does not tell them apart); else unchanged."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -62,6 +73,11 @@ def _positive_int(value: Any, where: str, *, minimum: int = 1, maximum: int | No
     return value
 
 
+def _copy(config: Any) -> Any:
+    """A shallow copy of a config object (validation normalises numbers in it)."""
+    return dict(config) if isinstance(config, dict) else config
+
+
 def _validate_config(kind: str, config: Any, where: str) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise TaskValidationError(f"{where} must be an object, got {_typename(config)}")
@@ -82,6 +98,8 @@ def _validate_config(kind: str, config: Any, where: str) -> dict[str, Any]:
             raise TaskValidationError(f"{where}.model is required for a benchmark task (a model name, e.g. 'bert')")
         if "batch_sizes" in config:
             sizes = config["batch_sizes"]
+            if isinstance(sizes, list):
+                sizes = config["batch_sizes"] = [as_int(b) for b in sizes]
             if not isinstance(sizes, list) or not sizes or not all(_is_int(b) and 0 < b <= 65536 for b in sizes):
                 raise TaskValidationError(f"{where}.batch_sizes must be a non-empty array of positive integers")
         if "precision" in config:
@@ -92,7 +110,7 @@ def _validate_config(kind: str, config: Any, where: str) -> dict[str, Any]:
                     f"{where}.precision must be one of {', '.join(PRECISIONS)} (or an array of them), got {precision!r}")
         for key, low in (("iterations", 1), ("warmup", 0), ("sequence_length", 1)):
             if key in config:
-                _positive_int(config[key], f"{where}.{key}", minimum=low, maximum=1_000_000)
+                config[key] = _positive_int(as_int(config[key]), f"{where}.{key}", minimum=low, maximum=1_000_000)
         if "functions" in config:
             funcs = _str_list(config["functions"], f"{where}.functions")
             bad = [f for f in funcs if f not in BENCH_FUNCTIONS]
@@ -143,14 +161,14 @@ def _validate_requirements(req: Any, where: str) -> dict[str, Any]:
         bad = [h for h in hardware if h not in HARDWARE_KINDS]
         if bad:
             raise TaskValidationError(f"{where}.hardware has {bad}; accepted: {', '.join(HARDWARE_KINDS)}")
-        out["hardware"] = hardware
+        out["hardware"] = list(dict.fromkeys(hardware))
     for key in ("min_memory_gb", "min_cuda_compute", "min_gpu_memory_gb"):
         if key in req and (not _is_number(req[key]) or req[key] < 0):
             raise TaskValidationError(f"{where}.{key} must be a non-negative number, got {req[key]!r}")
     if "min_cpu_cores" in req:
-        _positive_int(req["min_cpu_cores"], f"{where}.min_cpu_cores")
+        out["min_cpu_cores"] = _positive_int(as_int(req["min_cpu_cores"]), f"{where}.min_cpu_cores")
     if "tags" in req:
-        out["tags"] = _str_list(req["tags"], f"{where}.tags")
+        out["tags"] = list(dict.fromkeys(_str_list(req["tags"], f"{where}.tags")))
     if "os" in req:
         if not isinstance(req["os"], str) or req["os"].lower() not in OS_NAMES:
             raise TaskValidationError(f"{where}.os must be one of linux, windows, macos, got {req['os']!r}")
@@ -168,7 +186,7 @@ def validate_task(doc: Any, where: str = "task", *, default_max_retries: int = 3
     kind = doc.get("type")
     if kind not in TASK_TYPES:
         raise TaskValidationError(f"{where}.type must be one of {', '.join(TASK_TYPES)}, got {kind!r}")
-    priority = doc.get("priority", 1)
+    priority = as_int(doc.get("priority", 1))
     if not _is_int(priority) or not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
         raise TaskValidationError(
             f"{where}.priority must be an integer from {PRIORITY_RANGE[0]} to {PRIORITY_RANGE[1]} "
@@ -177,7 +195,7 @@ def validate_task(doc: Any, where: str = "task", *, default_max_retries: int = 3
     if not _is_number(timeout) or not 0 < timeout <= MAX_TIMEOUT_SECONDS:
         raise TaskValidationError(
             f"{where}.timeout_seconds must be a number greater than 0 and at most {MAX_TIMEOUT_SECONDS}, got {timeout!r}")
-    max_retries = doc.get("max_retries", default_max_retries)
+    max_retries = as_int(doc.get("max_retries", default_max_retries))
     if not _is_int(max_retries) or not 0 <= max_retries <= 100:
         raise TaskValidationError(f"{where}.max_retries must be an integer from 0 to 100, got {max_retries!r}")
     name = doc.get("name")
@@ -195,7 +213,7 @@ def validate_task(doc: Any, where: str = "task", *, default_max_retries: int = 3
         raise TaskValidationError(f"{where}.metadata must be an object")
     return {
         "type": kind, "priority": priority, "name": name or None,
-        "config": _validate_config(kind, doc.get("config", {}), f"{where}.config"),
+        "config": _validate_config(kind, _copy(doc.get("config", {})), f"{where}.config"),
         "requirements": _validate_requirements(doc.get("requirements"), f"{where}.requirements"),
         "dependencies": list(deps), "timeout_seconds": timeout, "max_retries": max_retries,
         "task_id": task_id, "metadata": metadata or {},

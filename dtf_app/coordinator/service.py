@@ -262,7 +262,7 @@ class Coordinator:
             task_id = doc.get("task_id") or uuid.uuid4().hex
             if task_id in self.state.tasks or task_id in ids:
                 where = f"tasks[{i}]" if len(docs) > 1 else "task"
-                raise scheduler.TaskValidationError(f"{where}.task_id {task_id!r} already exists")
+                raise scheduler.TaskConflictError(f"{where}.task_id {task_id!r} already exists")
             ids.append(task_id)
         in_batch = dict(zip(ids, docs, strict=True))
         for i, doc in enumerate(docs):

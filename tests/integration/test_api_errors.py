@@ -151,3 +151,34 @@ def test_garbage_from_a_worker_cannot_break_the_coordinator(running: Cluster) ->
     assert running.api("GET", "/api/results").status_code == 200
     follow = running.submit({"type": "custom", "config": {"command": ["true"]}})
     assert follow.status_code == 201
+
+
+def test_openapi_describes_every_http_route(running: Cluster) -> None:
+    import re
+
+    spec = running.api("GET", "/openapi.json").json()
+    assert spec["openapi"].startswith("3.")
+    described = {(path, method.upper()) for path, ops in spec["paths"].items() for method in ops}
+    from dtf_app.config import Settings
+    from dtf_app.coordinator.api import create_app
+    from dtf_app.coordinator.service import Coordinator
+
+    app = create_app(Coordinator(Settings(data_dir=str(running.root / "unused"))))
+    served = set()
+    for rule in app.url_map.iter_rules():
+        if rule.websocket or rule.rule.startswith("/static"):
+            continue
+        path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule.rule)
+        served |= {(path, m) for m in rule.methods if m not in ("HEAD", "OPTIONS")}
+    assert served == described, served ^ described
+
+
+def test_duplicate_task_id_is_409_and_bad_outcome_times_are_400(running: Cluster) -> None:
+    first = running.submit({"type": "custom", "task_id": "dup", "config": {"command": ["true"]}})
+    assert first.status_code == 201
+    again = running.submit({"type": "custom", "task_id": "dup", "config": {"command": ["true"]}})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "exists"
+    worker = running.create_key("worker")
+    bad = running.api("POST", "/api/tasks/dup/complete", key=worker, json={"end_time": "yesterday"})
+    assert bad.status_code == 400 and "end_time" in bad.json()["error"]["message"]
+    assert running.task("dup")["status"] == "pending"

@@ -105,3 +105,14 @@ def test_find_cycle() -> None:
     assert scheduler.find_cycle({"a": ["a"]}) == ["a", "a"]
     cycle = scheduler.find_cycle({"a": ["b"], "b": ["c"], "c": ["a"], "d": ["a"]})
     assert cycle is not None and cycle[0] == cycle[-1] and set(cycle) == {"a", "b", "c"}
+
+
+def test_integral_floats_are_integers_and_duplicates_fold() -> None:
+    doc = validate_task({"type": "benchmark", "priority": 3.0, "max_retries": 1.0,
+                         "config": {"model": "bert", "batch_sizes": [1.0, 2], "iterations": 97.0},
+                         "requirements": {"hardware": ["cuda", "cuda"], "min_cpu_cores": 2.0}})
+    assert doc["priority"] == 3 and isinstance(doc["priority"], int) and doc["max_retries"] == 1
+    assert doc["config"]["batch_sizes"] == [1, 2] and doc["config"]["iterations"] == 97
+    assert doc["requirements"]["hardware"] == ["cuda"] and doc["requirements"]["min_cpu_cores"] == 2
+    with pytest.raises(TaskValidationError):
+        validate_task({"type": "custom", "priority": 2.5, "config": {"command": ["x"]}})
