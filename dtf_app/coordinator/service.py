@@ -23,6 +23,7 @@ import socket
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -229,10 +230,12 @@ class Coordinator:
                     self.queue.discard(task["task_id"])
                 if task["status"] in scheduler.TERMINAL_STATES:
                     self.task_logs.pop(task["task_id"], None)
-                self._publish("task_updates", {"type": "task_update", "task": task_view(task)}, task)
-            elif event["kind"] == "worker":
-                self._publish("worker_updates", {"type": "worker_update", "worker": self.worker_view(
-                    event["worker"]["worker_id"])}, event["worker"])
+                if self.subscribers:
+                    self._publish("task_updates", lambda t=task: {"type": "task_update", "task": task_view(t)}, task)
+            elif event["kind"] == "worker" and self.subscribers:
+                worker_id = event["worker"]["worker_id"]
+                self._publish("worker_updates", lambda w=worker_id: {"type": "worker_update",
+                                                                      "worker": self.worker_view(w)}, event["worker"])
         if op == "CancelTask" and isinstance(result, dict) and result.get("worker_id"):
             conn = self.conns.get(result["worker_id"])
             if conn is not None and result.get("status") == "cancelled":
@@ -328,11 +331,16 @@ class Coordinator:
         }
 
     # ------------------------------------------------------------------ pub/sub
-    def _publish(self, channel: str, message: dict[str, Any], doc: dict[str, Any]) -> None:
+    def _publish(self, channel: str, message: dict[str, Any] | Callable[[], dict[str, Any]],
+                 doc: dict[str, Any]) -> None:
+        """Push to matching subscribers; a callable message is built once, only if someone wants it."""
+        built: dict[str, Any] | None = None
         for sub in self.subscribers:
             filter_ = sub.channels.get(channel)
             if filter_ is not None and _matches(filter_, doc):
-                sub.push(message)
+                if built is None:
+                    built = message() if callable(message) else message
+                sub.push(built)
 
     # ------------------------------------------------------------------ worker connections
     async def worker_hello(self, hello: dict[str, Any], send: trio.MemorySendChannel[dict[str, Any]]) -> WorkerConn:
