@@ -45,8 +45,12 @@ log = logging.getLogger("dtf.coordinator")
 DISPATCH_COALESCE_S = 0.0
 RESULT_COALESCE_S = 0.0
 # Extra tasks per slot a worker may hold queued, so a slot never idles for a coordinator round trip
-# (tasks of a few milliseconds would otherwise run at the speed of that round trip).
+# (tasks of a few milliseconds would otherwise run at the speed of that round trip). While recent tasks
+# are that short, queue deeper; one extra is enough for anything longer, and keeps long tasks from
+# piling up on one worker while another idles.
 PREFETCH_PER_SLOT = 1
+PREFETCH_PER_SLOT_SHORT = 8
+SHORT_TASK_SECONDS = 0.05
 LOG_LINES_KEPT = 200
 SUBSCRIBER_BUFFER = 10_000
 
@@ -185,6 +189,7 @@ class Coordinator:
         self._results_wakeup = trio.Event()
         self._replaying = True
         self._last_store_index = 0
+        self.recent_run_seconds: float | None = None
         self.stats = {"submitted": 0, "assigned": 0, "recorded": 0}
 
     # ------------------------------------------------------------------ recovery
@@ -241,6 +246,21 @@ class Coordinator:
             if conn is not None and result.get("status") == "cancelled":
                 conn.push({"type": proto.CANCEL, "task_id": result["task_id"], "attempt": result["attempts"]})
         self._dispatch_wakeup.set()
+
+    def prefetch_per_slot(self) -> int:
+        """How many tasks per slot a worker may hold queued, from how long recent tasks ran."""
+        if self.recent_run_seconds is not None and self.recent_run_seconds < SHORT_TASK_SECONDS:
+            return PREFETCH_PER_SLOT_SHORT
+        return PREFETCH_PER_SLOT
+
+    def _note_run_time(self, item: dict[str, Any]) -> None:
+        start, end = item.get("start_time"), item.get("end_time")
+        if start is None or end is None or end < start:
+            return
+        took = end - start
+        # An exponential moving average: reacts within a few dozen tasks when the workload changes.
+        previous = self.recent_run_seconds
+        self.recent_run_seconds = took if previous is None else 0.9 * previous + 0.1 * took
 
     def wake_dispatcher(self) -> None:
         """Ask the dispatch loop for a round (new work or new free slots)."""
@@ -433,7 +453,7 @@ class Coordinator:
                     continue
                 held = len(worker.get("assigned") or {})
                 idle[worker_id] = max(0, conn.capacity - held)
-                prefetch[worker_id] = conn.capacity * (1 + PREFETCH_PER_SLOT) - held - idle[worker_id]
+                prefetch[worker_id] = conn.capacity * (1 + self.prefetch_per_slot()) - held - idle[worker_id]
             if not len(self.queue) or not any(n > 0 for n in (*idle.values(), *prefetch.values())):
                 continue
             # Idle slots everywhere first; only then queue extra tasks on workers (prefetch), so a
@@ -484,6 +504,8 @@ class Coordinator:
                     for s in started]})
             completed = [dict(item, worker_id=conn.worker_id) for conn, item in results
                          if item.get("outcome") == "completed"]
+            for item in completed:
+                self._note_run_time(item)
             failed = [{"task_id": item["task_id"], "attempt": item["attempt"], "worker_id": conn.worker_id,
                        "error": item.get("error") or "failed", "start_time": item.get("start_time"),
                        "end_time": item.get("end_time"), "retry": True}
