@@ -164,9 +164,11 @@ def fake_health() -> dict:
     return {"cpu_percent": 12.5, "memory_percent": 40.0}
 
 
-async def start_worker(nursery: trio.Nursery, settings: Settings, runner: StandInRunner) -> str:
+async def start_worker(nursery: trio.Nursery, settings: Settings, runner: Any) -> str:
+    """Start a worker whose runner is ``runner`` for every task type, or ``runner(task_type)`` if callable."""
+    lookup = runner if callable(runner) and not isinstance(runner, StandInRunner) else (lambda task_type: runner)
     return await nursery.start(lambda task_status: run_worker(
-        settings, task_status=task_status, get_runner=lambda task_type: runner,
+        settings, task_status=task_status, get_runner=lookup,
         detect_hardware=fake_hardware, sample_health=fake_health))
 
 
@@ -297,7 +299,7 @@ async def test_unacked_results_are_resent_after_reconnect_and_after_restart(tmp_
     assert [row["task_id"] for row in await outbox_rows(settings)] == ["probe"]
 
 
-async def run_script(tmp_path: Path, script: Script, runner: StandInRunner, **changes: Any) -> None:
+async def run_script(tmp_path: Path, script: Script, runner: Any, **changes: Any) -> None:
     done = trio.Event()
 
     async def wrapped(conn: Connection) -> None:
@@ -365,24 +367,7 @@ async def test_runner_errors_fail_the_task_but_never_the_worker(tmp_path: Path) 
             raise TaskError(f"this worker cannot run {task_type!r} tasks")
         return runners[task_type]
 
-    fake = FakeCoordinator([])
-    done = trio.Event()
-
-    async def wrapped(conn: Connection) -> None:
-        await script(conn)
-        done.set()
-        await trio.sleep_forever()
-
-    fake.scripts.append(wrapped)
-    with trio.fail_after(TEST_TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            await fake.start(nursery)
-            settings = make_settings(tmp_path, fake.port)
-            await nursery.start(lambda task_status: run_worker(
-                settings, task_status=task_status, get_runner=lookup, detect_hardware=fake_hardware,
-                sample_health=fake_health))
-            await done.wait()
-            nursery.cancel_scope.cancel()
+    await run_script(tmp_path, script, lookup)
     by_id = {o["task_id"]: o for o in outcomes}
     assert by_id["bad-config"]["error"] == "config.command must be a list"
     assert by_id["crash"]["error"] == "RuntimeError: boom"
@@ -535,24 +520,8 @@ async def test_log_lines_are_batched_capped_and_truncated(tmp_path: Path, monkey
         while not messages or messages[-1]["lines"][-1] != "from a thread":
             messages.append(await conn.next(protocol.LOG))
 
-    fake = FakeCoordinator([])
-    done = trio.Event()
-
-    async def wrapped(conn: Connection) -> None:
-        await script(conn)
-        done.set()
-        await trio.sleep_forever()
-
-    fake.scripts.append(wrapped)
-    with trio.fail_after(TEST_TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            await fake.start(nursery)
-            settings = make_settings(tmp_path, fake.port)
-            await nursery.start(lambda task_status: run_worker(
-                settings, task_status=task_status, get_runner=lambda t: ChattyRunner(),
-                detect_hardware=fake_hardware, sample_health=fake_health))
-            await done.wait()
-            nursery.cancel_scope.cancel()
+    chatty = ChattyRunner()
+    await run_script(tmp_path, script, lambda task_type: chatty)
     lines = [line for message in messages for line in message["lines"]]
     assert all(m["task_id"] == "chatty" and m["attempt"] == 1 for m in messages)
     assert all(len(m["lines"]) <= 50 for m in messages) and len(messages) >= 6
