@@ -63,6 +63,7 @@ from bisect import bisect_left, bisect_right
 from pathlib import Path
 from types import TracebackType
 
+from dtf_app.raft.storage import EntryIndex
 from dtf_app.raft.types import Entry, HardState, Snapshot, voters_from_entry
 
 try:  # POSIX only; on Windows the directory is simply not locked.
@@ -295,7 +296,7 @@ class _Segment:
         self.max_index = max_index
 
 
-class DurableStorage:
+class DurableStorage(EntryIndex):
     """The durable ``LogStorage``: write-ahead log segments plus atomically written snapshot files.
 
     Reads are served from memory (every entry after the compaction point is kept as an ``Entry``). Not
@@ -339,40 +340,6 @@ class DurableStorage:
         except BaseException:
             self._release()
             raise
-
-    # --- read side (LogStorage) -----------------------------------------------------------------------
-
-    def initial_state(self) -> tuple[HardState, frozenset[str] | None]:
-        """Persisted hard state and the voters of the latest config entry (or snapshot/compaction point)."""
-        return self._hard_state, self._voters_at(self.last_index())
-
-    def entries(self, lo: int, hi: int) -> list[Entry]:
-        """Entries with ``lo <= index < hi``."""
-        if lo <= self._base_index:
-            raise IndexError(f"entries from {lo} were compacted (first index is {self.first_index()})")
-        if hi > self.last_index() + 1:
-            raise IndexError(f"entries up to {hi - 1} requested, last index is {self.last_index()}")
-        off = self._base_index + 1
-        return self._entries[lo - off : hi - off]
-
-    def term(self, index: int) -> int:
-        """Term of the entry at ``index``, for ``first_index() - 1 <= index <= last_index()``."""
-        if index == self._base_index:
-            return self._base_term
-        if index < self._base_index or index > self.last_index():
-            raise IndexError(
-                f"term of {index} unavailable: storage holds {self._base_index}..{self.last_index()}"
-            )
-        return self._entries[index - self._base_index - 1].term
-
-    def first_index(self) -> int:
-        return self._base_index + 1
-
-    def last_index(self) -> int:
-        return self._base_index + len(self._entries)
-
-    def snapshot(self) -> Snapshot | None:
-        return self._snapshot
 
     @property
     def hard_state(self) -> HardState:

@@ -13,6 +13,7 @@ one it holds. The voter set at any index is learned from the noop/config entries
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Protocol, runtime_checkable
 
 from dtf_app.raft.types import Entry, HardState, Snapshot, voters_from_entry
@@ -41,25 +42,29 @@ class LogStorage(Protocol):
     def snapshot(self) -> Snapshot | None: ...
 
 
-class MemoryStorage:
-    """In-memory ``LogStorage`` with the write methods the application loop needs."""
+class EntryIndex(ABC):
+    """The read side of ``LogStorage`` over entries held in memory after a compaction point.
 
-    def __init__(self) -> None:
-        self._hard_state = HardState()
-        self._snapshot: Snapshot | None = None
-        # The compacted prefix ends at _base_index; its last entry's term and the voters in force there
-        # are kept so term(first_index() - 1) and create_snapshot keep working after compaction.
-        self._base_index = 0
-        self._base_term = 0
-        self._base_voters: frozenset[str] | None = None
-        self._entries: list[Entry] = []
+    Shared by :class:`MemoryStorage` and the durable ``log.DurableStorage`` (which keeps the same
+    in-memory view of what its files hold); subclasses set the attributes and ``_voters_at``.
+    """
 
-    # --- read side (LogStorage) ---------------------------------------------------------------------
+    _hard_state: HardState
+    _snapshot: Snapshot | None
+    _base_index: int
+    _base_term: int
+    _entries: list[Entry]
+
+    @abstractmethod
+    def _voters_at(self, index: int) -> frozenset[str] | None:
+        """The voter set in force at ``index`` (from config/noop entries, else the compaction point)."""
 
     def initial_state(self) -> tuple[HardState, frozenset[str] | None]:
+        """Persisted hard state and the voters of the latest config entry (or snapshot/compaction point)."""
         return self._hard_state, self._voters_at(self.last_index())
 
     def entries(self, lo: int, hi: int) -> list[Entry]:
+        """Entries with ``lo <= index < hi``."""
         if lo <= self._base_index:
             raise IndexError(f"entries from {lo} were compacted (first index is {self.first_index()})")
         if hi > self.last_index() + 1:
@@ -68,6 +73,7 @@ class MemoryStorage:
         return self._entries[lo - off : hi - off]
 
     def term(self, index: int) -> int:
+        """Term of the entry at ``index``, for ``first_index() - 1 <= index <= last_index()``."""
         if index == self._base_index:
             return self._base_term
         if index < self._base_index or index > self.last_index():
@@ -84,6 +90,20 @@ class MemoryStorage:
 
     def snapshot(self) -> Snapshot | None:
         return self._snapshot
+
+
+class MemoryStorage(EntryIndex):
+    """In-memory ``LogStorage`` with the write methods the application loop needs."""
+
+    def __init__(self) -> None:
+        self._hard_state = HardState()
+        self._snapshot: Snapshot | None = None
+        # The compacted prefix ends at _base_index; its last entry's term and the voters in force there
+        # are kept so term(first_index() - 1) and create_snapshot keep working after compaction.
+        self._base_index = 0
+        self._base_term = 0
+        self._base_voters: frozenset[str] | None = None
+        self._entries: list[Entry] = []
 
     # --- write side (the application's loop) --------------------------------------------------------
 
