@@ -399,3 +399,16 @@ async def test_relative_work_dir_with_another_working_dir(tmp_path: Path, monkey
     bench = await BenchmarkRunner().run(task("benchmark", {"model": "bert-tiny", "iterations": 1, "warmup": 0,
                                                            "sequence_length": 4}), ctx)
     assert bench["benchmarks"][0]["latency_ms_mean"] > 0
+
+
+async def test_benchmark_uses_torch_when_it_is_installed(tmp_path: Path) -> None:
+    """Runs only where torch is importable (`pip install -e '.[torch]'`); CI's default set has no torch."""
+    pytest.importorskip("torch")
+    result = await BenchmarkRunner().run(
+        task("benchmark", {"model": "prajjwal1/bert-tiny", "batch_sizes": [1, 2], "precision": ["fp32"],
+                           "iterations": 2, "warmup": 0, "sequence_length": 8}),
+        make_ctx(tmp_path))
+    assert result["status"] == "success" and result["environment"]["backend"] == "torch"
+    assert "random weights" in result["environment"]["weights"]
+    assert [r["backend"] for r in result["benchmarks"]] == ["torch", "torch"]
+    assert all(r["throughput"] > 0 and r["latency_ms_p50"] > 0 for r in result["benchmarks"])
