@@ -232,9 +232,15 @@ class State:
 
     def _fail_attempt(self, task: TaskDoc, error: str, now: float, item: dict[str, Any] | None,
                       *, retry: bool) -> Events:
-        events: Events = [self._history_event(task, "failed", error, item or {})]
+        # An attempt that never started (assigned, perhaps queued on the worker, when the worker or the
+        # coordinator went away) was no execution: it neither counts against max_retries nor appears in
+        # the execution history.
+        never_started = task["status"] == "assigned" and retry
+        events: Events = [] if never_started else [self._history_event(task, "failed", error, item or {})]
         self._release(task)
         task["error"] = error
+        if never_started:
+            task["attempts"] -= 1
         if retry and task["attempts"] <= task.get("max_retries", 3):
             task["last_worker_id"] = task["worker_id"]
             task["worker_id"] = None

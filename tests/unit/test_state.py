@@ -24,9 +24,11 @@ def _submit(state: State, *tasks: dict) -> list[dict]:
     return created
 
 
-def _assign(state: State, task_id: str, attempt: int, worker: str = "w1") -> list:
+def _assign(state: State, task_id: str, attempt: int, worker: str = "w1", *, start: bool = True) -> list:
     accepted, _ = state.apply({"op": "AssignTasks", "time": 3.0,
                                "assignments": [{"task_id": task_id, "worker_id": worker, "attempt": attempt}]})
+    if start:
+        state.apply({"op": "StartTasks", "time": 3.1, "items": [{"task_id": task_id, "attempt": attempt}]})
     return accepted
 
 
@@ -60,7 +62,7 @@ def test_stale_attempt_is_ignored_and_lost_worker_requeues() -> None:
     # A late result of attempt 1 must not complete attempt 2.
     recorded, _ = state.apply({"op": "CompleteTasks", "time": 6.0, "items": [
         {"task_id": "t1", "attempt": 1, "outcome": "completed", "result": {}}]})
-    assert recorded == 0 and state.tasks["t1"]["status"] == "assigned"
+    assert recorded == 0 and state.tasks["t1"]["status"] == "running"
     state.apply({"op": "FailTasks", "time": 7.0, "items": [{"task_id": "t1", "attempt": 2, "error": "boom"}]})
     assert state.tasks["t1"]["status"] == "failed"
     assert "gave up after 2 attempts" in state.tasks["t1"]["error"]
@@ -122,7 +124,7 @@ def test_report_from_another_worker_is_ignored() -> None:
     _assign(state, "t1", 1, "w1")
     item = {"task_id": "t1", "attempt": 1, "outcome": "completed", "result": {}, "worker_id": "w2"}
     recorded, _ = state.apply({"op": "CompleteTasks", "time": 4.0, "items": [item]})
-    assert recorded == 0 and state.tasks["t1"]["status"] == "assigned"
+    assert recorded == 0 and state.tasks["t1"]["status"] == "running"
     recorded, _ = state.apply({"op": "CompleteTasks", "time": 4.0, "items": [dict(item, worker_id="w1")]})
     assert recorded == 1 and state.tasks["t1"]["status"] == "completed"
 
@@ -157,3 +159,18 @@ def test_batch_tasks_may_depend_on_later_tasks_of_the_same_batch() -> None:
     assert state.tasks["late-dependent"]["status"] == "blocked"
     assert state.tasks["base"]["status"] == "pending"
     assert state.task_counts()["blocked"] == 1 and state.task_counts()["pending"] == 1
+
+
+def test_attempt_that_never_started_does_not_count() -> None:
+    state = State()
+    state.apply(_worker("w1"))
+    _submit(state, _task("t1", max_retries=0))
+    _assign(state, "t1", 1, "w1", start=False)  # queued on the worker, never started
+    _, events = state.apply({"op": "WorkersLost", "time": 5.0, "worker_ids": ["w1"]})
+    task = state.tasks["t1"]
+    assert task["status"] == "pending" and task["attempts"] == 0
+    assert not [e for e in events if e["kind"] == "history"]
+    state.apply(_worker("w2"))
+    _assign(state, "t1", 1, "w2")  # started this time: losing it now uses up the only attempt
+    state.apply({"op": "WorkersLost", "time": 6.0, "worker_ids": ["w2"]})
+    assert state.tasks["t1"]["status"] == "failed"
