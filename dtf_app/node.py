@@ -29,12 +29,20 @@ def setup_logging(level: str = "info") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _already_stopping(signum: int, frame: object) -> None:
+    log.info("received %s while shutting down; finishing the shutdown first", signal.Signals(signum).name)
+
+
 async def _until_signal(cancel_scope: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("received %s, shutting down", signal.Signals(signum).name)
-            cancel_scope.cancel()
-            return
+            break
+    # A terminal's Ctrl-C reaches every process of the group and a supervisor may follow with SIGTERM:
+    # a second signal must not cut the shutdown (store flush, log close) short. SIGKILL still works.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _already_stopping)
+    cancel_scope.cancel()
 
 
 async def run_node(settings: Settings) -> None:
