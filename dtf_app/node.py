@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from collections.abc import AsyncIterator
 
 import trio
 
@@ -29,28 +30,23 @@ def setup_logging(level: str = "info") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _already_stopping(signum: int, frame: object) -> None:
-    log.info("received %s while shutting down; finishing the shutdown first", signal.Signals(signum).name)
+async def _watch_signals(signals: AsyncIterator[int], services: trio.CancelScope) -> None:
+    """The first SIGINT/SIGTERM stops the services; later ones are logged and ignored until they stop.
+
+    A terminal's Ctrl-C reaches every process of the group and a supervisor may follow with SIGTERM: a
+    second signal must not cut the shutdown (store flush, log close) short. SIGKILL still works.
+    """
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if services.cancel_called:
+            log.info("received %s while shutting down; finishing the shutdown first", name)
+        else:
+            log.info("received %s, shutting down", name)
+            services.cancel()
 
 
-async def _until_signal(cancel_scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.info("received %s, shutting down", signal.Signals(signum).name)
-            break
-    # A terminal's Ctrl-C reaches every process of the group and a supervisor may follow with SIGTERM:
-    # a second signal must not cut the shutdown (store flush, log close) short. SIGKILL still works.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _already_stopping)
-    cancel_scope.cancel()
-
-
-async def run_node(settings: Settings) -> None:
-    """Serve the chosen mode until a signal arrives."""
-    if settings.mode not in ("coordinator", "worker", "peer"):
-        raise ConfigError(f"mode must be coordinator, worker or peer, got {settings.mode!r}")
+async def _serve(settings: Settings) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_until_signal, nursery.cancel_scope)
         if settings.mode in ("coordinator", "peer"):
             from dtf_app.coordinator.service import serve_coordinator
 
@@ -63,6 +59,22 @@ async def run_node(settings: Settings) -> None:
             if not settings.api_key:
                 settings = settings.replace(api_key=_local_worker_key(settings))
             await nursery.start(run_worker, settings)
+
+
+async def run_node(settings: Settings) -> None:
+    """Serve the chosen mode until a signal arrives, then shut down completely."""
+    if settings.mode not in ("coordinator", "worker", "peer"):
+        raise ConfigError(f"mode must be coordinator, worker or peer, got {settings.mode!r}")
+    # The signal receiver outlives the services, so signals during their shutdown are absorbed.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as outer:
+            services = trio.CancelScope()
+            outer.start_soon(_watch_signals, signals, services)
+            try:
+                with services:
+                    await _serve(settings)
+            finally:
+                outer.cancel_scope.cancel()
 
 
 def _local_worker_key(settings: Settings) -> str | None:

@@ -89,3 +89,15 @@ def test_node_start_problems_are_exit_2_without_traceback(cluster: Cluster) -> N
         assert "Traceback" not in result.stderr
     # The running coordinator was not disturbed.
     assert cluster.api("GET", "/api/status").status_code == 200
+
+
+def test_repeated_signals_do_not_cut_shutdown_short(cluster: Cluster) -> None:
+    url = cluster.start_coordinator()
+    port = url.rsplit(":", 1)[1]
+    record = cluster.root / "state" / "coordinators" / f"{port}.json"
+    assert record.exists()
+    cluster.coordinator.kill(signal.SIGINT)
+    cluster.coordinator.kill(signal.SIGTERM)  # e.g. Ctrl-C on the terminal, then the supervisor
+    assert cluster.coordinator.wait() == 0
+    assert not record.exists()  # the shutdown ran to the end (its last step removes the record)
+    assert "while shutting down" in cluster.coordinator.output()
