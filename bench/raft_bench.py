@@ -30,7 +30,6 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ if str(_REPO_ROOT) not in sys.path:
 
 from dtf_app.raft.log import DurableStorage  # noqa: E402
 from dtf_app.raft.types import Entry, HardState  # noqa: E402
+from tests.raft.helpers import pump_instant  # noqa: E402
 
 # Record framing overhead in log.py for a one-entry group: 12-byte record header + 12-byte entries head
 # + 13-byte entry head. Used to give the raw-fsync reference the same bytes per entry.
@@ -48,33 +48,6 @@ _LOG_OVERHEAD_PER_ENTRY = 37
 
 
 # --- (a) the consensus core in an instant in-process network --------------------------------------------
-
-
-def _pump(nodes: dict[str, Any], storages: dict[str, Any]) -> None:
-    """Run Ready/advance cycles and deliver every message until no node has anything left to do."""
-    queue: deque[Any] = deque()
-    while True:
-        busy = False
-        for node_id, node in nodes.items():
-            while node.has_ready():
-                busy = True
-                rd = node.ready()
-                storage = storages[node_id]
-                if rd.snapshot is not None:
-                    storage.apply_snapshot(rd.snapshot)
-                if rd.entries:
-                    storage.append(rd.entries)
-                if rd.hard_state is not None:
-                    storage.set_hard_state(rd.hard_state)
-                if rd.must_sync and isinstance(storage, DurableStorage):
-                    storage.sync()
-                queue.extend(rd.messages)
-                node.advance(rd)
-        if not queue and not busy:
-            return
-        while queue:
-            msg = queue.popleft()
-            nodes[msg.dst].step(msg)
 
 
 def bench_core(
@@ -99,7 +72,7 @@ def bench_core(
             for i, p in enumerate(peers)
         }
         nodes["n1"].campaign()
-        _pump(nodes, storages)
+        pump_instant(nodes, storages)
         leader = nodes["n1"]
         if leader.role != "leader":
             raise RuntimeError(f"n1 did not win the election (role {leader.role})")
@@ -111,7 +84,7 @@ def bench_core(
         while True:
             for _ in range(batch):
                 leader.propose(payload)
-            _pump(nodes, storages)
+            pump_instant(nodes, storages)
             rounds += 1
             now = time.perf_counter()
             if now >= deadline:

@@ -155,10 +155,6 @@ class Replicator:
         self.fsyncs = 0
         self.before_snapshot: Callable[[], Any] | None = None
 
-    @property
-    def is_leader(self) -> bool:
-        return True
-
     async def propose(self, commands: list[dict[str, Any]]) -> list[Any]:
         """Make the commands durable and applied; returns their results in order."""
         if self._closed:

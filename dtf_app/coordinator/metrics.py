@@ -37,6 +37,8 @@ class _CoordinatorCollector(Collector):
         for name, value in coord.stats.items():
             yield CounterMetricFamily(f"dtf_tasks_{name}", f"Tasks {name} since start", value=value)
         yield CounterMetricFamily("dtf_log_fsyncs", "Group-commit fsyncs since start", value=coord.replicator.fsyncs)
+        yield GaugeMetricFamily("dtf_ws_updates_dropped", "Updates dropped for slow /ws subscribers now connected",
+                                value=sum(sub.dropped for sub in coord.subscribers))
 
 
 def render(coord: Coordinator) -> bytes:

@@ -13,10 +13,11 @@ import heapq
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-ALL_STATES = ("pending", "blocked", "unschedulable", "assigned", "running", "completed", "failed", "cancelled")
-TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
-TASK_TYPES = ("test", "benchmark", "custom")
-HARDWARE_KINDS = ("cpu", "cuda", "rocm", "mps", "openvino", "qualcomm", "webgpu", "webnn")
+from dtf_app.protocol import HARDWARE_KINDS, TASK_STATES, TASK_TYPES
+from dtf_app.protocol import TERMINAL_STATES as TERMINAL_STATES  # re-exported for callers
+
+# The vocabulary is shared with workers and clients: one definition, in protocol.py.
+ALL_STATES = TASK_STATES
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 BENCH_FUNCTIONS = ("latency", "throughput", "memory")
 TASK_KEYS = ("type", "priority", "config", "requirements", "dependencies", "timeout_seconds", "max_retries",

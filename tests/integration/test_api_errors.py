@@ -77,7 +77,7 @@ def test_metrics_and_status_shapes(running: Cluster) -> None:
         assert key in status
     assert {"pending", "running", "completed", "failed"} <= set(status["tasks"])
     metrics = running.api("GET", "/metrics").text
-    assert "dtf_tasks{state=\"pending\"}" in metrics
+    assert "dtf_tasks{state=\"pending\"}" in metrics and "dtf_ws_updates_dropped 0.0" in metrics
     leader = running.api("GET", "/api/cluster/leader").json()
     assert leader["url"] == running.url
 

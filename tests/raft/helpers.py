@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
+from typing import Any
 
 from dtf_app.raft.core import Entry, HardState, Message, MessageType, RaftConfig, RaftNode, Ready
 from dtf_app.raft.storage import MemoryStorage
@@ -75,3 +76,31 @@ def ack_all(node: RaftNode, storage: MemoryStorage, msgs: list[Message]) -> list
         if m.type == MT.APPEND:
             node.step(Message(MT.APPEND_RESP, m.dst, m.src, m.term, index=m.index + len(m.entries)))
     return messages(node, storage)
+
+
+def pump_instant(nodes: dict[str, RaftNode], storages: dict[str, Any]) -> None:
+    """The application loop over an instant, lossless network: persist (fsync where the storage can),
+    send, advance, and deliver every message until no node has anything left to do."""
+    queue: list[Message] = []
+    while True:
+        busy = False
+        for node_id, node in nodes.items():
+            while node.has_ready():
+                busy = True
+                rd = node.ready()
+                storage = storages[node_id]
+                if rd.snapshot is not None:
+                    storage.apply_snapshot(rd.snapshot)
+                if rd.entries:
+                    storage.append(rd.entries)
+                if rd.hard_state is not None:
+                    storage.set_hard_state(rd.hard_state)
+                if rd.must_sync and hasattr(storage, "sync"):
+                    storage.sync()
+                queue.extend(rd.messages)
+                node.advance(rd)
+        if not queue and not busy:
+            return
+        for msg in queue:
+            nodes[msg.dst].step(msg)
+        queue.clear()

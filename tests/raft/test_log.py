@@ -30,6 +30,7 @@ from dtf_app.raft.log import (
 )
 from dtf_app.raft.storage import LogStorage, MemoryStorage
 from dtf_app.raft.types import ConfChange, Entry, HardState, Snapshot, encode_conf_change, encode_noop
+from tests.raft.helpers import pump_instant
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -590,33 +591,6 @@ def test_sigkilled_writer_leaves_a_prefix_including_everything_synced(tmp_path: 
     assert synced_total > 0
 
 
-def _pump(nodes: dict, storages: dict[str, DurableStorage]) -> None:
-    """The application loop for an instant, lossless network: persist (and fsync), send, advance."""
-    queue: list = []
-    while True:
-        busy = False
-        for node_id, node in nodes.items():
-            while node.has_ready():
-                busy = True
-                rd = node.ready()
-                storage = storages[node_id]
-                if rd.snapshot is not None:
-                    storage.apply_snapshot(rd.snapshot)
-                storage.append(rd.entries)
-                if rd.hard_state is not None:
-                    storage.set_hard_state(rd.hard_state)
-                if rd.must_sync:
-                    storage.sync()
-                queue.extend(rd.messages)
-                node.advance(rd)
-        if not queue and not busy:
-            return
-        for msg in queue:
-            nodes[msg.dst].step(msg)
-        queue.clear()
-
-
-@pytest.mark.skipif(not (REPO_ROOT / "dtf_app" / "raft" / "core.py").exists(), reason="no Raft core yet")
 def test_raft_cores_restart_from_durable_storage(tmp_path: Path) -> None:
     from dtf_app.raft.core import RaftNode
     from dtf_app.raft.types import RaftConfig
@@ -632,11 +606,11 @@ def test_raft_cores_restart_from_durable_storage(tmp_path: Path) -> None:
     storages = {p: DurableStorage(tmp_path / p) for p in peers}
     nodes = start(storages)
     nodes["n1"].campaign()
-    _pump(nodes, storages)
+    pump_instant(nodes, storages)
     assert nodes["n1"].role == "leader"
     for i in range(20):
         nodes["n1"].propose(b"cmd%d" % i)
-        _pump(nodes, storages)
+        pump_instant(nodes, storages)
     committed = nodes["n1"].commit_index
     assert committed >= 20
     states = {p: state_of(s) for p, s in storages.items()}
@@ -649,10 +623,10 @@ def test_raft_cores_restart_from_durable_storage(tmp_path: Path) -> None:
     assert {p: state_of(s) for p, s in storages.items()} == states
     nodes = start(storages)
     nodes["n2"].campaign()
-    _pump(nodes, storages)
+    pump_instant(nodes, storages)
     assert nodes["n2"].role == "leader"
     index = nodes["n2"].propose(b"after restart")
-    _pump(nodes, storages)
+    pump_instant(nodes, storages)
     assert nodes["n2"].commit_index >= index > committed
     assert storages["n3"].entries(index, index + 1)[0].data == b"after restart"
     for s in storages.values():

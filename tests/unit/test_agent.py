@@ -165,7 +165,10 @@ def fake_health() -> dict:
 
 
 async def start_worker(nursery: trio.Nursery, settings: Settings, runner: Any) -> str:
-    """Start a worker whose runner is ``runner`` for every task type, or ``runner(task_type)`` if callable."""
+    """Start a worker whose runner is ``runner`` for every task type, or ``runner(task_type)`` if callable;
+    ``None`` means no stand-ins at all (real runners, hardware detection and health sampling)."""
+    if runner is None:
+        return await nursery.start(lambda task_status: run_worker(settings, task_status=task_status))
     lookup = runner if callable(runner) and not isinstance(runner, StandInRunner) else (lambda task_type: runner)
     return await nursery.start(lambda task_status: run_worker(
         settings, task_status=task_status, get_runner=lookup,
@@ -299,7 +302,9 @@ async def test_unacked_results_are_resent_after_reconnect_and_after_restart(tmp_
     assert [row["task_id"] for row in await outbox_rows(settings)] == ["probe"]
 
 
-async def run_script(tmp_path: Path, script: Script, runner: Any, **changes: Any) -> None:
+async def run_script(tmp_path: Path, script: Script, runner: Any, *, before: tuple[Script, ...] = (),
+                     **changes: Any) -> None:
+    """Run a worker against a fake coordinator until ``script`` (the connection after ``before``) ends."""
     done = trio.Event()
 
     async def wrapped(conn: Connection) -> None:
@@ -307,7 +312,7 @@ async def run_script(tmp_path: Path, script: Script, runner: Any, **changes: Any
         done.set()
         await trio.sleep_forever()
 
-    fake = FakeCoordinator([wrapped])
+    fake = FakeCoordinator([*before, wrapped])
     with trio.fail_after(TEST_TIMEOUT):
         async with trio.open_nursery() as nursery:
             await fake.start(nursery)
@@ -480,21 +485,7 @@ async def test_tasks_keep_running_across_a_reconnect_and_report_on_the_new_conne
         seen["hello"] = conn.hello
         seen["results"] = await conn.collect(protocol.RESULTS, 1)
 
-    fake = FakeCoordinator([first])
-    done = trio.Event()
-
-    async def wrapped_second(conn: Connection) -> None:
-        await second(conn)
-        done.set()
-        await trio.sleep_forever()
-
-    fake.scripts.append(wrapped_second)
-    with trio.fail_after(TEST_TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            await fake.start(nursery)
-            await start_worker(nursery, make_settings(tmp_path, fake.port), StandInRunner())
-            await done.wait()
-            nursery.cancel_scope.cancel()
+    await run_script(tmp_path, second, StandInRunner(), before=(first,))
     assert seen["hello"]["running"] == [{"task_id": "long", "attempt": 1}]
     assert seen["results"][0]["task_id"] == "long" and seen["results"][0]["outcome"] == "completed"
 
@@ -569,22 +560,7 @@ async def test_default_runners_hardware_and_health_run_real_commands(tmp_path: P
         seen["results"] = await conn.collect(protocol.RESULTS, 3)
         seen["heartbeat"] = await conn.next(protocol.HEARTBEAT)
 
-    fake = FakeCoordinator([])
-    done = trio.Event()
-
-    async def wrapped(conn: Connection) -> None:
-        await script(conn)
-        done.set()
-        await trio.sleep_forever()
-
-    fake.scripts.append(wrapped)
-    with trio.fail_after(TEST_TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            await fake.start(nursery)
-            settings = make_settings(tmp_path, fake.port)
-            await nursery.start(lambda task_status: run_worker(settings, task_status=task_status))
-            await done.wait()
-            nursery.cancel_scope.cancel()
+    await run_script(tmp_path, script, None)  # no stand-ins: real runners, detection, health
     assert "cpu" in seen["hello"]["capabilities"]["hardware"] and seen["hello"]["simulated"] is False
     by_id = {o["task_id"]: o for o in seen["results"]}
     assert by_id["cmd"]["outcome"] == "completed" and by_id["cmd"]["result"]["status"] == "success"
