@@ -578,7 +578,10 @@ def test_sigkilled_writer_leaves_a_prefix_including_everything_synced(tmp_path: 
         child.send_signal(signal.SIGKILL)
         out, _ = child.communicate()
         assert child.returncode == -signal.SIGKILL
-        synced = [int(line.split()[1]) for line in out.splitlines() if line.startswith("synced")]
+        # Only complete lines count: SIGKILL can cut the child's last line short ("synced" alone, or
+        # "synced 12" of "synced 123"), and a partial line proves nothing about what was synced.
+        complete = out.split("\n")[:-1]
+        synced = [int(line.split()[1]) for line in complete if line.startswith("synced ")]
         last_synced = synced[-1] if synced else int(start_line[1])
         with DurableStorage(directory, segment_bytes=8192) as s:
             first, last = s.first_index(), s.last_index()
