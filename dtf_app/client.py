@@ -212,6 +212,10 @@ class Client:
         """GET /api/workers/{id}."""
         return self.request("GET", f"/api/workers/{worker_id}")
 
+    def forget_worker(self, worker_id: str) -> dict:
+        """DELETE /api/workers/{id}/enrolment (admin): the id may enrol again (a rebuilt machine)."""
+        return self.request("DELETE", f"/api/workers/{worker_id}/enrolment", needs="admin")
+
     def submit(self, tasks: dict | list[dict], *, allow_unschedulable: bool = False) -> Any:
         """POST /api/tasks: one task document (returns one) or a list (returns a list)."""
         params = {"allow_unschedulable": "true"} if allow_unschedulable else None

@@ -4,15 +4,32 @@ Everything that crosses ``WS /ws/worker`` is a JSON object with a ``type`` field
 ``assign`` carries many tasks, one ``results`` many results, one ``ack`` many acknowledgements, so the
 hot path costs one websocket frame per batch rather than one HTTP request per task (DESIGN.md §11).
 
-Handshake (the API key travels in the ``X-API-Key`` header of the websocket upgrade, role ``worker``)::
+Handshake (the API key travels in the ``X-API-Key`` header of the websocket upgrade, role ``worker``;
+the worker's own credential in the ``X-Worker-Credential`` header, see *Worker identity* below)::
 
     worker -> {"type": "hello", "worker_id": str, "hostname": str, "capabilities": {...},
                "max_concurrent_tasks": int, "tags": [str], "simulated": bool,
                "running": [{"task_id", "attempt"}],           # tasks it is still running (reconnect)
                "finished": [{"task_id", "attempt"}]}          # outcomes it will re-send (await an ack)
     coord  -> {"type": "welcome", "worker_id": str, "heartbeat_interval": float,
-               "worker_timeout": float, "node_id": str}
+               "worker_timeout": float, "node_id": str,
+               "credential": str}                    # only when the coordinator issued one (see below)
     coord  -> {"type": "error", "code": str, "message": str}   # then closes (bad hello, bad key ...)
+
+Worker identity. A worker-role API key is an *enrolment* credential that many workers may share; it
+does not let its holder act as any worker id. The first hello (or ``POST /api/workers/register``) under
+an id enrols it: the coordinator commits ``EnrollWorker`` binding the id to the SHA-256 of a per-worker
+credential, either the one the worker presented in ``X-Worker-Credential`` (what the dtf agent does: it
+creates the secret in its data dir, mode 0600, before its first connection, so no crash or lost frame
+can leave it enrolled without knowing its secret) or, when none was presented, a fresh one that the
+coordinator returns once, in ``welcome.credential`` / the register response's ``credential``. From then
+on every act as that id (hello, register, heartbeat over ``POST /api/health``, HTTP complete/fail) must
+present that credential in ``X-Worker-Credential``, whatever the API key's role (admin keys are not
+exempt); otherwise HTTP 403 ``credential_refused`` or, on the socket, an ``error`` frame with code
+``credential_refused`` and close code 4403, and a connected worker keeps its connection. Two workers
+racing for a new id: the first ``EnrollWorker`` committed wins, the other is refused. ``dtf workers
+forget ID`` (``DELETE /api/workers/{id}/enrolment``, admin) commits ``ForgetWorker``: the id may enrol
+again, and a worker connected under it gets ``credential_refused`` and close 4403.
 
 Steady state::
 
@@ -49,7 +66,8 @@ ResultDocument (what a runner returns)::
                      "throughput", "memory_peak_mb"}]}                       # benchmark runner
 
 The same outcome document is accepted over HTTP at ``POST /api/tasks/{id}/complete`` (result) and
-``POST /api/tasks/{id}/fail`` (error), for workers that cannot hold a websocket.
+``POST /api/tasks/{id}/fail`` (error), for workers that cannot hold a websocket; the caller must present
+the credential of the worker that holds the task's current attempt.
 """
 
 from __future__ import annotations
@@ -68,6 +86,10 @@ RESULTS = "results"
 ACK = "ack"
 HEARTBEAT = "heartbeat"
 CANCEL = "cancel"
+
+# Worker identity (see the module docstring): the header, and the error code of a refusal.
+WORKER_CREDENTIAL_HEADER = "X-Worker-Credential"
+CREDENTIAL_REFUSED = "credential_refused"
 
 TASK_TYPES = ("test", "benchmark", "custom")
 TASK_STATES = ("pending", "blocked", "unschedulable", "assigned", "running", "completed", "failed", "cancelled")

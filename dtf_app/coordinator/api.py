@@ -231,8 +231,22 @@ def create_app(coord: Coordinator) -> QuartTrio:
         info = {"worker_id": body["worker_id"], "hostname": str(body.get("hostname") or ""), "capabilities": caps,
                 "hardware": list(caps.get("hardware") or ["cpu"]), "tags": sorted(set(tags) | set(caps.get("tags") or [])),
                 "simulated": bool(caps.get("simulated")), "max_concurrent_tasks": slots, "hardware_metrics": {}}
+        issued = await _admit(coord, body["worker_id"])
         await coord.propose([{"op": "RegisterWorker", "worker": info}])
-        return json_response(coord.worker_view(body["worker_id"]), 201)
+        view = coord.worker_view(body["worker_id"]) or {}
+        if issued:
+            view["credential"] = issued  # shown this once: present it as X-Worker-Credential from now on
+        return json_response(view, 201)
+
+    @app.delete("/api/workers/<worker_id>/enrolment")
+    @requires("admin")
+    async def forget_worker(worker_id: str) -> Response:
+        """Revoke a worker id's enrolment, so a rebuilt machine can enrol under it again."""
+        from dtf_app.coordinator import enrolment
+
+        if not await enrolment.forget(coord, worker_id):
+            raise ApiError(404, "not_found", f"worker {worker_id!r} is not enrolled")
+        return json_response({"worker_id": worker_id, "forgotten": True})
 
     @app.get("/api/workers/<worker_id>")
     @requires("read")
@@ -347,7 +361,13 @@ def create_app(coord: Coordinator) -> QuartTrio:
                                "result": body.get("result") or {}})
         if item is None:
             raise ApiError(400, "invalid_outcome", "the outcome is malformed")
-        item["worker_id"] = task.get("worker_id") or ""
+        # Only the worker holding the attempt may report it (or, once taken back, the one that held it).
+        holder = task.get("worker_id") or task.get("last_worker_id")
+        if not holder:
+            raise ApiError(409, "not_assigned", f"task {task_id} is {task['status']} and was never assigned to a "
+                                                "worker; there is no attempt to report")
+        _act_as(coord, holder, f"task {task_id} is held by worker {holder!r}: ")
+        item["worker_id"] = holder
         item["end_time"] = item["end_time"] or time.time()
         if outcome == "completed":
             command = {"op": "CompleteTasks", "items": [item]}
@@ -373,6 +393,7 @@ def create_app(coord: Coordinator) -> QuartTrio:
         body = await _json_body()
         if not isinstance(body, dict) or not isinstance(body.get("worker_id"), str):
             raise ApiError(400, "invalid_health", "the body must be an object with a string worker_id")
+        _act_as(coord, body["worker_id"])
         conn = coord.conns.get(body["worker_id"])
         if conn is None:
             raise ApiError(404, "not_found", f"worker {body['worker_id']!r} is not connected")
@@ -478,6 +499,27 @@ def create_app(coord: Coordinator) -> QuartTrio:
     app.websocket("/ws/worker")(worker_socket)
     app.websocket("/ws")(client_socket)
     return app
+
+
+def _act_as(coord: Coordinator, worker_id: str, context: str = "") -> None:
+    """403 unless the request carries ``worker_id``'s credential (X-Worker-Credential), whatever the role."""
+    from dtf_app.coordinator import enrolment
+
+    try:
+        enrolment.verify(coord.state.enrolments, worker_id, enrolment.credential_from_headers(request.headers))
+    except enrolment.CredentialRefused as exc:
+        raise ApiError(403, exc.code, context + str(exc)) from None
+
+
+async def _admit(coord: Coordinator, worker_id: str) -> str | None:
+    """Enrol or check the caller as ``worker_id`` (403 when refused); the issued credential, if any."""
+    from dtf_app.coordinator import enrolment
+
+    try:
+        return await enrolment.admit(coord, worker_id, enrolment.credential_from_headers(request.headers),
+                                     g.principal.name)
+    except enrolment.CredentialRefused as exc:
+        raise ApiError(403, exc.code, str(exc)) from None
 
 
 def ws_principal(coord: Coordinator, permission: str) -> tuple[keymod.Principal | None, str | None]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from dtf_app.coordinator import scheduler
+from dtf_app.protocol import WORKER_CREDENTIAL_HEADER
 from dtf_app.security.keys import ROLES
 
 _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
@@ -87,7 +88,7 @@ def _op(summary: str, ok: str = "200", *, body: dict[str, Any] | None = None,
         ok: {"description": "ok", **_json(response or {"type": "object"})},
         "400": {"description": "bad input", **_json(_ERROR)},
         "401": {"description": "no or bad API key", **_json(_ERROR)},
-        "403": {"description": "role not allowed", **_json(_ERROR)},
+        "403": {"description": "role not allowed, or not this worker's credential", **_json(_ERROR)},
         "404": {"description": "not found", **_json(_ERROR)},
         "409": {"description": "conflict (exists, already finished)", **_json(_ERROR)},
         "413": {"description": "request too large", **_json(_ERROR)},
@@ -117,6 +118,12 @@ def _path(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
 
+def _credential(required: bool) -> dict[str, Any]:
+    return {"name": WORKER_CREDENTIAL_HEADER, "in": "header", "required": required, "schema": {"type": "string"},
+            "description": "the worker's own credential (see dtf_app/protocol.py, Worker identity); without "
+                           "the right one, acting as an enrolled worker id is 403 credential_refused"}
+
+
 def build_spec(version: str) -> dict[str, Any]:
     """The whole document."""
     task_id, worker_id, result_id, name = _path("task_id"), _path("worker_id"), _path("result_id"), _path("name")
@@ -138,12 +145,23 @@ def build_spec(version: str) -> dict[str, Any]:
         "/api/cluster/health": {"get": _op("health metrics and alerts per node")},
         "/api/workers": {"get": _op("workers", params=[_query("status", {"type": "string",
                                                                           "enum": ["online", "offline"]})])},
-        "/api/workers/register": {"post": _op("register a worker over HTTP (role worker)", "201", body={
-            "type": "object", "required": ["worker_id"], "properties": {
-                "worker_id": {"type": "string", "minLength": 1}, "hostname": {"type": "string"},
-                "capabilities": {"type": "object"}, "tags": {"type": "array", "items": {"type": "string"}},
-                "max_concurrent_tasks": {"type": "integer", "minimum": 1, "maximum": 10_000}}})},
+        "/api/workers/register": {"post": _op(
+            "register a worker over HTTP (role worker). A new id is enrolled with the X-Worker-Credential "
+            "presented, or with a generated credential returned once as `credential`; an enrolled id needs "
+            "its credential (403 otherwise)", "201", params=[_credential(False)], body={
+                "type": "object", "required": ["worker_id"], "properties": {
+                    "worker_id": {"type": "string", "minLength": 1}, "hostname": {"type": "string"},
+                    "capabilities": {"type": "object"}, "tags": {"type": "array", "items": {"type": "string"}},
+                    "max_concurrent_tasks": {"type": "integer", "minimum": 1, "maximum": 10_000}}},
+            response={"type": "object", "required": ["worker_id"], "properties": {
+                "worker_id": {"type": "string"},
+                "credential": {"type": "string", "description": "only when the coordinator generated it"}}})},
         "/api/workers/{worker_id}": {"get": _op("one worker", params=[worker_id])},
+        "/api/workers/{worker_id}/enrolment": {"delete": _op(
+            "forget a worker id's enrolment (admin): the id may enrol again with a new credential, and a "
+            "worker connected under it is disconnected (close 4403)", params=[worker_id],
+            response={"type": "object", "properties": {"worker_id": {"type": "string"},
+                                                       "forgotten": {"type": "boolean"}}})},
         "/api/tasks": {
             "post": _op("submit one task or a list (one durable commit); 422 if no worker can run it", "201",
                         body={"oneOf": [_TASK_IN, {"type": "array", "items": _TASK_IN, "minItems": 1}]},
@@ -158,9 +176,14 @@ def build_spec(version: str) -> dict[str, Any]:
             _query("batch_id", {"type": "string"}), _query("ids", {"type": "string"})])},
         "/api/tasks/{task_id}": {"get": _op("one task with its result", params=[task_id], response=_TASK_OUT)},
         "/api/tasks/{task_id}/cancel": {"post": _op("cancel (409 if already finished)", params=[task_id])},
-        "/api/tasks/{task_id}/complete": {"post": _op("worker: report a result", params=[task_id], body=outcome)},
-        "/api/tasks/{task_id}/fail": {"post": _op("worker: report a failure", params=[task_id], body=outcome)},
-        "/api/health": {"post": _op("worker: health metrics", body={
+        "/api/tasks/{task_id}/complete": {"post": _op(
+            "worker: report a result; only the worker holding the attempt (its X-Worker-Credential)",
+            params=[task_id, _credential(True)], body=outcome)},
+        "/api/tasks/{task_id}/fail": {"post": _op(
+            "worker: report a failure; only the worker holding the attempt (its X-Worker-Credential)",
+            params=[task_id, _credential(True)], body=outcome)},
+        "/api/health": {"post": _op("worker: health metrics (the worker's X-Worker-Credential)",
+                                    params=[_credential(True)], body={
             "type": "object", "required": ["worker_id"], "properties": {
                 "worker_id": {"type": "string"}, "metrics": {"type": "object"}}})},
         "/api/results": {"get": _op("results", params=[

@@ -85,6 +85,11 @@ class WorkerConn:
         self.assigned_at: dict[str, float] = {}
         self.health: dict[str, Any] = {}
         self.closed = False
+        # Set when the coordinator ends the connection itself with a close code (e.g. enrolment revoked).
+        self.close_code = 0
+        self.close_reason = ""
+        # A credential the coordinator generated at enrolment, handed back once in the welcome.
+        self.issued_credential: str | None = None
 
     def push(self, message: dict[str, Any]) -> None:
         try:
@@ -92,6 +97,13 @@ class WorkerConn:
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             # The connection is gone or hopelessly behind; liveness will notice.
             self.closed = True
+
+    def refuse(self, message: str) -> None:
+        """End the connection with a ``credential_refused`` error frame and close code 4403."""
+        self.push({"type": proto.ERROR, "code": proto.CREDENTIAL_REFUSED, "message": message})
+        self.close_code, self.close_reason = 4403, message
+        self.closed = True
+        self.send.close()
 
 
 class Subscriber:
@@ -241,6 +253,10 @@ class Coordinator:
                 worker_id = event["worker"]["worker_id"]
                 self._publish("worker_updates", lambda w=worker_id: {"type": "worker_update",
                                                                       "worker": self.worker_view(w)}, event["worker"])
+        if op == "ForgetWorker" and isinstance(result, dict) and result.get("forgotten"):
+            conn = self.conns.pop(command["worker_id"], None)
+            if conn is not None:
+                conn.refuse(f"the enrolment of worker {command['worker_id']!r} was revoked by an admin")
         if op == "CancelTask" and isinstance(result, dict) and result.get("worker_id"):
             conn = self.conns.get(result["worker_id"])
             if conn is not None and result.get("status") == "cancelled":
@@ -363,9 +379,18 @@ class Coordinator:
                 sub.push(built)
 
     # ------------------------------------------------------------------ worker connections
-    async def worker_hello(self, hello: dict[str, Any], send: trio.MemorySendChannel[dict[str, Any]]) -> WorkerConn:
-        """Register a connecting worker (durably) and start tracking its connection."""
+    async def worker_hello(self, hello: dict[str, Any], send: trio.MemorySendChannel[dict[str, Any]], *,
+                           credential: str | None = None, key_name: str | None = None) -> WorkerConn:
+        """Register a connecting worker (durably) and start tracking its connection.
+
+        Raises enrolment.CredentialRefused, before touching anything, when the caller may not act as the id.
+        """
+        from dtf_app.coordinator import enrolment
+
         worker_id = str(hello["worker_id"])
+        issued = await enrolment.admit(self, worker_id, credential, key_name)
+        # Revoked while the enrolment was being committed: refuse rather than keep an unenrolled socket.
+        enrolment.verify(self.state.enrolments, worker_id, issued or credential)
         caps = hello.get("capabilities") if isinstance(hello.get("capabilities"), dict) else {}
         raw_slots = hello.get("max_concurrent_tasks")
         capacity = raw_slots if isinstance(raw_slots, int) and not isinstance(raw_slots, bool) and raw_slots > 0 else 1
@@ -381,6 +406,7 @@ class Coordinator:
             old.closed = True
             old.send.close()
         conn = WorkerConn(worker_id, capacity, send)
+        conn.issued_credential = issued
         conn.running = {r["task_id"] for r in hello.get("running") or [] if isinstance(r, dict) and "task_id" in r}
         conn.finished = {r["task_id"] for r in hello.get("finished") or [] if isinstance(r, dict) and "task_id" in r}
         self.conns[worker_id] = conn

@@ -14,7 +14,9 @@ import trio
 from quart import g, websocket
 
 from dtf_app import protocol as proto
+from dtf_app.coordinator.enrolment import CredentialRefused, credential_from_headers
 from dtf_app.coordinator.service import SUBSCRIBER_BUFFER, Coordinator, Subscriber
+from dtf_app.security.keys import Principal
 
 log = logging.getLogger("dtf.ws")
 
@@ -31,17 +33,22 @@ async def _reject(code: str, message: str, close_code: int) -> None:
     await websocket.close(close_code, message[:120])
 
 
-async def _authorized(coord: Coordinator, permission: str) -> bool:
+async def _authorized(coord: Coordinator, permission: str) -> Principal | None:
     """Check the upgrade's API key; on failure answer with an error frame and close 4401/4403."""
     from dtf_app.coordinator.api import ws_principal
 
     principal, why = ws_principal(coord, permission)
     if principal is not None:
-        return True
+        return principal
     unauthorized = (why or "").startswith("unauth")
     await _reject("unauthorized" if unauthorized else "forbidden", why or "refused",
                   CLOSE_UNAUTHORIZED if unauthorized else CLOSE_FORBIDDEN)
-    return False
+    return None
+
+
+def _close_reason(text: str) -> str:
+    # A close frame's reason is at most 123 bytes of UTF-8.
+    return text.encode()[:120].decode(errors="ignore")
 
 
 async def _sender(receive: trio.MemoryReceiveChannel[dict[str, Any]], done: trio.CancelScope) -> None:
@@ -57,7 +64,8 @@ async def _sender(receive: trio.MemoryReceiveChannel[dict[str, Any]], done: trio
 async def worker_socket() -> None:
     """``WS /ws/worker``: hello -> welcome, then assignments out and reports in."""
     coord: Coordinator = g.coord
-    if not await _authorized(coord, "worker"):
+    principal = await _authorized(coord, "worker")
+    if principal is None:
         return
     await websocket.accept()
     try:
@@ -71,10 +79,20 @@ async def worker_socket() -> None:
         await websocket.close(CLOSE_PROTOCOL)
         return
     send, receive = trio.open_memory_channel[dict[str, Any]](WORKER_QUEUE)
-    conn = await coord.worker_hello(hello, send)
-    send.send_nowait({"type": proto.WELCOME, "worker_id": conn.worker_id, "node_id": coord.node_id,
-                      "heartbeat_interval": coord.settings.heartbeat_interval,
-                      "worker_timeout": coord.settings.worker_timeout})
+    try:
+        conn = await coord.worker_hello(hello, send, credential=credential_from_headers(websocket.headers),
+                                        key_name=principal.name)
+    except CredentialRefused as exc:
+        log.warning("refused a hello as worker %.100r: %s", hello["worker_id"], exc)
+        await websocket.send(proto.dumps({"type": proto.ERROR, "code": exc.code, "message": str(exc)}))
+        await websocket.close(CLOSE_FORBIDDEN, _close_reason(f"{exc.code}: {exc}"))
+        return
+    welcome = {"type": proto.WELCOME, "worker_id": conn.worker_id, "node_id": coord.node_id,
+               "heartbeat_interval": coord.settings.heartbeat_interval,
+               "worker_timeout": coord.settings.worker_timeout}
+    if conn.issued_credential:
+        welcome["credential"] = conn.issued_credential  # shown this once; only its hash is kept
+    send.send_nowait(welcome)
     coord.wake_dispatcher()
     try:
         async with trio.open_nursery() as nursery:
@@ -87,6 +105,8 @@ async def worker_socket() -> None:
                     log.warning("worker %s sent a malformed frame; ignored", conn.worker_id)
                     continue
                 coord.worker_message(conn, message)
+        if conn.close_code:  # the coordinator ended it (enrolment revoked): say why in the close frame
+            await websocket.close(conn.close_code, _close_reason(f"{proto.CREDENTIAL_REFUSED}: {conn.close_reason}"))
     finally:
         if coord.conns.get(conn.worker_id) is conn:
             coord.worker_gone(conn)
