@@ -350,6 +350,7 @@ class Coordinator:
             health=conn.health if conn is not None else {},
             registration_time=iso(worker.get("registration_time")),
             last_heartbeat=iso(worker.get("last_heartbeat")),
+            enrolled=worker_id in self.state.enrolments,  # bound to a credential (dtf workers forget frees it)
         )
         if conn is not None:
             view["last_heartbeat"] = iso(time.time() - (time.monotonic() - conn.last_seen))

@@ -136,6 +136,7 @@ class WorkerAgent:
         run_context: Callable[..., Any],
         task_error: type[BaseException],
         sample_health: Callable[[], dict[str, Any]],
+        credential: str | None = None,
     ) -> None:
         self.settings = settings
         self.worker_id = worker_id
@@ -174,7 +175,7 @@ class WorkerAgent:
         self._session_scope: trio.CancelScope | None = None
         # The secret bound to worker_id at enrolment, presented on every connection.
         self._credential_path = credential_path(settings, worker_id)
-        self.credential = load_credential(self._credential_path)
+        self.credential = credential or load_credential(self._credential_path)
 
     # ----------------------------------------------------------------------------------------- service
     async def run(self, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -752,6 +753,8 @@ async def run_worker(
             capabilities = await trio.to_thread.run_sync(detect_hardware, settings.simulate_hardware)
         except (ValueError, OSError) as exc:  # an unreadable or invalid --simulate-hardware profile
             raise WorkerError(f"cannot use the hardware profile: {exc}", exit_code=2) from exc
+        # Before the outbox opens, so a damaged credential file is a plain exit 2 with nothing to close.
+        credential = load_credential(credential_path(settings, worker_id))
         try:
             outbox = await Outbox.open(settings.worker_db_path(worker_id))
         except OutboxError as exc:
@@ -759,7 +762,7 @@ async def run_worker(
         agent = WorkerAgent(
             settings, worker_id, outbox, capabilities,
             get_runner=get_runner or default_get_runner, run_context=run_context, task_error=task_error,
-            sample_health=sample_health,
+            sample_health=sample_health, credential=credential,
         )
         try:
             await agent.run(task_status)

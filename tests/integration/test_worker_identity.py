@@ -69,26 +69,24 @@ def test_another_worker_cannot_complete_or_fail_a_task_over_http(cluster: Cluste
     running = cluster.wait_task(task_id, states=("running",))
     assert running["worker_id"] == "victim"
 
-    # The impostor: its own worker key, its own enrolled worker id, and so its own valid credential.
-    other_key = cluster.create_key("worker", "other-workers")
-    registered = cluster.api("POST", "/api/workers/register", key=other_key,
-                             json={"worker_id": "impostor", "capabilities": {"hardware": ["cpu"]}})
-    assert registered.status_code == 201, registered.text
-    impostor_credential = registered.json()["credential"]
-    attempts = [
-        ({}, other_key),                                   # no credential at all
-        ({CRED: impostor_credential}, other_key),          # a real credential, of another worker
-        ({CRED: "dtfw_" + "x" * 43}, other_key),           # a guessed one
-        ({}, cluster.worker_key),                          # the victim's own (shared) worker key
-        ({}, cluster.admin_key),                           # an admin key is not exempt
-    ]
-    for headers, key in attempts:
+    def forge(key: str, headers: dict[str, str]) -> None:
         for outcome, body in (("complete", {"attempt": 1, "result": FORGED}),
                               ("fail", {"attempt": 1, "error": "forged failure", "retry": False})):
             response = cluster.api("POST", f"/api/tasks/{task_id}/{outcome}", key=key, json=body, headers=headers)
             assert response.status_code == 403, (outcome, headers, response.text)
             error = response.json()["error"]
             assert error["code"] == "credential_refused" and "victim" in error["message"], error
+
+    other_key = cluster.create_key("worker", "other-workers")
+    forge(other_key, {})                                 # another worker key, no credential
+    forge(other_key, {CRED: "dtfw_" + "x" * 43})         # a guessed credential
+    forge(cluster.worker_key, {})                        # the victim's own (shared) worker key
+    forge(cluster.admin_key, {})                         # an admin key is not exempt
+    # The impostor with its own enrolled id, and so a valid credential, of another worker.
+    registered = cluster.api("POST", "/api/workers/register", key=other_key,
+                             json={"worker_id": "impostor", "capabilities": {"hardware": ["cpu"]}})
+    assert registered.status_code == 201, registered.text
+    forge(other_key, {CRED: registered.json()["credential"]})
     still = cluster.task(task_id)
     assert still["status"] == "running" and still["attempts"] == 1 and still["result"] is None
     assert results_of(cluster, task_id) == []
@@ -231,7 +229,8 @@ def test_forget_lets_a_rebuilt_machine_enrol_under_its_id(cluster: Cluster, tmp_
     refused = cluster.start_worker("w1", slots=1, data_dir=rebuilt_dir)
     assert refused.wait(timeout=60) == 4
     assert "dtf workers forget w1" in refused.output()
-    assert old.proc.poll() is None and cluster.api("GET", "/api/workers/w1").json()["status"] == "online"
+    view = cluster.api("GET", "/api/workers/w1").json()
+    assert old.proc.poll() is None and view["status"] == "online" and view["enrolled"] is True
 
     # Only an admin may forget.
     by_worker = cluster.cli("workers", "forget", "w1", "--coordinator", cluster.url,
@@ -244,6 +243,8 @@ def test_forget_lets_a_rebuilt_machine_enrol_under_its_id(cluster: Cluster, tmp_
     # The worker connected under the id is told and exits (code 4) instead of reconnecting forever.
     assert old.wait(timeout=60) == 4
     assert "revoked" in old.output()
+    view = cluster.api("GET", "/api/workers/w1").json()
+    assert view["enrolled"] is False and view["status"] == "offline"
 
     rebuilt = cluster.start_worker("w1", slots=1, data_dir=rebuilt_dir)
     cluster.wait_workers(1, timeout=60)

@@ -504,6 +504,17 @@ async def test_a_credential_issued_in_the_welcome_is_stored_and_presented_from_t
     assert identity.credential_path(settings, "w1").read_text().strip() == issued
 
 
+async def test_a_damaged_credential_file_is_a_config_error(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, 9)  # never connects: the file is checked first
+    path = identity.credential_path(settings, "w1")
+    path.parent.mkdir(parents=True)
+    path.write_text("short\n")
+    with pytest.raises(WorkerError, match="damaged") as info:
+        await run_worker(settings, get_runner=lambda t: StandInRunner(), detect_hardware=fake_hardware,
+                         sample_health=fake_health)
+    assert info.value.exit_code == 2 and str(path) in str(info.value)
+
+
 async def test_unreachable_coordinator_gives_up_after_reconnect_attempts(tmp_path: Path) -> None:
     with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
         probe.bind(("127.0.0.1", 0))
