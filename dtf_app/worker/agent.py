@@ -357,8 +357,11 @@ class WorkerAgent:
         issued = welcome.get("credential")
         if isinstance(issued, str) and issued and issued != self.credential:
             # The coordinator generated our credential (it had none from us): keep it for every reconnect.
-            store_credential(self._credential_path, issued)
             self.credential = issued
+            try:
+                store_credential(self._credential_path, issued)
+            except OSError as exc:  # still valid for this process's reconnects; a restart would be refused
+                logger.error("cannot keep the worker credential in %s: %s", self._credential_path, exc)
 
     def _handle_error(self, message: dict[str, Any], url: str) -> None:
         code, text = str(message.get("code", "")), str(message.get("message", ""))
