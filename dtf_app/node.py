@@ -25,6 +25,12 @@ def setup_logging(level: str = "info") -> None:
         level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S",
     )
+    # Logged values (task names, worker errors, frames) can never start a fake log line.
+    from dtf_app.logsafe import EscapingFilter
+
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, EscapingFilter) for f in handler.filters):
+            handler.addFilter(EscapingFilter())
     # Hypercorn/quart chatter at INFO is not useful to an operator.
     for noisy in ("hypercorn.error", "quart.app", "quart.serving"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
