@@ -240,6 +240,9 @@ class Coordinator:
                     self.queue.discard(task["task_id"])
                 if task["status"] in scheduler.TERMINAL_STATES:
                     self.task_logs.pop(task["task_id"], None)
+                    if task["status"] == "failed":  # for good (retries spent): worth an operator's line
+                        log.info("task %s (%s) failed after %d attempt(s): %.500s", task["task_id"],
+                                 task.get("name") or "unnamed", task["attempts"], task.get("error") or "")
                 if self.subscribers:
                     self._publish("task_updates", lambda t=task: {"type": "task_update", "task": task_view(t)}, task)
             elif event["kind"] == "worker" and self.subscribers:
