@@ -5,8 +5,9 @@ value with a newline would start a new line that looks like any other log line (
 admin key deleted"). :class:`EscapingFilter`, installed on the node's handlers by
 ``dtf_app.node.setup_logging``, escapes every control character (C0, DEL, C1, and the Unicode line and
 paragraph separators) in the arguments before the message is formatted: ``\\n`` is written as the two
-characters ``\\n``. The message templates are the program's own and keep their layout; tracebacks are
-appended after formatting and keep theirs.
+characters ``\\n``. The message templates are the program's own and keep their layout. Tracebacks
+keep theirs too, but :class:`EscapingFormatter` indents every line of them, so an exception message
+that quotes a value with a newline still cannot begin a line the way a log record does.
 """
 
 from __future__ import annotations
@@ -67,4 +68,18 @@ class EscapingFilter(logging.Filter):
         return True
 
 
-__all__ = ["EscapingFilter", "escape"]
+class EscapingFormatter(logging.Formatter):
+    """A Formatter whose tracebacks and stacks are indented (see the module docstring)."""
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        return _indent(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802 - logging's name
+        return _indent(super().formatStack(stack_info))
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+__all__ = ["EscapingFilter", "EscapingFormatter", "escape"]

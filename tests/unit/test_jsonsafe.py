@@ -117,3 +117,17 @@ def test_logged_arguments_cannot_start_a_line(caplog: pytest.LogCaptureFixture) 
     bare = logging.LogRecord("t", logging.INFO, __file__, 1, "pre\nformatted", None, None)
     EscapingFilter().filter(bare)
     assert bare.getMessage() == "pre\\nformatted"
+
+
+def test_traceback_lines_are_indented_so_an_exception_message_cannot_start_a_line() -> None:
+    from dtf_app.logsafe import EscapingFormatter
+
+    try:
+        raise ValueError("boom\n00:00:00 ERROR dtf.api: forged")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+    lines = EscapingFormatter("%(levelname)s %(message)s").format(record).splitlines()
+    assert lines[0] == "ERROR failed" and all(line.startswith("  ") for line in lines[1:])
+    assert "  00:00:00 ERROR dtf.api: forged" in lines
