@@ -100,7 +100,7 @@ def loads(raw: str | bytes | bytearray, *, root: str = "", what: str = "the docu
     """
     if isinstance(raw, bytes | bytearray):
         try:
-            text = bytes(raw).decode("utf-8")
+            text = bytes(raw).decode("utf-8-sig")  # a leading BOM is tolerated, as json.loads(bytes) does
         except UnicodeDecodeError as exc:
             raise JsonInputError(f"{what} is not valid UTF-8 (byte {exc.start}); send UTF-8 encoded JSON") from None
     else:
@@ -128,7 +128,9 @@ def loads(raw: str | bytes | bytearray, *, root: str = "", what: str = "the docu
         raise JsonInputError(f"{what} is not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except RecursionError:  # cannot happen after the depth scan; kept so it can never become a 500
         raise JsonInputError(f"{what} is nested too deeply (limit {MAX_JSON_DEPTH})", code="too_deep") from None
-    if odd_numbers or _SURROGATE_ESCAPE.search(text):
+    # Raw surrogates can only be in a str given by a caller (a strict UTF-8 decode never makes them).
+    if odd_numbers or _SURROGATE_ESCAPE.search(text) or (
+            not isinstance(raw, bytes | bytearray) and not text.isascii() and _SURROGATE.search(text)):
         _check(value, root, what)
     return value
 
