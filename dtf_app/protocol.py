@@ -72,8 +72,10 @@ the credential of the worker that holds the task's current attempt.
 
 from __future__ import annotations
 
-import json
+import re
 from typing import Any
+
+from dtf_app import jsonsafe
 
 # Message types, one constant each so a typo is a NameError rather than a silently ignored message.
 HELLO = "hello"
@@ -99,15 +101,45 @@ RESULT_STATUSES = ("success", "failure", "partial")
 # The hardware vocabulary of the source project (DESIGN.md §8).
 HARDWARE_KINDS = ("cpu", "cuda", "rocm", "mps", "openvino", "qualcomm", "webgpu", "webnn")
 
+# Identifiers chosen by clients and operators (worker ids, task ids given at submit, API key names, node
+# ids) use one safe alphabet: no spaces, quotes, newlines or control characters, so an id can be put in
+# a log line, a URL path or a file name without escaping, and can never forge a log line.
+MAX_ID_LENGTH = 128
+ID_ALPHABET = "letters A-Z a-z, digits 0-9 and . _ : @ -"
+ID_PATTERN = re.compile(rf"[A-Za-z0-9._:@-]{{1,{MAX_ID_LENGTH}}}")
+
+
+def id_problem(value: Any, where: str) -> str | None:
+    """None when ``value`` is a valid identifier, else a message naming ``where`` and the alphabet."""
+    if isinstance(value, str) and ID_PATTERN.fullmatch(value):
+        return None
+    got = f"a string of {len(value)} characters" if isinstance(value, str) and len(value) > MAX_ID_LENGTH else (
+        ascii(value) if isinstance(value, str) else type(value).__name__)
+    return f"{where} must be 1-{MAX_ID_LENGTH} characters of {ID_ALPHABET}, got {got}"
+
+
+# Benchmark config limits: checked at submit (scheduler.validate_task), published in the OpenAPI document
+# and enforced again by the runner (dtf_plugins.runners.benchmark) on the worker. One definition here.
+BENCH_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+BENCH_FUNCTIONS = ("latency", "throughput", "memory")
+BENCH_BACKENDS = ("torch", "numpy", "python")
+BATCH_SIZE_RANGE = (1, 4096)
+"""Smallest and largest batch size a benchmark may ask for (the runner allocates batch x sequence)."""
+BENCH_INT_RANGES: dict[str, tuple[int, int]] = {
+    "iterations": (1, 100_000), "warmup": (0, 10_000), "sequence_length": (1, 32_768), "layers": (1, 128),
+}
+"""Inclusive (minimum, maximum) of each integer benchmark setting."""
+
 
 def dumps(message: dict[str, Any]) -> str:
-    """Serialise a protocol message compactly (no spaces: these go over the wire by the thousand)."""
-    return json.dumps(message, separators=(",", ":"), default=str)
+    """Serialise a protocol message as strict JSON, compactly (these go over the wire by the thousand)."""
+    return jsonsafe.dumps(message)
 
 
 def loads(text: str | bytes) -> dict[str, Any]:
-    """Parse a protocol message; raises ValueError when it is not a JSON object with a ``type``."""
-    message = json.loads(text)
+    """Parse a protocol message strictly (:mod:`dtf_app.jsonsafe`); raises ValueError (a
+    :class:`~dtf_app.jsonsafe.JsonInputError` for bad JSON) unless it is a JSON object with a ``type``."""
+    message = jsonsafe.loads(text, what="the message")
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ValueError("protocol message must be a JSON object with a string 'type'")
     return message

@@ -9,8 +9,19 @@ from __future__ import annotations
 from typing import Any
 
 from dtf_app.coordinator import scheduler
-from dtf_app.protocol import WORKER_CREDENTIAL_HEADER
+from dtf_app.jsonsafe import MAX_JSON_DEPTH
+from dtf_app.protocol import (
+    BATCH_SIZE_RANGE,
+    BENCH_BACKENDS,
+    BENCH_INT_RANGES,
+    ID_ALPHABET,
+    ID_PATTERN,
+    WORKER_CREDENTIAL_HEADER,
+)
 from dtf_app.security.keys import ROLES
+
+# Every identifier a client chooses (task ids, worker ids, key names) has this shape (protocol.py).
+_ID = {"type": "string", "pattern": f"^{ID_PATTERN.pattern}$", "description": f"1-128 characters of {ID_ALPHABET}"}
 
 _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["code", "message"],
@@ -33,13 +44,13 @@ _CONFIGS: dict[str, dict[str, Any]] = {
         "test_args": _STR_LIST, "working_dir": {"type": "string"}, "env": _ENV}},
     "benchmark": {"type": "object", "required": ["model"], "properties": {
         "model": {"type": "string", "minLength": 1, "pattern": "\\S"},
-        "batch_sizes": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 1, "maximum": 65536}},
+        "batch_sizes": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": BATCH_SIZE_RANGE[0],
+                                                                  "maximum": BATCH_SIZE_RANGE[1]}},
         "precision": {"oneOf": [{"type": "string", "enum": list(scheduler.PRECISIONS)},
                                 {"type": "array", "minItems": 1,
                                  "items": {"type": "string", "enum": list(scheduler.PRECISIONS)}}]},
-        "iterations": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
-        "warmup": {"type": "integer", "minimum": 0, "maximum": 1_000_000},
-        "sequence_length": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+        **{key: {"type": "integer", "minimum": low, "maximum": high} for key, (low, high) in BENCH_INT_RANGES.items()},
+        "backend": {"type": "string", "enum": ["auto", *BENCH_BACKENDS]},
         "functions": {"type": "array", "items": {"type": "string", "enum": list(scheduler.BENCH_FUNCTIONS)}},
         "working_dir": {"type": "string"}, "env": _ENV}},
     "custom": {"type": "object", "description": "exactly one of command, callable, name", "oneOf": [
@@ -62,8 +73,7 @@ def _task_in(kind: str) -> dict[str, Any]:
         "timeout_seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": scheduler.MAX_TIMEOUT_SECONDS},
         "max_retries": {"type": "integer", "minimum": 0, "maximum": 100},
         "name": {"type": "string", "maxLength": 500},
-        "task_id": {"type": ["string", "null"], "pattern": f"^[A-Za-z0-9._:-]{{1,{scheduler.MAX_TASK_ID_LEN}}}$",
-                    "description": "optional; generated when absent or null"},
+        "task_id": {**_ID, "type": ["string", "null"], "description": "optional; generated when absent or null"},
         "metadata": {"type": "object"},
     }}
 
@@ -150,7 +160,7 @@ def build_spec(version: str) -> dict[str, Any]:
             "presented, or with a generated credential returned once as `credential`; an enrolled id needs "
             "its credential (403 otherwise)", "201", params=[_credential(False)], body={
                 "type": "object", "required": ["worker_id"], "properties": {
-                    "worker_id": {"type": "string", "minLength": 1}, "hostname": {"type": "string"},
+                    "worker_id": _ID, "hostname": {"type": "string"},
                     "capabilities": {"type": "object"}, "tags": {"type": "array", "items": {"type": "string"}},
                     "max_concurrent_tasks": {"type": "integer", "minimum": 1, "maximum": 10_000}}},
             response={"type": "object", "required": ["worker_id"], "properties": {
@@ -199,7 +209,7 @@ def build_spec(version: str) -> dict[str, Any]:
             "get": _op("API keys (admin)"),
             "post": _op("create a key; the key is shown once (admin)", "201", body={
                 "type": "object", "required": ["name", "role"], "properties": {
-                    "name": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,100}$"},
+                    "name": _ID,
                     "role": {"type": "string", "enum": list(ROLES)}}}),
             "delete": _op("delete a key named in the body (admin)", body={
                 "type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}),
@@ -208,7 +218,10 @@ def build_spec(version: str) -> dict[str, Any]:
     }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "DTF API", "version": version},
+        "info": {"title": "DTF API", "version": version, "description": (
+            f"Request bodies and websocket frames are strict JSON (RFC 8259): no NaN or Infinity, strings of "
+            f"valid Unicode (no lone surrogates), nested at most {MAX_JSON_DEPTH} levels; anything else is a "
+            f"400 naming the field.")},
         "components": {"securitySchemes": {
             "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
             "bearer": {"type": "http", "scheme": "bearer"}}},

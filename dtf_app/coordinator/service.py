@@ -30,7 +30,7 @@ from typing import Any
 
 import trio
 
-from dtf_app import __version__, localreg
+from dtf_app import __version__, jsonsafe, localreg
 from dtf_app import protocol as proto
 from dtf_app.config import Settings
 from dtf_app.coordinator import scheduler
@@ -173,7 +173,11 @@ def clean_outcome(raw: Any) -> dict[str, Any] | None:
             if rows is not None:
                 result[key] = [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
         result["execution_time"] = _number(result.get("execution_time"))
-        item["result"] = result
+        # Strict JSON all the way to the store and the API: a NaN/inf metric becomes null, a lone
+        # surrogate U+FFFD (frames are parsed strictly, but the HTTP form and old workers exist).
+        item["result"] = jsonsafe.sanitise(result)
+    if item["error"] is not None:
+        item["error"] = jsonsafe.sanitise(item["error"])
     return item
 
 
@@ -209,7 +213,8 @@ class Coordinator:
         """Open the store and the log, restore the snapshot and replay the log."""
         from dtf_app.store.writer import Store
 
-        self.store = Store(self.settings.coordinator_db_path())
+        self.store = Store(self.settings.coordinator_db_path(),
+                           quarantine_path=self.data_dir / "store-quarantine.jsonl")
         self._last_store_index = self.store.open()
         snapshot, records = self.cmdlog.open()
         if snapshot is not None:
@@ -247,6 +252,9 @@ class Coordinator:
                     self.queue.discard(task["task_id"])
                 if task["status"] in scheduler.TERMINAL_STATES:
                     self.task_logs.pop(task["task_id"], None)
+                    if task["status"] == "failed":  # for good (retries spent): worth an operator's line
+                        log.info("task %s (%s) failed after %d attempt(s): %.500s", task["task_id"],
+                                 task.get("name") or "unnamed", task["attempts"], task.get("error") or "")
                 if self.subscribers:
                     self._publish("task_updates", lambda t=task: {"type": "task_update", "task": task_view(t)}, task)
             elif event["kind"] == "worker" and self.subscribers:

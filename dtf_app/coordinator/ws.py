@@ -6,13 +6,13 @@ coordinator never awaits a slow socket while holding state: it only ``send_nowai
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 import trio
 from quart import g, websocket
 
+from dtf_app import jsonsafe
 from dtf_app import protocol as proto
 from dtf_app.coordinator.enrolment import CredentialRefused, credential_from_headers
 from dtf_app.coordinator.service import SUBSCRIBER_BUFFER, Coordinator, Subscriber
@@ -78,6 +78,10 @@ async def worker_socket() -> None:
                                           "message": "first message must be {type: hello, worker_id: ...}"}))
         await websocket.close(CLOSE_PROTOCOL)
         return
+    problem = proto.id_problem(hello["worker_id"], "worker_id")
+    if problem:
+        await _reject("bad_hello", problem, CLOSE_PROTOCOL)
+        return
     send, receive = trio.open_memory_channel[dict[str, Any]](WORKER_QUEUE)
     try:
         conn = await coord.worker_hello(hello, send, credential=credential_from_headers(websocket.headers),
@@ -101,8 +105,11 @@ async def worker_socket() -> None:
                 raw = await websocket.receive()
                 try:
                     message = proto.loads(raw)
-                except ValueError:
-                    log.warning("worker %s sent a malformed frame; ignored", conn.worker_id)
+                except ValueError as exc:
+                    # Answered, not fatal: the frame is dropped and the connection goes on.
+                    log.warning("worker %s sent a malformed frame; ignored: %s", conn.worker_id, exc)
+                    conn.push({"type": proto.ERROR, "code": getattr(exc, "code", "invalid_message"),
+                               "message": f"frame ignored: {exc}"})
                     continue
                 coord.worker_message(conn, message)
         if conn.close_code:  # the coordinator ended it (enrolment revoked): say why in the close frame
@@ -137,10 +144,11 @@ async def client_socket() -> None:
             while True:
                 raw = await websocket.receive()
                 try:
-                    message = json.loads(raw)
-                    if not isinstance(message, dict):
-                        raise ValueError("not an object")
-                except ValueError:
+                    message = jsonsafe.loads(raw, what="the message")
+                except jsonsafe.JsonInputError as exc:
+                    sub.push({"type": "error", "error": {"code": exc.code, "message": exc.message}})
+                    continue
+                if not isinstance(message, dict):
                     sub.push({"type": "error", "error": {"code": "invalid_json",
                                                           "message": "messages must be JSON objects with a type"}})
                     continue
