@@ -55,8 +55,12 @@ def _tighten(path: Path, mode: int, what: str) -> None:
         log.info("%s %s was mode %04o; set to %04o (DTF state is private to its owner)", what, path, current, mode)
 
 
-def private_dir(path: str | os.PathLike[str]) -> Path:
-    """Create ``path`` (and missing parents) as 0700 directories, or tighten an existing one to 0700."""
+def private_dir(path: str | os.PathLike[str], *, tighten: bool = True) -> Path:
+    """Create ``path`` (and missing parents) as 0700 directories, or tighten an existing one to 0700.
+
+    ``tighten=False`` leaves an existing directory as it is: for folders that may be the user's (the
+    parent of an explicit ``--db-path``), where only what DTF creates is DTF's.
+    """
     path = Path(path)
     missing = []
     probe = path
@@ -70,7 +74,8 @@ def private_dir(path: str | os.PathLike[str]) -> Path:
             pass
         else:
             os.chmod(folder, DIR_MODE)  # mkdir's mode is filtered by the umask
-    _tighten(path, DIR_MODE, "directory")
+    if tighten:
+        _tighten(path, DIR_MODE, "directory")
     return path
 
 
