@@ -27,6 +27,8 @@ def claim_worker_id(settings: Settings) -> tuple[str, Any]:
     try:
         # The data dir holds the outbox (outcomes not yet acknowledged) and task work dirs: owner only.
         fsutil.private_dir(data_dir)
+        if (data_dir / "work").is_dir():
+            fsutil.private_dir(data_dir / "work")  # the task work dirs' root, left by an earlier run
         if settings.worker_id:
             return settings.worker_id, None
         lock = open(data_dir / "worker-id.lock", "a+")  # held open: the lock lives as long as the worker
