@@ -91,7 +91,7 @@ def open_private(path: str | os.PathLike[str], flags: int) -> int:
     fd = os.open(path, flags, FILE_MODE)
     try:
         current = stat.S_IMODE(os.fstat(fd).st_mode)
-        if current != FILE_MODE:
+        if current != FILE_MODE and hasattr(os, "fchmod"):  # POSIX; Windows has no such modes
             os.fchmod(fd, FILE_MODE)
             log.info("file %s was mode %04o; set to %04o (DTF state is private to its owner)", path, current,
                      FILE_MODE)

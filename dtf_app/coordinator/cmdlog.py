@@ -220,7 +220,7 @@ class CommandLog:
             snapshot, snap_index = decode_snapshot(self.snapshot_path.read_bytes(), self.snapshot_path)
         data = self.path.read_bytes() if self.path.exists() else b""
         # A file whose magic never fully reached the disk holds nothing: start it afresh.
-        fresh = len(data) <= len(FILE_MAGIC) and FILE_MAGIC.startswith(data.rstrip(b"\0"))
+        fresh = data != FILE_MAGIC and len(data) <= len(FILE_MAGIC) and FILE_MAGIC.startswith(data.rstrip(b"\0"))
         v1 = not fresh and not data.startswith(FILE_MAGIC)
         records, good_end, bodies = self._scan(data, v1, snap_index) if not fresh else ([], 0, [])
         if v1 and good_end != len(data):
@@ -250,7 +250,7 @@ class CommandLog:
 
     def _scan(self, data: bytes, v1: bool, snap_index: int
               ) -> tuple[list[tuple[int, dict[str, Any]]], int, list[bytes]]:
-        """Records after the snapshot, where the intact part ends, and every intact payload."""
+        """Records after the snapshot, where the intact part ends, and (format 1) their payloads."""
         parse = _parse_v1 if v1 else _parse_v2
         pos = 0 if v1 else len(FILE_MAGIC)
         records: list[tuple[int, dict[str, Any]]] = []
@@ -286,7 +286,8 @@ class CommandLog:
             previous = index
             if index > snap_index:
                 records.append((index, command))
-                bodies.append(body)
+                if v1:
+                    bodies.append(body)  # to be rewritten in format 2
             pos = end
         return records, pos, bodies
 
