@@ -1,7 +1,8 @@
 """The coordinator service: recovery, leader duties, worker connections and the serving loop.
 
-``serve_coordinator`` opens the DuckDB store and the durable command log, rebuilds the state machine
-(snapshot + replay), serves the Quart API with hypercorn's trio worker, and runs the leader loops:
+``serve_coordinator`` binds the Quart API (hypercorn's trio worker) first, then opens the DuckDB store and
+the durable command log, rebuilds the state machine (snapshot + replay) and runs the leader loops; until
+all that is done ``GET /status`` answers 503 with what it waits for (readiness.py). The leader loops:
 
 - dispatch: match ready tasks to free worker slots, commit ``AssignTasks``, push ``assign`` frames;
 - results: batch the outcomes that workers stream in into one ``CompleteTasks``/``FailTasks`` commit,

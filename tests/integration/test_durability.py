@@ -189,7 +189,7 @@ def test_status_is_503_until_ready_while_a_long_log_replays(cluster: Cluster) ->
     record = {"op": "DeleteApiKey", "name": "nobody", "time": 1.0}
     with open(log_dir / "commands.log", "wb") as handle:
         handle.write(FILE_MAGIC)
-        for start in range(1, 200_001, 10_000):
+        for start in range(1, 300_001, 10_000):
             handle.write(b"".join(encode_record(i, record) for i in range(start, start + 10_000)))
     key_path = cluster.data_dir / "admin.key"
     node = cluster.node(["--mode", "coordinator", "--host", "127.0.0.1", "--port", "0", "--data-dir",
@@ -224,7 +224,7 @@ def test_status_is_503_until_ready_while_a_long_log_replays(cluster: Cluster) ->
             starting.append(body)
             if len(other_routes) < 3:
                 other_routes.append(http.get(url + "/api/status", headers={"X-API-Key": "whatever"}))
-    assert starting, "the coordinator never answered 503 while replaying 200,000 records"
+    assert starting, "the coordinator never answered 503 while replaying 300,000 records"
     assert any("recovery" in body["waiting_for"] for body in starting), starting
     for response in other_routes:
         if response.status_code != 503:
