@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/throughput_bench.py
 	$(BIN)/python bench/raft_bench.py
 	$(BIN)/python bench/store_bench.py
+	$(BIN)/python bench/cmdlog_bench.py
 
 raft-sweep: $(STAMP)
 	$(BIN)/python -m pytest tests/raft/test_sweep.py -q --raft-seeds=$(SEEDS)

@@ -194,6 +194,8 @@ class Client:
         if status == 403:
             hint = "" if "role" in message else f"; this call needs a key with role {_ROLE_HINT.get(needs, needs)}"
             raise ClientError(f"{method} {path}: forbidden: {message}{hint}", 4, status)
+        if status == 503 and isinstance(data, dict) and (data.get("error") or {}).get("code") == "starting":
+            raise ClientError(f"{method} {path}: {message}", 3, status)
         if status >= 500:
             raise ClientError(f"{method} {path}: the coordinator failed ({status}): {message}", 3, status)
         raise ClientError(f"{message}" if message else f"{method} {path}: HTTP {status}", 2, status)

@@ -1,7 +1,7 @@
 """Which coordinators run on this machine, for same-user commands that were given no key.
 
 A coordinator records ``{"url", "data_dir", "pid"}`` in ``$DTF_STATE_DIR`` (default
-``$XDG_STATE_HOME/dtf/coordinators`` or ``~/.local/state/dtf/coordinators``), mode 0600, and removes
+``$XDG_STATE_HOME/dtf/coordinators`` or ``~/.local/state/dtf/coordinators``; folders 0700), mode 0600, and removes
 the record when it stops. A CLI command or worker that has no API key and talks to a loopback URL looks
 the URL up here and reads the key file from that coordinator's data dir (``admin.key`` for the CLI,
 ``worker.key`` for workers). Nothing is weakened: those files are 0600, so only a process that could
@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from dtf_app import fsutil
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
@@ -51,10 +53,12 @@ def register(url: str, data_dir: str | os.PathLike[str]) -> Path | None:
         return None
     folder = registry_dir()
     try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # The dtf state dir and its registry: 0700 (created so, or tightened), whatever the umask.
+        fsutil.private_dir(folder.parent)
+        fsutil.private_dir(folder)
         path = folder / f"{port}.json"
         tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = fsutil.open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         with os.fdopen(fd, "w") as handle:
             json.dump({"url": url, "data_dir": str(Path(data_dir).resolve()), "pid": os.getpid()}, handle)
         os.replace(tmp, path)

@@ -99,6 +99,10 @@ def _local_worker_key(settings: Settings) -> str | None:
 def run_mode(settings: Settings) -> int:
     """Blocking entry point for ``dtf --mode ...``; returns the process exit code."""
     setup_logging(settings.log_level)
+    from dtf_app import fsutil
+
+    # Everything the node creates (data dirs, logs, DuckDB files and their .wal) is private to its owner.
+    fsutil.use_private_umask()
     try:
         trio.run(run_node, settings)
     except ConfigError:

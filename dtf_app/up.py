@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dtf_app import fsutil
 from dtf_app.client import ClientError
 
 STOP_GRACE_SECONDS = 10.0
@@ -60,7 +61,7 @@ class Child:
     def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str]) -> None:
         self.name = name
         self.log_path = log_path
-        self._log = open(log_path, "ab")
+        self._log = os.fdopen(fsutil.open_private(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dtf_app", *argv], stdout=self._log, stderr=subprocess.STDOUT, env=env,
             stdin=subprocess.DEVNULL, start_new_session=False,
@@ -201,7 +202,8 @@ def run_up(args: argparse.Namespace) -> int:
 
     data_dir = Path(getattr(args, "data_dir", None) or default_data_dir()).resolve()
     logs = data_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    fsutil.private_dir(data_dir)  # the coordinator's data dir and what dtf up keeps in it: owner only
+    fsutil.private_dir(logs)
     _check_not_running(data_dir)
 
     children: list[Child] = []
@@ -225,7 +227,8 @@ def run_up(args: argparse.Namespace) -> int:
         admin_key = _wait_until(f"{key_path}", lambda: key_path.exists() and key_path.read_text().strip(),
                                 [coordinator], START_TIMEOUT_SECONDS)
         with Client(url, admin_key) as client:
-            _wait_until("the coordinator's /status", lambda: _status_ok(client), [coordinator], START_TIMEOUT_SECONDS)
+            _wait_until("the coordinator's /status to say ready", lambda: _status_ok(client), [coordinator],
+                        START_TIMEOUT_SECONDS)
             worker_key = _worker_key(client, data_dir)
             for i in range(1, workers + 1):
                 # A stable id per slot number: a restarted `dtf up` finds its workers' outboxes again.
@@ -262,8 +265,10 @@ def run_up(args: argparse.Namespace) -> int:
 
 
 def _status_ok(client: Any) -> bool:
+    """True once GET /status says ready (it answers 503 "starting" until the coordinator has started)."""
     try:
-        return client.open_status().get("status") == "ok"
+        status = client.open_status()
+        return status.get("status") == "ok" and status.get("ready", True) is True
     except ClientError:
         return False
 

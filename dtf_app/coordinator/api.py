@@ -116,6 +116,15 @@ def _bool_arg(name: str) -> bool:
     return (request.args.get(name) or "").lower() in ("1", "true", "yes", "on")
 
 
+def _not_ready(coord: Coordinator, path: str) -> Response | None:
+    """Until the node has started, every route but /status answers 503 ``starting`` (see readiness.py)."""
+    if coord.readiness.ready or path == "/status":
+        return None
+    response = error_response(503, "starting", coord.readiness.message())
+    response.headers["Retry-After"] = "1"
+    return response
+
+
 def create_app(coord: Coordinator) -> QuartTrio:
     """Build the Quart app bound to a coordinator."""
     app = QuartTrio("dtf")
@@ -123,13 +132,15 @@ def create_app(coord: Coordinator) -> QuartTrio:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
 
     @app.before_request
-    async def bind_coordinator() -> None:
+    async def bind_coordinator() -> Response | None:
         g.coord = coord
         _check_url_text()
+        return _not_ready(coord, request.path)
 
     @app.before_websocket
-    async def bind_coordinator_ws() -> None:
+    async def bind_coordinator_ws() -> Response | None:
         g.coord = coord
+        return _not_ready(coord, websocket.path)
 
     @app.errorhandler(ApiError)
     async def on_api_error(exc: ApiError) -> Response:
@@ -162,7 +173,12 @@ def create_app(coord: Coordinator) -> QuartTrio:
     # ------------------------------------------------------------------ status
     @app.get("/status")
     async def open_status() -> Response:
-        return json_response({"status": "ok", "node_id": coord.node_id, "role": "leader", "version": __version__})
+        readiness = coord.readiness.document()
+        response = json_response({**readiness, "node_id": coord.node_id, "role": "leader", "version": __version__},
+                                 200 if coord.readiness.ready else 503)
+        if not coord.readiness.ready:
+            response.headers["Retry-After"] = "1"
+        return response
 
     @app.get("/api/status")
     @requires("read")

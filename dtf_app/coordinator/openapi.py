@@ -103,6 +103,8 @@ def _op(summary: str, ok: str = "200", *, body: dict[str, Any] | None = None,
         "409": {"description": "conflict (exists, already finished)", **_json(_ERROR)},
         "413": {"description": "request too large", **_json(_ERROR)},
         "422": {"description": "valid but cannot be done (no worker can run the task)", **_json(_ERROR)},
+        "503": {"description": "the node is still starting (code starting; GET /status says what it waits for)",
+                **_json(_ERROR)},
     }}
     if open_:
         op["security"] = []
@@ -110,6 +112,18 @@ def _op(summary: str, ok: str = "200", *, body: dict[str, Any] | None = None,
         op["requestBody"] = {"required": True, **_json(body)}
     if params:
         op["parameters"] = params
+    return op
+
+
+def _status_op() -> dict[str, Any]:
+    """GET /status: 200 with ready true once started, 503 with what it still waits for before that."""
+    op = _op("health check, no key needed: 200 ready, 503 while starting", open_=True, response={
+        "type": "object", "required": ["status", "ready"], "properties": {
+            "status": {"type": "string", "enum": ["ok"]}, "ready": {"type": "boolean", "enum": [True]}}})
+    op["responses"]["503"] = {"description": "starting", **_json({
+        "type": "object", "required": ["status", "ready", "waiting_for"], "properties": {
+            "status": {"type": "string", "enum": ["starting"]}, "ready": {"type": "boolean", "enum": [False]},
+            "waiting_for": {"type": "array", "items": {"type": "string"}}}})}
     return op
 
 
@@ -144,7 +158,7 @@ def build_spec(version: str) -> dict[str, Any]:
     paging = [_query("limit", {"type": "integer", "minimum": 1, "maximum": 100_000}),
               _query("offset", {"type": "integer", "minimum": 0, "maximum": 1_000_000})]
     paths: dict[str, Any] = {
-        "/status": {"get": _op("liveness, no key needed", open_=True)},
+        "/status": {"get": _status_op()},
         "/api/status": {"get": _op("node, leader, task and worker counts")},
         "/api/dashboard": {"get": _op("status, workers and recent tasks in one call")},
         "/metrics": {"get": _metrics_op()},

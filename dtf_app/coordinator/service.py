@@ -1,7 +1,8 @@
 """The coordinator service: recovery, leader duties, worker connections and the serving loop.
 
-``serve_coordinator`` opens the DuckDB store and the durable command log, rebuilds the state machine
-(snapshot + replay), serves the Quart API with hypercorn's trio worker, and runs the leader loops:
+``serve_coordinator`` binds the Quart API (hypercorn's trio worker) first, then opens the DuckDB store and
+the durable command log, rebuilds the state machine (snapshot + replay) and runs the leader loops; until
+all that is done ``GET /status`` answers 503 with what it waits for (readiness.py). The leader loops:
 
 - dispatch: match ready tasks to free worker slots, commit ``AssignTasks``, push ``assign`` frames;
 - results: batch the outcomes that workers stream in into one ``CompleteTasks``/``FailTasks`` commit,
@@ -30,10 +31,10 @@ from typing import Any
 
 import trio
 
-from dtf_app import __version__, jsonsafe, localreg
+from dtf_app import __version__, fsutil, jsonsafe, localreg
 from dtf_app import protocol as proto
 from dtf_app.config import Settings
-from dtf_app.coordinator import scheduler
+from dtf_app.coordinator import readiness, scheduler
 from dtf_app.coordinator.cmdlog import CommandLog, Replicator
 from dtf_app.coordinator.state import State
 from dtf_app.security import keys as keymod
@@ -207,15 +208,27 @@ class Coordinator:
         self._last_store_index = 0
         self.recent_run_seconds: float | None = None
         self.stats = {"submitted": 0, "assigned": 0, "recorded": 0}
+        self.readiness = readiness.Readiness()
 
     # ------------------------------------------------------------------ recovery
     def load(self) -> None:
         """Open the store and the log, restore the snapshot and replay the log."""
+        self.open_store()
+        self.recover()
+
+    def open_store(self) -> None:
+        """Open the DuckDB store (its file lock keeps a second coordinator off this data dir)."""
         from dtf_app.store.writer import Store
 
-        self.store = Store(self.settings.coordinator_db_path(),
-                           quarantine_path=self.data_dir / "store-quarantine.jsonl")
+        fsutil.private_dir(self.data_dir)
+        db_path = self.settings.coordinator_db_path()
+        self.store = Store(db_path, quarantine_path=self.data_dir / "store-quarantine.jsonl")
         self._last_store_index = self.store.open()
+        # DuckDB creates its files itself; the process umask (node.py) covers later ones such as the .wal.
+        fsutil.private_files(db_path.parent, db_path.name, db_path.name + ".wal")
+
+    def recover(self) -> None:
+        """Restore the snapshot and replay the log (CommandLogCorruptionError: damage, nothing changed)."""
         snapshot, records = self.cmdlog.open()
         if snapshot is not None:
             self.state = State.restore(snapshot)
@@ -613,7 +626,7 @@ LOCAL_WORKER_KEY_NAME = "dtf-up-workers"
 
 def _write_secret(path: Path, secret: str) -> None:
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = fsutil.open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     with os.fdopen(fd, "w") as handle:
         handle.write(secret + "\n")
     os.replace(tmp, path)
@@ -622,6 +635,8 @@ def _write_secret(path: Path, secret: str) -> None:
 async def _ensure_bootstrap_key(coord: Coordinator) -> None:
     """First start with no keys: write an admin key to <data_dir>/admin.key and a worker key to
     <data_dir>/worker.key (both 0600), so the local path needs no setup while staying authenticated."""
+    for name in ("admin.key", "worker.key"):
+        fsutil.private_file(coord.data_dir / name)
     if coord.state.api_keys:
         return
     admin, worker = keymod.generate_key(), keymod.generate_key()
@@ -638,7 +653,8 @@ async def _ensure_bootstrap_key(coord: Coordinator) -> None:
 def _write_node_file(coord: Coordinator) -> None:
     path = coord.data_dir / "node.json"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"url": coord.url, "node_id": coord.node_id, "pid": os.getpid()}))
+    with os.fdopen(fsutil.open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as handle:
+        handle.write(json.dumps({"url": coord.url, "node_id": coord.node_id, "pid": os.getpid()}))
     os.replace(tmp, path)
 
 
@@ -650,8 +666,6 @@ async def serve_coordinator(settings: Settings, *, task_status: trio.TaskStatus[
     from dtf_app.coordinator.api import create_app
 
     coord = Coordinator(settings)
-    coord.data_dir.mkdir(parents=True, exist_ok=True)
-    await trio.to_thread.run_sync(coord.load)
     app = create_app(coord)
     config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
@@ -665,17 +679,23 @@ async def serve_coordinator(settings: Settings, *, task_status: trio.TaskStatus[
     registration = None
     try:
         async with trio.open_nursery() as nursery:
+            # Listen first: during a long recovery /status answers 503 with what it waits for (every
+            # other route 503 "starting"), and a port in use stops the start before the data dir is touched.
+            binds = await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))
+            coord.url = _pick_url(binds, settings)
+            await trio.to_thread.run_sync(coord.open_store)
+            _write_node_file(coord)  # after the store's lock: a second coordinator never overwrites it
+            await trio.to_thread.run_sync(coord.recover)
+            coord.readiness.done(readiness.RECOVERY)
             await nursery.start(coord.store.run)
             await nursery.start(coord.replicator.run)
-            # Bind before anything is written, so a port in use leaves a fresh data dir untouched.
-            binds = await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))
             await _ensure_bootstrap_key(coord)
-            coord.url = _pick_url(binds, settings)
-            _write_node_file(coord)
+            coord.readiness.done(readiness.BOOTSTRAP_KEY)
             registration = localreg.register(coord.url, coord.data_dir)
             nursery.start_soon(coord.dispatch_loop)
             nursery.start_soon(coord.results_loop)
             nursery.start_soon(coord.liveness_loop)
+            coord.readiness.done(readiness.LOOPS)
             log.info("coordinator %s serving on %s (data in %s)", coord.node_id, coord.url, coord.data_dir)
             task_status.started(coord.url)
             await trio.sleep_forever()
@@ -683,9 +703,11 @@ async def serve_coordinator(settings: Settings, *, task_status: trio.TaskStatus[
         localreg.unregister(registration)
         with trio.CancelScope(shield=True):
             try:
-                await coord.store.flush()
+                if coord.store is not None:
+                    await coord.store.flush()
             finally:
-                coord.store.close()
+                if coord.store is not None:
+                    coord.store.close()
                 coord.cmdlog.close()
 
 

@@ -63,6 +63,7 @@ from bisect import bisect_left, bisect_right
 from pathlib import Path
 from types import TracebackType
 
+from dtf_app import fsutil
 from dtf_app.raft.storage import EntryIndex
 from dtf_app.raft.types import Entry, HardState, Snapshot, voters_from_entry
 
@@ -275,7 +276,7 @@ def _write_all(fd: int, data: bytes) -> None:
 def _write_file_atomically(path: Path, data: bytes) -> None:
     """Write temp, fsync, rename over ``path``, fsync the directory: readers see all or nothing."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         _write_all(fd, data)
         os.fsync(fd)
@@ -312,7 +313,8 @@ class DurableStorage(EntryIndex):
             raise ValueError(f"segment_bytes must be at least 1024, got {segment_bytes}")
         self._dir = Path(directory)
         self._segment_bytes = segment_bytes
-        self._dir.mkdir(parents=True, exist_ok=True)
+        # Entries carry every replicated command (key hashes, task configs): owner only, whatever the umask.
+        fsutil.private_dir(self._dir)
 
         self._hard_state = HardState()
         self._snapshot: Snapshot | None = None
@@ -336,6 +338,7 @@ class DurableStorage(EntryIndex):
 
         self._lock()
         try:
+            fsutil.private_files(self._dir, "LOCK", "wal-*.log", "snap-*.snap")
             self._open()
         except BaseException:
             self._release()
@@ -547,7 +550,7 @@ class DurableStorage(EntryIndex):
         segment = _Segment(seq, self._segment_path(seq))
         try:
             os.fsync(self._fd)
-            fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+            fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
             os.close(self._fd)
             self._fd = fd
             self._segments.append(segment)
@@ -612,7 +615,7 @@ class DurableStorage(EntryIndex):
                 other.unlink()
 
     def _lock(self) -> None:
-        self._lock_fd = os.open(self._dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        self._lock_fd = os.open(self._dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
         if fcntl is None:
             return
         try:
@@ -651,7 +654,7 @@ class DurableStorage(EntryIndex):
         segments.sort(key=lambda s: s.seq)
         if not segments:
             segment = _Segment(1, self._segment_path(1))
-            fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 _write_all(fd, SEGMENT_MAGIC)
                 os.fsync(fd)

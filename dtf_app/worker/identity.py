@@ -11,6 +11,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from dtf_app import fsutil
 from dtf_app.config import Settings
 
 logger = logging.getLogger("dtf.worker")
@@ -23,18 +24,22 @@ def claim_worker_id(settings: Settings) -> tuple[str, Any]:
     restarted worker keeps its identity and its outbox. Several workers may share one data dir (``dtf up``):
     the first one holds ``worker-id.lock`` for its lifetime; the others take a fresh id they do not persist.
     """
-    if settings.worker_id:
-        return settings.worker_id, None
-    hostname = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname().split(".")[0].lower()) or "worker"
-    fresh = f"{hostname}-{secrets.token_hex(3)}"
     data_dir = Path(settings.data_dir)
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        # The data dir holds the outbox (outcomes not yet acknowledged) and task work dirs: owner only.
+        fsutil.private_dir(data_dir)
+        if (data_dir / "work").is_dir():
+            fsutil.private_dir(data_dir / "work")  # the task work dirs' root, left by an earlier run
+        if settings.worker_id:
+            return settings.worker_id, None
         lock = open(data_dir / "worker-id.lock", "a+")  # held open: the lock lives as long as the worker
+        fsutil.private_file(data_dir / "worker-id.lock")
     except OSError as exc:
         from dtf_app.worker.agent import WorkerError  # agent imports this module: import at use
 
         raise WorkerError(f"cannot use data dir {data_dir}: {exc}", exit_code=2) from exc
+    hostname = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname().split(".")[0].lower()) or "worker"
+    fresh = f"{hostname}-{secrets.token_hex(3)}"
     if not _try_lock(lock):
         lock.close()
         logger.info("data dir %s is used by another running worker; this one is %s (not persisted)", data_dir, fresh)
@@ -43,8 +48,10 @@ def claim_worker_id(settings: Settings) -> tuple[str, Any]:
     try:
         stored = id_file.read_text().strip() if id_file.exists() else ""
         if re.fullmatch(r"[A-Za-z0-9._-]{1,128}", stored):
+            fsutil.private_file(id_file)
             return stored, lock
-        id_file.write_text(fresh + "\n")
+        with os.fdopen(fsutil.open_private(id_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as handle:
+            handle.write(fresh + "\n")
     except OSError as exc:
         lock.close()
         from dtf_app.worker.agent import WorkerError

@@ -21,6 +21,8 @@ from typing import Any
 
 import trio
 
+from dtf_app import fsutil
+
 OutboxKey = tuple[str, int]
 """``(task_id, attempt)``: what an outcome is acknowledged by."""
 
@@ -55,8 +57,10 @@ class Outbox:
         import duckdb  # heavy import kept out of module import time (dtf --version must stay instant)
 
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            fsutil.private_dir(path.parent, tighten=False)  # an existing folder may be the user's (--db-path)
             connection = duckdb.connect(str(path))
+            # Unacknowledged outcomes are nobody else's business; later files (.wal): the node's umask.
+            fsutil.private_files(path.parent, path.name, path.name + ".wal")
         except (OSError, duckdb.Error) as exc:
             # The usual cause is a second worker using the same db file, which DuckDB's file lock refuses.
             raise OutboxError(

@@ -26,6 +26,7 @@ from typing import Protocol, runtime_checkable
 
 import trio
 
+from dtf_app.fsutil import task_umask
 from dtf_app.plugins import RUNNERS_GROUP, load_plugin
 
 TAIL_LINES = 200
@@ -241,6 +242,8 @@ async def run_process(
             cwd=str(cwd) if cwd else None,
             env=dict(env) if env is not None else None,
             **_NEW_GROUP,
+            # The node runs under umask 077 (its state is private); a task gets the umask it was started with.
+            **({} if _WINDOWS else {"umask": task_umask()}),
         )
     except FileNotFoundError:
         raise TaskError(f"command not found: {argv[0]!r} (not on PATH of the worker, or a wrong path)") from None

@@ -111,8 +111,10 @@ class Cluster:
             info = json.loads(node_file.read_text())
             if info.get("pid") != pid:
                 return None
-            httpx.get(info["url"] + "/status", timeout=2).raise_for_status()
-            return info["url"]
+            # /status answers 503 "starting" until recovery, the bootstrap key and the loops are done.
+            status = httpx.get(info["url"] + "/status", timeout=2)
+            status.raise_for_status()
+            return info["url"] if status.json().get("ready") is True else None
 
         self.url = wait_for(ready, what="coordinator to serve")
         self.port = int(self.url.rsplit(":", 1)[1])

@@ -79,6 +79,7 @@ def test_node_start_problems_are_exit_2_without_traceback(cluster: Cluster) -> N
     same_port = cluster.cli("--mode", "coordinator", "--port", port, "--data-dir", str(cluster.root / "other"),
                             timeout=30)
     assert same_port.returncode == 2 and "Address already in use" in same_port.stderr
+    assert not (cluster.root / "other").exists()  # it binds before it touches its data dir
     same_dir = cluster.cli("--mode", "coordinator", "--port", "0", "--data-dir", str(cluster.data_dir), timeout=30)
     assert same_dir.returncode == 2 and "another DTF process" in same_dir.stderr
     blocked = cluster.root / "a-file"
