@@ -47,6 +47,8 @@ class State:
         self.dependents: dict[str, list[str]] = {}
         self.next_seq = 0
         self.applied_index = 0
+        # The newest leader term seen in the log (fencing: see apply).
+        self.term = 0
 
     # ------------------------------------------------------------------ helpers
     def _set_status(self, task: TaskDoc, status: str) -> None:
@@ -73,10 +75,28 @@ class State:
         return out
 
     # ------------------------------------------------------------------ apply
-    def apply(self, command: dict[str, Any], index: int = 0) -> tuple[Any, Events]:
-        """Apply one committed command; returns (result for the proposer, store events)."""
+    def note_term(self, term: int, index: int = 0) -> None:
+        """A log entry of ``term`` was applied (a new leader's noop included)."""
+        if term > self.term:
+            self.term = term
+        if index:
+            self.applied_index = index
+
+    def apply(self, command: dict[str, Any], index: int = 0, term: int = 0) -> tuple[Any, Events]:
+        """Apply one committed command; returns (result for the proposer, store events).
+
+        Fencing: a command stamped with a proposer's ``term`` older than the newest leader term already
+        in the log comes from a deposed leader and is refused, so two leaders never act on one task.
+        """
         op = command.get("op")
         handler = _HANDLERS.get(op)  # type: ignore[arg-type]
+        stamped = command.get("term")
+        if term:
+            self.note_term(term)
+        if isinstance(stamped, int) and not isinstance(stamped, bool) and stamped < self.term:
+            if index:
+                self.applied_index = index
+            return {"error": f"{op} refused: proposed in term {stamped}, but term {self.term} has begun"}, []
         if handler is None:
             # An unknown op in the log means a newer version wrote it; skipping keeps replay alive.
             result: Any = {"error": f"unknown command {op!r}"}
@@ -377,7 +397,7 @@ class State:
         """Serialise the whole state (the log can then be compacted up to ``applied_index``)."""
         return json.dumps({
             "tasks": self.tasks, "workers": self.workers, "api_keys": self.api_keys,
-            "next_seq": self.next_seq, "applied_index": self.applied_index,
+            "next_seq": self.next_seq, "applied_index": self.applied_index, "term": self.term,
         }, separators=(",", ":")).encode()
 
     @classmethod
@@ -389,6 +409,7 @@ class State:
         state.api_keys = raw["api_keys"]
         state.next_seq = raw["next_seq"]
         state.applied_index = raw["applied_index"]
+        state.term = raw.get("term", 0)
         for task in raw["tasks"].values():
             state._add_task(task)
             for dep in task.get("dependencies") or []:

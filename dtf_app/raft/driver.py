@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,7 +49,10 @@ class StateMachine(Protocol):
     """What the driver applies committed entries to (the coordinator's state, in DTF)."""
 
     def apply_entry(self, entry: Entry) -> Any:
-        """Apply one committed normal entry; the result goes to its proposer (if it is waiting here)."""
+        """Apply one committed entry, in log order; the result goes to its proposer if it waits here.
+
+        Every entry comes through here, noop and config entries too (they carry no application data,
+        but their terms tell the state machine that a new leader took over)."""
         ...
 
     def snapshot_bytes(self) -> bytes:
@@ -152,6 +155,9 @@ class RaftDriver:
         self._seen = (self.node.role, self.node.leader_id, self.node.term)
         self._applied_changed = trio.Event()
         self.running = False
+        # Awaited before each snapshot, with applies paused (the coordinator flushes its store there, so
+        # no store row of an entry the snapshot covers can be lost with the compacted log).
+        self.before_snapshot: Callable[[], Awaitable[Any]] | None = None
 
     # ------------------------------------------------------------------ views
     def status(self) -> DriverStatus:
@@ -311,13 +317,11 @@ class RaftDriver:
                 self._proposals.pop(index).fail(ProposalDropped(
                     "superseded by a snapshot from the leader; outcome unknown"))
         for entry in rd.committed_entries:
-            result = None
-            if entry.kind == "normal":
-                try:
-                    result = self.sm.apply_entry(entry)
-                except Exception as exc:  # the state machine must never stop the log
-                    log.exception("applying log entry %d failed; the entry is skipped", entry.index)
-                    result = {"error": f"apply failed: {type(exc).__name__}: {exc}"}
+            try:
+                result = self.sm.apply_entry(entry)
+            except Exception as exc:  # the state machine must never stop the log
+                log.exception("applying log entry %d failed; the entry is skipped", entry.index)
+                result = {"error": f"apply failed: {type(exc).__name__}: {exc}"}
             self.applied_index = entry.index
             waiter = self._proposals.pop(entry.index, None)
             if waiter is not None:
@@ -345,6 +349,8 @@ class RaftDriver:
             await self._take_snapshot()
 
     async def _take_snapshot(self) -> None:
+        if self.before_snapshot is not None:
+            await self.before_snapshot()
         index = self.applied_index
         data = self.sm.snapshot_bytes()
         compact_to = index - self.keep_entries

@@ -34,6 +34,8 @@ class ListMachine:
         self.restored: list[int] = []
 
     def apply_entry(self, entry: Entry) -> Any:
+        if entry.kind != "normal":
+            return None
         self.items.append(entry.data.decode())
         return len(self.items)
 
