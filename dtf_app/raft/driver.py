@@ -245,6 +245,8 @@ class RaftDriver:
                 self._drain_inbox()
                 while node.has_ready():
                     await self._handle_ready(node.ready())
+                    # What arrived during the fsync joins the next Ready (group commit).
+                    self._drain_inbox()
                 self._note_leadership()
                 await trio.lowlevel.checkpoint()
         finally:
@@ -304,7 +306,8 @@ class RaftDriver:
 
     async def _handle_ready(self, rd: Ready) -> None:
         if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
-            if self._persist_in_thread:
+            # Only an fsync (or a snapshot file) is worth a thread hop; plain writes are buffered.
+            if self._persist_in_thread and (rd.must_sync or rd.snapshot is not None):
                 await trio.to_thread.run_sync(self._persist, rd)
             else:
                 self._persist(rd)
