@@ -46,8 +46,15 @@ def _add_node_options(parser: argparse.ArgumentParser) -> None:
     node.add_argument("--db-path", metavar="F", help="DuckDB file (default <data-dir>/dtf.duckdb)")
     node.add_argument("--coordinator", metavar="URL[,URL...]", help="coordinator URL(s) a worker connects to")
     node.add_argument("--api-key", metavar="K", help="API key (prefer DTF_API_KEY: flags show in ps)")
-    node.add_argument("--peers", metavar="id=URL,...", help="the other coordinators of a Raft cluster")
+    node.add_argument("--peers", metavar="id=URL,...",
+                      help="the coordinators of a Raft cluster (id=URL or host:port; this node may be listed)")
     node.add_argument("--node-id", metavar="ID", help="this coordinator's id")
+    node.add_argument("--advertise-url", metavar="URL",
+                      help="the URL peers, workers and clients reach this coordinator at (default from host/port)")
+    node.add_argument("--cluster-secret-file", metavar="F",
+                      help="file with the secret that authenticates peer traffic (or DTF_CLUSTER_SECRET)")
+    node.add_argument("--heartbeat-ms", type=int, metavar="MS", help="Raft heartbeat interval (default 50)")
+    node.add_argument("--election-timeout-ms", type=int, metavar="MS", help="Raft election timeout (default 300)")
     node.add_argument("--max-concurrent-tasks", type=int, metavar="N", help="task slots of a worker (default 4)")
     node.add_argument("--tags", metavar="a,b", help="worker tags tasks can require")
     node.add_argument("--worker-id", metavar="ID", help="stable worker id (default: derived from the host)")

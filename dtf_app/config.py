@@ -51,6 +51,16 @@ class Settings:
     """Coordinator: snapshot the state (and restart the command log) after this many log entries."""
     token_expiry: int = 3600
     """Lifetime of a JWT in seconds (``security.token_expiry`` in the deployment guide's JSON)."""
+    advertise_url: str | None = None
+    """Coordinator: the URL other nodes, workers and clients reach this node at (default from host/port)."""
+    cluster_secret: str | None = None
+    """Shared secret that authenticates Raft peer traffic (prefer ``DTF_CLUSTER_SECRET`` or a file)."""
+    cluster_secret_file: str | None = None
+    """A file holding the cluster secret (e.g. a mounted Kubernetes Secret)."""
+    heartbeat_ms: int = 50
+    """Raft heartbeat interval in milliseconds (one tick of the Raft clock)."""
+    election_timeout_ms: int = 300
+    """Raft election timeout in milliseconds (randomised between this and twice this)."""
 
     def coordinator_db_path(self) -> Path:
         """Where the coordinator's DuckDB file lives."""
@@ -81,6 +91,8 @@ _KINDS: dict[str, str] = {
     "max_concurrent_tasks": "int", "tags": "list", "worker_id": "optstr", "heartbeat_interval": "float",
     "worker_timeout": "float", "max_retries": "int", "batch_size": "int", "reconnect_attempts": "int",
     "simulate_hardware": "optstr", "log_level": "str", "token_expiry": "int", "snapshot_every": "int",
+    "advertise_url": "optstr", "cluster_secret": "optstr", "cluster_secret_file": "optstr",
+    "heartbeat_ms": "int", "election_timeout_ms": "int",
 }
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Settings))
 assert set(_KINDS) == set(FIELD_NAMES), "every Settings field needs a kind"
@@ -291,14 +303,14 @@ def _parse_string(kind: str, text: str, where: str) -> Any:
     if kind in ("list", "urls"):
         return [part for part in text.split(",")]
     if kind == "peers":
-        peers: dict[str, str] = {}
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            node_id, sep, url = part.partition("=")
-            if not sep or not node_id.strip() or not url.strip():
-                raise ConfigError(f"{where}: expected id=URL pairs separated by commas "
-                                  f"(e.g. n1=http://10.0.0.1:8080,n2=http://10.0.0.2:8080), got {part!r}")
-            peers[node_id.strip()] = url.strip()
-        return peers
+        from dtf_app.cluster import ClusterConfigError, parse_peer_entries
+
+        # id=URL, URL or host:port entries (ids derived from hosts): the rule of dtf_app/cluster.py.
+        try:
+            return dict(parse_peer_entries(text, where))
+        except ClusterConfigError as exc:
+            raise ConfigError(f"{exc} (expected id=URL or host:port entries separated by commas, e.g. "
+                              "n1=http://10.0.0.1:8080,n2=http://10.0.0.2:8080)") from None
     return text
 
 
@@ -327,19 +339,23 @@ def validate(settings: Settings, sources: Mapping[str, str] | None = None) -> No
                           f"longer than heartbeat_interval ({settings.heartbeat_interval} s), or every worker "
                           "would be declared lost between two heartbeats")
     minimums = {"max_concurrent_tasks": 1, "batch_size": 1, "max_retries": 0, "reconnect_attempts": 0,
-                "token_expiry": 1, "snapshot_every": 1}
+                "token_expiry": 1, "snapshot_every": 1, "heartbeat_ms": 1, "election_timeout_ms": 2}
     for name, minimum in minimums.items():
         if getattr(settings, name) < minimum:
             raise ConfigError(f"{origin(name)}: {name} must be at least {minimum}, got {getattr(settings, name)}")
+    if settings.election_timeout_ms < 2 * settings.heartbeat_ms:
+        raise ConfigError(f"{origin('election_timeout_ms')}: the election timeout ({settings.election_timeout_ms} ms) "
+                          f"must be at least twice the heartbeat ({settings.heartbeat_ms} ms)")
     if settings.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(f"{origin('log_level')}: log level must be one of {', '.join(LOG_LEVELS)}, "
                           f"got {settings.log_level!r}")
     settings.log_level = settings.log_level.lower()
     if not settings.coordinator:
         raise ConfigError(f"{origin('coordinator')}: at least one coordinator URL is needed")
-    for url in [*settings.coordinator, *settings.peers.values()]:
+    for url in [*settings.coordinator, *settings.peers.values(), *filter(None, [settings.advertise_url])]:
         if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
-            name = "coordinator" if url in settings.coordinator else "peers"
+            name = "coordinator" if url in settings.coordinator else (
+                "advertise_url" if url == settings.advertise_url else "peers")
             raise ConfigError(f"{origin(name)}: {url!r} is not a URL; expected http://HOST:PORT or https://HOST:PORT")
     for name in ("host", "data_dir"):
         if not getattr(settings, name):
