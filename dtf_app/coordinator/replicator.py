@@ -155,6 +155,14 @@ class Replicator:
     def term(self) -> int:
         return self.driver.term if self.driver is not None else 0
 
+    @property
+    def role(self) -> str:
+        return self.driver.node.role if self.driver is not None else "follower"
+
+    @property
+    def commit_index(self) -> int:
+        return self.driver.node.commit_index if self.driver is not None else 0
+
     async def propose(self, commands: list[dict[str, Any]]) -> list[Any]:
         """Commit and apply ``commands`` (one entry each); their results in order.
 

@@ -16,6 +16,8 @@ Commands (``{"op": ..., "time": float, ...}``):
 - ``CancelTask`` {task_id, reason} -> cancelled
 - ``RegisterWorker`` {worker: {...}} ; ``WorkersLost`` {worker_ids: [...], reason}
 - ``CreateApiKey`` {name, role, key_hash} ; ``DeleteApiKey`` {name}
+- ``LeaderElected`` {node_id, term, reason} (a new leader's first command: replicated leadership history)
+- ``SetNodeEnabled`` {node_id, enabled} (an operator disables a coordinator: it hands over and stops campaigning)
 
 Outcomes are idempotent on (task_id, attempt): a late or duplicated report for an attempt that is no
 longer current is ignored, which is what makes recording exactly-once while execution is at-least-once.
@@ -30,6 +32,7 @@ from dtf_app.coordinator import scheduler
 
 # Keep what the state holds of a run's output bounded: the full document goes to DuckDB.
 MAX_OUTPUT_CHARS = 4000
+MAX_LEADERSHIP_HISTORY = 100
 
 TaskDoc = dict[str, Any]
 Events = list[dict[str, Any]]
@@ -49,6 +52,10 @@ class State:
         self.applied_index = 0
         # The newest leader term seen in the log (fencing: see apply).
         self.term = 0
+        # Leadership history (LeaderElected commands), newest last, bounded.
+        self.leaders: list[dict[str, Any]] = []
+        # Coordinator nodes disabled by an operator (they stop campaigning).
+        self.disabled_nodes: list[str] = []
 
     # ------------------------------------------------------------------ helpers
     def _set_status(self, task: TaskDoc, status: str) -> None:
@@ -367,6 +374,25 @@ class State:
         return self.api_keys.pop(cmd["name"], None), []
 
     # ------------------------------------------------------------------ events
+    def _leader_elected(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        previous = self.leaders[-1]["leader_id"] if self.leaders else None
+        row = {"term": int(cmd["term"]), "leader_id": str(cmd["node_id"]), "previous_leader_id": previous,
+               "reason": str(cmd.get("reason") or "election"), "timestamp": cmd.get("time"),
+               "log_index": self.applied_index}
+        self.leaders.append(row)
+        del self.leaders[:-MAX_LEADERSHIP_HISTORY]
+        return row, [{"kind": "leadership", "row": dict(row)}]
+
+    def _set_node_enabled(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        node_id = str(cmd["node_id"])
+        disabled = set(self.disabled_nodes)
+        if cmd.get("enabled"):
+            disabled.discard(node_id)
+        else:
+            disabled.add(node_id)
+        self.disabled_nodes = sorted(disabled)
+        return {"node_id": node_id, "enabled": node_id not in disabled}, []
+
     @staticmethod
     def _history_event(task: TaskDoc, status: str, error: str | None, item: dict[str, Any]) -> dict[str, Any]:
         start = item.get("start_time") or task.get("start_time")
@@ -398,6 +424,7 @@ class State:
         return json.dumps({
             "tasks": self.tasks, "workers": self.workers, "api_keys": self.api_keys,
             "next_seq": self.next_seq, "applied_index": self.applied_index, "term": self.term,
+            "leaders": self.leaders, "disabled_nodes": self.disabled_nodes,
         }, separators=(",", ":")).encode()
 
     @classmethod
@@ -410,6 +437,8 @@ class State:
         state.next_seq = raw["next_seq"]
         state.applied_index = raw["applied_index"]
         state.term = raw.get("term", 0)
+        state.leaders = raw.get("leaders", [])
+        state.disabled_nodes = raw.get("disabled_nodes", [])
         for task in raw["tasks"].values():
             state._add_task(task)
             for dep in task.get("dependencies") or []:
@@ -432,4 +461,6 @@ _HANDLERS = {
     "WorkersLost": State._workers_lost,
     "CreateApiKey": State._create_api_key,
     "DeleteApiKey": State._delete_api_key,
+    "LeaderElected": State._leader_elected,
+    "SetNodeEnabled": State._set_node_enabled,
 }
