@@ -204,6 +204,9 @@ class Coordinator:
         self.duties_running = False
         self.leader_since: float | None = None
         self.leadership_log: deque[dict[str, Any]] = deque(maxlen=100)
+        from dtf_app.coordinator.cluster import ClusterMonitor
+
+        self.monitor = ClusterMonitor(self)
         self.recent_run_seconds: float | None = None
         self.stats = {"submitted": 0, "assigned": 0, "recorded": 0}
 
@@ -500,6 +503,22 @@ class Coordinator:
                     built = message() if callable(message) else message
                 sub.push(built)
 
+    def publish_cluster(self, monitor: Any) -> None:
+        """``cluster_status_update`` and ``cluster_health_update`` pushes (after each probe round)."""
+        from dtf_app.coordinator import cluster as views
+
+        now = iso(time.time())
+        nodes = views.node_views(self, monitor)
+        doc = {"node_id": self.node_id}
+        self._publish("cluster_status", lambda: {
+            "type": "cluster_status_update", "timestamp": now, "leader_id": self.leader_id,
+            "term": self.replicator.term,
+            "nodes": [{"node_id": n["node_id"], "state": n["state"], "term": n["term"],
+                       "last_heartbeat": n["last_heartbeat"], "uptime_seconds": n["uptime_seconds"]} for n in nodes]},
+            doc)
+        self._publish("cluster_status", lambda: {"type": "cluster_health_update", "timestamp": now,
+                                                 **views.health(self, monitor)}, doc)
+
     # ------------------------------------------------------------------ worker connections
     async def worker_hello(self, hello: dict[str, Any], send: trio.MemorySendChannel[dict[str, Any]]) -> WorkerConn:
         """Register a connecting worker (durably) and start tracking its connection."""
@@ -780,6 +799,7 @@ async def serve_coordinator(settings: Settings, *, task_status: trio.TaskStatus[
             coord.url = settings.advertise_url or _pick_url(binds, settings)
             await nursery.start(coord.replicator.run)
             nursery.start_soon(coord.leader_duties)
+            nursery.start_soon(coord.monitor.run)
             if coord.cluster.is_single:
                 await coord.recover()
                 # A single node leads at once; wait for its first duties (bootstrap key written).
