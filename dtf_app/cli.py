@@ -53,6 +53,8 @@ def _add_node_options(parser: argparse.ArgumentParser) -> None:
                       help="the URL peers, workers and clients reach this coordinator at (default from host/port)")
     node.add_argument("--cluster-secret-file", metavar="F",
                       help="file with the secret that authenticates peer traffic (or DTF_CLUSTER_SECRET)")
+    node.add_argument("--high-availability", action="store_true", default=None,
+                      help="coordinator: run as a Raft cluster member (with no --peers, a one-member cluster)")
     node.add_argument("--heartbeat-ms", type=int, metavar="MS", help="Raft heartbeat interval (default 50)")
     node.add_argument("--election-timeout-ms", type=int, metavar="MS", help="Raft election timeout (default 300)")
     node.add_argument("--max-concurrent-tasks", type=int, metavar="N", help="task slots of a worker (default 4)")

@@ -61,6 +61,12 @@ class Settings:
     """Raft heartbeat interval in milliseconds (one tick of the Raft clock)."""
     election_timeout_ms: int = 300
     """Raft election timeout in milliseconds (randomised between this and twice this)."""
+    high_availability: bool = False
+    """Coordinator: run as a member of a Raft cluster (``--high-availability``, ``ENABLE_HIGH_AVAILABILITY``);
+    with no peers that is a one-member cluster. Peers always make a cluster, flag or not."""
+    peers_include_self: bool = False
+    """The peer list names every member, this node too (``HIGH_AVAILABILITY_PEERS``): this node must be
+    found in it, by node id or advertised URL."""
 
     def coordinator_db_path(self) -> Path:
         """Where the coordinator's DuckDB file lives."""
@@ -92,7 +98,7 @@ _KINDS: dict[str, str] = {
     "worker_timeout": "float", "max_retries": "int", "batch_size": "int", "reconnect_attempts": "int",
     "simulate_hardware": "optstr", "log_level": "str", "token_expiry": "int", "snapshot_every": "int",
     "advertise_url": "optstr", "cluster_secret": "optstr", "cluster_secret_file": "optstr",
-    "heartbeat_ms": "int", "election_timeout_ms": "int",
+    "heartbeat_ms": "int", "election_timeout_ms": "int", "high_availability": "bool", "peers_include_self": "bool",
 }
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Settings))
 assert set(_KINDS) == set(FIELD_NAMES), "every Settings field needs a kind"
@@ -140,6 +146,7 @@ def load_settings_with_sources(args: Any = None, *, mode: str | None = None,
         if raw is not None and raw != "":
             values[name] = _coerce(name, raw, f"environment variable DTF_{name.upper()}", parse=True)
             sources[name] = "env"
+    _sources_env(env, values, sources)
     for name, raw in flags.items():
         values[name] = _coerce(name, raw, "--" + name.replace("_", "-"), parse=True)
         sources[name] = "flag"
@@ -149,6 +156,27 @@ def load_settings_with_sources(args: Any = None, *, mode: str | None = None,
     settings = Settings(**values)
     validate(settings, sources)
     return settings, sources
+
+
+# The sources' Kubernetes StatefulSet configures high availability with these variables (ours, DTF_*, win).
+_K8S_ENV = {"ENABLE_HIGH_AVAILABILITY": "high_availability", "HIGH_AVAILABILITY_PEERS": "peers",
+            "COORDINATOR_ID": "node_id"}
+
+
+def _sources_env(env: Mapping[str, str], values: dict[str, Any], sources: dict[str, str]) -> None:
+    """``ENABLE_HIGH_AVAILABILITY`` / ``HIGH_AVAILABILITY_PEERS`` (host:port entries, this pod included) /
+    ``COORDINATOR_ID`` (the pod's name), where the DTF_* form of the same setting is not set."""
+    for var, name in _K8S_ENV.items():
+        raw = env.get(var)
+        if raw is None or raw == "" or sources.get(name) == "env":
+            continue
+        values[name] = _coerce(name, raw, f"environment variable {var}", parse=True)
+        sources[name] = "env"
+        if var == "HIGH_AVAILABILITY_PEERS":
+            values["peers_include_self"] = True
+    if env.get("HIGH_AVAILABILITY_PEERS") and values.get("high_availability") is False:
+        raise ConfigError("ENABLE_HIGH_AVAILABILITY is false but HIGH_AVAILABILITY_PEERS lists peers: "
+                          "set ENABLE_HIGH_AVAILABILITY=true, or remove the peer list for a single coordinator")
 
 
 def _flags_from(args: Any) -> dict[str, Any]:
@@ -259,6 +287,10 @@ def _coerce(name: str, value: Any, where: str, *, parse: bool) -> Any:
     kind = _KINDS[name]
     if parse and isinstance(value, str):
         value = _parse_string(kind, value, where)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {_describe(value)}")
+        return value
     if kind in ("str", "optstr"):
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {_describe(value)}")
@@ -290,6 +322,13 @@ def _coerce(name: str, value: Any, where: str, *, parse: bool) -> Any:
 
 def _parse_string(kind: str, text: str, where: str) -> Any:
     text = text.strip()
+    if kind == "bool":
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {text!r}")
     if kind == "int":
         try:
             return int(text)

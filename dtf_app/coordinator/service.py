@@ -776,7 +776,11 @@ async def serve_coordinator(settings: Settings, *, task_status: trio.TaskStatus[
     coord.data_dir.mkdir(parents=True, exist_ok=True)
     await trio.to_thread.run_sync(coord.load)
     if coord.cluster.is_single:
-        log.info("coordinator %s: a one-member cluster (no peers configured)", coord.node_id)
+        if settings.high_availability:
+            log.warning("high availability is enabled with no peers: coordinator %s runs as a one-member "
+                        "Raft cluster (add members with `dtf cluster add`)", coord.node_id)
+        else:
+            log.info("coordinator %s: a one-member cluster (no peers configured)", coord.node_id)
     else:
         log.info("coordinator %s: member of a %d-node cluster (%s)", coord.node_id, len(coord.cluster.members),
                  ", ".join(f"{i}={u}" for i, u in coord.cluster.members.items()))
@@ -855,10 +859,12 @@ def resolve_cluster(settings: Settings) -> Any:
     node_id = settings.node_id
     if not settings.peers:
         return resolve([], node_id=node_id or f"coord-{socket.gethostname()}", advertise_url=advertise)
+    where = "HIGH_AVAILABILITY_PEERS" if settings.peers_include_self else "peers"
     try:
-        return resolve(list(settings.peers.items()), node_id=node_id, advertise_url=advertise)
+        return resolve(list(settings.peers.items()), node_id=node_id, advertise_url=advertise,
+                       includes_self=True if settings.peers_include_self else None, where=where)
     except ClusterConfigError as exc:
-        raise ConfigError(f"--peers: {exc}") from None
+        raise ConfigError(str(exc)) from None
 
 
 def cluster_secret(settings: Settings) -> bytes:

@@ -69,7 +69,10 @@ async def raft_socket() -> None:
         return
     reason = await transport.serve_connection(websocket.receive, websocket.send)
     if reason is not None:
-        await websocket.close(CLOSE_FORBIDDEN, reason[:120])
+        from dtf_app.raft.transport import CLOSE_MISCONFIGURED
+
+        await websocket.close(CLOSE_MISCONFIGURED if reason.startswith("misconfigured") else CLOSE_FORBIDDEN,
+                              reason[:120])
 
 
 async def _sender(receive: trio.MemoryReceiveChannel[dict[str, Any]], done: trio.CancelScope) -> None:

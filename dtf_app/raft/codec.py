@@ -10,8 +10,10 @@ Frames (see ``transport.py`` for the handshake that produces ``challenge``)::
     challenge frame  (receiver -> sender, once per connection)
         b"DTFRC1" | challenge (16 bytes) | receiver node id (u16 length + UTF-8)
     hello frame      (sender -> receiver, once per connection)
-        b"DTFRH1" | sender id | receiver id | mac(32)
-            mac = HMAC-SHA256(secret, b"hello" | challenge | sender id | receiver id)
+        b"DTFRH1" | sender id | receiver id | members fingerprint (32) | mac(32)
+            mac = HMAC-SHA256(secret, b"hello" | challenge | sender id | receiver id | fingerprint)
+            fingerprint = SHA-256 of the sender's sorted member ids: nodes that disagree on the membership
+            refuse each other (a misconfigured cluster), instead of electing leaders of different clusters
     data frame       (sender -> receiver)
         b"DTFRD1" | seq (u64) | payload | mac(32)
             mac = HMAC-SHA256(secret, b"data" | challenge | seq | payload)
@@ -27,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+from collections.abc import Iterable
 
 from dtf_app.raft.types import Entry, Message, MessageType, Snapshot
 
@@ -124,11 +127,18 @@ def challenge_frame(challenge: bytes, receiver_id: str) -> bytes:
     return b"".join(out)
 
 
-def hello_frame(secret: bytes, challenge: bytes, sender_id: str, receiver_id: str) -> bytes:
+def members_fingerprint(members: Iterable[str]) -> bytes:
+    """What two nodes compare to agree that they belong to the same cluster."""
+    return hashlib.sha256("\n".join(sorted(members)).encode()).digest()
+
+
+def hello_frame(secret: bytes, challenge: bytes, sender_id: str, receiver_id: str,
+                fingerprint: bytes = b"\x00" * 32) -> bytes:
     out = [HELLO_MAGIC]
     _put_str(out, sender_id)
     _put_str(out, receiver_id)
-    out.append(mac(secret, b"hello", challenge, sender_id.encode(), receiver_id.encode()))
+    out.append(fingerprint)
+    out.append(mac(secret, b"hello", challenge, sender_id.encode(), receiver_id.encode(), fingerprint))
     return b"".join(out)
 
 
@@ -224,15 +234,16 @@ def parse_challenge(frame: bytes) -> tuple[bytes, str]:
     return challenge, receiver
 
 
-def parse_hello(frame: bytes) -> tuple[str, str, bytes]:
-    """(sender id, receiver id, mac) from a hello frame; the caller checks the MAC."""
+def parse_hello(frame: bytes) -> tuple[str, str, bytes, bytes]:
+    """(sender id, receiver id, members fingerprint, mac) from a hello frame; the caller checks the MAC."""
     r = _Reader(frame)
     if bytes(r.take(len(HELLO_MAGIC))) != HELLO_MAGIC:
         raise CodecError("not a hello frame")
     sender, receiver = r.string(), r.string()
+    fingerprint = bytes(r.take(32))
     tag = bytes(r.take(MAC_BYTES))
     r.done()
-    return sender, receiver, tag
+    return sender, receiver, fingerprint, tag
 
 
 def parse_data(frame: bytes) -> tuple[int, memoryview, bytes]:

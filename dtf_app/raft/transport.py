@@ -13,7 +13,10 @@ every data frame over (challenge, sequence number, payload). The receiver refuse
   peer whose messages claim another source or destination;
 * ``replayed``: a frame whose sequence number is not the next one (a captured frame re-sent on the same
   connection; on any other connection its MAC is wrong, so it counts as forged);
-* ``malformed``: frames that do not decode.
+* ``malformed``: frames that do not decode;
+* ``misconfigured``: a correctly authenticated peer whose member list differs from ours. Both sides then
+  stop (:class:`ClusterMisconfigured`, exit code 2): two nodes that disagree on the membership must not
+  each count votes in a different cluster.
 
 Messages are best-effort, as Raft expects: a full queue or a broken connection drops them (counted), and
 the core's retries (heartbeats, append probes) recover. TLS: a peer URL with ``https://`` is dialled as
@@ -47,8 +50,17 @@ RECONNECT_MIN_S = 0.05
 RECONNECT_MAX_S = 1.0
 
 
+CLOSE_MISCONFIGURED = 4409
+
+
+class ClusterMisconfigured(Exception):
+    """The members disagree about who is in the cluster; the node stops with one clear line."""
+
+    exit_code = 2
+
+
 class PeerAuthError(Exception):
-    """A peer frame refused; ``kind`` is ``forged``, ``replayed`` or ``malformed``."""
+    """A peer frame refused; ``kind`` is ``forged``, ``replayed``, ``malformed`` or ``misconfigured``."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -63,7 +75,8 @@ class TransportStats:
     messages_in: int = 0
     frames_out: int = 0
     messages_out: int = 0
-    dropped_in: dict[str, int] = field(default_factory=lambda: {"forged": 0, "replayed": 0, "malformed": 0})
+    dropped_in: dict[str, int] = field(default_factory=lambda: {"forged": 0, "replayed": 0, "malformed": 0,
+                                                                  "misconfigured": 0})
     dropped_out: int = 0
     connect_failures: int = 0
 
@@ -84,10 +97,12 @@ def raft_url(base_url: str) -> str:
 class InboundSession:
     """The receiving side of one peer connection: challenge, hello, then data frames."""
 
-    def __init__(self, secret: bytes, node_id: str, members: Callable[[], Collection[str]]) -> None:
+    def __init__(self, secret: bytes, node_id: str, members: Callable[[], Collection[str]],
+                 fingerprint: bytes | None = None) -> None:
         self._secret = secret
         self._node_id = node_id
         self._members = members
+        self._fingerprint = fingerprint
         self.challenge = secrets.token_bytes(codec.CHALLENGE_BYTES)
         self.peer: str | None = None
         self._next_seq = 1
@@ -99,19 +114,25 @@ class InboundSession:
         """Verify one frame; the messages it carries (none for the hello). Raises PeerAuthError."""
         try:
             if self.peer is None:
-                sender, receiver, tag = codec.parse_hello(frame)
+                sender, receiver, fingerprint, tag = codec.parse_hello(frame)
             else:
                 seq, payload, tag = codec.parse_data(frame)
         except codec.CodecError as exc:
             raise PeerAuthError("malformed", f"undecodable frame: {exc}") from None
         if self.peer is None:
-            expected = codec.mac(self._secret, b"hello", self.challenge, sender.encode(), receiver.encode())
+            expected = codec.mac(self._secret, b"hello", self.challenge, sender.encode(), receiver.encode(),
+                                 fingerprint)
             if not secrets.compare_digest(tag, expected):
                 raise PeerAuthError("forged", f"hello from {sender!r} has a bad MAC (wrong cluster secret?)")
             if receiver != self._node_id:
                 raise PeerAuthError("forged", f"hello for node {receiver!r} reached node {self._node_id!r}")
             if sender not in self._members():
-                raise PeerAuthError("forged", f"hello from {sender!r}, which is not a member of the cluster")
+                raise PeerAuthError("misconfigured" if self._fingerprint is not None else "forged",
+                                    f"{sender!r}, which holds the cluster secret, is not in this node's member list "
+                                    f"({', '.join(sorted(self._members()))}): the nodes were given different peers")
+            if self._fingerprint is not None and fingerprint != self._fingerprint:
+                raise PeerAuthError("misconfigured", f"{sender!r} was given a different member list than this "
+                                                     f"node ({', '.join(sorted(self._members()))}): the peers disagree")
             self.peer = sender
             return []
         expected = codec.mac(self._secret, b"data", self.challenge, codec._U64.pack(seq), payload)
@@ -134,7 +155,8 @@ class PeerSender:
     """The outbound stream to one peer: a queue, and a task that keeps a connection and drains it."""
 
     def __init__(self, node_id: str, peer_id: str, url: str, secret: bytes, stats: TransportStats, *,
-                 ssl_context: ssl.SSLContext | None = None, queue_limit: int = QUEUE_LIMIT) -> None:
+                 ssl_context: ssl.SSLContext | None = None, queue_limit: int = QUEUE_LIMIT,
+                 fingerprint: bytes = b"\x00" * 32, on_fatal: Callable[[str], None] | None = None) -> None:
         self.node_id = node_id
         self.peer_id = peer_id
         self.url = url
@@ -146,6 +168,8 @@ class PeerSender:
         self._wakeup = trio.Event()
         self.connected = False
         self._warned = False
+        self._fingerprint = fingerprint
+        self._on_fatal = on_fatal
 
     def send(self, messages: list[Message]) -> None:
         room = self._limit - len(self._queue)
@@ -169,12 +193,17 @@ class PeerSender:
                     if receiver != self.peer_id:
                         raise PeerAuthError("forged", f"{target} answers as node {receiver!r}, "
                                                       f"not {self.peer_id!r}: check the peer list")
-                    await ws.send_message(codec.hello_frame(self._secret, challenge, self.node_id, self.peer_id))
+                    await ws.send_message(codec.hello_frame(self._secret, challenge, self.node_id, self.peer_id,
+                                                            self._fingerprint))
                     self.connected, self._warned, delay = True, False, RECONNECT_MIN_S
                     log.debug("connected to peer %s at %s", self.peer_id, target)
                     await self._stream(ws, challenge)
-            except (OSError, ConnectionClosed, HandshakeError, trio.TooSlowError, codec.CodecError,
-                    PeerAuthError) as exc:
+            except ConnectionClosed as exc:
+                reason = exc.reason
+                if reason is not None and reason.code == CLOSE_MISCONFIGURED and self._on_fatal is not None:
+                    self._on_fatal(f"peer {self.peer_id} at {target} refused this node: {reason.reason}")
+                self._stats.connect_failures += 1
+            except (OSError, HandshakeError, trio.TooSlowError, codec.CodecError, PeerAuthError) as exc:
                 self._stats.connect_failures += 1
                 if not self._warned:
                     log.info("peer %s at %s unreachable (%s); retrying", self.peer_id, target,
@@ -217,9 +246,20 @@ class Transport:
         self.stats = TransportStats()
         self._ssl = ssl_context
         self.peers = {pid: url for pid, url in peers.items() if pid != node_id}
-        self.senders = {pid: PeerSender(node_id, pid, url, secret, self.stats, ssl_context=ssl_context)
-                        for pid, url in self.peers.items()}
+        self.fingerprint = codec.members_fingerprint([node_id, *self.peers])
+        self.fatal: str | None = None
+        self._fatal_event = trio.Event()
+        self.senders = {pid: self._sender(pid, url) for pid, url in self.peers.items()}
         self._nursery: trio.Nursery | None = None
+
+    def _sender(self, peer_id: str, url: str) -> PeerSender:
+        return PeerSender(self.node_id, peer_id, url, self.secret, self.stats, ssl_context=self._ssl,
+                          fingerprint=self.fingerprint, on_fatal=self._set_fatal)
+
+    def _set_fatal(self, message: str) -> None:
+        if self.fatal is None:
+            self.fatal = message
+            self._fatal_event.set()
 
     def members(self) -> Collection[str]:
         return self.peers.keys()
@@ -241,7 +281,7 @@ class Transport:
         if peer_id == self.node_id or peer_id in self.senders:
             return
         self.peers[peer_id] = url
-        sender = PeerSender(self.node_id, peer_id, url, self.secret, self.stats, ssl_context=self._ssl)
+        sender = self._sender(peer_id, url)
         self.senders[peer_id] = sender
         if self._nursery is not None:
             self._nursery.start_soon(sender.run)
@@ -252,7 +292,8 @@ class Transport:
             for sender in self.senders.values():
                 nursery.start_soon(sender.run)
             task_status.started()
-            await trio.sleep_forever()
+            await self._fatal_event.wait()
+            raise ClusterMisconfigured(f"misconfigured cluster: {self.fatal}")
 
     async def serve_connection(self, receive: Callable[[], Awaitable[bytes | str]],
                                send: Callable[[bytes], Awaitable[None]]) -> str | None:
@@ -261,7 +302,7 @@ class Transport:
         Returns None when the peer went away, or the reason it was refused (the caller then closes the
         socket). Refusals are counted in ``stats.dropped_in``.
         """
-        session = InboundSession(self.secret, self.node_id, self.members)
+        session = InboundSession(self.secret, self.node_id, self.members, self.fingerprint)
         await send(session.opening_frame())
         while True:
             frame = await receive()
@@ -273,6 +314,9 @@ class Transport:
             except PeerAuthError as exc:
                 self.stats.refused(exc.kind)
                 log.warning("refused peer traffic (%s): %s", exc.kind, exc)
+                if exc.kind == "misconfigured":
+                    self._set_fatal(str(exc))
+                    return "misconfigured: " + str(exc)
                 return str(exc)
             if messages:
                 self.stats.frames_in += 1
@@ -290,7 +334,8 @@ async def serve_websocket_listener(transport: Transport, host: str = "127.0.0.1"
         try:
             reason = await transport.serve_connection(ws.get_message, ws.send_message)
             if reason is not None:
-                await ws.aclose(code=4403, reason=reason[:120])
+                code = CLOSE_MISCONFIGURED if reason.startswith("misconfigured") else 4403
+                await ws.aclose(code=code, reason=reason[:120])
         except ConnectionClosed:
             pass
 

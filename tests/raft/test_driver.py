@@ -96,6 +96,7 @@ def test_inbound_session_accepts_the_right_secret_and_refuses_forgeries_and_repl
     msgs = [Message(MT.HEARTBEAT, "a", "b", 1), Message(MT.HEARTBEAT, "a", "b", 2)]
     members = lambda: {"a", "c"}  # noqa: E731
     session = InboundSession(SECRET, "b", members)
+    # (No fingerprint check in these sessions: that is the misconfiguration test below.)
     frames = _client_frames(session.challenge, msgs)
     assert session.accept(frames[0]) == []
     assert session.accept(frames[1]) == [msgs[0]]
@@ -127,7 +128,7 @@ def test_inbound_session_accepts_the_right_secret_and_refuses_forgeries_and_repl
     with pytest.raises(PeerAuthError, match="reached node"):
         s.accept(codec.hello_frame(SECRET, s.challenge, "a", "z"))
     s = InboundSession(SECRET, "b", members)
-    with pytest.raises(PeerAuthError, match="not a member"):
+    with pytest.raises(PeerAuthError, match="not in this node's member list"):
         s.accept(codec.hello_frame(SECRET, s.challenge, "x", "b"))
     s = InboundSession(SECRET, "b", members)
     s.accept(codec.hello_frame(SECRET, s.challenge, "a", "b"))
@@ -302,6 +303,7 @@ async def test_real_transports_over_websockets_with_durable_logs(tmp_path: Path)
                 t = Transport(node_id, peers, SECRET, transports[node_id].deliver)
                 # The listener's transport must know the members (for hello checks): share the maps.
                 transports[node_id].peers.update(t.peers)
+                transports[node_id].fingerprint = t.fingerprint
                 machines[node_id] = ListMachine()
                 drivers[node_id] = RaftDriver(node_id, ids, DurableStorage(tmp_path / node_id), machines[node_id],
                                               t.send, tick_seconds=0.02, election_ticks=10)
@@ -331,3 +333,14 @@ async def test_real_transports_over_websockets_with_durable_logs(tmp_path: Path)
             nursery.cancel_scope.cancel()
     for d in drivers.values():
         d.storage.close()
+
+
+def test_nodes_given_different_member_lists_refuse_each_other() -> None:
+    mine = codec.members_fingerprint(["a", "b", "c"])
+    theirs = codec.members_fingerprint(["a", "b", "d"])
+    session = InboundSession(SECRET, "b", lambda: {"a", "c"}, mine)
+    with pytest.raises(PeerAuthError) as exc:
+        session.accept(codec.hello_frame(SECRET, session.challenge, "a", "b", theirs))
+    assert exc.value.kind == "misconfigured" and "different member list" in str(exc.value)
+    ok = InboundSession(SECRET, "b", lambda: {"a", "c"}, mine)
+    assert ok.accept(codec.hello_frame(SECRET, ok.challenge, "a", "b", mine)) == []
