@@ -26,7 +26,7 @@ def setup_logging(level: str = "info") -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S",
     )
     # Hypercorn/quart chatter at INFO is not useful to an operator.
-    for noisy in ("hypercorn.error", "quart.app", "quart.serving"):
+    for noisy in ("hypercorn.error", "quart.app", "quart.serving", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

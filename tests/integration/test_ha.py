@@ -342,3 +342,35 @@ def test_forged_peer_traffic_is_refused_and_counted(ha: HACluster) -> None:
     wait_for(refused, 30, what="the forged hello to be counted")
     assert json.loads(json.dumps(ha.status(target)))["role"] in ("follower", "leader")
     assert time.time() > 0
+
+
+def test_cli_cluster_views_and_disable_hand_leadership_over(ha: HACluster) -> None:
+    import subprocess
+    import sys
+
+    for node_id in ha.ids:
+        ha.start(node_id)
+    leader = ha.wait_leader()
+    ha.load_key()
+
+    def dtf(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "dtf_app", *args, "--coordinator", ha.urls, "--api-key", ha.key],
+                              capture_output=True, text=True, timeout=120, env=_env(ha.env()))
+
+    status = dtf("cluster", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    doc = json.loads(status.stdout)
+    assert doc["leader_id"] == leader and doc["quorum_size"] == 2 and len(doc["nodes"]) == 3
+    text = dtf("cluster", "nodes")
+    assert text.returncode == 0 and all(i in text.stdout for i in ha.ids)
+    health = json.loads(dtf("cluster", "health", "--json").stdout)
+    assert health["cluster_health"] in ("healthy", "degraded") and health["leader_id"] == leader
+    disabled = dtf("cluster", "disable", leader)
+    assert disabled.returncode == 0 and "disabled" in disabled.stdout, disabled.stderr
+    new = wait_for(lambda: (lead := ha.leader()) not in (None, leader) and lead, 60, what="leadership to move")
+    nodes = json.loads(dtf("cluster", "nodes", "--json").stdout)["nodes"]
+    assert {n["node_id"]: n["enabled"] for n in nodes}[leader] is False
+    history = json.loads(dtf("cluster", "leader", "--json").stdout)["history"]
+    assert history[-1]["leader_id"] == new
+    assert dtf("cluster", "enable", leader).returncode == 0
+    assert dtf("cluster", "disable", "nosuch").returncode == 2
