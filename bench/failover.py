@@ -183,7 +183,7 @@ class Dtf:
             if proc is None or proc.poll() is not None:
                 continue
             info = httpx.get(self.url(name) + "/status", timeout=1).json()
-            if info.get("role") == "leader" and info.get("ready"):
+            if info.get("role") == "leader" and info.get("ready", True):
                 return name
         return None
 
@@ -224,7 +224,7 @@ def trial_dtf(trials: int, poll_s: float) -> tuple[list[float], dict[str, int]]:
             survivors = [cluster.url(n) for n in cluster.names if n != leader]
             times.append(poll_until_write(survivors, cluster.write, poll_s))
             cluster.start(leader)
-            wait(lambda: httpx.get(cluster.url(leader) + "/status", timeout=1).json().get("ready"), 60,
+            wait(lambda: httpx.get(cluster.url(leader) + "/status", timeout=1).json().get("ready", True), 60,
                  "the restarted coordinator to be ready")
         counts = {"lost": 0, "duplicated": 0}
     finally:
