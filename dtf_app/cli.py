@@ -46,8 +46,17 @@ def _add_node_options(parser: argparse.ArgumentParser) -> None:
     node.add_argument("--db-path", metavar="F", help="DuckDB file (default <data-dir>/dtf.duckdb)")
     node.add_argument("--coordinator", metavar="URL[,URL...]", help="coordinator URL(s) a worker connects to")
     node.add_argument("--api-key", metavar="K", help="API key (prefer DTF_API_KEY: flags show in ps)")
-    node.add_argument("--peers", metavar="id=URL,...", help="the other coordinators of a Raft cluster")
+    node.add_argument("--peers", metavar="id=URL,...",
+                      help="the coordinators of a Raft cluster (id=URL or host:port; this node may be listed)")
     node.add_argument("--node-id", metavar="ID", help="this coordinator's id")
+    node.add_argument("--advertise-url", metavar="URL",
+                      help="the URL peers, workers and clients reach this coordinator at (default from host/port)")
+    node.add_argument("--cluster-secret-file", metavar="F",
+                      help="file with the secret that authenticates peer traffic (or DTF_CLUSTER_SECRET)")
+    node.add_argument("--high-availability", action="store_true", default=None,
+                      help="coordinator: run as a Raft cluster member (with no --peers, a one-member cluster)")
+    node.add_argument("--heartbeat-ms", type=int, metavar="MS", help="Raft heartbeat interval (default 50)")
+    node.add_argument("--election-timeout-ms", type=int, metavar="MS", help="Raft election timeout (default 300)")
     node.add_argument("--max-concurrent-tasks", type=int, metavar="N", help="task slots of a worker (default 4)")
     node.add_argument("--tags", metavar="a,b", help="worker tags tasks can require")
     node.add_argument("--worker-id", metavar="ID", help="stable worker id (default: derived from the host)")
@@ -174,6 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="cluster status: task and worker counts")
     _add_client_options(status)
 
+    cluster = sub.add_parser("cluster", help="the coordinator cluster: status, nodes, leader, health, disable/enable")
+    cluster_sub = cluster.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, text in (("status", "role, term, leader and every node"), ("nodes", "the coordinator nodes"),
+                         ("leader", "the leader, its term and the leadership history"),
+                         ("health", "cluster health: quorum, reachable nodes")):
+        _add_client_options(cluster_sub.add_parser(action, help=text))
+    for action, text in (("disable", "hand leadership away from a node and stop it campaigning (admin)"),
+                         ("enable", "let a disabled node campaign again (admin)")):
+        parser_ = cluster_sub.add_parser(action, help=text)
+        parser_.add_argument("node_id", metavar="NODE")
+        _add_client_options(parser_)
+
     hardware = sub.add_parser("hardware", help="detect this machine's hardware")
     hardware.add_argument("--json", action="store_true", help="the capabilities document as JSON")
     hardware.add_argument("--simulate-hardware", metavar="FILE", default=argparse.SUPPRESS,
@@ -253,7 +274,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command == "hardware":
         return _cmd_hardware(args)
     handler = {"submit": _cmd_submit, "tasks": _cmd_tasks, "workers": _cmd_workers, "results": _cmd_results,
-               "status": _cmd_status, "keys": _cmd_keys}[command]
+               "status": _cmd_status, "keys": _cmd_keys, "cluster": _cmd_cluster}[command]
     return handler(args)
 
 
@@ -514,6 +535,47 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print("tasks:   " + output.counts_line(tasks, int(tasks.get("total") or 0)))
     print(f"workers: {workers.get('online', 0)} online, {workers.get('offline', 0)} offline, "
           f"{workers.get('total', 0)} total")
+    return EXIT_OK
+
+
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    from dtf_app import output
+
+    with make_client(args) as client:
+        if args.action in ("disable", "enable"):
+            data = client.request("POST", f"/api/cluster/node/{args.node_id}/{args.action}", needs="admin")
+            if args.json:
+                output.print_json(data)
+            else:
+                print(f"node {data.get('node_id')} is now {'enabled' if data.get('enabled') else 'disabled'}")
+            return EXIT_OK
+        path = {"status": "/api/cluster/status", "nodes": "/api/cluster/nodes", "leader": "/api/cluster/leader",
+                "health": "/api/cluster/health"}[args.action]
+        data = client.request("GET", path)
+    if args.json:
+        output.print_json(data)
+        return EXIT_OK
+    if args.action == "leader":
+        print(f"leader {data.get('leader_id') or '(none)'} at {data.get('url') or '-'}, term {data.get('term')}, "
+              f"since {output.format_timestamp(data.get('term_start_time'))}")
+        rows = [(h.get("term"), h.get("leader_id"), h.get("previous_leader_id") or "-", h.get("reason"),
+                 output.format_timestamp(h.get("timestamp"))) for h in reversed(data.get("history") or [])]
+        if rows:
+            print(output.table(rows, ("term", "leader", "previous", "reason", "since")))
+        return EXIT_OK
+    if args.action == "health":
+        print(f"cluster {data.get('cluster_health')}: {data.get('reachable')} of {data.get('members')} nodes "
+              f"reachable, quorum {data.get('quorum_size')}, leader {data.get('leader_id') or '(none)'}")
+        nodes = data.get("nodes") or []
+    else:
+        if args.action == "status":
+            print(f"node {data.get('node_id')} ({data.get('role')}), leader {data.get('leader_id') or '(none)'}, "
+                  f"term {data.get('term')}, commit {data.get('commit_index')}, {data.get('cluster_health')}")
+        nodes = data.get("nodes") or []
+    print(output.table([(n.get("node_id"), n.get("role"), n.get("term", "-"), n.get("url", "-"),
+                         "yes" if n.get("enabled", True) else "no",
+                         "-" if n.get("last_contact_seconds") is None else f"{n['last_contact_seconds']:.1f} s ago")
+                        for n in nodes], ("node", "role", "term", "url", "enabled", "last contact")))
     return EXIT_OK
 
 

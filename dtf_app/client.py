@@ -140,6 +140,7 @@ class Client:
         errors: list[str] = []
         order = self.urls[self._current:] + self.urls[: self._current]
         redirects = 0
+        waited = 0.0
         i = 0
         while i < len(order):
             base = order[i]
@@ -158,6 +159,12 @@ class Client:
             except self._httpx.HTTPError as exc:
                 errors.append(f"{base}: {_reason(exc)}")
                 i += 1
+                continue
+            if response.status_code == 503 and _error_code(response) in _RETRY_CODES and waited < NO_LEADER_WAIT_S:
+                # An election is under way (or the node is still starting): it was refused before any
+                # effect, so asking again shortly is safe for writes too.
+                time.sleep(0.25)
+                waited += 0.25
                 continue
             leader = _leader_hint(response)
             if leader and redirects < 3:
@@ -277,6 +284,20 @@ def _reason(exc: Exception) -> str:
     if "Connection refused" in text or "[Errno 111]" in text:
         return "connection refused"
     return text
+
+
+# 503 answers refused before taking any effect: retried for up to NO_LEADER_WAIT_S.
+_RETRY_CODES = frozenset({"no_leader", "starting"})
+NO_LEADER_WAIT_S = 15.0
+
+
+def _error_code(response: Any) -> str | None:
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    return error.get("code") if isinstance(error, dict) else None
 
 
 def _leader_hint(response: Any) -> str | None:

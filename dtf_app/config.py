@@ -51,6 +51,22 @@ class Settings:
     """Coordinator: snapshot the state (and restart the command log) after this many log entries."""
     token_expiry: int = 3600
     """Lifetime of a JWT in seconds (``security.token_expiry`` in the deployment guide's JSON)."""
+    advertise_url: str | None = None
+    """Coordinator: the URL other nodes, workers and clients reach this node at (default from host/port)."""
+    cluster_secret: str | None = None
+    """Shared secret that authenticates Raft peer traffic (prefer ``DTF_CLUSTER_SECRET`` or a file)."""
+    cluster_secret_file: str | None = None
+    """A file holding the cluster secret (e.g. a mounted Kubernetes Secret)."""
+    heartbeat_ms: int = 50
+    """Raft heartbeat interval in milliseconds (one tick of the Raft clock)."""
+    election_timeout_ms: int = 300
+    """Raft election timeout in milliseconds (randomised between this and twice this)."""
+    high_availability: bool = False
+    """Coordinator: run as a member of a Raft cluster (``--high-availability``, ``ENABLE_HIGH_AVAILABILITY``);
+    with no peers that is a one-member cluster. Peers always make a cluster, flag or not."""
+    peers_include_self: bool = False
+    """The peer list names every member, this node too (``HIGH_AVAILABILITY_PEERS``): this node must be
+    found in it, by node id or advertised URL."""
 
     def coordinator_db_path(self) -> Path:
         """Where the coordinator's DuckDB file lives."""
@@ -81,6 +97,8 @@ _KINDS: dict[str, str] = {
     "max_concurrent_tasks": "int", "tags": "list", "worker_id": "optstr", "heartbeat_interval": "float",
     "worker_timeout": "float", "max_retries": "int", "batch_size": "int", "reconnect_attempts": "int",
     "simulate_hardware": "optstr", "log_level": "str", "token_expiry": "int", "snapshot_every": "int",
+    "advertise_url": "optstr", "cluster_secret": "optstr", "cluster_secret_file": "optstr",
+    "heartbeat_ms": "int", "election_timeout_ms": "int", "high_availability": "bool", "peers_include_self": "bool",
 }
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Settings))
 assert set(_KINDS) == set(FIELD_NAMES), "every Settings field needs a kind"
@@ -128,6 +146,7 @@ def load_settings_with_sources(args: Any = None, *, mode: str | None = None,
         if raw is not None and raw != "":
             values[name] = _coerce(name, raw, f"environment variable DTF_{name.upper()}", parse=True)
             sources[name] = "env"
+    _sources_env(env, values, sources)
     for name, raw in flags.items():
         values[name] = _coerce(name, raw, "--" + name.replace("_", "-"), parse=True)
         sources[name] = "flag"
@@ -137,6 +156,27 @@ def load_settings_with_sources(args: Any = None, *, mode: str | None = None,
     settings = Settings(**values)
     validate(settings, sources)
     return settings, sources
+
+
+# The sources' Kubernetes StatefulSet configures high availability with these variables (ours, DTF_*, win).
+_K8S_ENV = {"ENABLE_HIGH_AVAILABILITY": "high_availability", "HIGH_AVAILABILITY_PEERS": "peers",
+            "COORDINATOR_ID": "node_id"}
+
+
+def _sources_env(env: Mapping[str, str], values: dict[str, Any], sources: dict[str, str]) -> None:
+    """``ENABLE_HIGH_AVAILABILITY`` / ``HIGH_AVAILABILITY_PEERS`` (host:port entries, this pod included) /
+    ``COORDINATOR_ID`` (the pod's name), where the DTF_* form of the same setting is not set."""
+    for var, name in _K8S_ENV.items():
+        raw = env.get(var)
+        if raw is None or raw == "" or sources.get(name) == "env":
+            continue
+        values[name] = _coerce(name, raw, f"environment variable {var}", parse=True)
+        sources[name] = "env"
+        if var == "HIGH_AVAILABILITY_PEERS":
+            values["peers_include_self"] = True
+    if env.get("HIGH_AVAILABILITY_PEERS") and values.get("high_availability") is False:
+        raise ConfigError("ENABLE_HIGH_AVAILABILITY is false but HIGH_AVAILABILITY_PEERS lists peers: "
+                          "set ENABLE_HIGH_AVAILABILITY=true, or remove the peer list for a single coordinator")
 
 
 def _flags_from(args: Any) -> dict[str, Any]:
@@ -247,6 +287,10 @@ def _coerce(name: str, value: Any, where: str, *, parse: bool) -> Any:
     kind = _KINDS[name]
     if parse and isinstance(value, str):
         value = _parse_string(kind, value, where)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {_describe(value)}")
+        return value
     if kind in ("str", "optstr"):
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {_describe(value)}")
@@ -278,6 +322,13 @@ def _coerce(name: str, value: Any, where: str, *, parse: bool) -> Any:
 
 def _parse_string(kind: str, text: str, where: str) -> Any:
     text = text.strip()
+    if kind == "bool":
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {text!r}")
     if kind == "int":
         try:
             return int(text)
@@ -291,14 +342,14 @@ def _parse_string(kind: str, text: str, where: str) -> Any:
     if kind in ("list", "urls"):
         return [part for part in text.split(",")]
     if kind == "peers":
-        peers: dict[str, str] = {}
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            node_id, sep, url = part.partition("=")
-            if not sep or not node_id.strip() or not url.strip():
-                raise ConfigError(f"{where}: expected id=URL pairs separated by commas "
-                                  f"(e.g. n1=http://10.0.0.1:8080,n2=http://10.0.0.2:8080), got {part!r}")
-            peers[node_id.strip()] = url.strip()
-        return peers
+        from dtf_app.cluster import ClusterConfigError, parse_peer_entries
+
+        # id=URL, URL or host:port entries (ids derived from hosts): the rule of dtf_app/cluster.py.
+        try:
+            return dict(parse_peer_entries(text, where))
+        except ClusterConfigError as exc:
+            raise ConfigError(f"{exc} (expected id=URL or host:port entries separated by commas, e.g. "
+                              "n1=http://10.0.0.1:8080,n2=http://10.0.0.2:8080)") from None
     return text
 
 
@@ -327,19 +378,23 @@ def validate(settings: Settings, sources: Mapping[str, str] | None = None) -> No
                           f"longer than heartbeat_interval ({settings.heartbeat_interval} s), or every worker "
                           "would be declared lost between two heartbeats")
     minimums = {"max_concurrent_tasks": 1, "batch_size": 1, "max_retries": 0, "reconnect_attempts": 0,
-                "token_expiry": 1, "snapshot_every": 1}
+                "token_expiry": 1, "snapshot_every": 1, "heartbeat_ms": 1, "election_timeout_ms": 2}
     for name, minimum in minimums.items():
         if getattr(settings, name) < minimum:
             raise ConfigError(f"{origin(name)}: {name} must be at least {minimum}, got {getattr(settings, name)}")
+    if settings.election_timeout_ms < 2 * settings.heartbeat_ms:
+        raise ConfigError(f"{origin('election_timeout_ms')}: the election timeout ({settings.election_timeout_ms} ms) "
+                          f"must be at least twice the heartbeat ({settings.heartbeat_ms} ms)")
     if settings.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(f"{origin('log_level')}: log level must be one of {', '.join(LOG_LEVELS)}, "
                           f"got {settings.log_level!r}")
     settings.log_level = settings.log_level.lower()
     if not settings.coordinator:
         raise ConfigError(f"{origin('coordinator')}: at least one coordinator URL is needed")
-    for url in [*settings.coordinator, *settings.peers.values()]:
+    for url in [*settings.coordinator, *settings.peers.values(), *filter(None, [settings.advertise_url])]:
         if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
-            name = "coordinator" if url in settings.coordinator else "peers"
+            name = "coordinator" if url in settings.coordinator else (
+                "advertise_url" if url == settings.advertise_url else "peers")
             raise ConfigError(f"{origin(name)}: {url!r} is not a URL; expected http://HOST:PORT or https://HOST:PORT")
     from dtf_app.protocol import id_problem
 

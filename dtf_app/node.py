@@ -33,7 +33,7 @@ def setup_logging(level: str = "info") -> None:
         if type(handler.formatter) is logging.Formatter:  # ours from basicConfig, not a caller's own
             handler.setFormatter(EscapingFormatter(fmt, datefmt))
     # Hypercorn/quart chatter at INFO is not useful to an operator.
-    for noisy in ("hypercorn.error", "quart.app", "quart.serving"):
+    for noisy in ("hypercorn.error", "quart.app", "quart.serving", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

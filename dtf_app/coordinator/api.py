@@ -22,6 +22,7 @@ from dtf_app import __version__, jsonsafe
 from dtf_app import protocol as proto
 from dtf_app.coordinator import scheduler
 from dtf_app.coordinator.service import Coordinator, clean_outcome, task_view
+from dtf_app.raft.types import NotLeader, ProposalDropped
 from dtf_app.security import keys as keymod
 
 log = logging.getLogger("dtf.api")
@@ -118,7 +119,8 @@ def _bool_arg(name: str) -> bool:
 
 def _not_ready(coord: Coordinator, path: str) -> Response | None:
     """Until the node has started, every route but /status answers 503 ``starting`` (see readiness.py)."""
-    if coord.readiness.ready or path == "/status":
+    if coord.readiness.ready or path in ("/status", "/raft"):
+        # Peer traffic flows while starting: a member needs it to learn (or elect) a leader.
         return None
     response = error_response(503, "starting", coord.readiness.message())
     response.headers["Retry-After"] = "1"
@@ -135,7 +137,7 @@ def create_app(coord: Coordinator) -> QuartTrio:
     async def bind_coordinator() -> Response | None:
         g.coord = coord
         _check_url_text()
-        return _not_ready(coord, request.path)
+        return _not_ready(coord, request.path) or await _route_to_leader(coord)
 
     @app.before_websocket
     async def bind_coordinator_ws() -> Response | None:
@@ -165,6 +167,19 @@ def create_app(coord: Coordinator) -> QuartTrio:
             message = f"the request body is larger than {MAX_BODY_BYTES} bytes"
         return error_response(status, code, message)
 
+    @app.errorhandler(NotLeader)
+    async def on_not_leader(exc: NotLeader) -> Response:
+        # Leadership moved while this request waited for its commit.
+        return _not_leader_response(coord)
+
+    @app.errorhandler(ProposalDropped)
+    async def on_dropped(exc: ProposalDropped) -> Response:
+        response = error_response(503, "leadership_changed",
+                                  f"{exc}; the request may not have taken effect: retry it (task ids given by "
+                                  "the client make a retried submit safe)")
+        response.headers["Retry-After"] = "1"
+        return response
+
     @app.errorhandler(Exception)
     async def on_unexpected(exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.path)
@@ -173,9 +188,13 @@ def create_app(coord: Coordinator) -> QuartTrio:
     # ------------------------------------------------------------------ status
     @app.get("/status")
     async def open_status() -> Response:
+        rep = coord.replicator
         readiness = coord.readiness.document()
-        response = json_response({**readiness, "node_id": coord.node_id, "role": "leader", "version": __version__},
-                                 200 if coord.readiness.ready else 503)
+        response = json_response({**readiness, "node_id": coord.node_id, "role": rep.role,
+                                  "leader_id": coord.leader_id, "leader_url": coord.leader_url, "term": rep.term,
+                                  "commit_index": rep.commit_index, "applied_index": coord.state.applied_index,
+                                  "uptime_seconds": round(time.time() - coord.started_at, 3),
+                                  "version": __version__}, 200 if coord.readiness.ready else 503)
         if not coord.readiness.ready:
             response.headers["Retry-After"] = "1"
         return response
@@ -193,35 +212,59 @@ def create_app(coord: Coordinator) -> QuartTrio:
         return json_response({"status": coord.status(), "workers": workers,
                               "recent_tasks": [task_view(t) for t in recent]})
 
+    from dtf_app.coordinator import cluster as cluster_views
+
     @app.get("/api/cluster/status")
     @requires("read")
     async def cluster_status() -> Response:
-        status = coord.status()
-        return json_response({"node_id": coord.node_id, "role": "leader", "leader_id": coord.node_id, "term": 1,
-                              "nodes": [{"node_id": coord.node_id, "url": coord.url, "role": "leader"}],
-                              "tasks": status["tasks"], "workers": status["workers"]})
+        return json_response(cluster_views.status(coord, coord.monitor))
 
     @app.get("/api/cluster/leader")
     @requires("read")
     async def cluster_leader() -> Response:
-        return json_response({"leader_id": coord.node_id, "term": 1, "url": coord.url})
+        return json_response(cluster_views.leader_info(coord))
 
     @app.get("/api/cluster/nodes")
     @requires("read")
     async def cluster_nodes() -> Response:
-        # One node until the Raft issue makes this a replicated cluster.
-        return json_response({"nodes": [{"node_id": coord.node_id, "url": coord.url, "role": "leader",
-                                         "term": 1, "healthy": True, "enabled": True,
-                                         "applied_index": coord.state.applied_index}]})
+        return json_response({"nodes": cluster_views.node_views(coord, coord.monitor)})
 
     @app.get("/api/cluster/health")
     @requires("read")
     async def cluster_health() -> Response:
         from dtf_app import health
 
+        doc = cluster_views.health(coord, coord.monitor)
         metrics = await trio.to_thread.run_sync(health.sample, str(coord.data_dir))
-        return json_response({"nodes": [{"node_id": coord.node_id, "healthy": True, "metrics": metrics,
-                                         "alerts": health.evaluate(metrics)}]})
+        for node in doc["nodes"]:
+            if node["node_id"] == coord.node_id:
+                node.update(metrics=metrics, alerts=health.evaluate(metrics))
+        return json_response(doc)
+
+    @app.get("/api/cluster/visualize")
+    @requires("read")
+    async def cluster_visualize() -> Response:
+        return Response(cluster_views.visualize(coord, coord.monitor), content_type="text/html; charset=utf-8")
+
+    async def _set_enabled(node_id: str, enabled: bool) -> Response:
+        if node_id not in coord.cluster.members:
+            raise ApiError(404, "not_found", f"no coordinator {node_id!r}; members: {', '.join(coord.cluster.members)}")
+        disabled = set(coord.state.disabled_nodes)
+        after = disabled - {node_id} if enabled else disabled | {node_id}
+        if not enabled and after >= set(coord.cluster.members):
+            raise ApiError(409, "last_enabled", "at least one coordinator must stay enabled to lead the cluster")
+        (result,) = await coord.propose([{"op": "SetNodeEnabled", "node_id": node_id, "enabled": enabled}])
+        return json_response(result)
+
+    @app.post("/api/cluster/node/<node_id>/disable")
+    @requires("admin")
+    async def cluster_disable(node_id: str) -> Response:
+        return await _set_enabled(node_id, False)
+
+    @app.post("/api/cluster/node/<node_id>/enable")
+    @requires("admin")
+    async def cluster_enable(node_id: str) -> Response:
+        return await _set_enabled(node_id, True)
 
     @app.get("/metrics")
     @requires("read")
@@ -528,10 +571,11 @@ def create_app(coord: Coordinator) -> QuartTrio:
         return json_response(build_spec(__version__))
 
     # ------------------------------------------------------------------ websockets
-    from dtf_app.coordinator.ws import client_socket, worker_socket
+    from dtf_app.coordinator.ws import client_socket, raft_socket, worker_socket
 
     app.websocket("/ws/worker")(worker_socket)
     app.websocket("/ws")(client_socket)
+    app.websocket("/raft")(raft_socket)
     return app
 
 
@@ -554,6 +598,47 @@ async def _admit(coord: Coordinator, worker_id: str) -> str | None:
                                      g.principal.name)
     except enrolment.CredentialRefused as exc:
         raise ApiError(403, exc.code, str(exc)) from None
+
+
+# Answered by every node itself, leader or not: health checks, metrics, the cluster views, the schema.
+_NODE_LOCAL_PREFIXES = ("/api/cluster/", "/status", "/metrics", "/openapi.json")
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _not_leader_response(coord: Coordinator) -> Response:
+    """A follower's answer to a request only the leader serves: 307 to the leader, or 503 if none."""
+    leader_url = coord.leader_url
+    if leader_url is None or coord.leader_id == coord.node_id:
+        response = error_response(503, "no_leader", "no leader is known yet (an election is under way or a "
+                                  "majority of the coordinators is unreachable); retry shortly")
+        response.headers["Retry-After"] = "1"
+        return response
+    body = {"error": {"code": "not_leader", "message": f"this coordinator ({coord.node_id}) is a follower; "
+                      f"send this request to the leader {coord.leader_id} at {leader_url}",
+                      "leader_id": coord.leader_id, "leader_url": leader_url}}
+    response = json_response(body, 307)
+    query = request.query_string.decode("latin-1")
+    response.headers["Location"] = leader_url + request.path + (f"?{query}" if query else "")
+    return response
+
+
+async def _route_to_leader(coord: Coordinator) -> Response | None:
+    """Writes go to the leader; reads too (linearizable, after a read barrier), unless ``?stale=true``
+    asks a follower for its own, possibly stale, view. Node-local routes are answered here."""
+    path = request.path
+    if path.startswith(_NODE_LOCAL_PREFIXES) and not (path.startswith("/api/cluster/node/")):
+        return None
+    if coord.is_leader:
+        if request.method not in _WRITE_METHODS and not coord.cluster.is_single:
+            try:
+                with trio.fail_after(10):
+                    await coord.read_barrier()
+            except (NotLeader, ProposalDropped, trio.TooSlowError):
+                return _not_leader_response(coord)
+        return None
+    if request.method not in _WRITE_METHODS and _bool_arg("stale"):
+        return None
+    return _not_leader_response(coord)
 
 
 def ws_principal(coord: Coordinator, permission: str) -> tuple[keymod.Principal | None, str | None]:

@@ -36,7 +36,24 @@ class _CoordinatorCollector(Collector):
         yield GaugeMetricFamily("dtf_log_index", "Last applied command index", value=coord.state.applied_index)
         for name, value in coord.stats.items():
             yield CounterMetricFamily(f"dtf_tasks_{name}", f"Tasks {name} since start", value=value)
-        yield CounterMetricFamily("dtf_log_fsyncs", "Group-commit fsyncs since start", value=coord.replicator.fsyncs)
+        rep = coord.replicator
+        yield CounterMetricFamily("dtf_log_fsyncs", "Group-commit fsyncs of the Raft log since start",
+                                  value=rep.storage.fsyncs if rep.storage is not None else 0)
+        raft = GaugeMetricFamily("dtf_raft", "Raft state of this coordinator", labels=["field"])
+        raft.add_metric(["term"], rep.term)
+        raft.add_metric(["commit_index"], rep.commit_index)
+        raft.add_metric(["is_leader"], 1 if rep.is_leader else 0)
+        yield raft
+        if rep.transport is not None:
+            stats = rep.transport.stats
+            refused = CounterMetricFamily("dtf_raft_peer_frames_refused", "Peer frames refused", labels=["reason"])
+            for reason, count in sorted(stats.dropped_in.items()):
+                refused.add_metric([reason], count)
+            yield refused
+            yield CounterMetricFamily("dtf_raft_peer_messages_in", "Peer messages received", value=stats.messages_in)
+            yield CounterMetricFamily("dtf_raft_peer_messages_out", "Peer messages sent", value=stats.messages_out)
+            yield CounterMetricFamily("dtf_raft_peer_messages_dropped_out", "Peer messages dropped before sending",
+                                      value=stats.dropped_out)
         if coord.store is not None:
             yield CounterMetricFamily(
                 "dtf_store_quarantined_events", "Store events that could not be written and were kept in the "

@@ -167,6 +167,11 @@ def build_spec(version: str) -> dict[str, Any]:
         "/api/cluster/leader": {"get": _op("leader id, term and URL")},
         "/api/cluster/nodes": {"get": _op("coordinator nodes")},
         "/api/cluster/health": {"get": _op("health metrics and alerts per node")},
+        "/api/cluster/visualize": {"get": _op("HTML page with an SVG of the nodes and the leadership history")},
+        "/api/cluster/node/{node_id}/disable": {"post": _op(
+            "disable a coordinator: it hands leadership over and stops campaigning (admin)", params=[_path("node_id")])},
+        "/api/cluster/node/{node_id}/enable": {"post": _op("enable a disabled coordinator again (admin)",
+                                                           params=[_path("node_id")])},
         "/api/workers": {"get": _op("workers", params=[_query("status", {"type": "string",
                                                                           "enum": ["online", "offline"]})])},
         "/api/workers/register": {"post": _op(

@@ -21,6 +21,10 @@ RECOVERY = "recovery"
 BOOTSTRAP_KEY = "bootstrap key"
 LOOPS = "dispatch loops"
 COORDINATOR_CONDITIONS = (RECOVERY, BOOTSTRAP_KEY, LOOPS)
+# A member of a cluster of several coordinators (the leader's key is written on the leader only).
+LEADER_KNOWN = "leader known"
+CAUGHT_UP = "caught up with the commit index"
+MEMBER_CONDITIONS = (RECOVERY, LEADER_KNOWN, CAUGHT_UP)
 
 
 class Readiness:

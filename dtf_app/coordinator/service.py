@@ -10,8 +10,10 @@ all that is done ``GET /status`` answers 503 with what it waits for (readiness.p
 - liveness: workers silent for ``worker_timeout`` are committed as ``WorkersLost`` and their tasks
   go back to pending (attempt + 1) or fail after ``max_retries``.
 
-Every state change goes through :meth:`Coordinator.propose`, so the later Raft issue swaps the
-replicator and keeps all of this.
+Every state change goes through :meth:`Coordinator.propose`, which commits through the Raft log
+(``replicator.py``; a single node is a one-member cluster). The leader loops run only while this node
+leads: they start once it has applied its own term's first entry and stop when it steps down, and a
+follower answers writes with the leader's address (api.py / ws.py).
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ from dtf_app import __version__, fsutil, jsonsafe, localreg
 from dtf_app import protocol as proto
 from dtf_app.config import Settings
 from dtf_app.coordinator import readiness, scheduler
-from dtf_app.coordinator.cmdlog import CommandLog, Replicator
+from dtf_app.coordinator.replicator import Replicator
 from dtf_app.coordinator.state import State
+from dtf_app.raft.types import NotLeader, ProposalDropped
 from dtf_app.security import keys as keymod
 
 log = logging.getLogger("dtf.coordinator")
@@ -85,6 +88,7 @@ class WorkerConn:
         self.finished: set[str] = set()
         self.assigned_at: dict[str, float] = {}
         self.health: dict[str, Any] = {}
+        self.last_heartbeat: float | None = None
         self.closed = False
         # Set when the coordinator ends the connection itself with a close code (e.g. enrolment revoked).
         self.close_code = 0
@@ -188,12 +192,17 @@ class Coordinator:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.data_dir = Path(settings.data_dir)
-        self.node_id = settings.node_id or f"coord-{socket.gethostname()}"
-        self.state = State()
+        self.cluster = resolve_cluster(settings)
+        self.node_id = self.cluster.self_id
         self.store: Any = None
-        self.cmdlog = CommandLog(self.data_dir / "log")
-        self.replicator = Replicator(self.cmdlog, self.state, self._on_applied,
-                                     snapshot_every=max(1, int(settings.snapshot_every)))
+        heartbeat = max(1, int(settings.heartbeat_ms))
+        self.replicator = Replicator(
+            self.data_dir / "raft", State(), self._on_applied, node_id=self.node_id,
+            peers=dict(self.cluster.members), secret=cluster_secret(settings) if not self.cluster.is_single else None,
+            snapshot_every=max(1, int(settings.snapshot_every)), tick_seconds=heartbeat / 1000,
+            election_ticks=max(2, int(settings.election_timeout_ms) // heartbeat))
+        self.replicator.on_restored = self._on_restored
+        self.replicator.on_leadership = self._on_leadership
         self.queue = scheduler.ReadyQueue()
         self.conns: dict[str, WorkerConn] = {}
         self.subscribers: set[Subscriber] = set()
@@ -206,15 +215,47 @@ class Coordinator:
         self._results_wakeup = trio.Event()
         self._replaying = True
         self._last_store_index = 0
+        # Leadership: set when this node becomes leader; the duties supervisor waits on it.
+        self._became_leader = trio.Event()
+        self._duties_scope: trio.CancelScope | None = None
+        self.duties_running = False
+        self.leader_since: float | None = None
+        self.leadership_log: deque[dict[str, Any]] = deque(maxlen=100)
+        from dtf_app.coordinator.cluster import ClusterMonitor
+
+        self.monitor = ClusterMonitor(self)
         self.recent_run_seconds: float | None = None
         self.stats = {"submitted": 0, "assigned": 0, "recorded": 0}
-        self.readiness = readiness.Readiness()
+        # A single node waits for recovery, its bootstrap key and its loops; a cluster member for
+        # recovery, a known leader and having applied what is committed (plus its loops while it leads).
+        self.readiness = readiness.Readiness(
+            readiness.COORDINATOR_CONDITIONS if self.cluster.is_single else readiness.MEMBER_CONDITIONS)
+
+    @property
+    def state(self) -> State:
+        """The replicated state machine (replaced wholesale when a snapshot is installed)."""
+        return self.replicator.state
+
+    @property
+    def is_leader(self) -> bool:
+        return self.replicator.is_leader
+
+    @property
+    def leader_id(self) -> str | None:
+        return self.replicator.leader_id
+
+    @property
+    def leader_url(self) -> str | None:
+        leader = self.replicator.leader_id
+        if leader is None:
+            return None
+        return self.url if leader == self.node_id else self.cluster.members.get(leader)
 
     # ------------------------------------------------------------------ recovery
     def load(self) -> None:
-        """Open the store and the log, restore the snapshot and replay the log."""
+        """Open the store and the Raft log (blocking: run in a thread); see :meth:`recover`."""
         self.open_store()
-        self.recover()
+        self.open_log()
 
     def open_store(self) -> None:
         """Open the DuckDB store (its file lock keeps a second coordinator off this data dir)."""
@@ -227,22 +268,107 @@ class Coordinator:
         # DuckDB creates its files itself; the process umask (node.py) covers later ones such as the .wal.
         fsutil.private_files(db_path.parent, db_path.name, db_path.name + ".wal")
 
-    def recover(self) -> None:
-        """Restore the snapshot and replay the log (CommandLogCorruptionError: damage, nothing changed)."""
-        snapshot, records = self.cmdlog.open()
-        if snapshot is not None:
-            self.state = State.restore(snapshot)
-            self.replicator.state = self.state
-        for index, command in records:
-            result, events = self.state.apply(command, index)
-            self._on_applied(index, command, result, events)
-        self._replaying = False
-        for task in self.state.tasks.values():
-            if task["status"] == "pending":
-                self.queue.push(task)
+    def open_log(self) -> None:
+        """Open the Raft log and restore the newest snapshot (blocking). Committed entries after the
+        snapshot are applied again once the replicator runs (:meth:`recover`); a data dir written by the
+        pre-Raft command log is imported first."""
+        _import_command_log(self)
+        self.replicator.open()
         self.replicator.before_snapshot = self.store.flush
+
+    async def recover(self) -> None:
+        """Wait until every entry committed before this start is applied again; then serve."""
+        await self.replicator.wait_caught_up()
+        self._replaying = False
+        self._on_restored(self.state)
         log.info("recovered %d tasks, %d workers, %d keys (log index %d)", len(self.state.tasks),
                  len(self.state.workers), len(self.state.api_keys), self.state.applied_index)
+
+    def _on_restored(self, state: State) -> None:
+        """A snapshot replaced the state: rebuild what is derived from it."""
+        self.queue = scheduler.ReadyQueue()
+        for task in state.tasks.values():
+            if task["status"] == "pending":
+                self.queue.push(task)
+        if self.replicator.driver is not None:
+            self.replicator.driver.node.can_campaign = self.node_id not in state.disabled_nodes
+        self._dispatch_wakeup.set()
+
+    # ------------------------------------------------------------------ leadership
+    def _on_leadership(self, change: Any) -> None:
+        """Called by the Raft driver when this node's role or known leader changes."""
+        entry = {"time": time.time(), "role": change.role, "leader_id": change.leader_id, "term": change.term,
+                 "previous_leader_id": change.previous_leader_id}
+        self.leadership_log.append(entry)
+        if change.role == "leader":
+            log.warning("became leader of term %d", change.term)
+            self.leader_since = time.time()
+            self._became_leader.set()
+        else:
+            if change.previous_role == "leader":
+                log.warning("stepped down in term %d (leader now: %s)", change.term, change.leader_id or "unknown")
+            elif change.leader_id:
+                log.info("following leader %s (term %d)", change.leader_id, change.term)
+            self.leader_since = None
+            self._step_down()
+        if self.subscribers:
+            self._publish("leadership_updates", {
+                "type": "leadership_update", "previous_leader_id": change.previous_leader_id,
+                "new_leader_id": change.leader_id, "term": change.term,
+                "reason": "election" if change.leader_id else "leader lost", "timestamp": iso(entry["time"])}, entry)
+
+    def _step_down(self) -> None:
+        """No longer the leader: stop the leader loops and send workers and subscribers to the leader."""
+        if self._duties_scope is not None:
+            self._duties_scope.cancel()
+        notice = {"type": proto.ERROR, "code": "not_leader", "message": "this coordinator is no longer the leader",
+                  "leader_id": self.leader_id, "leader_url": self.leader_url}
+        for conn in list(self.conns.values()):
+            conn.push(notice)
+            conn.closed = True
+            conn.send.close()
+        self.conns.clear()
+        for sub in list(self.subscribers):
+            sub.push({"type": "error", "error": {k: v for k, v in notice.items() if k != "type"}})
+            sub.send.close()
+        self.subscribers.clear()
+        self._results.clear()
+        self._started.clear()
+
+    async def leader_duties(self) -> None:
+        """Run the leader loops while this node leads; restart them at each new term of leadership."""
+        while True:
+            await self._became_leader.wait()
+            self._became_leader = trio.Event()
+            term = self.replicator.term
+            try:
+                # Our own term's first entry committed and applied: the state is complete, act on it.
+                await self.replicator.read_barrier()
+            except (NotLeader, ProposalDropped):
+                continue
+            if not self.is_leader or self.replicator.term != term:
+                continue
+            with trio.CancelScope() as scope:
+                self._duties_scope = scope
+                try:
+                    await self.propose([{"op": "LeaderElected", "node_id": self.node_id,
+                                         "reason": "election"}])
+                    await _ensure_bootstrap_key(self)
+                    self.readiness.done(readiness.BOOTSTRAP_KEY)
+                    self.duties_running = True
+                    self.readiness.done(readiness.LOOPS)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self.dispatch_loop)
+                        nursery.start_soon(self.results_loop)
+                        nursery.start_soon(self.liveness_loop)
+                except* (NotLeader, ProposalDropped) as group:
+                    log.warning("leader duties of term %d stopped: %s", term, group.exceptions[0])
+            self.duties_running = False
+            self._duties_scope = None
+
+    async def read_barrier(self) -> None:
+        """Linearizable reads: wait until this node has applied everything committed so far."""
+        await self.replicator.read_barrier()
 
     def _on_applied(self, index: int, command: dict[str, Any], result: Any, events: list[dict[str, Any]]) -> None:
         # Events of entries the store already holds are not written twice (exactly-once rows).
@@ -278,11 +404,27 @@ class Coordinator:
             conn = self.conns.pop(command["worker_id"], None)
             if conn is not None:
                 conn.refuse(f"the enrolment of worker {command['worker_id']!r} was revoked by an admin")
+        if op == "SetNodeEnabled" and isinstance(result, dict) and result.get("node_id") == self.node_id:
+            self._apply_enabled(bool(result.get("enabled")))
         if op == "CancelTask" and isinstance(result, dict) and result.get("worker_id"):
             conn = self.conns.get(result["worker_id"])
             if conn is not None and result.get("status") == "cancelled":
                 conn.push({"type": proto.CANCEL, "task_id": result["task_id"], "attempt": result["attempts"]})
         self._dispatch_wakeup.set()
+
+    def _apply_enabled(self, enabled: bool) -> None:
+        """An operator enabled/disabled this node: a disabled node hands leadership over, never campaigns."""
+        driver = self.replicator.driver
+        if driver is None:
+            return
+        driver.node.can_campaign = enabled
+        if not enabled and self.is_leader:
+            others = [m for m in self.cluster.members if m != self.node_id and m not in self.state.disabled_nodes]
+            if others:
+                # The most caught-up peer takes over fastest.
+                best = max(others, key=lambda m: getattr(driver.node.progress(m), "match", 0))
+                log.warning("disabled by an operator: handing leadership to %s", best)
+                driver.transfer_leadership(best)
 
     def prefetch_per_slot(self) -> int:
         """How many tasks per slot a worker may hold queued, from how long recent tasks ran."""
@@ -380,7 +522,9 @@ class Coordinator:
     def status(self) -> dict[str, Any]:
         online = sum(1 for c in self.conns.values() if not c.closed)
         return {
-            "node_id": self.node_id, "role": "leader", "leader_id": self.node_id, "term": 1,
+            "node_id": self.node_id, "role": self.replicator.role, "leader_id": self.leader_id,
+            "leader_url": self.leader_url, "term": self.replicator.term,
+            "commit_index": self.replicator.commit_index, "applied_index": self.state.applied_index,
             "url": self.url, "version": __version__, "uptime_seconds": round(time.time() - self.started_at, 3),
             "tasks": self.state.task_counts(),
             "workers": {"online": online, "offline": len(self.state.workers) - online,
@@ -399,6 +543,22 @@ class Coordinator:
                 if built is None:
                     built = message() if callable(message) else message
                 sub.push(built)
+
+    def publish_cluster(self, monitor: Any) -> None:
+        """``cluster_status_update`` and ``cluster_health_update`` pushes (after each probe round)."""
+        from dtf_app.coordinator import cluster as views
+
+        now = iso(time.time())
+        nodes = views.node_views(self, monitor)
+        doc = {"node_id": self.node_id}
+        self._publish("cluster_status", lambda: {
+            "type": "cluster_status_update", "timestamp": now, "leader_id": self.leader_id,
+            "term": self.replicator.term,
+            "nodes": [{"node_id": n["node_id"], "state": n["state"], "term": n["term"],
+                       "last_heartbeat": n["last_heartbeat"], "uptime_seconds": n["uptime_seconds"]} for n in nodes]},
+            doc)
+        self._publish("cluster_status", lambda: {"type": "cluster_health_update", "timestamp": now,
+                                                 **views.health(self, monitor)}, doc)
 
     # ------------------------------------------------------------------ worker connections
     async def worker_hello(self, hello: dict[str, Any], send: trio.MemorySendChannel[dict[str, Any]], *,
@@ -470,11 +630,12 @@ class Coordinator:
                 conn.running = {r["task_id"] for r in running if isinstance(r, dict) and "task_id" in r}
             worker = self.state.workers.get(conn.worker_id)
             if worker is not None:
-                # Heartbeats are not log entries (too chatty); the store gets them directly.
-                worker["last_heartbeat"] = time.time()
+                # Heartbeats are leader-local liveness (too chatty for the log, and replicated state
+                # changes only in apply); the leader's store gets them directly.
+                conn.last_heartbeat = time.time()
                 self.store.put(None, [{"kind": "worker", "worker": {
                     **{k: v for k, v in worker.items() if k != "assigned"},
-                    "status": "online", "hardware_metrics": conn.health}}])
+                    "last_heartbeat": conn.last_heartbeat, "status": "online", "hardware_metrics": conn.health}}])
         elif kind == proto.LOG:
             task_id = message.get("task_id")
             lines = message.get("lines") or []
@@ -666,6 +827,15 @@ async def serve_coordinator(settings: Settings, *, task_status: trio.TaskStatus[
     from dtf_app.coordinator.api import create_app
 
     coord = Coordinator(settings)
+    if coord.cluster.is_single:
+        if settings.high_availability:
+            log.warning("high availability is enabled with no peers: coordinator %s runs as a one-member "
+                        "Raft cluster", coord.node_id)
+        else:
+            log.info("coordinator %s: a one-member cluster (no peers configured)", coord.node_id)
+    else:
+        log.info("coordinator %s: member of a %d-node cluster (%s)", coord.node_id, len(coord.cluster.members),
+                 ", ".join(f"{i}={u}" for i, u in coord.cluster.members.items()))
     app = create_app(coord)
     config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
@@ -682,20 +852,23 @@ async def serve_coordinator(settings: Settings, *, task_status: trio.TaskStatus[
             # Listen first: during a long recovery /status answers 503 with what it waits for (every
             # other route 503 "starting"), and a port in use stops the start before the data dir is touched.
             binds = await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))
-            coord.url = _pick_url(binds, settings)
+            coord.url = settings.advertise_url or _pick_url(binds, settings)
             await trio.to_thread.run_sync(coord.open_store)
             _write_node_file(coord)  # after the store's lock: a second coordinator never overwrites it
-            await trio.to_thread.run_sync(coord.recover)
-            coord.readiness.done(readiness.RECOVERY)
+            await trio.to_thread.run_sync(coord.open_log)
             await nursery.start(coord.store.run)
             await nursery.start(coord.replicator.run)
-            await _ensure_bootstrap_key(coord)
-            coord.readiness.done(readiness.BOOTSTRAP_KEY)
+            nursery.start_soon(coord.leader_duties)
+            nursery.start_soon(coord.monitor.run)
             registration = localreg.register(coord.url, coord.data_dir)
-            nursery.start_soon(coord.dispatch_loop)
-            nursery.start_soon(coord.results_loop)
-            nursery.start_soon(coord.liveness_loop)
-            coord.readiness.done(readiness.LOOPS)
+            if coord.cluster.is_single:
+                await coord.recover()
+                coord.readiness.done(readiness.RECOVERY)
+                # A single node leads at once; wait for its first duties (bootstrap key written, loops up).
+                while not coord.duties_running:
+                    await trio.sleep(0.01)
+            else:
+                nursery.start_soon(_recover_and_report, coord)
             log.info("coordinator %s serving on %s (data in %s)", coord.node_id, coord.url, coord.data_dir)
             task_status.started(coord.url)
             await trio.sleep_forever()
@@ -708,7 +881,7 @@ async def serve_coordinator(settings: Settings, *, task_status: trio.TaskStatus[
             finally:
                 if coord.store is not None:
                     coord.store.close()
-                coord.cmdlog.close()
+                coord.replicator.close()
 
 
 def _pick_url(binds: list[str], settings: Settings) -> str:
@@ -719,3 +892,99 @@ def _pick_url(binds: list[str], settings: Settings) -> str:
                 return f"http://127.0.0.1:{port}"
             return bind
     return f"http://{settings.host}:{settings.port}"
+
+
+async def _recover_and_report(coord: Coordinator) -> None:
+    """A cluster member: replay what it knows, then keep its readiness current (a leader known, caught
+    up with the commit index, its loops running while it leads) and say every few seconds while no leader
+    is known (pods of a StatefulSet start one by one; writes are refused until a majority elects one)."""
+    await coord.recover()
+    coord.readiness.done(readiness.RECOVERY)
+    quiet_until = 0.0
+    while True:
+        rep = coord.replicator
+        for condition, holds in ((readiness.LEADER_KNOWN, coord.leader_id is not None),
+                                 (readiness.CAUGHT_UP, coord.state.applied_index >= rep.commit_index),
+                                 (readiness.LOOPS, not rep.is_leader or coord.duties_running)):
+            if holds:
+                coord.readiness.done(condition)
+            else:
+                coord.readiness.require(condition)
+        await trio.sleep(0.2)
+        if coord.leader_id is None and time.monotonic() >= quiet_until:
+            log.warning("no leader yet: waiting for a majority of %d of the %d coordinators (%s) to be reachable",
+                        coord.cluster.quorum, len(coord.cluster.members), ", ".join(coord.cluster.members))
+            quiet_until = time.monotonic() + 5.0
+
+
+def resolve_cluster(settings: Settings) -> Any:
+    """This node's cluster membership from the settings (see dtf_app/cluster.py for the rule)."""
+    from dtf_app.cluster import ClusterConfigError, resolve
+    from dtf_app.config import ConfigError
+
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    advertise = settings.advertise_url or f"http://{host}:{settings.port}"
+    node_id = settings.node_id
+    if not settings.peers:
+        return resolve([], node_id=node_id or f"coord-{socket.gethostname()}", advertise_url=advertise)
+    where = "HIGH_AVAILABILITY_PEERS" if settings.peers_include_self else "peers"
+    try:
+        return resolve(list(settings.peers.items()), node_id=node_id, advertise_url=advertise,
+                       includes_self=True if settings.peers_include_self else None, where=where)
+    except ClusterConfigError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def cluster_secret(settings: Settings) -> bytes:
+    """The secret that authenticates peer traffic; a cluster member cannot start without one."""
+    from dtf_app.config import ConfigError
+
+    secret = settings.cluster_secret
+    if settings.cluster_secret_file:
+        try:
+            secret = Path(settings.cluster_secret_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"--cluster-secret-file {settings.cluster_secret_file}: cannot read it: "
+                              f"{exc.strerror or exc}") from None
+    if not secret:
+        raise ConfigError("a coordinator with peers needs the cluster secret that authenticates peer traffic: "
+                          "set DTF_CLUSTER_SECRET (the same value on every node) or --cluster-secret-file FILE")
+    if len(secret) < 16:
+        raise ConfigError("the cluster secret is too short: use at least 16 characters (e.g. `openssl rand -hex 32`)")
+    return secret.encode()
+
+
+def _import_command_log(coord: Coordinator) -> None:
+    """A data dir of the pre-Raft single-node command log: import it once as the Raft log's snapshot."""
+    legacy = coord.data_dir / "log"
+    raft_dir = coord.data_dir / "raft"
+    if not legacy.is_dir() or (raft_dir.exists() and any(raft_dir.iterdir())):
+        return
+    from dtf_app.coordinator.cmdlog import CommandLog
+    from dtf_app.raft.log import DurableStorage
+    from dtf_app.raft.types import HardState, Snapshot
+
+    if not coord.cluster.is_single:
+        from dtf_app.config import ConfigError
+
+        raise ConfigError(f"{legacy} holds a single-node command log from an older DTF: start this coordinator "
+                          "once without --peers to import it, then add peers")
+    cmdlog = CommandLog(legacy)
+    snapshot, records = cmdlog.open()
+    cmdlog.close()
+    state = State.restore(snapshot) if snapshot is not None else State()
+    for index, command in records:
+        state.apply(command, index)
+    index = state.applied_index
+    if index:
+        storage = DurableStorage(raft_dir)
+        try:
+            storage.apply_snapshot(Snapshot(index=index, term=1, voters=frozenset({coord.node_id}),
+                                            data=state.snapshot()))
+            storage.set_hard_state(HardState(term=1, vote=coord.node_id, commit=index))
+            storage.sync()
+        finally:
+            storage.close()
+    legacy.rename(coord.data_dir / "log.imported")
+    log.warning("imported the command log of an older DTF (%d entries) into the Raft log; the old files "
+                "are kept in %s", index, coord.data_dir / "log.imported")

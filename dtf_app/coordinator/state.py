@@ -20,6 +20,8 @@ Commands (``{"op": ..., "time": float, ...}``):
   hash of its per-worker credential, first come first served (the commit order decides a race)
 - ``ForgetWorker`` {worker_id} -> {"forgotten": bool}: drops the enrolment (the id may enrol again) and
   takes back the worker's attempts as ``WorkersLost`` does
+- ``LeaderElected`` {node_id, term, reason} (a new leader's first command: replicated leadership history)
+- ``SetNodeEnabled`` {node_id, enabled} (an operator disables a coordinator: it hands over and stops campaigning)
 
 Outcomes are idempotent on (task_id, attempt): a late or duplicated report for an attempt that is no
 longer current is ignored, which is what makes recording exactly-once while execution is at-least-once.
@@ -34,6 +36,7 @@ from dtf_app.coordinator import scheduler
 
 # Keep what the state holds of a run's output bounded: the full document goes to DuckDB.
 MAX_OUTPUT_CHARS = 4000
+MAX_LEADERSHIP_HISTORY = 100
 
 TaskDoc = dict[str, Any]
 Events = list[dict[str, Any]]
@@ -53,6 +56,12 @@ class State:
         self.dependents: dict[str, list[str]] = {}
         self.next_seq = 0
         self.applied_index = 0
+        # The newest leader term seen in the log (fencing: see apply).
+        self.term = 0
+        # Leadership history (LeaderElected commands), newest last, bounded.
+        self.leaders: list[dict[str, Any]] = []
+        # Coordinator nodes disabled by an operator (they stop campaigning).
+        self.disabled_nodes: list[str] = []
 
     # ------------------------------------------------------------------ helpers
     def _set_status(self, task: TaskDoc, status: str) -> None:
@@ -79,10 +88,28 @@ class State:
         return out
 
     # ------------------------------------------------------------------ apply
-    def apply(self, command: dict[str, Any], index: int = 0) -> tuple[Any, Events]:
-        """Apply one committed command; returns (result for the proposer, store events)."""
+    def note_term(self, term: int, index: int = 0) -> None:
+        """A log entry of ``term`` was applied (a new leader's noop included)."""
+        if term > self.term:
+            self.term = term
+        if index:
+            self.applied_index = index
+
+    def apply(self, command: dict[str, Any], index: int = 0, term: int = 0) -> tuple[Any, Events]:
+        """Apply one committed command; returns (result for the proposer, store events).
+
+        Fencing: a command stamped with a proposer's ``term`` older than the newest leader term already
+        in the log comes from a deposed leader and is refused, so two leaders never act on one task.
+        """
         op = command.get("op")
         handler = _HANDLERS.get(op)  # type: ignore[arg-type]
+        stamped = command.get("term")
+        if term:
+            self.note_term(term)
+        if isinstance(stamped, int) and not isinstance(stamped, bool) and stamped < self.term:
+            if index:
+                self.applied_index = index
+            return {"error": f"{op} refused: proposed in term {stamped}, but term {self.term} has begun"}, []
         if handler is None:
             # An unknown op in the log means a newer version wrote it; skipping keeps replay alive.
             result: Any = {"error": f"unknown command {op!r}"}
@@ -376,6 +403,25 @@ class State:
         return self.api_keys.pop(cmd["name"], None), []
 
     # ------------------------------------------------------------------ events
+    def _leader_elected(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        previous = self.leaders[-1]["leader_id"] if self.leaders else None
+        row = {"term": int(cmd["term"]), "leader_id": str(cmd["node_id"]), "previous_leader_id": previous,
+               "reason": str(cmd.get("reason") or "election"), "timestamp": cmd.get("time"),
+               "log_index": self.applied_index}
+        self.leaders.append(row)
+        del self.leaders[:-MAX_LEADERSHIP_HISTORY]
+        return row, [{"kind": "leadership", "row": dict(row)}]
+
+    def _set_node_enabled(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        node_id = str(cmd["node_id"])
+        disabled = set(self.disabled_nodes)
+        if cmd.get("enabled"):
+            disabled.discard(node_id)
+        else:
+            disabled.add(node_id)
+        self.disabled_nodes = sorted(disabled)
+        return {"node_id": node_id, "enabled": node_id not in disabled}, []
+
     @staticmethod
     def _history_event(task: TaskDoc, status: str, error: str | None, item: dict[str, Any]) -> dict[str, Any]:
         start = item.get("start_time") or task.get("start_time")
@@ -407,6 +453,7 @@ class State:
         return json.dumps({
             "tasks": self.tasks, "workers": self.workers, "api_keys": self.api_keys,
             "enrolments": self.enrolments, "next_seq": self.next_seq, "applied_index": self.applied_index,
+            "term": self.term, "leaders": self.leaders, "disabled_nodes": self.disabled_nodes,
         }, separators=(",", ":")).encode()
 
     @classmethod
@@ -419,6 +466,9 @@ class State:
         state.enrolments = raw.get("enrolments", {})  # absent in snapshots of older versions
         state.next_seq = raw["next_seq"]
         state.applied_index = raw["applied_index"]
+        state.term = raw.get("term", 0)
+        state.leaders = raw.get("leaders", [])
+        state.disabled_nodes = raw.get("disabled_nodes", [])
         for task in raw["tasks"].values():
             state._add_task(task)
             for dep in task.get("dependencies") or []:
@@ -443,4 +493,6 @@ _HANDLERS = {
     "DeleteApiKey": State._delete_api_key,
     "EnrollWorker": State._enroll_worker,
     "ForgetWorker": State._forget_worker,
+    "LeaderElected": State._leader_elected,
+    "SetNodeEnabled": State._set_node_enabled,
 }

@@ -24,6 +24,8 @@ log = logging.getLogger("dtf.ws")
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_PROTOCOL = 4400
+# A follower sends websocket clients to the leader (websocket clients do not follow an HTTP 307).
+CLOSE_NOT_LEADER = 4307
 WORKER_QUEUE = 100_000
 
 
@@ -51,6 +53,35 @@ def _close_reason(text: str) -> str:
     return text.encode()[:120].decode(errors="ignore")
 
 
+async def _refuse_if_follower(coord: Coordinator) -> bool:
+    """On a follower: an error frame naming the leader, then close; True when refused."""
+    if coord.is_leader:
+        return False
+    await websocket.accept()
+    await websocket.send(proto.dumps({
+        "type": proto.ERROR, "code": "not_leader" if coord.leader_url else "no_leader",
+        "message": f"this coordinator ({coord.node_id}) is not the leader; connect to the leader",
+        "leader_id": coord.leader_id, "leader_url": coord.leader_url}))
+    await websocket.close(CLOSE_NOT_LEADER, "not the leader")
+    return True
+
+
+async def raft_socket() -> None:
+    """``WS /raft``: inbound Raft peer traffic, authenticated by the cluster secret (not an API key)."""
+    coord: Coordinator = g.coord
+    transport = coord.replicator.transport
+    await websocket.accept()
+    if transport is None:
+        await websocket.close(4404, "this coordinator is not a member of a cluster")
+        return
+    reason = await transport.serve_connection(websocket.receive, websocket.send)
+    if reason is not None:
+        from dtf_app.raft.transport import CLOSE_MISCONFIGURED
+
+        await websocket.close(CLOSE_MISCONFIGURED if reason.startswith("misconfigured") else CLOSE_FORBIDDEN,
+                              reason[:120])
+
+
 async def _sender(receive: trio.MemoryReceiveChannel[dict[str, Any]], done: trio.CancelScope) -> None:
     """Drain the connection's queue into the socket; when the coordinator closes the queue (the worker
     was declared lost, or replaced by a newer connection) end the whole connection, so the peer sees the
@@ -65,7 +96,7 @@ async def worker_socket() -> None:
     """``WS /ws/worker``: hello -> welcome, then assignments out and reports in."""
     coord: Coordinator = g.coord
     principal = await _authorized(coord, "worker")
-    if principal is None:
+    if principal is None or await _refuse_if_follower(coord):
         return
     await websocket.accept()
     try:
@@ -132,7 +163,7 @@ async def client_socket() -> None:
     from dtf_app.coordinator.api import CHANNELS
 
     coord: Coordinator = g.coord
-    if not await _authorized(coord, "read"):
+    if not await _authorized(coord, "read") or await _refuse_if_follower(coord):
         return
     await websocket.accept()
     send, receive = trio.open_memory_channel[dict[str, Any]](SUBSCRIBER_BUFFER)

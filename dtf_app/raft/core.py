@@ -78,6 +78,9 @@ class RaftNode:
         self.config = config
         self._id = config.node_id
         self._rng = rng
+        # False for a node an operator disabled: it votes and replicates but never starts an election
+        # (a leadership transfer to it still works, as TimeoutNow is an explicit request).
+        self.can_campaign = True
         self._log = RaftLog(storage)
         hs, stored_voters = storage.initial_state()
         self._voters: frozenset[str] = stored_voters or frozenset(config.peers)
@@ -154,13 +157,13 @@ class RaftNode:
         self._election_elapsed += 1
         if self._role == "leader":
             self._tick_leader()
-        elif self._promotable() and self._election_elapsed >= self._randomized_timeout:
+        elif self._promotable() and self.can_campaign and self._election_elapsed >= self._randomized_timeout:
             self._election_elapsed = 0
             self._start_campaign(transfer=False)
 
     def campaign(self) -> None:
         """Start an election now (with a pre-vote round when configured)."""
-        if self._role != "leader" and self._promotable():
+        if self._role != "leader" and self._promotable() and self.can_campaign:
             self._start_campaign(transfer=False)
 
     def propose(self, data: bytes) -> int:

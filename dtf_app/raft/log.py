@@ -335,6 +335,7 @@ class DurableStorage(EntryIndex):
         self._dir_dirty = False  # a segment was created since the last fsync
         self._failed: str | None = None
         self._lock_fd = -1
+        self.fsyncs = 0  # statistics: fsyncs of the active segment so far
 
         self._lock()
         try:
@@ -441,6 +442,7 @@ class DurableStorage(EntryIndex):
         try:
             if self._dirty:
                 os.fsync(self._fd)
+                self.fsyncs += 1
             if self._dir_dirty:
                 _fsync_dir(self._dir)
         except OSError as exc:

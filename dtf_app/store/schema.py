@@ -113,6 +113,15 @@ BENCHMARK_RESULT_COLUMNS: dict[str, str] = {
     "timestamp": "TIMESTAMP",
 }
 
+LEADERSHIP_COLUMNS: dict[str, str] = {
+    "term": "BIGINT",
+    "leader_id": "VARCHAR",
+    "previous_leader_id": "VARCHAR",
+    "reason": "VARCHAR",
+    "timestamp": "TIMESTAMP",
+    "log_index": "BIGINT",
+}
+
 META_COLUMNS: dict[str, str] = {"key": "VARCHAR PRIMARY KEY", "value": "VARCHAR"}
 
 TABLES: dict[str, dict[str, str]] = {
@@ -123,6 +132,7 @@ TABLES: dict[str, dict[str, str]] = {
     "results": RESULT_COLUMNS,
     "test_results": TEST_RESULT_COLUMNS,
     "benchmark_results": BENCHMARK_RESULT_COLUMNS,
+    "leadership_history": LEADERSHIP_COLUMNS,
 }
 
 # Statements that bring a database from version ``n - 1`` to ``n``. Version 1 is the base schema, which

@@ -39,7 +39,8 @@ from dtf_app.store import schema
 
 log = logging.getLogger(__name__)
 
-EVENT_KINDS: dict[str, str] = {"task": "task", "worker": "worker", "history": "row", "result": "result"}
+EVENT_KINDS: dict[str, str] = {"task": "task", "worker": "worker", "history": "row", "result": "result",
+                               "leadership": "row"}
 """Event kind -> the key that holds its payload."""
 
 
@@ -190,6 +191,7 @@ _WRITERS = {
     "results": _TableWriter("results", upsert=False),
     "test_results": _TableWriter("test_results", upsert=False),
     "benchmark_results": _TableWriter("benchmark_results", upsert=False),
+    "leadership_history": _TableWriter("leadership_history", upsert=False),
 }
 
 Batch = list[tuple[int | None, list[dict[str, Any]]]]
@@ -492,6 +494,7 @@ class Store:
         results: list[dict[str, Any]] = []
         tests: list[dict[str, Any]] = []
         benchmarks: list[dict[str, Any]] = []
+        leadership: list[dict[str, Any]] = []
         next_id = self._next_history_id
         for event in events:
             kind = event["kind"]
@@ -508,6 +511,8 @@ class Store:
             elif kind == "history":
                 history.append({**event["row"], "id": next_id})
                 next_id += 1
+            elif kind == "leadership":
+                leadership.append(event["row"])
             else:
                 result = event["result"]
                 results.append(result)
@@ -528,6 +533,7 @@ class Store:
             _WRITERS["results"].write(con, results)
             _WRITERS["test_results"].write(con, tests)
             _WRITERS["benchmark_results"].write(con, benchmarks)
+            _WRITERS["leadership_history"].write(con, leadership)
             if last_index != self._last_applied:
                 con.execute("INSERT OR REPLACE INTO store_meta VALUES ('last_applied_index', ?)", [str(last_index)])
             con.execute("COMMIT")

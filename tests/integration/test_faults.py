@@ -145,7 +145,7 @@ def test_restart_after_snapshots_keeps_state_and_writes_rows_once(cluster: Clust
                                                        "config": {"command": ["true"]}} for j in range(3)]).json()]
     for task_id in ids:
         assert cluster.wait_task(task_id)["status"] == "completed"
-    assert (cluster.data_dir / "log" / "state.snapshot").exists()
+    assert list((cluster.data_dir / "raft").glob("snap-*.snap")), "no Raft snapshot was taken"
     cluster.coordinator.kill(signal.SIGKILL)
     cluster.coordinator.wait()
     cluster.start_coordinator(env=env)

@@ -164,8 +164,10 @@ def test_peers_and_lists_parse_from_strings(monkeypatch: pytest.MonkeyPatch) -> 
     settings = load_settings({"peers": "n2=http://h2:8080,n3=http://h3:8080"}, mode="coordinator")
     assert settings.peers == {"n2": "http://h2:8080", "n3": "http://h3:8080"}
     assert settings.coordinator == ["http://a:1", "http://b:2"]
-    with pytest.raises(ConfigError, match="expected id=URL pairs"):
-        load_settings({"peers": "n2"}, mode="coordinator")
+    # An entry without an id is a host: its id is derived from the host (dtf_app/cluster.py).
+    assert load_settings({"peers": "n2.svc:9000"}, mode="coordinator").peers == {"n2": "http://n2.svc:9000"}
+    with pytest.raises(ConfigError, match="expected id=URL or host:port entries"):
+        load_settings({"peers": "n2=ftp://h"}, mode="coordinator")
 
 
 def test_unreadable_config_files_are_config_errors(tmp_path: Path) -> None:
