@@ -135,7 +135,7 @@ def _exit_code_for(exc: BaseException) -> int | None:
             # An unusable data dir, db path or port: a setting to fix, not a crash to report.
             log.error("cannot start: %s", err)
             return 2
-        if type(err).__name__ in ("StoreError", "OutboxError", "ConfigError"):
+        if type(err).__name__ in ("StoreError", "OutboxError", "ConfigError", "LogCorruptionError"):
             log.error("%s", err)
             return 2
     return None

@@ -1,7 +1,7 @@
 """What is on disk stays trustworthy and private, and a starting coordinator says it is not ready yet.
 
-Real coordinator and worker processes on 127.0.0.1, real files: a flipped bit in the middle of the
-command log stops the start (exit 2, file and offset named, nothing truncated); a torn last record is cut
+Real coordinator and worker processes on 127.0.0.1, real files: a flipped bit in the middle of the Raft
+log stops the start (exit 2, file and offset named, nothing truncated); a torn last record is cut
 and every complete one kept; a damaged snapshot is a clear error; every dir and file under the data dirs
 is private even under umask 000; ``/status`` answers 503 with what it waits for until the node is ready.
 """
@@ -19,19 +19,32 @@ from pathlib import Path
 import httpx
 
 from dtf_app.coordinator.cmdlog import FILE_MAGIC, encode_record
+from dtf_app.raft.log import SEGMENT_MAGIC
 from tests.integration.harness import Cluster, wait_for
 
-HEADER = 14  # a format-2 record header: magic(2) length(4) header crc(4) payload crc(4)
+# A Raft log record header (dtf_app/raft/log.py): magic(2) type(1) reserved(1) length(4) crc(4).
+HEADER = 12
 
 
 def _record_offsets(data: bytes) -> list[int]:
-    offsets, pos = [], len(FILE_MAGIC)
+    offsets, pos = [], len(SEGMENT_MAGIC)
     while pos < len(data):
         offsets.append(pos)
-        (length,) = struct.unpack_from("<I", data, pos + 2)
+        (length,) = struct.unpack_from("<I", data, pos + 4)
         pos += HEADER + length
     assert pos == len(data), "the test expects an intact log"
     return offsets
+
+
+def _segment(cluster: Cluster) -> Path:
+    segments = sorted((cluster.data_dir / "raft").glob("wal-*.log"))
+    assert segments, "no Raft log segment"
+    return segments[-1]
+
+
+def _entry_records(data: bytes) -> list[int]:
+    """Offsets of the records that carry entries (type 1), whose bodies are the big ones."""
+    return [o for o in _record_offsets(data) if data[o + 2] == 1]
 
 
 def _submit_batches(cluster: Cluster, batches: int, size: int) -> list[list[str]]:
@@ -62,9 +75,9 @@ def test_a_flipped_bit_mid_log_stops_the_start_and_changes_nothing(cluster: Clus
     ids = _submit_batches(cluster, 60, 50)  # 3,000 acknowledged tasks, one log record per batch
     cluster.coordinator.kill(signal.SIGKILL)
     cluster.coordinator.wait()
-    path = cluster.data_dir / "log" / "commands.log"
+    path = _segment(cluster)
     intact = path.read_bytes()
-    offsets = _record_offsets(intact)
+    offsets = _entry_records(intact)
     victim = offsets[len(offsets) // 2]
     damaged = bytearray(intact)
     damaged[victim + HEADER + 40] ^= 0x08  # one bit of a payload in the middle
@@ -73,15 +86,15 @@ def test_a_flipped_bit_mid_log_stops_the_start_and_changes_nothing(cluster: Clus
     code, stderr = _start_fails(cluster)
     assert code == 2, stderr
     line = _one_error_line(stderr)
-    assert str(path) in line and f"byte offset {victim}" in line, line
+    assert str(path) in line and f"offset {victim}" in line, line
     assert path.read_bytes() == bytes(damaged)  # nothing truncated
 
-    # The same for a flipped bit in a length field (a header checksum catches it).
+    # The same for a flipped bit in a length field (the record CRC covers the header too).
     damaged = bytearray(intact)
-    damaged[victim + 3] ^= 0x01
+    damaged[victim + 5] ^= 0x01
     path.write_bytes(bytes(damaged))
     code, stderr = _start_fails(cluster)
-    assert code == 2 and f"byte offset {victim}" in _one_error_line(stderr), stderr
+    assert code == 2 and f"offset {victim}" in _one_error_line(stderr), stderr
     assert path.read_bytes() == bytes(damaged)
 
     # With the bit put back, every acknowledged task is still there.
@@ -98,16 +111,17 @@ def test_a_torn_last_record_is_cut_and_every_complete_record_kept(cluster: Clust
     ids = _submit_batches(cluster, 20, 5)
     cluster.coordinator.kill(signal.SIGKILL)  # no worker: the last record is the last submit
     cluster.coordinator.wait()
-    path = cluster.data_dir / "log" / "commands.log"
+    path = _segment(cluster)
     data = path.read_bytes()
     last = _record_offsets(data)[-1]
     path.write_bytes(data[:len(data) - 7])  # a crash in the middle of the last write
     cluster.start_coordinator()
     assert "torn tail" in cluster.coordinator.output()
-    for batch in ids[:-1]:
+    # Every acknowledged submit was durable before its answer; the cut record came after the last one
+    # (the Raft log's last record is the commit index moving past it).
+    for batch in ids:
         for task_id in batch:
             assert cluster.task(task_id)["status"] == "pending"
-    assert cluster.api("GET", f"/api/tasks/{ids[-1][0]}").status_code == 404
     assert path.read_bytes()[:last] == data[:last]  # the intact part is untouched
 
 
@@ -115,9 +129,10 @@ def test_a_damaged_snapshot_is_a_clear_error(cluster: Cluster) -> None:
     env = {"DTF_SNAPSHOT_EVERY": "5"}
     cluster.start_coordinator(env=env)
     _submit_batches(cluster, 12, 2)
-    snapshot = cluster.data_dir / "log" / "state.snapshot"
-    wait_for(snapshot.exists, what="a snapshot")
+    snapshot = wait_for(lambda: next(iter(sorted((cluster.data_dir / "raft").glob("snap-*.snap"))), None),
+                        what="a snapshot")
     cluster.coordinator.stop()
+    snapshot = sorted((cluster.data_dir / "raft").glob("snap-*.snap"))[-1]
     raw = bytearray(snapshot.read_bytes())
     raw[len(raw) // 2] ^= 0x20
     snapshot.write_bytes(bytes(raw))
@@ -159,8 +174,9 @@ def test_state_is_private_whatever_the_umask(cluster: Cluster) -> None:
     # The worker's outbox must exist and have been written (the outcome went through it).
     assert list(worker_dir.glob("*.duckdb"))
     modes = {**_modes(cluster.data_dir), **_modes(worker_dir)}
-    for wanted in ("admin.key", "worker.key", "node.json", "dtf.duckdb", "log", "log/commands.log"):
+    for wanted in ("admin.key", "worker.key", "node.json", "dtf.duckdb", "raft", "raft/LOCK"):
         assert str(cluster.data_dir / wanted) in modes, sorted(modes)
+    assert list((cluster.data_dir / "raft").glob("wal-*.log"))
     assert not _loose(modes), _loose(modes)
     registry = cluster.root / "state"
     assert not _loose(_modes(registry)), _loose(_modes(registry))
