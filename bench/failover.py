@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +49,7 @@ def free_port() -> int:
 
 
 def wait(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
+    """Poll ``pred`` until truthy; SystemExit naming ``what`` on timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -64,7 +66,7 @@ def poll_until_write(urls: list[str], write: Callable[[httpx.Client, str], bool]
                      timeout: float = 30.0) -> float:
     """The shared client loop: try each survivor in turn until one accepts a write; seconds taken."""
     start = time.perf_counter()
-    with httpx.Client(timeout=max(0.5, poll_s * 10)) as client:
+    with httpx.Client(timeout=1.0) as client:
         while time.perf_counter() - start < timeout:
             for url in urls:
                 try:
@@ -165,9 +167,69 @@ class Dtf:
         self.env = dict(os.environ, PYTHONPATH=str(REPO), DTF_CLUSTER_SECRET="failover-bench-secret",
                         DTF_STATE_DIR=str(root / "state"))
         self.key = ""
+        self.acked: list[str] = []
+        self._names = 0
+        self._lock = threading.Lock()
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port[name]}"
+
+    def start_workers(self, count: int = 2) -> None:
+        leader = wait(self.leader, 60, "a DTF leader")
+        key = httpx.post(self.url(leader) + "/api/keys", json={"name": "bench-workers", "role": "worker"},
+                         headers={"X-API-Key": self.key}, timeout=30).json()["key"]
+        urls = ",".join(self.url(n) for n in self.names)
+        for i in range(count):
+            log = open(self.root / f"worker-{i}.log", "ab")
+            self.workers.append(subprocess.Popen([
+                sys.executable, "-m", "dtf_app", "--mode", "worker", "--coordinator", urls, "--worker-id",
+                f"w{i}", "--data-dir", str(self.root / f"w{i}"), "--reconnect-attempts", "1000"],
+                stdout=log, stderr=subprocess.STDOUT, env={**self.env, "DTF_API_KEY": key}))
+
+    def stream(self, stop: threading.Event) -> None:
+        """Submit a task every 50 ms through any node that takes it, for the whole run."""
+        with httpx.Client(timeout=5) as client:
+            while not stop.is_set():
+                for name in self.names:
+                    try:
+                        if self.write(client, self.url(name)):
+                            break
+                    except httpx.HTTPError:
+                        continue
+                stop.wait(0.05)
+
+    def check(self, timeout: float = 180.0) -> dict[str, int]:
+        """Every acknowledged task exists once and completes once (exactly one result)."""
+        def settled() -> dict[str, Any] | None:
+            leader = self.leader()
+            if leader is None:
+                return None
+            headers = {"X-API-Key": self.key}
+            tasks = httpx.get(self.url(leader) + "/api/tasks", params={"limit": 100_000}, headers=headers,
+                              timeout=30).json()["tasks"]
+            by_id = {t["task_id"]: t for t in tasks}
+            if not all(by_id.get(i, {}).get("status") == "completed" for i in self.acked):
+                return None
+            return {"tasks": tasks, "results": httpx.get(self.url(leader) + "/api/results",
+                                                         params={"limit": 100_000}, headers=headers,
+                                                         timeout=30).json()["results"]}
+
+        try:
+            data = wait(settled, timeout, "every acknowledged task to complete", interval=0.5)
+        except SystemExit:
+            data = None
+        if data is None:
+            return {"lost": -1, "duplicated": -1, "acknowledged": len(self.acked)}
+        ids = {t["task_id"] for t in data["tasks"]}
+        names: dict[str, int] = {}
+        for t in data["tasks"]:
+            names[t.get("name") or ""] = names.get(t.get("name") or "", 0) + 1
+        per_task: dict[str, int] = {}
+        for r in data["results"]:
+            per_task[r["task_id"]] = per_task.get(r["task_id"], 0) + 1
+        lost = sum(1 for i in self.acked if i not in ids)
+        duplicated = sum(1 for n, c in names.items() if n and c > 1) + sum(1 for c in per_task.values() if c > 1)
+        return {"lost": lost, "duplicated": duplicated, "acknowledged": len(self.acked)}
 
     def start(self, name: str) -> None:
         log = open(self.root / f"{name}.log", "ab")
@@ -196,10 +258,17 @@ class Dtf:
         return ""
 
     def write(self, client: httpx.Client, url: str) -> bool:
-        task = {"type": "custom", "config": {"command": ["true"]}, "name": "failover-probe"}
+        with self._lock:
+            self._names += 1
+            name = f"probe-{self._names}"
+        task = {"type": "custom", "config": {"command": ["true"]}, "name": name}
         response = client.post(url + "/api/tasks", json=task, headers={"X-API-Key": self.key},
                                follow_redirects=False)
-        return response.status_code == 201
+        if response.status_code != 201:
+            return False
+        with self._lock:
+            self.acked.append(response.json()["task_id"])
+        return True
 
     def stop(self) -> None:
         for proc in [*self.procs.values(), *self.workers]:
@@ -217,6 +286,10 @@ def trial_dtf(trials: int, poll_s: float) -> tuple[list[float], dict[str, int]]:
             cluster.start(name)
         wait(cluster.leader, 60, "a DTF leader")
         wait(cluster.load_key, 30, "the bootstrap admin key")
+        cluster.start_workers(2)
+        stop = threading.Event()
+        streamer = threading.Thread(target=cluster.stream, args=(stop,), daemon=True)
+        streamer.start()
         for _ in range(trials):
             leader = wait(cluster.leader, 60, "a DTF leader")
             cluster.procs[leader].send_signal(signal.SIGKILL)
@@ -226,7 +299,9 @@ def trial_dtf(trials: int, poll_s: float) -> tuple[list[float], dict[str, int]]:
             cluster.start(leader)
             wait(lambda node=leader: httpx.get(cluster.url(node) + "/status", timeout=1).json().get("ready"), 60,
                  "the restarted coordinator to be ready")
-        counts = {"lost": 0, "duplicated": 0}
+        stop.set()
+        streamer.join(timeout=30)
+        counts = cluster.check()
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -254,7 +329,8 @@ def main() -> None:
     if args.only in (None, "dtf"):
         times, counts = trial_dtf(args.trials, poll_s)
         out["dtf"] = {"times_s": times, **counts}
-        print(summary("dtf", times), f"lost={counts['lost']} duplicated={counts['duplicated']}", flush=True)
+        print(summary("dtf", times), f"acknowledged={counts['acknowledged']} lost={counts['lost']} "
+              f"duplicated={counts['duplicated']} (-1: not settled in time)", flush=True)
     if args.only in (None, "etcd"):
         if shutil.which("etcd") is None:
             print("etcd: not installed (apt-get install etcd-server etcd-client)")
