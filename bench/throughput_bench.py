@@ -4,7 +4,10 @@ A coordinator and N worker processes on 127.0.0.1 (the same processes `dtf up` r
 ``{"type": "custom", "config": {"callable": "dtf_plugins.runners.builtin_tasks:noop"}}`` are submitted
 in one request and the clock runs from the submit until the last one is recorded as completed.
 
-    python bench/throughput_bench.py [--tasks 5000] [--workers 2] [--slots 4,64] [--json]
+    python bench/throughput_bench.py [--tasks 5000] [--workers 2] [--slots 4,64] [--coordinators 1,3] [--json]
+
+With ``--coordinators 3`` the same workload runs through a 3-coordinator Raft cluster (every commit
+durable on a majority; on one machine mostly a measure of contention), submitted to the leader.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.integration.harness import Cluster, wait_for  # noqa: E402
+from tests.integration.harness import Cluster, HACluster, wait_for  # noqa: E402
 
 NOOP = {"type": "custom", "config": {"callable": "dtf_plugins.runners.builtin_tasks:noop"}}
 
@@ -52,20 +55,65 @@ def run_once(tasks: int, workers: int, slots: int) -> dict[str, float]:
             cluster.stop()
 
 
+def run_cluster(tasks: int, workers: int, slots: int, size: int) -> dict[str, float]:
+    """The same measurement through a cluster of ``size`` coordinators."""
+    with tempfile.TemporaryDirectory(prefix="dtf-bench-ha-") as tmp:
+        cluster = HACluster(Path(tmp), size=size)
+        try:
+            for node_id in cluster.ids:
+                cluster.start(node_id, ["--worker-timeout", "30", "--heartbeat-interval", "5"])
+            leader = cluster.wait_leader()
+            cluster.load_key()
+            key = cluster.api("POST", leader, "/api/keys", json={"name": "bench", "role": "worker"}).json()["key"]
+            for i in range(workers):
+                cluster.start_worker(f"bench{i}", key, slots=slots, heartbeat=5.0)
+
+            def online() -> bool:
+                found = cluster.api("GET", leader, "/api/workers").json()["workers"]
+                return sum(1 for w in found if w["status"] == "online") >= workers
+
+            wait_for(online, 60, what="workers online")
+            started = time.perf_counter()
+            response = cluster.api("POST", leader, "/api/tasks", json=[NOOP] * tasks)
+            response.raise_for_status()
+            submitted = time.perf_counter()
+            batch = response.json()[0]["batch_id"]
+
+            def finished() -> bool:
+                return cluster.api("GET", leader, "/api/tasks/summary", params={"batch_id": batch}).json()["done"]
+
+            wait_for(finished, timeout=600, interval=0.02, what="all tasks done")
+            elapsed = time.perf_counter() - started
+            counts = cluster.api("GET", leader, "/api/tasks/summary", params={"batch_id": batch}).json()["counts"]
+            return {"tasks": tasks, "workers": workers, "slots_per_worker": slots, "coordinators": size,
+                    "submit_seconds": round(submitted - started, 3), "total_seconds": round(elapsed, 3),
+                    "tasks_per_second": round(tasks / elapsed, 1), "completed": counts["completed"]}
+        finally:
+            cluster.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--slots", default="4,64", help="comma-separated max_concurrent_tasks values to try")
+    parser.add_argument("--coordinators", default="1", help="comma-separated cluster sizes to try (1, 3, ...)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    rows = [run_once(args.tasks, args.workers, int(s)) for s in args.slots.split(",")]
+    rows = []
+    for size in (int(c) for c in args.coordinators.split(",")):
+        for slots in (int(s) for s in args.slots.split(",")):
+            row = run_once(args.tasks, args.workers, slots) if size == 1 else \
+                run_cluster(args.tasks, args.workers, slots, size)
+            row.setdefault("coordinators", 1)
+            rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(f"{'tasks':>6} {'workers':>7} {'slots':>5} {'submit s':>9} {'total s':>8} {'tasks/s':>8} {'done':>6}")
+        print(f"{'coord':>5} {'tasks':>6} {'workers':>7} {'slots':>5} {'submit s':>9} {'total s':>8} {'tasks/s':>8} "
+              f"{'done':>6}")
         for r in rows:
-            print(f"{r['tasks']:>6} {r['workers']:>7} {r['slots_per_worker']:>5} {r['submit_seconds']:>9} "
+            print(f"{r['coordinators']:>5} {r['tasks']:>6} {r['workers']:>7} {r['slots_per_worker']:>5} {r['submit_seconds']:>9} "
                   f"{r['total_seconds']:>8} {r['tasks_per_second']:>8} {r['completed']:>6}")
     return 0
 

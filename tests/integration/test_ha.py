@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -16,123 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.harness import Node, _env, wait_for
-
-SECRET = "integration-cluster-secret-0123456789"
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-class HACluster:
-    def __init__(self, root: Path, size: int = 3) -> None:
-        self.root = root
-        self.ids = [f"c{i + 1}" for i in range(size)]
-        self.ports = dict(zip(self.ids, _free_ports(size), strict=True))
-        self.peers = ",".join(f"{i}=http://127.0.0.1:{p}" for i, p in self.ports.items())
-        self.nodes: dict[str, Node] = {}
-        self.workers: list[Node] = []
-        self.key = ""
-
-    def url(self, node_id: str) -> str:
-        return f"http://127.0.0.1:{self.ports[node_id]}"
-
-    @property
-    def urls(self) -> str:
-        return ",".join(self.url(i) for i in self.ids)
-
-    def env(self) -> dict[str, str]:
-        return {"DTF_CLUSTER_SECRET": SECRET, "DTF_STATE_DIR": str(self.root / "state")}
-
-    def start(self, node_id: str, extra: list[str] | None = None) -> Node:
-        node = Node(["--mode", "coordinator", "--node-id", node_id, "--peers", self.peers, "--host", "127.0.0.1",
-                     "--port", str(self.ports[node_id]), "--data-dir", str(self.root / node_id),
-                     "--worker-timeout", "4", "--heartbeat-interval", "1", *(extra or [])],
-                    self.root / f"{node_id}.log", env=self.env())
-        self.nodes[node_id] = node
-        return node
-
-    def status(self, node_id: str) -> dict[str, Any]:
-        return httpx.get(self.url(node_id) + "/status", timeout=2).json()
-
-    def alive(self) -> list[str]:
-        return [i for i, n in self.nodes.items() if n.proc.poll() is None]
-
-    def leader(self, among: list[str] | None = None) -> str | None:
-        leaders = set()
-        for node_id in among or self.alive():
-            try:
-                info = self.status(node_id)
-            except (httpx.HTTPError, ValueError):
-                continue
-            if info.get("role") == "leader":
-                leaders.add(node_id)
-        return leaders.pop() if len(leaders) == 1 else None
-
-    def wait_leader(self, among: list[str] | None = None, timeout: float = 60) -> str:
-        return wait_for(lambda: self.leader(among), timeout, what="one leader")
-
-    def load_key(self) -> str:
-        def find() -> str | None:
-            for node_id in self.ids:
-                path = self.root / node_id / "admin.key"
-                if path.exists():
-                    return path.read_text().strip()
-            return None
-
-        self.key = wait_for(find, 60, what="the bootstrap admin key")
-        return self.key
-
-    def api(self, method: str, node_id: str, path: str, **kwargs: Any) -> httpx.Response:
-        headers = kwargs.pop("headers", {})
-        headers.setdefault("X-API-Key", self.key)
-        return httpx.request(method, self.url(node_id) + path, headers=headers, timeout=30, **kwargs)
-
-    def submit_anywhere(self, tasks: Any) -> list[dict[str, Any]]:
-        """Submit through whichever node answers, following a 307 to the leader (as clients do)."""
-        def attempt() -> list[dict[str, Any]] | None:
-            for node_id in self.alive():
-                try:
-                    response = self.api("POST", node_id, "/api/tasks", json=tasks)
-                    if response.status_code == 307:
-                        response = httpx.post(response.headers["Location"], json=tasks,
-                                              headers={"X-API-Key": self.key}, timeout=30)
-                except httpx.HTTPError:
-                    continue
-                if response.status_code == 201:
-                    body = response.json()
-                    return body if isinstance(body, list) else [body]
-            return None
-
-        return wait_for(attempt, 60, interval=0.2, what="a submit to be accepted")
-
-    def start_worker(self, name: str, worker_key: str) -> Node:
-        node = Node(["--mode", "worker", "--coordinator", self.urls, "--worker-id", name, "--data-dir",
-                     str(self.root / "workers" / name), "--max-concurrent-tasks", "2", "--heartbeat-interval", "1",
-                     "--reconnect-attempts", "100"],
-                    self.root / f"worker-{name}.log", env={**self.env(), "DTF_API_KEY": worker_key})
-        self.workers.append(node)
-        return node
-
-    def task(self, task_id: str) -> dict[str, Any] | None:
-        leader = self.leader()
-        if leader is None:
-            return None
-        response = self.api("GET", leader, f"/api/tasks/{task_id}")
-        return response.json() if response.status_code == 200 else None
-
-    def stop(self) -> None:
-        for node in [*self.workers, *self.nodes.values()]:
-            node.stop()
+from tests.integration.harness import SECRET, HACluster, Node, _env, _free_ports, wait_for
 
 
 @pytest.fixture
