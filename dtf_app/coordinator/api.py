@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from dtf_app import __version__, jsonsafe
 from dtf_app import protocol as proto
-from dtf_app.coordinator import scheduler
+from dtf_app.coordinator import readiness, scheduler
 from dtf_app.coordinator.service import Coordinator, clean_outcome, task_view
 from dtf_app.raft.types import NotLeader, ProposalDropped
 from dtf_app.security import keys as keymod
@@ -121,6 +121,10 @@ def _not_ready(coord: Coordinator, path: str) -> Response | None:
     """Until the node has started, every route but /status answers 503 ``starting`` (see readiness.py)."""
     if coord.readiness.ready or path in ("/status", "/raft"):
         # Peer traffic flows while starting: a member needs it to learn (or elect) a leader.
+        return None
+    if not coord.cluster.is_single and readiness.RECOVERY not in coord.readiness.waiting_for:
+        # A recovered cluster member serves (stale reads, its own views) and answers writes with the
+        # leader's address or 503 no_leader; "leader known" and "caught up" only make /status unready.
         return None
     response = error_response(503, "starting", coord.readiness.message())
     response.headers["Retry-After"] = "1"

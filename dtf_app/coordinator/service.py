@@ -958,7 +958,11 @@ def _import_command_log(coord: Coordinator) -> None:
     """A data dir of the pre-Raft single-node command log: import it once as the Raft log's snapshot."""
     legacy = coord.data_dir / "log"
     raft_dir = coord.data_dir / "raft"
-    if not legacy.is_dir() or (raft_dir.exists() and any(raft_dir.iterdir())):
+    if not legacy.is_dir():
+        return
+    if raft_dir.exists() and any(raft_dir.glob("wal-*.log")):
+        log.warning("%s holds a pre-Raft command log, but the Raft log in %s exists already: the old log is "
+                    "ignored (move it away to silence this)", legacy, raft_dir)
         return
     from dtf_app.coordinator.cmdlog import CommandLog
     from dtf_app.raft.log import DurableStorage

@@ -204,7 +204,7 @@ def test_forged_peer_traffic_is_refused_and_counted(ha: HACluster) -> None:
     ha.load_key()
     target = next(i for i in ha.ids if i != leader)
     import trio
-    from trio_websocket import open_websocket_url
+    from trio_websocket import ConnectionClosed, open_websocket_url
 
     from dtf_app.raft import codec
 
@@ -213,7 +213,12 @@ def test_forged_peer_traffic_is_refused_and_counted(ha: HACluster) -> None:
             challenge, _ = codec.parse_challenge(await ws.get_message())
             await ws.send_message(codec.hello_frame(b"wrong-secret", challenge, leader, target))
             with trio.move_on_after(5):
-                await ws.get_message()
+                try:
+                    await ws.get_message()
+                except ConnectionClosed as closed:
+                    refusals.append(closed.reason.code if closed.reason else None)
+
+    refusals: list[int | None] = []
 
     trio.run(forge)
 
@@ -223,6 +228,7 @@ def test_forged_peer_traffic_is_refused_and_counted(ha: HACluster) -> None:
         return bool(line) and float(line.split()[-1]) >= 1
 
     wait_for(refused, 30, what="the forged hello to be counted")
+    assert refusals == [4403], refusals  # the forger is disconnected with a 4403
     assert json.loads(json.dumps(ha.status(target)))["role"] in ("follower", "leader")
     assert time.time() > 0
 

@@ -18,9 +18,10 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from dtf_app.coordinator import scheduler
-from dtf_app.coordinator.cmdlog import CommandLog
 from dtf_app.jsonsafe import MAX_JSON_DEPTH
 from dtf_app.protocol import BATCH_SIZE_RANGE
+from dtf_app.raft.log import DurableStorage
+from dtf_app.raft.types import Entry, HardState
 from dtf_app.store.writer import EVENT_KINDS
 from tests.integration.harness import Cluster, wait_for
 
@@ -212,12 +213,18 @@ def test_a_row_the_store_cannot_write_is_quarantined_and_the_node_keeps_serving(
     docs = [scheduler.validate_task({**CUSTOM, "task_id": f"good-{i}", "name": f"good {i}"}) for i in range(2)]
     bad = scheduler.validate_task({**CUSTOM, "task_id": "bad-0", "name": "x"})
     bad["name"] = "lone \ud800 surrogate"  # what no API accepts any more; written straight into the log
-    log = CommandLog(cluster.data_dir / "log")
-    log.open()
-    index = log.append([{"op": "SubmitTasks", "time": time.time(),
-                         "tasks": [dict(d, batch_id="b1") for d in (docs[0], bad, docs[1])]}])
-    log.sync()
-    log.close()
+    # Written straight into the Raft log as a committed entry, as a buggy or older proposer could have.
+    storage = DurableStorage(cluster.data_dir / "raft")
+    try:
+        index = storage.last_index() + 1
+        command = {"op": "SubmitTasks", "time": time.time(),
+                   "tasks": [dict(d, batch_id="b1") for d in (docs[0], bad, docs[1])]}
+        term = storage.hard_state.term
+        storage.append([Entry(term=term, index=index, data=json.dumps(command).encode())])
+        storage.set_hard_state(HardState(term=term, vote=storage.hard_state.vote, commit=index))
+        storage.sync()
+    finally:
+        storage.close()
 
     # The first start quarantines the bad task's rows; a restart finds the entry recorded and serves too.
     for expected in ("positive", "zero"):
