@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 from dtf_app import __version__
 from dtf_app import protocol as proto
 from dtf_app.coordinator import scheduler
+from dtf_app.coordinator.drain import DrainUnreadBody
 from dtf_app.coordinator.service import Coordinator, clean_outcome, task_view
 from dtf_app.security import keys as keymod
 
@@ -108,6 +109,8 @@ def create_app(coord: Coordinator) -> QuartTrio:
     app = QuartTrio("dtf")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
+    # Answers given before the body was read (401, 404, 405, ...) must not wedge a keep-alive connection.
+    app.asgi_app = DrainUnreadBody(app.asgi_app, max_bytes=MAX_BODY_BYTES)  # type: ignore[method-assign]
 
     @app.before_request
     async def bind_coordinator() -> None:
