@@ -37,6 +37,13 @@ class _CoordinatorCollector(Collector):
         for name, value in coord.stats.items():
             yield CounterMetricFamily(f"dtf_tasks_{name}", f"Tasks {name} since start", value=value)
         yield CounterMetricFamily("dtf_log_fsyncs", "Group-commit fsyncs since start", value=coord.replicator.fsyncs)
+        dropped = CounterMetricFamily("dtf_log_lines_dropped", "Task log lines refused or over the bounds, by reason",
+                                      labels=["reason"])
+        for reason, count in sorted(coord.task_logs.dropped.items()):
+            dropped.add_metric([reason], count)
+        yield dropped
+        yield GaugeMetricFamily("dtf_log_buffered_bytes", "Bytes of task log tails held in memory",
+                                value=coord.task_logs.total_bytes())
         yield GaugeMetricFamily("dtf_ws_updates_dropped", "Updates dropped for slow /ws subscribers now connected",
                                 value=sum(sub.dropped for sub in coord.subscribers))
 

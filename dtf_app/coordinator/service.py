@@ -22,7 +22,6 @@ import os
 import socket
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -33,7 +32,7 @@ import trio
 from dtf_app import __version__, localreg
 from dtf_app import protocol as proto
 from dtf_app.config import Settings
-from dtf_app.coordinator import scheduler
+from dtf_app.coordinator import scheduler, tasklogs
 from dtf_app.coordinator.cmdlog import CommandLog, Replicator
 from dtf_app.coordinator.state import State
 from dtf_app.security import keys as keymod
@@ -51,7 +50,6 @@ RESULT_COALESCE_S = 0.0
 PREFETCH_PER_SLOT = 1
 PREFETCH_PER_SLOT_SHORT = 8
 SHORT_TASK_SECONDS = 0.05
-LOG_LINES_KEPT = 200
 SUBSCRIBER_BUFFER = 10_000
 
 
@@ -180,7 +178,7 @@ class Coordinator:
         self.queue = scheduler.ReadyQueue()
         self.conns: dict[str, WorkerConn] = {}
         self.subscribers: set[Subscriber] = set()
-        self.task_logs: dict[str, deque[str]] = {}
+        self.task_logs = tasklogs.TaskLogs()
         self.started_at = time.time()
         self.url = ""
         self._dispatch_wakeup = trio.Event()
@@ -428,15 +426,27 @@ class Coordinator:
                     **{k: v for k, v in worker.items() if k != "assigned"},
                     "status": "online", "hardware_metrics": conn.health}}])
         elif kind == proto.LOG:
-            task_id = message.get("task_id")
-            lines = message.get("lines") or []
-            if isinstance(task_id, str) and isinstance(lines, list):
-                buf = self.task_logs.setdefault(task_id, deque(maxlen=LOG_LINES_KEPT))
-                buf.extend(str(line) for line in lines)
-                task = self.state.tasks.get(task_id)
-                if task is not None:
-                    self._publish("task_updates", {"type": "task_log", "task_id": task_id,
-                                                   "attempt": message.get("attempt"), "lines": lines}, task)
+            self._take_log(conn, message)
+
+    def _take_log(self, conn: WorkerConn, message: dict[str, Any]) -> None:
+        """Keep (bounded) and fan out log lines, only for a task this worker holds now (current attempt)."""
+        task_id, lines, attempt = message.get("task_id"), message.get("lines"), message.get("attempt")
+        if not isinstance(task_id, str) or not isinstance(lines, list):
+            self.task_logs.drop(tasklogs.DROP_MALFORMED, len(lines) if isinstance(lines, list) else 1)
+            return
+        task = self.state.tasks.get(task_id)
+        if task is None:
+            self.task_logs.drop(tasklogs.DROP_UNKNOWN_TASK, len(lines))
+            return
+        worker = self.state.workers.get(conn.worker_id)
+        held = (worker.get("assigned") or {}).get(task_id) if worker is not None else None
+        if held is None or held != attempt or conn.closed:
+            self.task_logs.drop(tasklogs.DROP_NOT_ASSIGNED, len(lines))
+            return
+        kept = self.task_logs.add(conn.worker_id, task_id, lines)
+        if kept:
+            self._publish("task_updates", {"type": "task_log", "task_id": task_id, "attempt": attempt,
+                                           "lines": kept}, task)
 
     # ------------------------------------------------------------------ loops
     async def dispatch_loop(self) -> None:
