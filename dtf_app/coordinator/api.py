@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException
 
 from dtf_app import __version__
 from dtf_app import protocol as proto
-from dtf_app.coordinator import scheduler
+from dtf_app.coordinator import bulk, scheduler
 from dtf_app.coordinator.drain import DrainUnreadBody
 from dtf_app.coordinator.service import Coordinator, clean_outcome, task_view
 from dtf_app.security import keys as keymod
@@ -259,20 +259,26 @@ def create_app(coord: Coordinator) -> QuartTrio:
         if not docs:
             raise ApiError(400, "invalid_task", "the task array is empty")
         if len(docs) > MAX_TASKS_PER_REQUEST:
-            raise ApiError(413, "too_many_tasks", f"at most {MAX_TASKS_PER_REQUEST} tasks per request")
+            raise ApiError(413, "too_many_tasks", f"the batch has {len(docs)} tasks; at most "
+                                                  f"{MAX_TASKS_PER_REQUEST} tasks per request: split it")
         max_retries = coord.settings.max_retries
         try:
-            normalised = [scheduler.validate_task(doc, "task" if single else f"tasks[{i}]",
-                                                  default_max_retries=max_retries)
-                          for i, doc in enumerate(docs)]
+            # Big batches are handled in slices that yield to the event loop (see bulk.py).
+            normalised = await bulk.map_yielding(
+                lambda i, doc: scheduler.validate_task(doc, "task" if single else f"tasks[{i}]",
+                                                       default_max_retries=max_retries), docs)
+            del body, docs
             created = await coord.submit(normalised, allow_unschedulable=_bool_arg("allow_unschedulable"))
         except scheduler.TaskConflictError as exc:
             raise ApiError(409, "exists", str(exc)) from None
         except scheduler.TaskValidationError as exc:
             code = "unschedulable" if "cannot run on any worker" in str(exc) else "invalid_task"
             raise ApiError(400 if code == "invalid_task" else 422, code, str(exc)) from None
-        views = [task_view(t) for t in created]
-        return json_response(views[0] if single else views, 201)
+        del normalised
+        views = await bulk.map_yielding(lambda _, task: task_view(task), created)
+        del created
+        text = await bulk.dumps(views[0] if single else views)
+        return Response(text, status=201, content_type="application/json")
 
     @app.get("/api/tasks")
     @requires("read")

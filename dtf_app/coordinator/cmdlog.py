@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import struct
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,8 @@ log = logging.getLogger("dtf.coordinator.log")
 _HEADER = struct.Struct("<II")
 LOG_NAME = "commands.log"
 SNAPSHOT_NAME = "state.snapshot"
+# Longest the replicator applies commands without letting the event loop run.
+APPLY_SLICE_S = 0.01
 
 
 class CommandLog:
@@ -178,9 +181,9 @@ class Replicator:
                 batch, self._queue = self._queue, []
                 commands = [c for p in batch for c in p.commands]
                 try:
-                    last = self.cmdlog.append(commands)
-                    # fsync blocks for milliseconds: off the event loop, while new proposals queue up.
-                    await trio.to_thread.run_sync(self.cmdlog.sync)
+                    # Encoding (big for a big submit) and fsync (milliseconds) run off the event loop,
+                    # while new proposals queue up; nothing else touches the log or these commands.
+                    last = await trio.to_thread.run_sync(self._append_and_sync, commands)
                     self.fsyncs += 1
                 except OSError as exc:
                     for proposal in batch:
@@ -188,8 +191,14 @@ class Replicator:
                         proposal.done.set()
                     continue
                 index = last - len(commands) + 1
+                since_yield = time.monotonic()
                 for proposal in batch:
                     for command in proposal.commands:
+                        if time.monotonic() - since_yield > APPLY_SLICE_S:
+                            # Between two commands the state is whole: let the event loop run (a big
+                            # submit is many commands), so /status and heartbeats are served meanwhile.
+                            await trio.sleep(0)
+                            since_yield = time.monotonic()
                         result, events = self.state.apply(command, index)
                         self.on_applied(index, command, result, events)
                         proposal.results.append(result)
@@ -204,6 +213,11 @@ class Replicator:
             for proposal in self._queue:
                 proposal.error = RuntimeError("the coordinator is shutting down")
                 proposal.done.set()
+
+    def _append_and_sync(self, commands: list[dict[str, Any]]) -> int:
+        last = self.cmdlog.append(commands)
+        self.cmdlog.sync()
+        return last
 
     async def snapshot(self) -> None:
         """Snapshot the state and restart the log (after the store caught up, so no event is lost)."""
