@@ -67,6 +67,7 @@ def dependency_order(ids: Sequence[str], deps: Mapping[str, Iterable[str]]) -> l
     The batch is known to be acyclic."""
     out: list[str] = []
     done: set[str] = set()
+    members = set(ids)
     for root in ids:
         if root in done:
             continue
@@ -75,7 +76,7 @@ def dependency_order(ids: Sequence[str], deps: Mapping[str, Iterable[str]]) -> l
         while stack:
             node, edges = stack[-1]
             for nxt in edges:
-                if nxt in deps and nxt not in done:
+                if nxt in members and nxt not in done:
                     done.add(nxt)
                     stack.append((nxt, iter(deps.get(nxt, ()))))
                     break
