@@ -28,6 +28,7 @@ from typing import Any
 
 import trio
 
+from dtf_app.coordinator import bulk
 from dtf_app.coordinator.state import State
 
 log = logging.getLogger("dtf.coordinator.log")
@@ -223,6 +224,6 @@ class Replicator:
         """Snapshot the state and restart the log (after the store caught up, so no event is lost)."""
         if self.before_snapshot is not None:
             await self.before_snapshot()
-        data = self.state.snapshot()
+        data = await bulk.encode_snapshot(self.state)  # == state.snapshot(), without stalling the loop
         await trio.to_thread.run_sync(self.cmdlog.write_snapshot, data)
         log.info("state snapshot at index %d (%d bytes)", self.state.applied_index, len(data))

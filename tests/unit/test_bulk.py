@@ -31,6 +31,19 @@ async def test_dumps_in_slices_is_plain_json() -> None:
     assert await bulk.dumps([], every=100) == "[]"
 
 
+async def test_sliced_snapshot_is_the_snapshot(tmp_path: Path) -> None:
+    from dtf_app.coordinator.state import State
+
+    state = State()
+    assert await bulk.encode_snapshot(state) == state.snapshot()
+    state.apply({"op": "SubmitTasks", "time": 1.0, "tasks": [
+        dict(scheduler.validate_task({"type": "custom", "config": {"command": ["true"]}}), task_id=f"t{i}",
+             batch_id="b") for i in range(1234)]}, 1)
+    state.apply({"op": "CreateApiKey", "time": 2.0, "name": "k", "role": "admin", "key_hash": "h"}, 2)
+    assert await bulk.encode_snapshot(state, every=100) == state.snapshot()
+    assert State.restore(await bulk.encode_snapshot(state)).task_counts() == state.task_counts()
+
+
 async def test_sliced_submit_keeps_order_and_cross_command_dependencies(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bulk, "SUBMIT_COMMAND_TASKS", 100)
