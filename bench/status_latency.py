@@ -8,7 +8,7 @@ coordinator's resident memory before and after, and whether any worker was decla
 
 Usage::
 
-    python bench/status_latency.py [--tasks N] [--interval S] [--worker-timeout S] [--json]
+    python bench/status_latency.py [--tasks N] [--interval S] [--worker-timeout S] [--park] [--json]
 
 Goal (DESIGN.md section 11: measured here, never asserted in tests): ``/status`` under 1 s throughout.
 """
@@ -51,8 +51,10 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def run_bench(tasks: int = MAX_TASKS_PER_REQUEST, interval: float = 0.05, worker_timeout: float = 4.0,
-              settle: float = 2.0) -> dict[str, Any]:
-    """Run one measurement; returns the figures (also used by a smoke test with a small ``tasks``)."""
+              settle: float = 2.0, park: bool = False) -> dict[str, Any]:
+    """Run one measurement; returns the figures. ``park``: the tasks need a tag no worker has and are
+    queued as unschedulable, so the workers stay connected but idle (the coordinator's own cost alone,
+    without the workers' task processes competing for the CPU)."""
     with tempfile.TemporaryDirectory(prefix="dtf-status-bench-") as tmp:
         cluster = Cluster(Path(tmp), worker_timeout=worker_timeout, heartbeat_interval=1.0)
         try:
@@ -63,7 +65,10 @@ def run_bench(tasks: int = MAX_TASKS_PER_REQUEST, interval: float = 0.05, worker
             assert cluster.coordinator is not None
             pid = cluster.coordinator.proc.pid
             rss_before = _rss_mb(pid)
-            body = json.dumps([{"type": "custom", "config": {"command": ["true"]}} for _ in range(tasks)]).encode()
+            task: dict[str, Any] = {"type": "custom", "config": {"command": ["true"]}}
+            if park:
+                task["requirements"] = {"tags": ["bench-parked"]}
+            body = json.dumps([task] * tasks).encode()
             latencies: list[float] = []
             failures = 0
             stop = threading.Event()
@@ -85,6 +90,7 @@ def run_bench(tasks: int = MAX_TASKS_PER_REQUEST, interval: float = 0.05, worker
             time.sleep(settle)
             started = time.monotonic()
             response = httpx.post(cluster.url + "/api/tasks", content=body, timeout=600,
+                                  params={"allow_unschedulable": "true"} if park else None,
                                   headers={"Content-Type": "application/json", "X-API-Key": cluster.admin_key})
             submit_s = time.monotonic() - started
             time.sleep(settle)
@@ -94,7 +100,7 @@ def run_bench(tasks: int = MAX_TASKS_PER_REQUEST, interval: float = 0.05, worker
             workers = cluster.api("GET", "/api/workers").json()["workers"]
             lost = "workers lost" in cluster.coordinator.output()
             return {
-                "tasks": tasks, "body_mb": round(len(body) / 2**20, 1), "submit_status": response.status_code,
+                "tasks": tasks, "parked": park, "body_mb": round(len(body) / 2**20, 1), "submit_status": response.status_code,
                 "submit_s": round(submit_s, 2), "polls": len(latencies), "poll_failures": failures,
                 "status_p50_ms": round(1000 * statistics.median(latencies), 1),
                 "status_p99_ms": round(1000 * _percentile(latencies, 0.99), 1),
@@ -111,9 +117,10 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=MAX_TASKS_PER_REQUEST)
     parser.add_argument("--interval", type=float, default=0.05, help="seconds between /status polls")
     parser.add_argument("--worker-timeout", type=float, default=4.0)
+    parser.add_argument("--park", action="store_true", help="queue the tasks unschedulable: workers stay idle")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    figures = run_bench(args.tasks, args.interval, args.worker_timeout)
+    figures = run_bench(args.tasks, args.interval, args.worker_timeout, park=args.park)
     if args.json:
         print(json.dumps(figures))
         return

@@ -81,7 +81,7 @@ async def _json_body() -> Any:
     if not raw:
         raise ApiError(400, "invalid_json", "the request body is empty; send a JSON document")
     try:
-        return json.loads(raw)
+        return await bulk.loads(raw)  # json.loads, in slices for a big body
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
         raise ApiError(400, "invalid_json", f"the request body is not valid JSON{where}: {exc}") from None

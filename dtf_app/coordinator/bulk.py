@@ -12,6 +12,7 @@ is acknowledged once), encoded off the event loop, and the 201 answer is encoded
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -59,6 +60,49 @@ async def map_yielding(fn: Callable[[int, T], R], items: Sequence[T]) -> list[R]
         out.extend(fn(i, items[i]) for i in range(start, min(start + CLOCK_EVERY, len(items))))
         await slicer.maybe_yield()
     return out
+
+
+# Bodies at least this big are parsed element by element (a top-level array) with yields in between.
+SLICED_PARSE_BYTES = 256 * 1024
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+async def loads(raw: bytes, **options: Any) -> Any:
+    """``json.loads(raw, **options)``, but a big top-level array is decoded one element at a time
+    (each a C call of ``JSONDecoder.raw_decode``), letting the event loop run every :data:`SLICE_S`: one
+    ``json.loads`` of a 64 MiB body holds the GIL, and so the loop, for a second or more. Same result
+    and the same JSONDecodeError positions as ``json.loads``."""
+    if len(raw) < SLICED_PARSE_BYTES:
+        return json.loads(raw, **options)
+    text = raw.decode(json.detect_encoding(raw), "surrogatepass")  # what json.loads does with bytes
+    pos = _SPACE.match(text, 0).end()  # type: ignore[union-attr]
+    if not text.startswith("[", pos):
+        return json.loads(text, **options)
+    decoder = json.JSONDecoder(**options)
+    space = _SPACE.match
+    items: list[Any] = []
+    pos = space(text, pos + 1).end()  # type: ignore[union-attr]
+    if text.startswith("]", pos):
+        pos += 1
+    else:
+        slicer = _Slicer()
+        while True:
+            item, pos = decoder.raw_decode(text, pos)
+            items.append(item)
+            pos = space(text, pos).end()  # type: ignore[union-attr]
+            if text.startswith(",", pos):
+                pos = space(text, pos + 1).end()  # type: ignore[union-attr]
+            elif text.startswith("]", pos):
+                pos += 1
+                break
+            else:
+                raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
+            if len(items) % CLOCK_EVERY == 0:
+                await slicer.maybe_yield()
+    end = space(text, pos).end()  # type: ignore[union-attr]
+    if end != len(text):
+        raise json.JSONDecodeError("Extra data", text, end)
+    return items
 
 
 def dependency_order(ids: Sequence[str], deps: Mapping[str, Iterable[str]]) -> list[str]:
@@ -118,4 +162,4 @@ def _dumps(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"), default=str)
 
 
-__all__ = ["SLICE_S", "SUBMIT_COMMAND_TASKS", "checkpoints", "dependency_order", "dumps", "encode_snapshot", "map_yielding"]
+__all__ = ["SLICE_S", "SUBMIT_COMMAND_TASKS", "checkpoints", "dependency_order", "dumps", "encode_snapshot", "loads", "map_yielding"]

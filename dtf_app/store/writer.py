@@ -108,12 +108,6 @@ class _TableWriter:
         self.sql = f"{verb} {table} ({quoted}) SELECT {exprs} FROM {self.view}"
 
     def write(self, con: Any, rows: list[dict[str, Any]]) -> None:
-        # In slices (same transaction): one DuckDB call over many Python objects holds the GIL long
-        # enough to stall the coordinator's event loop; between calls it gets the GIL back.
-        for start in range(0, len(rows), WRITE_SLICE_ROWS):
-            self._write_slice(con, rows[start:start + WRITE_SLICE_ROWS])
-
-    def _write_slice(self, con: Any, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
         columns = [[convert(row.get(name)) for row in rows]
@@ -158,7 +152,6 @@ def _is_data_error(exc: BaseException) -> bool:
 
 
 _VALUES_CHUNK = 1000
-WRITE_SLICE_ROWS = 2000
 _NUMPY: list[Any] = []
 
 

@@ -31,6 +31,31 @@ async def test_dumps_in_slices_is_plain_json() -> None:
     assert await bulk.dumps([], every=100) == "[]"
 
 
+@pytest.mark.parametrize("text", [
+    '[]', ' [ ] ', '[1, 2 ,3]', '[{"a": [1, {"b": null}]}, "x\\u00e9", 1.5e3, true]\n', '{"tasks": [1]}', '"s"',
+    '[1, x]', '[1 2]', '[1,]', '[', '[1', '[1] 2', '[1]]', '[NaN]', '["\\ud800"]', '',
+])
+async def test_sliced_loads_is_json_loads(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bulk, "SLICED_PARSE_BYTES", 0)
+    raw = text.encode()
+    try:
+        expected: object = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        expected = (exc.msg, exc.pos)
+    try:
+        got: object = await bulk.loads(raw)
+    except json.JSONDecodeError as exc:
+        got = (exc.msg, exc.pos)
+    assert got == expected
+
+
+async def test_sliced_loads_big_body() -> None:
+    data = [{"type": "custom", "config": {"command": ["true", str(i)]}} for i in range(20_000)]
+    raw = json.dumps(data).encode()
+    assert len(raw) > bulk.SLICED_PARSE_BYTES
+    assert await bulk.loads(raw) == data
+
+
 async def test_sliced_snapshot_is_the_snapshot(tmp_path: Path) -> None:
     from dtf_app.coordinator.state import State
 
