@@ -24,11 +24,13 @@ R = TypeVar("R")
 
 # Longest stretch of batch work between two yields to the event loop. Measured by the clock rather
 # than counted in items, so a loaded machine (where each item costs more) still yields often enough.
-SLICE_S = 0.01
+# Short, because one HTTP request takes a dozen or more scheduler rounds (accept, read, parse, route,
+# answer, ...) and each round may wait for one slice.
+SLICE_S = 0.003
 # Items between two looks at the clock.
 CLOCK_EVERY = 32
 # Tasks per SubmitTasks command: applying one command is one uninterrupted step of the state machine.
-SUBMIT_COMMAND_TASKS = 1000
+SUBMIT_COMMAND_TASKS = 250
 # List items per slice of an encoded answer.
 ENCODE_SLICE = 500
 

@@ -36,8 +36,6 @@ log = logging.getLogger("dtf.coordinator.log")
 _HEADER = struct.Struct("<II")
 LOG_NAME = "commands.log"
 SNAPSHOT_NAME = "state.snapshot"
-# Longest the replicator applies commands without letting the event loop run.
-APPLY_SLICE_S = 0.01
 
 
 class CommandLog:
@@ -195,7 +193,7 @@ class Replicator:
                 since_yield = time.monotonic()
                 for proposal in batch:
                     for command in proposal.commands:
-                        if time.monotonic() - since_yield > APPLY_SLICE_S:
+                        if time.monotonic() - since_yield > bulk.SLICE_S:
                             # Between two commands the state is whole: let the event loop run (a big
                             # submit is many commands), so /status and heartbeats are served meanwhile.
                             await trio.sleep(0)
