@@ -276,7 +276,7 @@ class Coordinator:
         return await self.replicator.propose(commands)
 
     async def submit(self, docs: list[dict[str, Any]], *, allow_unschedulable: bool = False) -> list[dict[str, Any]]:
-        """Validate-then-commit a batch of normalised task docs; returns the created tasks.
+        """Validate-then-commit a batch of normalised task docs (filled in place); returns the created tasks.
 
         Raises scheduler.TaskValidationError for dependency/feasibility problems (-> 400/422).
         """
@@ -307,7 +307,10 @@ class Coordinator:
         prepared = []
         workers = list(self.state.workers.values())
         async for i, (task_id, doc) in bulk.checkpoints(in_batch.items()):
-            task = dict(doc, task_id=task_id, batch_id=batch_id)
+            # The normalised docs are the caller's own fresh dicts: filled in place, not copied (a big
+            # batch would otherwise exist once more in memory).
+            task = doc
+            task["task_id"], task["batch_id"] = task_id, batch_id
             reason = scheduler.infeasibility_reason(workers, doc["requirements"])
             if reason is not None:
                 if not allow_unschedulable:
