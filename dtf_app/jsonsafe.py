@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
 
 MAX_JSON_DEPTH = 64
 """The deepest nesting (arrays and objects) accepted anywhere; ``[[1]]`` is 2 levels. Task documents
@@ -98,41 +99,67 @@ def loads(raw: str | bytes | bytearray, *, root: str = "", what: str = "the docu
     ``root`` names the document in paths when they start with an index (``root="tasks"`` turns
     ``[3].name`` into ``tasks[3].name``); ``what`` names it in messages ("the request body").
     """
-    if isinstance(raw, bytes | bytearray):
-        try:
-            text = bytes(raw).decode("utf-8-sig")  # a leading BOM is tolerated, as json.loads(bytes) does
-        except UnicodeDecodeError as exc:
-            raise JsonInputError(f"{what} is not valid UTF-8 (byte {exc.start}); send UTF-8 encoded JSON") from None
-    else:
-        text = raw
-    if nesting_depth(raw) > MAX_JSON_DEPTH:
-        raise JsonInputError(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep (arrays and objects); "
-                             f"the limit is {MAX_JSON_DEPTH}", code="too_deep")
-    odd_numbers = False
+    parse = _StrictParse(raw, root, what)
+    try:
+        value = json.loads(parse.text, parse_constant=parse.constant, parse_float=parse.parse_float)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        parse.refuse(exc)
+    return parse.finish(value)
 
-    def constant(name: str) -> float:
-        nonlocal odd_numbers
-        odd_numbers = True
+
+async def aloads(raw: str | bytes | bytearray, parser: Callable[..., Awaitable[Any]], *, root: str = "",
+                 what: str = "the document") -> Any:
+    """:func:`loads` with the parse step done by an async ``parser(text, **json_options)`` (a parser that
+    lets the event loop run while it decodes a big body); the same checks and errors."""
+    parse = _StrictParse(raw, root, what)
+    try:
+        value = await parser(parse.text, parse_constant=parse.constant, parse_float=parse.parse_float)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        parse.refuse(exc)
+    return parse.finish(value)
+
+
+class _StrictParse:
+    """The checks around one parse: decoding and depth before, odd numbers and surrogates after."""
+
+    def __init__(self, raw: str | bytes | bytearray, root: str, what: str) -> None:
+        self.raw, self.root, self.what = raw, root, what
+        if isinstance(raw, bytes | bytearray):
+            try:
+                self.text = bytes(raw).decode("utf-8-sig")  # a leading BOM is tolerated, as json.loads(bytes)
+            except UnicodeDecodeError as exc:
+                raise JsonInputError(f"{what} is not valid UTF-8 (byte {exc.start}); send UTF-8 encoded JSON") from None
+        else:
+            self.text = raw
+        if nesting_depth(raw) > MAX_JSON_DEPTH:
+            raise JsonInputError(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep (arrays and objects); "
+                                 f"the limit is {MAX_JSON_DEPTH}", code="too_deep")
+        self.odd_numbers = False
+
+    def constant(self, name: str) -> float:
+        self.odd_numbers = True
         return float(name.replace("Infinity", "inf"))
 
-    def parse_float(token: str) -> float:
-        nonlocal odd_numbers
+    def parse_float(self, token: str) -> float:
         value = float(token)
         if not math.isfinite(value):  # 1e999: valid JSON syntax, but no finite number
-            odd_numbers = True
+            self.odd_numbers = True
         return value
 
-    try:
-        value = json.loads(text, parse_constant=constant, parse_float=parse_float)
-    except json.JSONDecodeError as exc:
-        raise JsonInputError(f"{what} is not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    except RecursionError:  # cannot happen after the depth scan; kept so it can never become a 500
-        raise JsonInputError(f"{what} is nested too deeply (limit {MAX_JSON_DEPTH})", code="too_deep") from None
-    # Raw surrogates can only be in a str given by a caller (a strict UTF-8 decode never makes them).
-    if odd_numbers or _SURROGATE_ESCAPE.search(text) or (
-            not isinstance(raw, bytes | bytearray) and not text.isascii() and _SURROGATE.search(text)):
-        _check(value, root, what)
-    return value
+    def refuse(self, exc: BaseException) -> NoReturn:
+        if isinstance(exc, json.JSONDecodeError):
+            raise JsonInputError(f"{self.what} is not valid JSON at line {exc.lineno} column {exc.colno}: "
+                                 f"{exc.msg}") from None
+        # RecursionError: cannot happen after the depth scan; kept so it can never become a 500.
+        raise JsonInputError(f"{self.what} is nested too deeply (limit {MAX_JSON_DEPTH})", code="too_deep") from None
+
+    def finish(self, value: Any) -> Any:
+        text, raw = self.text, self.raw
+        # Raw surrogates can only be in a str given by a caller (a strict UTF-8 decode never makes them).
+        if self.odd_numbers or _SURROGATE_ESCAPE.search(text) or (
+                not isinstance(raw, bytes | bytearray) and not text.isascii() and _SURROGATE.search(text)):
+            _check(value, self.root, self.what)
+        return value
 
 
 def _check(value: Any, root: str, what: str) -> None:

@@ -93,6 +93,19 @@ CANCEL = "cancel"
 WORKER_CREDENTIAL_HEADER = "X-Worker-Credential"
 CREDENTIAL_REFUSED = "credential_refused"
 
+# Task log lines (``log`` frames): the worker caps and batches with these, the coordinator enforces them
+# again (a worker is another process, maybe another version) and bounds what it buffers per task and
+# per worker in dtf_app/coordinator/tasklogs.py.
+LOG_LINE_MAX_CHARS = 4000
+LOG_LINES_PER_MESSAGE = 200
+LOG_TRUNCATED = " [truncated]"
+
+
+def cap_log_line(text: str) -> str:
+    """A log line cut to LOG_LINE_MAX_CHARS (marked); idempotent, so both sides may apply it."""
+    return text if len(text) <= LOG_LINE_MAX_CHARS else text[:LOG_LINE_MAX_CHARS] + LOG_TRUNCATED
+
+
 TASK_TYPES = ("test", "benchmark", "custom")
 TASK_STATES = ("pending", "blocked", "unschedulable", "assigned", "running", "completed", "failed", "cancelled")
 TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})

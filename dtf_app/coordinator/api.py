@@ -20,7 +20,8 @@ from werkzeug.exceptions import HTTPException
 
 from dtf_app import __version__, jsonsafe
 from dtf_app import protocol as proto
-from dtf_app.coordinator import readiness, scheduler
+from dtf_app.coordinator import bulk, readiness, scheduler
+from dtf_app.coordinator.drain import DrainUnreadBody
 from dtf_app.coordinator.service import Coordinator, clean_outcome, task_view
 from dtf_app.raft.types import NotLeader, ProposalDropped
 from dtf_app.security import keys as keymod
@@ -82,7 +83,10 @@ async def _json_body(root: str = "body") -> Any:
     if not raw:
         raise ApiError(400, "invalid_json", "the request body is empty; send a JSON document")
     try:
-        return jsonsafe.loads(raw, root=root, what="the request body")
+        if len(raw) < bulk.SLICED_PARSE_BYTES:
+            return jsonsafe.loads(raw, root=root, what="the request body")
+        # A big body is decoded in slices so the event loop keeps running (bulk.loads), same checks.
+        return await jsonsafe.aloads(raw, bulk.loads, root=root, what="the request body")
     except jsonsafe.JsonInputError as exc:
         raise ApiError(400, exc.code, exc.message) from None
 
@@ -136,6 +140,8 @@ def create_app(coord: Coordinator) -> QuartTrio:
     app = QuartTrio("dtf")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
+    # Answers given before the body was read (401, 404, 405, ...) must not wedge a keep-alive connection.
+    app.asgi_app = DrainUnreadBody(app.asgi_app, max_bytes=MAX_BODY_BYTES)  # type: ignore[method-assign]
 
     @app.before_request
     async def bind_coordinator() -> Response | None:
@@ -350,20 +356,26 @@ def create_app(coord: Coordinator) -> QuartTrio:
         if not docs:
             raise ApiError(400, "invalid_task", "the task array is empty")
         if len(docs) > MAX_TASKS_PER_REQUEST:
-            raise ApiError(413, "too_many_tasks", f"at most {MAX_TASKS_PER_REQUEST} tasks per request")
+            raise ApiError(413, "too_many_tasks", f"the batch has {len(docs)} tasks; at most "
+                                                  f"{MAX_TASKS_PER_REQUEST} tasks per request: split it")
         max_retries = coord.settings.max_retries
         try:
-            normalised = [scheduler.validate_task(doc, "task" if single else f"tasks[{i}]",
-                                                  default_max_retries=max_retries)
-                          for i, doc in enumerate(docs)]
+            # Big batches are handled in slices that yield to the event loop (see bulk.py).
+            normalised = await bulk.map_yielding(
+                lambda i, doc: scheduler.validate_task(doc, "task" if single else f"tasks[{i}]",
+                                                       default_max_retries=max_retries), docs)
+            del body, docs
             created = await coord.submit(normalised, allow_unschedulable=_bool_arg("allow_unschedulable"))
         except scheduler.TaskConflictError as exc:
             raise ApiError(409, "exists", str(exc)) from None
         except scheduler.TaskValidationError as exc:
             code = "unschedulable" if "cannot run on any worker" in str(exc) else "invalid_task"
             raise ApiError(400 if code == "invalid_task" else 422, code, str(exc)) from None
-        views = [task_view(t) for t in created]
-        return json_response(views[0] if single else views, 201)
+        del normalised
+        views = await bulk.map_yielding(lambda _, task: task_view(task), created)
+        del created
+        text = await bulk.dumps(views[0] if single else views)
+        return Response(text, status=201, content_type="application/json")
 
     @app.get("/api/tasks")
     @requires("read")

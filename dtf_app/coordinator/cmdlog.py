@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import struct
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,7 @@ from typing import Any
 import trio
 
 from dtf_app import fsutil
+from dtf_app.coordinator import bulk
 from dtf_app.coordinator.state import State
 
 log = logging.getLogger("dtf.coordinator.log")
@@ -397,9 +399,9 @@ class Replicator:
                 batch, self._queue = self._queue, []
                 commands = [c for p in batch for c in p.commands]
                 try:
-                    last = self.cmdlog.append(commands)
-                    # fsync blocks for milliseconds: off the event loop, while new proposals queue up.
-                    await trio.to_thread.run_sync(self.cmdlog.sync)
+                    # Encoding (big for a big submit) and fsync (milliseconds) run off the event loop,
+                    # while new proposals queue up; nothing else touches the log or these commands.
+                    last = await trio.to_thread.run_sync(self._append_and_sync, commands)
                     self.fsyncs += 1
                 except OSError as exc:
                     for proposal in batch:
@@ -407,8 +409,14 @@ class Replicator:
                         proposal.done.set()
                     continue
                 index = last - len(commands) + 1
+                since_yield = time.monotonic()
                 for proposal in batch:
                     for command in proposal.commands:
+                        if time.monotonic() - since_yield > bulk.SLICE_S:
+                            # Between two commands the state is whole: let the event loop run (a big
+                            # submit is many commands), so /status and heartbeats are served meanwhile.
+                            await trio.sleep(0)
+                            since_yield = time.monotonic()
                         result, events = self.state.apply(command, index)
                         self.on_applied(index, command, result, events)
                         proposal.results.append(result)
@@ -424,10 +432,15 @@ class Replicator:
                 proposal.error = RuntimeError("the coordinator is shutting down")
                 proposal.done.set()
 
+    def _append_and_sync(self, commands: list[dict[str, Any]]) -> int:
+        last = self.cmdlog.append(commands)
+        self.cmdlog.sync()
+        return last
+
     async def snapshot(self) -> None:
         """Snapshot the state and restart the log (after the store caught up, so no event is lost)."""
         if self.before_snapshot is not None:
             await self.before_snapshot()
-        data = self.state.snapshot()
+        data = await bulk.encode_snapshot(self.state)  # == state.snapshot(), without stalling the loop
         await trio.to_thread.run_sync(self.cmdlog.write_snapshot, data)
         log.info("state snapshot at index %d (%d bytes)", self.state.applied_index, len(data))

@@ -58,6 +58,13 @@ class _CoordinatorCollector(Collector):
             yield CounterMetricFamily(
                 "dtf_store_quarantined_events", "Store events that could not be written and were kept in the "
                 "quarantine file of the data dir, since start", value=coord.store.statistics()["quarantined"])
+        dropped = CounterMetricFamily("dtf_log_lines_dropped", "Task log lines refused or over the bounds, by reason",
+                                      labels=["reason"])
+        for reason, count in sorted(coord.task_logs.dropped.items()):
+            dropped.add_metric([reason], count)
+        yield dropped
+        yield GaugeMetricFamily("dtf_log_buffered_bytes", "Bytes of task log tails held in memory",
+                                value=coord.task_logs.total_bytes())
         yield GaugeMetricFamily("dtf_ws_updates_dropped", "Updates dropped for slow /ws subscribers now connected",
                                 value=sum(sub.dropped for sub in coord.subscribers))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from dtf_app.raft.types import Entry, NotLeader, Snapshot
 __all__ = ["NotLeader", "Replicator"]
 
 log = logging.getLogger("dtf.coordinator.replicator")
+
+ENCODE_SLICE_S = 0.003
 
 Applied = Callable[[int, dict[str, Any], Any, list[dict[str, Any]]], None]
 
@@ -59,6 +62,11 @@ class _Machine:
 
     def snapshot_bytes(self) -> bytes:
         return self.owner.state.snapshot()
+
+    async def snapshot_bytes_async(self) -> bytes:
+        from dtf_app.coordinator import bulk
+
+        return await bulk.encode_snapshot(self.owner.state)  # == state.snapshot(), in slices
 
     def restore_snapshot(self, snapshot: Snapshot) -> None:
         owner = self.owner
@@ -173,9 +181,14 @@ class Replicator:
             raise RuntimeError("the coordinator is not running")
         term = self.driver.term
         data = []
+        since_yield = time.monotonic()
         for command in commands:
             command.setdefault("term", term)
             data.append(json.dumps(command, separators=(",", ":")).encode())
+            if time.monotonic() - since_yield > ENCODE_SLICE_S:
+                # A big submit is many commands: let the event loop run between their encodings.
+                await trio.sleep(0)
+                since_yield = time.monotonic()
         return await self.driver.propose(data)
 
     async def read_barrier(self) -> int:

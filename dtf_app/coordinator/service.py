@@ -36,7 +36,7 @@ import trio
 from dtf_app import __version__, fsutil, jsonsafe, localreg
 from dtf_app import protocol as proto
 from dtf_app.config import Settings
-from dtf_app.coordinator import readiness, scheduler
+from dtf_app.coordinator import bulk, readiness, scheduler, tasklogs
 from dtf_app.coordinator.replicator import Replicator
 from dtf_app.coordinator.state import State
 from dtf_app.raft.types import NotLeader, ProposalDropped
@@ -55,8 +55,9 @@ RESULT_COALESCE_S = 0.0
 PREFETCH_PER_SLOT = 1
 PREFETCH_PER_SLOT_SHORT = 8
 SHORT_TASK_SECONDS = 0.05
-LOG_LINES_KEPT = 200
 SUBSCRIBER_BUFFER = 10_000
+# A liveness round that wakes this much later than asked means the event loop was stalled.
+LOOP_STALL_TOLERANCE_S = 0.5
 
 
 def iso(ts: float | None) -> str | None:
@@ -206,7 +207,7 @@ class Coordinator:
         self.queue = scheduler.ReadyQueue()
         self.conns: dict[str, WorkerConn] = {}
         self.subscribers: set[Subscriber] = set()
-        self.task_logs: dict[str, deque[str]] = {}
+        self.task_logs = tasklogs.TaskLogs()
         self.started_at = time.time()
         self.url = ""
         self._dispatch_wakeup = trio.Event()
@@ -214,6 +215,7 @@ class Coordinator:
         self._started: list[dict[str, Any]] = []
         self._results_wakeup = trio.Event()
         self._replaying = True
+        self._submit_lock = trio.Lock()
         self._last_store_index = 0
         # Leadership: set when this node becomes leader; the duties supervisor waits on it.
         self._became_leader = trio.Event()
@@ -454,43 +456,70 @@ class Coordinator:
         return await self.replicator.propose(commands)
 
     async def submit(self, docs: list[dict[str, Any]], *, allow_unschedulable: bool = False) -> list[dict[str, Any]]:
-        """Validate-then-commit a batch of normalised task docs; returns the created tasks.
+        """Validate-then-commit a batch of normalised task docs (filled in place); returns the created tasks.
 
         Raises scheduler.TaskValidationError for dependency/feasibility problems (-> 400/422).
         """
+        # One submit at a time: the checks below yield to the event loop, and no other submit may add
+        # the same task ids between them and the commit.
+        async with self._submit_lock:
+            return await self._submit(docs, allow_unschedulable)
+
+    async def _submit(self, docs: list[dict[str, Any]], allow_unschedulable: bool) -> list[dict[str, Any]]:
         batch_id = uuid.uuid4().hex[:12]
-        ids: list[str] = []
-        for i, doc in enumerate(docs):
+        many = len(docs) > 1
+        in_batch: dict[str, dict[str, Any]] = {}
+        async for i, doc in bulk.checkpoints(docs):
             task_id = doc.get("task_id") or uuid.uuid4().hex
-            if task_id in self.state.tasks or task_id in ids:
-                where = f"tasks[{i}]" if len(docs) > 1 else "task"
-                raise scheduler.TaskConflictError(f"{where}.task_id {task_id!r} already exists")
-            ids.append(task_id)
-        in_batch = dict(zip(ids, docs, strict=True))
-        for i, doc in enumerate(docs):
+            if task_id in self.state.tasks or task_id in in_batch:
+                raise scheduler.TaskConflictError(f"{f'tasks[{i}]' if many else 'task'}.task_id {task_id!r} already exists")
+            in_batch[task_id] = doc
+        async for i, doc in bulk.checkpoints(docs):
             for dep in doc["dependencies"]:
                 if dep not in self.state.tasks and dep not in in_batch:
-                    where = f"tasks[{i}]" if len(docs) > 1 else "task"
                     raise scheduler.TaskValidationError(
-                        f"{where}.dependencies names unknown task {dep!r} (submit it first or in the same batch)")
-        cycle = scheduler.find_cycle({task_id: doc["dependencies"] for task_id, doc in in_batch.items()})
+                        f"{f'tasks[{i}]' if many else 'task'}.dependencies names unknown task {dep!r} "
+                        "(submit it first or in the same batch)")
+        graph = {task_id: doc["dependencies"] for task_id, doc in in_batch.items() if doc["dependencies"]}
+        cycle = scheduler.find_cycle(graph)
         if cycle:
             raise scheduler.TaskValidationError(f"dependency cycle: {' -> '.join(cycle)}")
         prepared = []
         workers = list(self.state.workers.values())
-        for i, (task_id, doc) in enumerate(in_batch.items()):
-            where = f"tasks[{i}]" if len(docs) > 1 else "task"
-            task = dict(doc, task_id=task_id, batch_id=batch_id)
+        async for i, (task_id, doc) in bulk.checkpoints(in_batch.items()):
+            # The normalised docs are the caller's own fresh dicts: filled in place, not copied (a big
+            # batch would otherwise exist once more in memory).
+            task = doc
+            task["task_id"], task["batch_id"] = task_id, batch_id
             reason = scheduler.infeasibility_reason(workers, doc["requirements"])
             if reason is not None:
                 if not allow_unschedulable:
                     raise scheduler.TaskValidationError(
-                        f"{where} cannot run on any worker: {reason} "
+                        f"{f'tasks[{i}]' if many else 'task'} cannot run on any worker: {reason} "
                         "(pass allow_unschedulable=true to queue it until such a worker registers)")
                 task["status"] = "unschedulable"
                 task["error"] = reason
             prepared.append(task)
-        (created,) = await self.propose([{"op": "SubmitTasks", "tasks": prepared}])
+        ids = list(in_batch)
+        del in_batch
+        reordered = bool(graph) and len(prepared) > bulk.SUBMIT_COMMAND_TASKS
+        if reordered:
+            # Several commands: a task's in-batch dependencies must be applied no later than it.
+            by_id = {task["task_id"]: task for task in prepared}
+            prepared = [by_id[task_id] for task_id in bulk.dependency_order(ids, graph)]
+            del by_id
+        # Several SubmitTasks commands in one proposal: one fsync for the whole batch, and the state
+        # machine applies (and the event loop runs) between them.
+        step = bulk.SUBMIT_COMMAND_TASKS
+        commands = [{"op": "SubmitTasks", "tasks": prepared[i:i + step]} for i in range(0, len(prepared), step)]
+        del prepared
+        results = await self.propose(commands)
+        if not all(isinstance(chunk, list) for chunk in results):
+            raise RuntimeError(f"the state machine refused the batch: {results!r:.500}")
+        created = [task for chunk in results for task in chunk]
+        if reordered:
+            by_id = {task["task_id"]: task for task in created}
+            created = [by_id[task_id] for task_id in ids]
         self.stats["submitted"] += len(created)
         return created
 
@@ -637,15 +666,27 @@ class Coordinator:
                     **{k: v for k, v in worker.items() if k != "assigned"},
                     "last_heartbeat": conn.last_heartbeat, "status": "online", "hardware_metrics": conn.health}}])
         elif kind == proto.LOG:
-            task_id = message.get("task_id")
-            lines = message.get("lines") or []
-            if isinstance(task_id, str) and isinstance(lines, list):
-                buf = self.task_logs.setdefault(task_id, deque(maxlen=LOG_LINES_KEPT))
-                buf.extend(str(line) for line in lines)
-                task = self.state.tasks.get(task_id)
-                if task is not None:
-                    self._publish("task_updates", {"type": "task_log", "task_id": task_id,
-                                                   "attempt": message.get("attempt"), "lines": lines}, task)
+            self._take_log(conn, message)
+
+    def _take_log(self, conn: WorkerConn, message: dict[str, Any]) -> None:
+        """Keep (bounded) and fan out log lines, only for a task this worker holds now (current attempt)."""
+        task_id, lines, attempt = message.get("task_id"), message.get("lines"), message.get("attempt")
+        if not isinstance(task_id, str) or not isinstance(lines, list):
+            self.task_logs.drop(tasklogs.DROP_MALFORMED, len(lines) if isinstance(lines, list) else 1)
+            return
+        task = self.state.tasks.get(task_id)
+        if task is None:
+            self.task_logs.drop(tasklogs.DROP_UNKNOWN_TASK, len(lines))
+            return
+        worker = self.state.workers.get(conn.worker_id)
+        held = (worker.get("assigned") or {}).get(task_id) if worker is not None else None
+        if held is None or held != attempt or conn.closed:
+            self.task_logs.drop(tasklogs.DROP_NOT_ASSIGNED, len(lines))
+            return
+        kept = self.task_logs.add(conn.worker_id, task_id, lines)
+        if kept:
+            self._publish("task_updates", {"type": "task_log", "task_id": task_id, "attempt": attempt,
+                                           "lines": kept}, task)
 
     # ------------------------------------------------------------------ loops
     async def dispatch_loop(self) -> None:
@@ -745,8 +786,18 @@ class Coordinator:
         started = time.monotonic()
         period = max(0.2, min(1.0, timeout / 5))
         while True:
+            before = time.monotonic()
             await trio.sleep(period)
             now = time.monotonic()
+            stalled = now - before - period
+            if stalled > LOOP_STALL_TOLERANCE_S:
+                # The coordinator itself did not run (a huge batch, a slow disk, the host paused us):
+                # heartbeats may be waiting unread, so that time does not count against the workers.
+                log.warning("event loop stalled for %.1f s; not counted against worker heartbeats", stalled)
+                for conn in self.conns.values():
+                    conn.last_seen += stalled
+                    for task_id in conn.assigned_at:
+                        conn.assigned_at[task_id] += stalled
             lost = [wid for wid, conn in self.conns.items() if now - conn.last_seen > timeout]
             # Workers known from before a restart get one worker_timeout to reconnect.
             if now - started > timeout:

@@ -46,8 +46,8 @@ HANDSHAKE_TIMEOUT = 15.0
 STARTED_BATCH_DELAY = 0.005
 """Collect "started" notices this long so a big assignment costs one message, not one per task."""
 LOG_FLUSH_INTERVAL = 0.1
-MAX_LOG_LINES_PER_MESSAGE = 200
-MAX_LOG_LINE_CHARS = 4000
+MAX_LOG_LINES_PER_MESSAGE = protocol.LOG_LINES_PER_MESSAGE
+MAX_LOG_LINE_CHARS = protocol.LOG_LINE_MAX_CHARS
 MAX_BUFFERED_LOG_LINES = 1000
 RESULTS_PER_MESSAGE = 300
 OUTBOX_BATCH = 500
@@ -636,7 +636,7 @@ class WorkerAgent:
         def append(line: str) -> None:
             text = str(line).rstrip("\n")
             if len(text) > MAX_LOG_LINE_CHARS:
-                text = text[:MAX_LOG_LINE_CHARS] + " [truncated]"
+                text = text[:MAX_LOG_LINE_CHARS] + protocol.LOG_TRUNCATED
             if len(buffer.lines) == buffer.lines.maxlen:
                 buffer.dropped += 1
             buffer.lines.append(text)
