@@ -156,8 +156,7 @@ async def encode_snapshot(state: Any, every: int = ENCODE_SLICE) -> bytes:
         if start:
             await trio.sleep(0)
         parts.append(json.dumps(dict(items[start:start + every]), separators=(",", ":"))[1:-1])
-    rest = json.dumps({"workers": state.workers, "api_keys": state.api_keys, "next_seq": state.next_seq,
-                       "applied_index": state.applied_index}, separators=(",", ":"))
+    rest = json.dumps(state.snapshot_rest(), separators=(",", ":"))
     return ('{"tasks":{' + ",".join(parts) + "}," + rest[1:]).encode()
 
 

@@ -450,11 +450,14 @@ class State:
     # ------------------------------------------------------------------ snapshot
     def snapshot(self) -> bytes:
         """Serialise the whole state (the log can then be compacted up to ``applied_index``)."""
-        return json.dumps({
-            "tasks": self.tasks, "workers": self.workers, "api_keys": self.api_keys,
-            "enrolments": self.enrolments, "next_seq": self.next_seq, "applied_index": self.applied_index,
-            "term": self.term, "leaders": self.leaders, "disabled_nodes": self.disabled_nodes,
-        }, separators=(",", ":")).encode()
+        return json.dumps({"tasks": self.tasks, **self.snapshot_rest()}, separators=(",", ":")).encode()
+
+    def snapshot_rest(self) -> dict[str, Any]:
+        """Everything a snapshot holds besides the tasks (the one list of fields; bulk.encode_snapshot
+        writes the tasks in slices and then these)."""
+        return {"workers": self.workers, "api_keys": self.api_keys, "enrolments": self.enrolments,
+                "next_seq": self.next_seq, "applied_index": self.applied_index, "term": self.term,
+                "leaders": self.leaders, "disabled_nodes": self.disabled_nodes}
 
     @classmethod
     def restore(cls, data: bytes) -> State:

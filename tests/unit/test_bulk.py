@@ -90,7 +90,7 @@ async def test_sliced_submit_keeps_order_and_cross_command_dependencies(tmp_path
         assert "new" not in coord.state.tasks
         nursery.cancel_scope.cancel()
     coord.store.close()
-    coord.cmdlog.close()
+    coord.replicator.close()
 
 
 async def test_liveness_does_not_count_a_stalled_loop_against_workers(tmp_path: Path) -> None:
