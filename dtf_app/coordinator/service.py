@@ -277,7 +277,7 @@ class Coordinator:
     async def submit(self, docs: list[dict[str, Any]], *, allow_unschedulable: bool = False) -> list[dict[str, Any]]:
         """Validate-then-commit a batch of normalised task docs; returns the created tasks.
 
-        Raises scheduler.TaskValidationError for dependency/feasibility problems (-> 400/422).
+        Raises scheduler.TaskUnprocessableError for dependency/feasibility problems (-> 422).
         """
         batch_id = uuid.uuid4().hex[:12]
         ids: list[str] = []
@@ -292,11 +292,11 @@ class Coordinator:
             for dep in doc["dependencies"]:
                 if dep not in self.state.tasks and dep not in in_batch:
                     where = f"tasks[{i}]" if len(docs) > 1 else "task"
-                    raise scheduler.TaskValidationError(
+                    raise scheduler.TaskUnprocessableError(
                         f"{where}.dependencies names unknown task {dep!r} (submit it first or in the same batch)")
         cycle = scheduler.find_cycle({task_id: doc["dependencies"] for task_id, doc in in_batch.items()})
         if cycle:
-            raise scheduler.TaskValidationError(f"dependency cycle: {' -> '.join(cycle)}")
+            raise scheduler.TaskUnprocessableError(f"dependency cycle: {' -> '.join(cycle)}")
         prepared = []
         workers = list(self.state.workers.values())
         for i, (task_id, doc) in enumerate(in_batch.items()):
@@ -305,7 +305,7 @@ class Coordinator:
             reason = scheduler.infeasibility_reason(workers, doc["requirements"])
             if reason is not None:
                 if not allow_unschedulable:
-                    raise scheduler.TaskValidationError(
+                    raise scheduler.TaskUnprocessableError(
                         f"{where} cannot run on any worker: {reason} "
                         "(pass allow_unschedulable=true to queue it until such a worker registers)")
                 task["status"] = "unschedulable"

@@ -25,7 +25,7 @@ def running(cluster: Cluster) -> Cluster:
     (b'{"type": "custom", "config": {"command": ["true"]}, "requirements": {"gpu_count": 2}}', 400, "gpu_count"),
     (b'{"type": "custom", "config": {"command": 5}}', 400, "command must be an array"),
     (b'{"type": "test", "config": {"test_file": 3}}', 400, "test_file"),
-    (b'{"type": "custom", "config": {"command": ["true"]}, "dependencies": ["nope"]}', 400, "unknown task"),
+    (b'{"type": "custom", "config": {"command": ["true"]}, "dependencies": ["nope"]}', 422, "unknown task"),
     (b'[{"type": "custom", "config": {"command": ["true"]}}, {"type": "custom"}]', 400, "tasks[1]"),
 ])
 def test_bad_task_documents_get_400_with_message(running: Cluster, body: bytes, status: int, fragment: str) -> None:
@@ -105,7 +105,7 @@ def test_dependency_cycles_are_refused_and_batch_order_does_not_matter(running: 
         {"type": "custom", "task_id": "a", "dependencies": ["b"], "config": {"command": ["true"]}},
         {"type": "custom", "task_id": "b", "dependencies": ["a"], "config": {"command": ["true"]}},
     ])
-    assert cycle.status_code == 400 and "cycle" in cycle.json()["error"]["message"]
+    assert cycle.status_code == 422 and "cycle" in cycle.json()["error"]["message"]
     ok = running.submit([
         {"type": "custom", "task_id": "child", "dependencies": ["parent"], "config": {"command": ["true"]}},
         {"type": "custom", "task_id": "parent", "config": {"command": ["true"]}},
