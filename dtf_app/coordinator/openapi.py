@@ -10,8 +10,8 @@ from typing import Any
 
 from dtf_app.coordinator import scheduler
 from dtf_app.coordinator.api import MAX_TASKS_PER_REQUEST
-from dtf_app.store import queries
 from dtf_app.security.keys import ROLES
+from dtf_app.store import queries
 
 _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["code", "message"],

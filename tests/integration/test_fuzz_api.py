@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import schemathesis
 from schemathesis.config import SchemathesisConfig
-from schemathesis.engine import StopReason, Status, events
+from schemathesis.engine import Status, StopReason, events
 
 from tests.integration.harness import Cluster
 
