@@ -14,6 +14,7 @@ import trio
 from quart import g, websocket
 
 from dtf_app import protocol as proto
+from dtf_app.coordinator import frames
 from dtf_app.coordinator.service import SUBSCRIBER_BUFFER, Coordinator, Subscriber
 
 log = logging.getLogger("dtf.ws")
@@ -23,6 +24,12 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_PROTOCOL = 4400
 WORKER_QUEUE = 100_000
+
+
+async def _receive() -> str | bytes:
+    """The next frame's data; Quart hands over an empty binary frame as None, which is b"" here."""
+    raw = await websocket.receive()
+    return b"" if raw is None else raw
 
 
 async def _reject(code: str, message: str, close_code: int) -> None:
@@ -61,7 +68,7 @@ async def worker_socket() -> None:
         return
     await websocket.accept()
     try:
-        hello = proto.loads(await websocket.receive())
+        hello = proto.loads(await _receive())
     except ValueError as exc:
         await _reject("bad_hello", f"first message must be a hello object: {exc}", CLOSE_PROTOCOL)
         return
@@ -69,6 +76,10 @@ async def worker_socket() -> None:
         await websocket.send(proto.dumps({"type": proto.ERROR, "code": "bad_hello",
                                           "message": "first message must be {type: hello, worker_id: ...}"}))
         await websocket.close(CLOSE_PROTOCOL)
+        return
+    problem = frames.hello_problem(hello)
+    if problem is not None:
+        await _reject("bad_hello", f"hello: {problem}", CLOSE_PROTOCOL)
         return
     send, receive = trio.open_memory_channel[dict[str, Any]](WORKER_QUEUE)
     conn = await coord.worker_hello(hello, send)
@@ -80,17 +91,29 @@ async def worker_socket() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_sender, receive, nursery.cancel_scope)
             while True:
-                raw = await websocket.receive()
+                raw = await _receive()
                 try:
                     message = proto.loads(raw)
-                except ValueError:
-                    log.warning("worker %s sent a malformed frame; ignored", conn.worker_id)
+                    problem = frames.worker_frame_problem(message)
+                except ValueError as exc:
+                    problem = f"not a JSON object with a string type: {exc}"
+                if problem is not None:
+                    log.warning("worker %s sent a malformed frame; ignored: %s", conn.worker_id, problem[:200])
+                    _tell(send, "bad_frame", f"frame ignored: {problem[:500]}")
                     continue
                 coord.worker_message(conn, message)
     finally:
         if coord.conns.get(conn.worker_id) is conn:
             coord.worker_gone(conn)
         send.close()
+
+
+def _tell(send: trio.MemorySendChannel[dict[str, Any]], code: str, message: str) -> None:
+    """Queue an error frame for a worker; a full or closed queue drops it (the frame was ignored anyway)."""
+    try:
+        send.send_nowait({"type": proto.ERROR, "code": code, "message": message})
+    except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+        pass
 
 
 def _response(kind: str, request_id: Any, **data: Any) -> dict[str, Any]:
@@ -115,7 +138,7 @@ async def client_socket() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_sender, receive, nursery.cancel_scope)
             while True:
-                raw = await websocket.receive()
+                raw = await _receive()
                 try:
                     message = json.loads(raw)
                     if not isinstance(message, dict):
