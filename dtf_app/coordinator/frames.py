@@ -94,8 +94,8 @@ def worker_frame_problem(message: dict[str, Any]) -> str | None:
     if kind == proto.STARTED:
         return _task_refs(message.get("items"), "items", required=True, times=("start_time",))
     if kind == proto.RESULTS:
-        # Each outcome's own fields are cleaned by service.clean_outcome; here only what indexes it.
-        return _task_refs(message.get("items"), "items", required=True, times=("start_time", "end_time"))
+        # Each outcome's other fields are cleaned by service.clean_outcome; here only what indexes it.
+        return _task_refs(message.get("items"), "items", required=True)
     if kind == proto.HEARTBEAT:
         return (_optional(message, "metrics", _is_object, "an object")
                 or _optional(message, "free_slots", _is_int, "an integer")

@@ -149,11 +149,11 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_refs(v: Any) -> bool:
+def _is_refs(v: Any, times: bool = True) -> bool:
     return v is None or isinstance(v, list) and all(
         isinstance(r, dict) and isinstance(r.get("task_id"), str) and r["task_id"] and _is_int(r.get("attempt"))
-        and all(r.get(k) is None or isinstance(r[k], int | float) and not isinstance(r[k], bool)
-                for k in ("start_time", "end_time"))
+        and (not times or r.get("start_time") is None
+             or isinstance(r["start_time"], int | float) and not isinstance(r["start_time"], bool))
         for r in v)
 
 
@@ -164,7 +164,7 @@ def _is_strings(v: Any) -> bool:
 # For every frame type a worker sends: each field and what a good value is (the rest are wrong types).
 WORKER_FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
     "started": {"items": lambda v: isinstance(v, list) and _is_refs(v)},
-    "results": {"items": lambda v: isinstance(v, list) and _is_refs(v)},
+    "results": {"items": lambda v: isinstance(v, list) and _is_refs(v, times=False)},
     "heartbeat": {"metrics": lambda v: v is None or isinstance(v, dict), "free_slots": lambda v: v is None or _is_int(v),
                   "running": _is_refs},
     "log": {"task_id": lambda v: isinstance(v, str), "attempt": lambda v: v is None or _is_int(v),
