@@ -178,5 +178,5 @@ def _client_request(coord: Coordinator, sub: Subscriber, message: dict[str, Any]
     if kind == "get_cluster_health":
         return _response("cluster_health", request_id, nodes=[{"node_id": coord.node_id, "healthy": True}])
     return {"type": "error", "request_id": request_id,
-            "error": {"code": "unknown_type", "message": f"unknown message type {kind!r}; known: subscribe, "
+            "error": {"code": "unknown_type", "message": f"unknown message type {repr(kind)[:100]}; known: subscribe, "
                       "unsubscribe, get_cluster_status, get_cluster_health, get_leader_info"}}

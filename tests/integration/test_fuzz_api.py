@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import schemathesis
+from hypothesis.configuration import set_hypothesis_home_dir
 from schemathesis.config import SchemathesisConfig
 from schemathesis.engine import Status, StopReason, events
 
@@ -86,6 +87,8 @@ def _config(cluster: Cluster, key: str, *, viewer: bool) -> SchemathesisConfig:
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     root: Path = tmp_path_factory.mktemp("fuzz-api")
     cluster = Cluster(root, worker_timeout=5.0)
+    # Hypothesis keeps caches (its Unicode tables) under ./.hypothesis; nothing goes into the checkout.
+    set_hypothesis_home_dir(root / "hypothesis")
     try:
         cluster.start_coordinator()
         cluster.start_worker("fuzz-w1")
@@ -104,6 +107,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         viewer = cluster.create_key("viewer", "fuzz-viewer")
         yield Target(cluster, viewer)
     finally:
+        set_hypothesis_home_dir(None)
         cluster.stop()
         log = root / "coordinator.log"
         if log.exists():
