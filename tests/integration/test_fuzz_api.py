@@ -6,10 +6,12 @@ task and result routes have data; the workers are then stopped (they stay known,
 the tasks the fuzzer submits are only queued, never executed: a generated benchmark may legally ask
 for batch 65536 x sequence 1e6, which no test machine should be made to allocate.
 
-Every check schemathesis has runs (``not_a_server_error``, status/content-type/schema conformance,
-``positive_data_acceptance``, ``negative_data_rejection``, ``ignored_auth``, ``unsupported_method`` ...)
-in the examples, coverage and fuzzing phases, once with an admin key and once with a viewer key; for
-the viewer, 403 on the write routes is the right answer. Routes that delete keys (or, later, disable
+Schemathesis' engine (not its pytest plugin) runs every check it has (``not_a_server_error``,
+status/content-type/schema/Allow conformance, ``positive_data_acceptance``, ``negative_data_rejection``,
+``ignored_auth``, ``unsupported_method``, ``use_after_free`` ...) in the examples, coverage, fuzzing and
+stateful phases with an admin key, and again without the coverage phase with a viewer key, for which
+403 on the write routes is the right answer. 400 means "breaks the document"; a well-formed request
+that cannot be done is 404/409/422, so positive data must never get a 400 (one documented exception). Routes that delete keys (or, later, disable
 nodes) are left out: they would cut the run's own access. Bounded and repeatable: a fixed seed,
 deterministic generation, a few examples per operation, no Hypothesis database; any request without
 an answer in ``REQUEST_TIMEOUT`` seconds fails the test, and the coordinator must still be alive and
