@@ -150,11 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
         parser_.add_argument("task_id", metavar="ID")
         _add_client_options(parser_)
 
-    workers = sub.add_parser("workers", help="list workers")
+    workers = sub.add_parser("workers", help="list workers, or forget one's enrolment")
     workers_sub = workers.add_subparsers(dest="action", metavar="ACTION", required=True)
     w_list = workers_sub.add_parser("list", help="list workers")
     w_list.add_argument("--status", help="only workers in this state (online, offline, ...)")
     _add_client_options(w_list)
+    w_forget = workers_sub.add_parser(
+        "forget", help="revoke a worker id's enrolment (admin), so a rebuilt machine can enrol under it",
+        description="Revoke the credential bound to a worker id. A worker connected under the id is "
+                    "disconnected and exits (code 4); the next worker that connects with the id enrols it anew.")
+    w_forget.add_argument("worker_id", metavar="ID")
+    _add_client_options(w_forget)
 
     results = sub.add_parser("results", help="stored results, or aggregates over them")
     results.add_argument("--task", dest="task_id", metavar="ID", help="results of one task")
@@ -459,6 +465,14 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 def _cmd_workers(args: argparse.Namespace) -> int:
     from dtf_app import output
 
+    if args.action == "forget":
+        with make_client(args) as client:
+            data = client.forget_worker(args.worker_id)
+        if args.json:
+            output.print_json(data)
+        else:
+            print(f"worker {args.worker_id}: enrolment forgotten; the next worker with this id enrols anew")
+        return EXIT_OK
     with make_client(args) as client:
         workers = client.workers(status=args.status)
     if args.json:

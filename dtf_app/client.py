@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dtf_app.protocol import TASK_TYPES, TERMINAL_STATES
+from dtf_app import jsonsafe
+from dtf_app.protocol import BATCH_SIZE_RANGE, BENCH_PRECISIONS, TASK_TYPES, TERMINAL_STATES
 
 DEFAULT_TIMEOUT = 30.0
 # Which roles may call what, for the 403 message: the user needs to know which key to create.
@@ -31,7 +32,7 @@ _ROLE_HINT = {
 }
 MODEL_FAMILIES = ("bert", "t5", "llama", "vit", "clip", "clap", "whisper", "wav2vec2", "llava", "xclip",
                   "qwen2", "detr")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = BENCH_PRECISIONS
 
 
 class ClientError(Exception):
@@ -143,8 +144,10 @@ class Client:
         while i < len(order):
             base = order[i]
             try:
+                # Strict JSON out (no NaN, valid Unicode): the coordinator refuses anything else.
                 response = self._http.request(method, base + path, params=params,
-                                              json=body if body is not None else None)
+                                              content=jsonsafe.dumps(body).encode() if body is not None else None,
+                                              headers={"Content-Type": "application/json"} if body is not None else None)
             except (self._httpx.ConnectError, self._httpx.ConnectTimeout, self._httpx.RemoteProtocolError) as exc:
                 errors.append(f"{base}: {_reason(exc)}")
                 i += 1
@@ -211,6 +214,10 @@ class Client:
     def worker(self, worker_id: str) -> dict:
         """GET /api/workers/{id}."""
         return self.request("GET", f"/api/workers/{worker_id}")
+
+    def forget_worker(self, worker_id: str) -> dict:
+        """DELETE /api/workers/{id}/enrolment (admin): the id may enrol again (a rebuilt machine)."""
+        return self.request("DELETE", f"/api/workers/{worker_id}/enrolment", needs="admin")
 
     def submit(self, tasks: dict | list[dict], *, allow_unschedulable: bool = False) -> Any:
         """POST /api/tasks: one task document (returns one) or a list (returns a list)."""
@@ -313,9 +320,9 @@ def load_task_file(path: str | Path) -> list[dict]:
     except (OSError, UnicodeDecodeError) as exc:
         raise TaskFileError(f"cannot read task file {path}: {exc}") from None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise TaskFileError(f"task file {path}, line {exc.lineno} column {exc.colno}: invalid JSON: {exc.msg}") from None
+        data = jsonsafe.loads(text, root="tasks", what="the file")
+    except jsonsafe.JsonInputError as exc:
+        raise TaskFileError(f"task file {path}: {exc.message}") from None
     if isinstance(data, dict) and "tasks" in data and "type" not in data:
         data = data["tasks"]
     items = [data] if isinstance(data, dict) else data
@@ -393,8 +400,9 @@ def generate_benchmark_tasks(model: str, batch_sizes: str | Sequence[int], preci
             value = int(size)
         except (TypeError, ValueError):
             raise TaskFileError(f"--batch-sizes: {size!r} is not an integer") from None
-        if value < 1:
-            raise TaskFileError(f"--batch-sizes: batch sizes must be at least 1, got {value}")
+        if not BATCH_SIZE_RANGE[0] <= value <= BATCH_SIZE_RANGE[1]:
+            raise TaskFileError(f"--batch-sizes: batch sizes must be at least {BATCH_SIZE_RANGE[0]} and at most "
+                                f"{BATCH_SIZE_RANGE[1]}, got {value}")
         sizes.append(value)
     precs = split_list(precisions, "--precision") if isinstance(precisions, str) else list(precisions)
     for prec in precs:

@@ -341,6 +341,17 @@ def validate(settings: Settings, sources: Mapping[str, str] | None = None) -> No
         if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
             name = "coordinator" if url in settings.coordinator else "peers"
             raise ConfigError(f"{origin(name)}: {url!r} is not a URL; expected http://HOST:PORT or https://HOST:PORT")
+    from dtf_app.protocol import id_problem
+
+    for name in ("worker_id", "node_id"):
+        value = getattr(settings, name)
+        problem = id_problem(value, origin(name)) if value is not None else None
+        if problem:
+            raise ConfigError(problem)
+    for peer in settings.peers:
+        problem = id_problem(peer, f"{origin('peers')}: node id {peer!r}")
+        if problem:
+            raise ConfigError(problem)
     for name in ("host", "data_dir"):
         if not getattr(settings, name):
             raise ConfigError(f"{origin(name)}: {name} must not be empty")

@@ -21,10 +21,17 @@ log = logging.getLogger("dtf.node")
 
 def setup_logging(level: str = "info") -> None:
     """Concise logs on stderr (stdout is for data)."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S",
-    )
+    fmt, datefmt = "%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr, format=fmt,
+                        datefmt=datefmt)
+    # Logged values (task names, worker errors, frames) can never start a fake log line.
+    from dtf_app.logsafe import EscapingFilter, EscapingFormatter
+
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, EscapingFilter) for f in handler.filters):
+            handler.addFilter(EscapingFilter())
+        if type(handler.formatter) is logging.Formatter:  # ours from basicConfig, not a caller's own
+            handler.setFormatter(EscapingFormatter(fmt, datefmt))
     # Hypercorn/quart chatter at INFO is not useful to an operator.
     for noisy in ("hypercorn.error", "quart.app", "quart.serving"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -4,15 +4,32 @@ Everything that crosses ``WS /ws/worker`` is a JSON object with a ``type`` field
 ``assign`` carries many tasks, one ``results`` many results, one ``ack`` many acknowledgements, so the
 hot path costs one websocket frame per batch rather than one HTTP request per task (DESIGN.md §11).
 
-Handshake (the API key travels in the ``X-API-Key`` header of the websocket upgrade, role ``worker``)::
+Handshake (the API key travels in the ``X-API-Key`` header of the websocket upgrade, role ``worker``;
+the worker's own credential in the ``X-Worker-Credential`` header, see *Worker identity* below)::
 
     worker -> {"type": "hello", "worker_id": str, "hostname": str, "capabilities": {...},
                "max_concurrent_tasks": int, "tags": [str], "simulated": bool,
                "running": [{"task_id", "attempt"}],           # tasks it is still running (reconnect)
                "finished": [{"task_id", "attempt"}]}          # outcomes it will re-send (await an ack)
     coord  -> {"type": "welcome", "worker_id": str, "heartbeat_interval": float,
-               "worker_timeout": float, "node_id": str}
+               "worker_timeout": float, "node_id": str,
+               "credential": str}                    # only when the coordinator issued one (see below)
     coord  -> {"type": "error", "code": str, "message": str}   # then closes (bad hello, bad key ...)
+
+Worker identity. A worker-role API key is an *enrolment* credential that many workers may share; it
+does not let its holder act as any worker id. The first hello (or ``POST /api/workers/register``) under
+an id enrols it: the coordinator commits ``EnrollWorker`` binding the id to the SHA-256 of a per-worker
+credential, either the one the worker presented in ``X-Worker-Credential`` (what the dtf agent does: it
+creates the secret in its data dir, mode 0600, before its first connection, so no crash or lost frame
+can leave it enrolled without knowing its secret) or, when none was presented, a fresh one that the
+coordinator returns once, in ``welcome.credential`` / the register response's ``credential``. From then
+on every act as that id (hello, register, heartbeat over ``POST /api/health``, HTTP complete/fail) must
+present that credential in ``X-Worker-Credential``, whatever the API key's role (admin keys are not
+exempt); otherwise HTTP 403 ``credential_refused`` or, on the socket, an ``error`` frame with code
+``credential_refused`` and close code 4403, and a connected worker keeps its connection. Two workers
+racing for a new id: the first ``EnrollWorker`` committed wins, the other is refused. ``dtf workers
+forget ID`` (``DELETE /api/workers/{id}/enrolment``, admin) commits ``ForgetWorker``: the id may enrol
+again, and a worker connected under it gets ``credential_refused`` and close 4403.
 
 Steady state::
 
@@ -49,13 +66,16 @@ ResultDocument (what a runner returns)::
                      "throughput", "memory_peak_mb"}]}                       # benchmark runner
 
 The same outcome document is accepted over HTTP at ``POST /api/tasks/{id}/complete`` (result) and
-``POST /api/tasks/{id}/fail`` (error), for workers that cannot hold a websocket.
+``POST /api/tasks/{id}/fail`` (error), for workers that cannot hold a websocket; the caller must present
+the credential of the worker that holds the task's current attempt.
 """
 
 from __future__ import annotations
 
-import json
+import re
 from typing import Any
+
+from dtf_app import jsonsafe
 
 # Message types, one constant each so a typo is a NameError rather than a silently ignored message.
 HELLO = "hello"
@@ -69,6 +89,10 @@ ACK = "ack"
 HEARTBEAT = "heartbeat"
 CANCEL = "cancel"
 
+# Worker identity (see the module docstring): the header, and the error code of a refusal.
+WORKER_CREDENTIAL_HEADER = "X-Worker-Credential"
+CREDENTIAL_REFUSED = "credential_refused"
+
 TASK_TYPES = ("test", "benchmark", "custom")
 TASK_STATES = ("pending", "blocked", "unschedulable", "assigned", "running", "completed", "failed", "cancelled")
 TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
@@ -77,15 +101,45 @@ RESULT_STATUSES = ("success", "failure", "partial")
 # The hardware vocabulary of the source project (DESIGN.md §8).
 HARDWARE_KINDS = ("cpu", "cuda", "rocm", "mps", "openvino", "qualcomm", "webgpu", "webnn")
 
+# Identifiers chosen by clients and operators (worker ids, task ids given at submit, API key names, node
+# ids) use one safe alphabet: no spaces, quotes, newlines or control characters, so an id can be put in
+# a log line, a URL path or a file name without escaping, and can never forge a log line.
+MAX_ID_LENGTH = 128
+ID_ALPHABET = "letters A-Z a-z, digits 0-9 and . _ : @ -"
+ID_PATTERN = re.compile(rf"[A-Za-z0-9._:@-]{{1,{MAX_ID_LENGTH}}}")
+
+
+def id_problem(value: Any, where: str) -> str | None:
+    """None when ``value`` is a valid identifier, else a message naming ``where`` and the alphabet."""
+    if isinstance(value, str) and ID_PATTERN.fullmatch(value):
+        return None
+    got = f"a string of {len(value)} characters" if isinstance(value, str) and len(value) > MAX_ID_LENGTH else (
+        ascii(value) if isinstance(value, str) else type(value).__name__)
+    return f"{where} must be 1-{MAX_ID_LENGTH} characters of {ID_ALPHABET}, got {got}"
+
+
+# Benchmark config limits: checked at submit (scheduler.validate_task), published in the OpenAPI document
+# and enforced again by the runner (dtf_plugins.runners.benchmark) on the worker. One definition here.
+BENCH_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+BENCH_FUNCTIONS = ("latency", "throughput", "memory")
+BENCH_BACKENDS = ("torch", "numpy", "python")
+BATCH_SIZE_RANGE = (1, 4096)
+"""Smallest and largest batch size a benchmark may ask for (the runner allocates batch x sequence)."""
+BENCH_INT_RANGES: dict[str, tuple[int, int]] = {
+    "iterations": (1, 100_000), "warmup": (0, 10_000), "sequence_length": (1, 32_768), "layers": (1, 128),
+}
+"""Inclusive (minimum, maximum) of each integer benchmark setting."""
+
 
 def dumps(message: dict[str, Any]) -> str:
-    """Serialise a protocol message compactly (no spaces: these go over the wire by the thousand)."""
-    return json.dumps(message, separators=(",", ":"), default=str)
+    """Serialise a protocol message as strict JSON, compactly (these go over the wire by the thousand)."""
+    return jsonsafe.dumps(message)
 
 
 def loads(text: str | bytes) -> dict[str, Any]:
-    """Parse a protocol message; raises ValueError when it is not a JSON object with a ``type``."""
-    message = json.loads(text)
+    """Parse a protocol message strictly (:mod:`dtf_app.jsonsafe`); raises ValueError (a
+    :class:`~dtf_app.jsonsafe.JsonInputError` for bad JSON) unless it is a JSON object with a ``type``."""
+    message = jsonsafe.loads(text, what="the message")
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ValueError("protocol message must be a JSON object with a string 'type'")
     return message

@@ -7,7 +7,6 @@ permission each route needs is declared next to it with :func:`requires`.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +18,7 @@ from quart import Response, g, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from dtf_app import __version__
+from dtf_app import __version__, jsonsafe
 from dtf_app import protocol as proto
 from dtf_app.coordinator import scheduler
 from dtf_app.coordinator.service import Coordinator, clean_outcome, task_view
@@ -41,13 +40,13 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, message: str) -> Response:
-    return Response(json.dumps({"error": {"code": code, "message": message}}), status=status,
+    return Response(jsonsafe.dumps({"error": {"code": code, "message": message}}), status=status,
                     content_type="application/json")
 
 
 def json_response(data: Any, status: int = 200) -> Response:
-    return Response(json.dumps(data, separators=(",", ":"), default=str), status=status,
-                    content_type="application/json")
+    # Strict JSON always (jsonsafe): a strict client must be able to parse every answer.
+    return Response(jsonsafe.dumps(data), status=status, content_type="application/json")
 
 
 def requires(permission: str) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
@@ -75,15 +74,16 @@ def requires(permission: str) -> Callable[[Callable[..., Awaitable[Any]]], Calla
     return decorate
 
 
-async def _json_body() -> Any:
+async def _json_body(root: str = "body") -> Any:
+    """The request body as strict JSON (dtf_app.jsonsafe): a 400 naming the field for NaN/Infinity, a
+    string that is not valid Unicode, or nesting deeper than jsonsafe.MAX_JSON_DEPTH."""
     raw = await request.get_data()
     if not raw:
         raise ApiError(400, "invalid_json", "the request body is empty; send a JSON document")
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise ApiError(400, "invalid_json", f"the request body is not valid JSON{where}: {exc}") from None
+        return jsonsafe.loads(raw, root=root, what="the request body")
+    except jsonsafe.JsonInputError as exc:
+        raise ApiError(400, exc.code, exc.message) from None
 
 
 def _int_arg(name: str, default: int, *, minimum: int = 0, maximum: int = 1_000_000) -> int:
@@ -97,6 +97,19 @@ def _int_arg(name: str, default: int, *, minimum: int = 0, maximum: int = 1_000_
     if not minimum <= value <= maximum:
         raise ApiError(400, "invalid_parameter", f"query parameter {name} must be from {minimum} to {maximum}")
     return value
+
+
+def _check_url_text() -> None:
+    """Query parameters and path segments must be valid Unicode too (the body's rule, jsonsafe)."""
+    try:
+        for key, value in request.args.items(multi=True):
+            jsonsafe.check_text(key, "a query parameter name")
+            jsonsafe.check_text(value, f"query parameter {key}")
+        for key, value in (request.view_args or {}).items():
+            if isinstance(value, str):
+                jsonsafe.check_text(value, f"path segment {key}")
+    except jsonsafe.JsonInputError as exc:
+        raise ApiError(400, "invalid_parameter", exc.message) from None
 
 
 def _bool_arg(name: str) -> bool:
@@ -115,6 +128,7 @@ def create_app(coord: Coordinator) -> QuartTrio:
     @app.before_request
     async def bind_coordinator() -> None:
         g.coord = coord
+        _check_url_text()
 
     @app.before_websocket
     async def bind_coordinator_ws() -> None:
@@ -220,8 +234,11 @@ def create_app(coord: Coordinator) -> QuartTrio:
     async def register_worker() -> Response:
         """HTTP registration (the websocket hello does the same); the worker shows online once connected."""
         body = await _json_body()
-        if not isinstance(body, dict) or not isinstance(body.get("worker_id"), str) or not body["worker_id"]:
-            raise ApiError(400, "invalid_worker", "the body must be an object with a non-empty string worker_id")
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid_worker", "the body must be an object with a worker_id")
+        problem = proto.id_problem(body.get("worker_id"), "worker_id")
+        if problem:
+            raise ApiError(400, "invalid_worker", problem)
         caps = {} if body.get("capabilities") is None else body["capabilities"]
         slots = scheduler.as_int(body.get("max_concurrent_tasks", 1))
         if not isinstance(caps, dict):
@@ -242,8 +259,22 @@ def create_app(coord: Coordinator) -> QuartTrio:
         info = {"worker_id": body["worker_id"], "hostname": str(body.get("hostname") or ""), "capabilities": caps,
                 "hardware": list(caps.get("hardware") or ["cpu"]), "tags": sorted(set(tags) | set(caps.get("tags") or [])),
                 "simulated": bool(caps.get("simulated")), "max_concurrent_tasks": slots, "hardware_metrics": {}}
+        issued = await _admit(coord, body["worker_id"])
         await coord.propose([{"op": "RegisterWorker", "worker": info}])
-        return json_response(coord.worker_view(body["worker_id"]), 201)
+        view = coord.worker_view(body["worker_id"]) or {}
+        if issued:
+            view["credential"] = issued  # shown this once: present it as X-Worker-Credential from now on
+        return json_response(view, 201)
+
+    @app.delete("/api/workers/<worker_id>/enrolment")
+    @requires("admin")
+    async def forget_worker(worker_id: str) -> Response:
+        """Revoke a worker id's enrolment, so a rebuilt machine can enrol under it again."""
+        from dtf_app.coordinator import enrolment
+
+        if not await enrolment.forget(coord, worker_id):
+            raise ApiError(404, "not_found", f"worker {worker_id!r} is not enrolled")
+        return json_response({"worker_id": worker_id, "forgotten": True})
 
     @app.get("/api/workers/<worker_id>")
     @requires("read")
@@ -257,7 +288,7 @@ def create_app(coord: Coordinator) -> QuartTrio:
     @app.post("/api/tasks")
     @requires("submit")
     async def submit_tasks() -> Response:
-        body = await _json_body()
+        body = await _json_body("tasks")
         single = isinstance(body, dict)
         if isinstance(body, dict) and isinstance(body.get("tasks"), list) and "type" not in body:
             body, single = body["tasks"], False
@@ -363,7 +394,16 @@ def create_app(coord: Coordinator) -> QuartTrio:
                                "result": body.get("result") or {}})
         if item is None:
             raise ApiError(400, "invalid_outcome", "the outcome is malformed")
-        item["worker_id"] = task.get("worker_id") or ""
+        if request.headers.get(proto.WORKER_CREDENTIAL_HEADER) is None:  # required, as GET /openapi.json says
+            raise ApiError(403, proto.CREDENTIAL_REFUSED, f"a report needs the worker's credential in the "
+                                                          f"{proto.WORKER_CREDENTIAL_HEADER} header")
+        # Only the worker holding the attempt may report it (or, once taken back, the one that held it).
+        holder = task.get("worker_id") or task.get("last_worker_id")
+        if not holder:
+            raise ApiError(409, "not_assigned", f"task {task_id} is {task['status']} and was never assigned to a "
+                                                "worker; there is no attempt to report")
+        _act_as(coord, holder, f"task {task_id} is held by worker {holder!r}: ")
+        item["worker_id"] = holder
         item["end_time"] = item["end_time"] or time.time()
         if outcome == "completed":
             command = {"op": "CompleteTasks", "items": [item]}
@@ -391,6 +431,7 @@ def create_app(coord: Coordinator) -> QuartTrio:
             raise ApiError(400, "invalid_health", "the body must be an object with a string worker_id")
         if not isinstance(body.get("metrics", {}), dict | None):
             raise ApiError(400, "invalid_health", "metrics must be an object")
+        _act_as(coord, body["worker_id"])
         conn = coord.conns.get(body["worker_id"])
         if conn is None:
             raise ApiError(404, "not_found", f"worker {body['worker_id']!r} is not connected")
@@ -452,8 +493,9 @@ def create_app(coord: Coordinator) -> QuartTrio:
         if not isinstance(body, dict):
             raise ApiError(400, "invalid_key", "the body must be an object with name and role")
         name, role = body.get("name"), body.get("role")
-        if not isinstance(name, str) or not name or len(name) > 100 or not all(c.isalnum() or c in "-_." for c in name):
-            raise ApiError(400, "invalid_key", "name must be 1-100 characters of letters, digits, '-', '_', '.'")
+        problem = proto.id_problem(name, "name")
+        if problem:
+            raise ApiError(400, "invalid_key", problem)
         if role not in keymod.ROLES:
             raise ApiError(400, "invalid_key", f"role must be one of {', '.join(keymod.ROLES)}, got {role!r}")
         if name in coord.state.api_keys:
@@ -496,6 +538,27 @@ def create_app(coord: Coordinator) -> QuartTrio:
     app.websocket("/ws/worker")(worker_socket)
     app.websocket("/ws")(client_socket)
     return app
+
+
+def _act_as(coord: Coordinator, worker_id: str, context: str = "") -> None:
+    """403 unless the request carries ``worker_id``'s credential (X-Worker-Credential), whatever the role."""
+    from dtf_app.coordinator import enrolment
+
+    try:
+        enrolment.verify(coord.state.enrolments, worker_id, enrolment.credential_from_headers(request.headers))
+    except enrolment.CredentialRefused as exc:
+        raise ApiError(403, exc.code, context + str(exc)) from None
+
+
+async def _admit(coord: Coordinator, worker_id: str) -> str | None:
+    """Enrol or check the caller as ``worker_id`` (403 when refused); the issued credential, if any."""
+    from dtf_app.coordinator import enrolment
+
+    try:
+        return await enrolment.admit(coord, worker_id, enrolment.credential_from_headers(request.headers),
+                                     g.principal.name)
+    except enrolment.CredentialRefused as exc:
+        raise ApiError(403, exc.code, str(exc)) from None
 
 
 def ws_principal(coord: Coordinator, permission: str) -> tuple[keymod.Principal | None, str | None]:

@@ -37,6 +37,10 @@ class _CoordinatorCollector(Collector):
         for name, value in coord.stats.items():
             yield CounterMetricFamily(f"dtf_tasks_{name}", f"Tasks {name} since start", value=value)
         yield CounterMetricFamily("dtf_log_fsyncs", "Group-commit fsyncs since start", value=coord.replicator.fsyncs)
+        if coord.store is not None:
+            yield CounterMetricFamily(
+                "dtf_store_quarantined_events", "Store events that could not be written and were kept in the "
+                "quarantine file of the data dir, since start", value=coord.store.statistics()["quarantined"])
         yield GaugeMetricFamily("dtf_ws_updates_dropped", "Updates dropped for slow /ws subscribers now connected",
                                 value=sum(sub.dropped for sub in coord.subscribers))
 

@@ -10,8 +10,20 @@ from typing import Any
 
 from dtf_app.coordinator import scheduler
 from dtf_app.coordinator.api import MAX_TASKS_PER_REQUEST
+from dtf_app.jsonsafe import MAX_JSON_DEPTH
+from dtf_app.protocol import (
+    BATCH_SIZE_RANGE,
+    BENCH_BACKENDS,
+    BENCH_INT_RANGES,
+    ID_ALPHABET,
+    ID_PATTERN,
+    WORKER_CREDENTIAL_HEADER,
+)
 from dtf_app.security.keys import ROLES
 from dtf_app.store import queries
+
+# Every identifier a client chooses (task ids, worker ids, key names) has this shape (protocol.py).
+_ID = {"type": "string", "pattern": f"^{ID_PATTERN.pattern}$", "description": f"1-128 characters of {ID_ALPHABET}"}
 
 _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["code", "message"],
@@ -45,13 +57,13 @@ _CONFIGS: dict[str, dict[str, Any]] = {
         "test_args": _STR_LIST, "working_dir": {"type": "string"}, "env": _ENV}},
     "benchmark": {"type": "object", "required": ["model"], "properties": {
         "model": {"type": "string", "minLength": 1, "pattern": "\\S"},
-        "batch_sizes": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 1, "maximum": 65536}},
+        "batch_sizes": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": BATCH_SIZE_RANGE[0],
+                                                                  "maximum": BATCH_SIZE_RANGE[1]}},
         "precision": {"oneOf": [{"type": "string", "enum": list(scheduler.PRECISIONS)},
                                 {"type": "array", "minItems": 1,
                                  "items": {"type": "string", "enum": list(scheduler.PRECISIONS)}}]},
-        "iterations": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
-        "warmup": {"type": "integer", "minimum": 0, "maximum": 1_000_000},
-        "sequence_length": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+        **{key: {"type": "integer", "minimum": low, "maximum": high} for key, (low, high) in BENCH_INT_RANGES.items()},
+        "backend": {"type": "string", "enum": ["auto", *BENCH_BACKENDS]},
         "functions": {"type": "array", "items": {"type": "string", "enum": list(scheduler.BENCH_FUNCTIONS)}},
         "working_dir": {"type": "string"}, "env": _ENV}},
     "custom": {"type": "object", "description": "exactly one of command, callable, name", "oneOf": [
@@ -78,8 +90,7 @@ def _task_in(kind: str) -> dict[str, Any]:
         "timeout_seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": scheduler.MAX_TIMEOUT_SECONDS},
         "max_retries": {"type": "integer", "minimum": 0, "maximum": 100},
         "name": {"type": ["string", "null"], "maxLength": 500},
-        "task_id": {"type": ["string", "null"], "pattern": f"^[A-Za-z0-9._:-]{{1,{scheduler.MAX_TASK_ID_LEN}}}$",
-                    "description": "optional; generated when absent or null"},
+        "task_id": {**_ID, "type": ["string", "null"], "description": "optional; generated when absent or null"},
         "metadata": {"type": ["object", "null"]},
     }}
 
@@ -106,7 +117,7 @@ def _op(summary: str, ok: str = "200", *, body: dict[str, Any] | None = None,
         ok: {"description": "ok", **_json(response or {"type": "object"})},
         "400": {"description": "bad input", **_json(_ERROR)},
         "401": {"description": "no or bad API key", **_json(_ERROR)},
-        "403": {"description": "role not allowed", **_json(_ERROR)},
+        "403": {"description": "role not allowed, or not this worker's credential", **_json(_ERROR)},
         "404": {"description": "not found", **_json(_ERROR)},
         "409": {"description": "conflict (exists, already finished)", **_json(_ERROR)},
         "413": {"description": "request too large", **_json(_ERROR)},
@@ -150,6 +161,12 @@ def _aggregate_filters() -> list[str]:
     return names
 
 
+def _credential(required: bool) -> dict[str, Any]:
+    return {"name": WORKER_CREDENTIAL_HEADER, "in": "header", "required": required, "schema": {"type": "string"},
+            "description": "the worker's own credential (see dtf_app/protocol.py, Worker identity); without "
+                           "the right one, acting as an enrolled worker id is 403 credential_refused"}
+
+
 def build_spec(version: str) -> dict[str, Any]:
     """The whole document."""
     task_id, worker_id, result_id, name = _path("task_id"), _path("worker_id"), _path("result_id"), _path("name")
@@ -171,17 +188,28 @@ def build_spec(version: str) -> dict[str, Any]:
         "/api/cluster/health": {"get": _op("health metrics and alerts per node")},
         "/api/workers": {"get": _op("workers", params=[_query("status", {"type": "string",
                                                                           "enum": ["online", "offline"]})])},
-        "/api/workers/register": {"post": _op("register a worker over HTTP (role worker)", "201", body={
-            "type": "object", "required": ["worker_id"], "properties": {
-                "worker_id": {"type": "string", "minLength": 1}, "hostname": {"type": ["string", "null"]},
-                "capabilities": {"type": ["object", "null"], "properties": {
-                    "hardware": {**_STR_LIST, "type": ["array", "null"], "description": "hardware kinds; cpu when empty"},
-                    "tags": {**_STR_LIST, "type": ["array", "null"]}, "simulated": {"type": ["boolean", "null"]}}},
-                "tags": {"type": ["array", "null"], "items": {"type": "string"}},
-                "max_concurrent_tasks": {"type": "integer", "minimum": 1, "maximum": 10_000}}}),
+        "/api/workers/register": {"post": _op(
+            "register a worker over HTTP (role worker). A new id is enrolled with the X-Worker-Credential "
+            "presented, or with a generated credential returned once as `credential`; an enrolled id needs "
+            "its credential (403 otherwise)", "201", params=[_credential(False)], body={
+                "type": "object", "required": ["worker_id"], "properties": {
+                    "worker_id": _ID, "hostname": {"type": ["string", "null"]},
+                    "capabilities": {"type": ["object", "null"], "properties": {
+                        "hardware": {**_STR_LIST, "type": ["array", "null"], "description": "hardware kinds; cpu when empty"},
+                        "tags": {**_STR_LIST, "type": ["array", "null"]}, "simulated": {"type": ["boolean", "null"]}}},
+                    "tags": {"type": ["array", "null"], "items": {"type": "string"}},
+                    "max_concurrent_tasks": {"type": "integer", "minimum": 1, "maximum": 10_000}}},
+            response={"type": "object", "required": ["worker_id"], "properties": {
+                "worker_id": {"type": "string"},
+                "credential": {"type": "string", "description": "only when the coordinator generated it"}}}),
             # The path also matches /api/workers/{worker_id}: a worker may be named "register".
             "get": _op("the worker named 'register' (see /api/workers/{worker_id})")},
         "/api/workers/{worker_id}": {"get": _op("one worker", params=[worker_id])},
+        "/api/workers/{worker_id}/enrolment": {"delete": _op(
+            "forget a worker id's enrolment (admin): the id may enrol again with a new credential, and a "
+            "worker connected under it is disconnected (close 4403)", params=[worker_id],
+            response={"type": "object", "properties": {"worker_id": {"type": "string"},
+                                                       "forgotten": {"type": "boolean"}}})},
         "/api/tasks": {
             "post": _op("submit one task or a list (one durable commit); 422 if no worker can run it", "201",
                         body={"oneOf": [_TASK_REF, _TASK_LIST, {
@@ -198,9 +226,14 @@ def build_spec(version: str) -> dict[str, Any]:
             _query("batch_id", {"type": "string"}), _query("ids", {"type": "string"})])},
         "/api/tasks/{task_id}": {"get": _op("one task with its result", params=[task_id], response=_TASK_OUT)},
         "/api/tasks/{task_id}/cancel": {"post": _op("cancel (409 if already finished)", params=[task_id])},
-        "/api/tasks/{task_id}/complete": {"post": _op("worker: report a result", params=[task_id], body=outcome)},
-        "/api/tasks/{task_id}/fail": {"post": _op("worker: report a failure", params=[task_id], body=outcome)},
-        "/api/health": {"post": _op("worker: health metrics", body={
+        "/api/tasks/{task_id}/complete": {"post": _op(
+            "worker: report a result; only the worker holding the attempt (its X-Worker-Credential)",
+            params=[task_id, _credential(True)], body=outcome)},
+        "/api/tasks/{task_id}/fail": {"post": _op(
+            "worker: report a failure; only the worker holding the attempt (its X-Worker-Credential)",
+            params=[task_id, _credential(True)], body=outcome)},
+        "/api/health": {"post": _op("worker: health metrics (the worker's X-Worker-Credential)",
+                                    params=[_credential(True)], body={
             "type": "object", "required": ["worker_id"], "properties": {
                 "worker_id": {"type": "string"}, "metrics": {"type": ["object", "null"]}}})},
         "/api/results": {"get": _op("results", params=[
@@ -226,7 +259,7 @@ def build_spec(version: str) -> dict[str, Any]:
             "get": _op("API keys (admin)"),
             "post": _op("create a key; the key is shown once (admin)", "201", body={
                 "type": "object", "required": ["name", "role"], "properties": {
-                    "name": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,100}$"},
+                    "name": _ID,
                     "role": {"type": "string", "enum": list(ROLES)}}}),
             "delete": _op("delete a key named in the body (admin)", body={
                 "type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}),
@@ -235,7 +268,10 @@ def build_spec(version: str) -> dict[str, Any]:
     }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "DTF API", "version": version},
+        "info": {"title": "DTF API", "version": version, "description": (
+            f"Request bodies and websocket frames are strict JSON (RFC 8259): no NaN or Infinity, strings of "
+            f"valid Unicode (no lone surrogates), nested at most {MAX_JSON_DEPTH} levels; anything else is a "
+            f"400 naming the field.")},
         "components": {"schemas": {"TaskIn": _TASK_IN}, "securitySchemes": {
             "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
             "bearer": {"type": "http", "scheme": "bearer"}}},

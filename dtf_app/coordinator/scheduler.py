@@ -10,16 +10,27 @@ Priority: a higher number runs first (0-100, default 1); ties run oldest first (
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from dtf_app.protocol import HARDWARE_KINDS, TASK_STATES, TASK_TYPES
+from dtf_app.protocol import (
+    BATCH_SIZE_RANGE,
+    BENCH_BACKENDS,
+    BENCH_INT_RANGES,
+    HARDWARE_KINDS,
+    MAX_ID_LENGTH,
+    TASK_STATES,
+    TASK_TYPES,
+    id_problem,
+)
+
+# The vocabulary and the limits are shared with workers and clients: one definition, in protocol.py.
+from dtf_app.protocol import BENCH_FUNCTIONS as BENCH_FUNCTIONS
+from dtf_app.protocol import BENCH_PRECISIONS as PRECISIONS
 from dtf_app.protocol import TERMINAL_STATES as TERMINAL_STATES  # re-exported for callers
 
-# The vocabulary is shared with workers and clients: one definition, in protocol.py.
 ALL_STATES = TASK_STATES
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-BENCH_FUNCTIONS = ("latency", "throughput", "memory")
 TASK_KEYS = ("type", "priority", "config", "requirements", "dependencies", "timeout_seconds", "max_retries",
              "name", "task_id", "metadata")
 REQUIREMENT_KEYS = ("hardware", "min_memory_gb", "min_cuda_compute", "min_gpu_memory_gb", "tags", "os",
@@ -27,7 +38,7 @@ REQUIREMENT_KEYS = ("hardware", "min_memory_gb", "min_cuda_compute", "min_gpu_me
 OS_NAMES = ("linux", "windows", "macos", "darwin")
 PRIORITY_RANGE = (0, 100)
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
-MAX_TASK_ID_LEN = 128
+MAX_TASK_ID_LEN = MAX_ID_LENGTH
 
 
 class TaskValidationError(ValueError):
@@ -56,7 +67,8 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    # Finite only: NaN compares false with everything and would slip through every range check.
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _typename(value: Any) -> str:
@@ -106,17 +118,22 @@ def _validate_config(kind: str, config: Any, where: str) -> dict[str, Any]:
             sizes = config["batch_sizes"]
             if isinstance(sizes, list):
                 sizes = config["batch_sizes"] = [as_int(b) for b in sizes]
-            if not isinstance(sizes, list) or not sizes or not all(_is_int(b) and 0 < b <= 65536 for b in sizes):
-                raise TaskValidationError(f"{where}.batch_sizes must be a non-empty array of positive integers")
+            low, high = BATCH_SIZE_RANGE
+            if not isinstance(sizes, list) or not sizes or not all(_is_int(b) and low <= b <= high for b in sizes):
+                raise TaskValidationError(
+                    f"{where}.batch_sizes must be a non-empty array of integers from {low} to {high}, got {sizes!r:.200}")
         if "precision" in config:
             precision = config["precision"]
             values = precision if isinstance(precision, list) else [precision]
             if not values or not all(isinstance(p, str) and p in PRECISIONS for p in values):
                 raise TaskValidationError(
                     f"{where}.precision must be one of {', '.join(PRECISIONS)} (or an array of them), got {precision!r}")
-        for key, low in (("iterations", 1), ("warmup", 0), ("sequence_length", 1)):
+        for key, (low, high) in BENCH_INT_RANGES.items():
             if key in config:
-                config[key] = _positive_int(as_int(config[key]), f"{where}.{key}", minimum=low, maximum=1_000_000)
+                config[key] = _positive_int(as_int(config[key]), f"{where}.{key}", minimum=low, maximum=high)
+        if "backend" in config and config["backend"] not in ("auto", *BENCH_BACKENDS):
+            raise TaskValidationError(
+                f"{where}.backend must be auto or one of {', '.join(BENCH_BACKENDS)}, got {config['backend']!r}")
         if "functions" in config:
             funcs = _str_list(config["functions"], f"{where}.functions")
             bad = [f for f in funcs if f not in BENCH_FUNCTIONS]
@@ -210,10 +227,9 @@ def validate_task(doc: Any, where: str = "task", *, default_max_retries: int = 3
     deps = doc.get("dependencies") or []
     _str_list(deps, f"{where}.dependencies")
     task_id = doc.get("task_id")
-    if task_id is not None and (not isinstance(task_id, str) or not task_id or len(task_id) > MAX_TASK_ID_LEN
-                                or not all(c.isalnum() or c in "-_.:" for c in task_id)):
-        raise TaskValidationError(
-            f"{where}.task_id must be 1-{MAX_TASK_ID_LEN} characters of letters, digits, '-', '_', '.', ':'")
+    problem = id_problem(task_id, f"{where}.task_id") if task_id is not None else None
+    if problem:
+        raise TaskValidationError(problem)
     metadata = doc.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise TaskValidationError(f"{where}.metadata must be an object")

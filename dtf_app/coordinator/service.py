@@ -30,7 +30,7 @@ from typing import Any
 
 import trio
 
-from dtf_app import __version__, localreg
+from dtf_app import __version__, jsonsafe, localreg
 from dtf_app import protocol as proto
 from dtf_app.config import Settings
 from dtf_app.coordinator import scheduler
@@ -85,6 +85,11 @@ class WorkerConn:
         self.assigned_at: dict[str, float] = {}
         self.health: dict[str, Any] = {}
         self.closed = False
+        # Set when the coordinator ends the connection itself with a close code (e.g. enrolment revoked).
+        self.close_code = 0
+        self.close_reason = ""
+        # A credential the coordinator generated at enrolment, handed back once in the welcome.
+        self.issued_credential: str | None = None
 
     def push(self, message: dict[str, Any]) -> None:
         try:
@@ -92,6 +97,13 @@ class WorkerConn:
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             # The connection is gone or hopelessly behind; liveness will notice.
             self.closed = True
+
+    def refuse(self, message: str) -> None:
+        """End the connection with a ``credential_refused`` error frame and close code 4403."""
+        self.push({"type": proto.ERROR, "code": proto.CREDENTIAL_REFUSED, "message": message})
+        self.close_code, self.close_reason = 4403, message
+        self.closed = True
+        self.send.close()
 
 
 class Subscriber:
@@ -161,7 +173,11 @@ def clean_outcome(raw: Any) -> dict[str, Any] | None:
             if rows is not None:
                 result[key] = [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
         result["execution_time"] = _number(result.get("execution_time"))
-        item["result"] = result
+        # Strict JSON all the way to the store and the API: a NaN/inf metric becomes null, a lone
+        # surrogate U+FFFD (frames are parsed strictly, but the HTTP form and old workers exist).
+        item["result"] = jsonsafe.sanitise(result)
+    if item["error"] is not None:
+        item["error"] = jsonsafe.sanitise(item["error"])
     return item
 
 
@@ -197,7 +213,8 @@ class Coordinator:
         """Open the store and the log, restore the snapshot and replay the log."""
         from dtf_app.store.writer import Store
 
-        self.store = Store(self.settings.coordinator_db_path())
+        self.store = Store(self.settings.coordinator_db_path(),
+                           quarantine_path=self.data_dir / "store-quarantine.jsonl")
         self._last_store_index = self.store.open()
         snapshot, records = self.cmdlog.open()
         if snapshot is not None:
@@ -235,12 +252,19 @@ class Coordinator:
                     self.queue.discard(task["task_id"])
                 if task["status"] in scheduler.TERMINAL_STATES:
                     self.task_logs.pop(task["task_id"], None)
+                    if task["status"] == "failed":  # for good (retries spent): worth an operator's line
+                        log.info("task %s (%s) failed after %d attempt(s): %.500s", task["task_id"],
+                                 task.get("name") or "unnamed", task["attempts"], task.get("error") or "")
                 if self.subscribers:
                     self._publish("task_updates", lambda t=task: {"type": "task_update", "task": task_view(t)}, task)
             elif event["kind"] == "worker" and self.subscribers:
                 worker_id = event["worker"]["worker_id"]
                 self._publish("worker_updates", lambda w=worker_id: {"type": "worker_update",
                                                                       "worker": self.worker_view(w)}, event["worker"])
+        if op == "ForgetWorker" and isinstance(result, dict) and result.get("forgotten"):
+            conn = self.conns.pop(command["worker_id"], None)
+            if conn is not None:
+                conn.refuse(f"the enrolment of worker {command['worker_id']!r} was revoked by an admin")
         if op == "CancelTask" and isinstance(result, dict) and result.get("worker_id"):
             conn = self.conns.get(result["worker_id"])
             if conn is not None and result.get("status") == "cancelled":
@@ -334,6 +358,7 @@ class Coordinator:
             health=conn.health if conn is not None else {},
             registration_time=iso(worker.get("registration_time")),
             last_heartbeat=iso(worker.get("last_heartbeat")),
+            enrolled=worker_id in self.state.enrolments,  # bound to a credential (dtf workers forget frees it)
         )
         if conn is not None:
             view["last_heartbeat"] = iso(time.time() - (time.monotonic() - conn.last_seen))
@@ -363,9 +388,18 @@ class Coordinator:
                 sub.push(built)
 
     # ------------------------------------------------------------------ worker connections
-    async def worker_hello(self, hello: dict[str, Any], send: trio.MemorySendChannel[dict[str, Any]]) -> WorkerConn:
-        """Register a connecting worker (durably) and start tracking its connection."""
+    async def worker_hello(self, hello: dict[str, Any], send: trio.MemorySendChannel[dict[str, Any]], *,
+                           credential: str | None = None, key_name: str | None = None) -> WorkerConn:
+        """Register a connecting worker (durably) and start tracking its connection.
+
+        Raises enrolment.CredentialRefused, before touching anything, when the caller may not act as the id.
+        """
+        from dtf_app.coordinator import enrolment
+
         worker_id = str(hello["worker_id"])
+        issued = await enrolment.admit(self, worker_id, credential, key_name)
+        # Revoked while the enrolment was being committed: refuse rather than keep an unenrolled socket.
+        enrolment.verify(self.state.enrolments, worker_id, issued or credential)
         caps = hello.get("capabilities") if isinstance(hello.get("capabilities"), dict) else {}
         raw_slots = hello.get("max_concurrent_tasks")
         capacity = raw_slots if isinstance(raw_slots, int) and not isinstance(raw_slots, bool) and raw_slots > 0 else 1
@@ -381,6 +415,7 @@ class Coordinator:
             old.closed = True
             old.send.close()
         conn = WorkerConn(worker_id, capacity, send)
+        conn.issued_credential = issued
         conn.running = {r["task_id"] for r in hello.get("running") or [] if isinstance(r, dict) and "task_id" in r}
         conn.finished = {r["task_id"] for r in hello.get("finished") or [] if isinstance(r, dict) and "task_id" in r}
         self.conns[worker_id] = conn

@@ -16,6 +16,10 @@ Commands (``{"op": ..., "time": float, ...}``):
 - ``CancelTask`` {task_id, reason} -> cancelled
 - ``RegisterWorker`` {worker: {...}} ; ``WorkersLost`` {worker_ids: [...], reason}
 - ``CreateApiKey`` {name, role, key_hash} ; ``DeleteApiKey`` {name}
+- ``EnrollWorker`` {worker_id, credential_hash, key_name} -> {"enrolled": bool}: binds a worker id to the
+  hash of its per-worker credential, first come first served (the commit order decides a race)
+- ``ForgetWorker`` {worker_id} -> {"forgotten": bool}: drops the enrolment (the id may enrol again) and
+  takes back the worker's attempts as ``WorkersLost`` does
 
 Outcomes are idempotent on (task_id, attempt): a late or duplicated report for an attempt that is no
 longer current is ignored, which is what makes recording exactly-once while execution is at-least-once.
@@ -42,6 +46,8 @@ class State:
         self.tasks: dict[str, TaskDoc] = {}
         self.workers: dict[str, dict[str, Any]] = {}
         self.api_keys: dict[str, dict[str, Any]] = {}
+        # worker_id -> {credential_hash, enrolled, key_name}: who may act as that worker id.
+        self.enrolments: dict[str, dict[str, Any]] = {}
         self.counts: dict[str, int] = {}
         # task_id -> ids of tasks waiting for it; derived, rebuilt on restore.
         self.dependents: dict[str, list[str]] = {}
@@ -321,22 +327,45 @@ class State:
         return worker, events
 
     def _workers_lost(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
-        now = cmd["time"]
         events: Events = []
         for worker_id in cmd["worker_ids"]:
-            worker = self.workers.get(worker_id)
-            if worker is None:
-                continue
-            worker["status"] = "offline"
-            events.append(_worker_event(worker))
-            for task_id, attempt in list(worker.get("assigned", {}).items()):
-                task = self.tasks.get(task_id)
-                if task is None or task["attempts"] != attempt or task["status"] not in ("assigned", "running"):
-                    continue
-                reason = cmd.get("reason") or f"worker {worker_id} lost"
-                events.extend(self._fail_attempt(task, reason, now, {"worker_id": worker_id}, retry=True))
-            worker["assigned"] = {}
+            events.extend(self._take_back(worker_id, cmd.get("reason") or f"worker {worker_id} lost", cmd["time"]))
         return None, events
+
+    def _take_back(self, worker_id: str, reason: str, now: float) -> Events:
+        """Mark a worker offline and put its live attempts back (pending again, or failed)."""
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            return []
+        worker["status"] = "offline"
+        events: Events = [_worker_event(worker)]
+        for task_id, attempt in list(worker.get("assigned", {}).items()):
+            task = self.tasks.get(task_id)
+            if task is None or task["attempts"] != attempt or task["status"] not in ("assigned", "running"):
+                continue
+            events.extend(self._fail_attempt(task, reason, now, {"worker_id": worker_id}, retry=True))
+        worker["assigned"] = {}
+        return events
+
+    def _enroll_worker(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        worker_id, digest = cmd["worker_id"], cmd["credential_hash"]
+        if not isinstance(worker_id, str) or not isinstance(digest, str) or not worker_id or not digest:
+            raise ValueError("worker_id and credential_hash must be non-empty strings")
+        existing = self.enrolments.get(worker_id)
+        if existing is not None:
+            # Taken: only the same credential (a retried proposal of the same enrolment) is accepted.
+            return {"enrolled": existing["credential_hash"] == digest}, []
+        self.enrolments[worker_id] = {"credential_hash": digest, "enrolled": cmd["time"],
+                                      "key_name": cmd.get("key_name")}
+        return {"enrolled": True}, []
+
+    def _forget_worker(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        worker_id = cmd["worker_id"]
+        if self.enrolments.pop(worker_id, None) is None:
+            return {"forgotten": False}, []
+        # Whoever held the id can no longer report: its attempts run again elsewhere.
+        return {"forgotten": True}, self._take_back(worker_id, f"enrolment of worker {worker_id} revoked",
+                                                    cmd["time"])
 
     def _create_api_key(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
         record = {"name": cmd["name"], "role": cmd["role"], "key_hash": cmd["key_hash"], "created": cmd["time"]}
@@ -377,7 +406,7 @@ class State:
         """Serialise the whole state (the log can then be compacted up to ``applied_index``)."""
         return json.dumps({
             "tasks": self.tasks, "workers": self.workers, "api_keys": self.api_keys,
-            "next_seq": self.next_seq, "applied_index": self.applied_index,
+            "enrolments": self.enrolments, "next_seq": self.next_seq, "applied_index": self.applied_index,
         }, separators=(",", ":")).encode()
 
     @classmethod
@@ -387,6 +416,7 @@ class State:
         state = cls()
         state.workers = raw["workers"]
         state.api_keys = raw["api_keys"]
+        state.enrolments = raw.get("enrolments", {})  # absent in snapshots of older versions
         state.next_seq = raw["next_seq"]
         state.applied_index = raw["applied_index"]
         for task in raw["tasks"].values():
@@ -411,4 +441,6 @@ _HANDLERS = {
     "WorkersLost": State._workers_lost,
     "CreateApiKey": State._create_api_key,
     "DeleteApiKey": State._delete_api_key,
+    "EnrollWorker": State._enroll_worker,
+    "ForgetWorker": State._forget_worker,
 }

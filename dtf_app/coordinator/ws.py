@@ -6,16 +6,18 @@ coordinator never awaits a slow socket while holding state: it only ``send_nowai
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 import trio
 from quart import g, websocket
 
+from dtf_app import jsonsafe
 from dtf_app import protocol as proto
 from dtf_app.coordinator import frames
+from dtf_app.coordinator.enrolment import CredentialRefused, credential_from_headers
 from dtf_app.coordinator.service import SUBSCRIBER_BUFFER, Coordinator, Subscriber
+from dtf_app.security.keys import Principal
 
 log = logging.getLogger("dtf.ws")
 
@@ -38,17 +40,22 @@ async def _reject(code: str, message: str, close_code: int) -> None:
     await websocket.close(close_code, message[:120])
 
 
-async def _authorized(coord: Coordinator, permission: str) -> bool:
+async def _authorized(coord: Coordinator, permission: str) -> Principal | None:
     """Check the upgrade's API key; on failure answer with an error frame and close 4401/4403."""
     from dtf_app.coordinator.api import ws_principal
 
     principal, why = ws_principal(coord, permission)
     if principal is not None:
-        return True
+        return principal
     unauthorized = (why or "").startswith("unauth")
     await _reject("unauthorized" if unauthorized else "forbidden", why or "refused",
                   CLOSE_UNAUTHORIZED if unauthorized else CLOSE_FORBIDDEN)
-    return False
+    return None
+
+
+def _close_reason(text: str) -> str:
+    # A close frame's reason is at most 123 bytes of UTF-8.
+    return text.encode()[:120].decode(errors="ignore")
 
 
 async def _sender(receive: trio.MemoryReceiveChannel[dict[str, Any]], done: trio.CancelScope) -> None:
@@ -64,7 +71,8 @@ async def _sender(receive: trio.MemoryReceiveChannel[dict[str, Any]], done: trio
 async def worker_socket() -> None:
     """``WS /ws/worker``: hello -> welcome, then assignments out and reports in."""
     coord: Coordinator = g.coord
-    if not await _authorized(coord, "worker"):
+    principal = await _authorized(coord, "worker")
+    if principal is None:
         return
     await websocket.accept()
     try:
@@ -77,15 +85,25 @@ async def worker_socket() -> None:
                                           "message": "first message must be {type: hello, worker_id: ...}"}))
         await websocket.close(CLOSE_PROTOCOL)
         return
-    problem = frames.hello_problem(hello)
-    if problem is not None:
+    problem = proto.id_problem(hello["worker_id"], "worker_id") or frames.hello_problem(hello)
+    if problem:
         await _reject("bad_hello", f"hello: {problem}", CLOSE_PROTOCOL)
         return
     send, receive = trio.open_memory_channel[dict[str, Any]](WORKER_QUEUE)
-    conn = await coord.worker_hello(hello, send)
-    send.send_nowait({"type": proto.WELCOME, "worker_id": conn.worker_id, "node_id": coord.node_id,
-                      "heartbeat_interval": coord.settings.heartbeat_interval,
-                      "worker_timeout": coord.settings.worker_timeout})
+    try:
+        conn = await coord.worker_hello(hello, send, credential=credential_from_headers(websocket.headers),
+                                        key_name=principal.name)
+    except CredentialRefused as exc:
+        log.warning("refused a hello as worker %.100r: %s", hello["worker_id"], exc)
+        await websocket.send(proto.dumps({"type": proto.ERROR, "code": exc.code, "message": str(exc)}))
+        await websocket.close(CLOSE_FORBIDDEN, _close_reason(f"{exc.code}: {exc}"))
+        return
+    welcome = {"type": proto.WELCOME, "worker_id": conn.worker_id, "node_id": coord.node_id,
+               "heartbeat_interval": coord.settings.heartbeat_interval,
+               "worker_timeout": coord.settings.worker_timeout}
+    if conn.issued_credential:
+        welcome["credential"] = conn.issued_credential  # shown this once; only its hash is kept
+    send.send_nowait(welcome)
     coord.wake_dispatcher()
     try:
         async with trio.open_nursery() as nursery:
@@ -94,26 +112,24 @@ async def worker_socket() -> None:
                 raw = await _receive()
                 try:
                     message = proto.loads(raw)
-                    problem = frames.worker_frame_problem(message)
                 except ValueError as exc:
-                    problem = f"not a JSON object with a string type: {exc}"
-                if problem is not None:
+                    # Answered, not fatal: the frame is dropped and the connection goes on.
+                    log.warning("worker %s sent a malformed frame; ignored: %s", conn.worker_id, exc)
+                    conn.push({"type": proto.ERROR, "code": getattr(exc, "code", "invalid_message"),
+                               "message": f"frame ignored: {exc}"})
+                    continue
+                problem = frames.worker_frame_problem(message)
+                if problem is not None:  # wrong field types: answered the same way (frames.py)
                     log.warning("worker %s sent a malformed frame; ignored: %s", conn.worker_id, problem[:200])
-                    _tell(send, "bad_frame", f"frame ignored: {problem[:500]}")
+                    conn.push({"type": proto.ERROR, "code": "bad_frame", "message": f"frame ignored: {problem[:500]}"})
                     continue
                 coord.worker_message(conn, message)
+        if conn.close_code:  # the coordinator ended it (enrolment revoked): say why in the close frame
+            await websocket.close(conn.close_code, _close_reason(f"{proto.CREDENTIAL_REFUSED}: {conn.close_reason}"))
     finally:
         if coord.conns.get(conn.worker_id) is conn:
             coord.worker_gone(conn)
         send.close()
-
-
-def _tell(send: trio.MemorySendChannel[dict[str, Any]], code: str, message: str) -> None:
-    """Queue an error frame for a worker; a full or closed queue drops it (the frame was ignored anyway)."""
-    try:
-        send.send_nowait({"type": proto.ERROR, "code": code, "message": message})
-    except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-        pass
 
 
 def _response(kind: str, request_id: Any, **data: Any) -> dict[str, Any]:
@@ -140,10 +156,11 @@ async def client_socket() -> None:
             while True:
                 raw = await _receive()
                 try:
-                    message = json.loads(raw)
-                    if not isinstance(message, dict):
-                        raise ValueError("not an object")
-                except ValueError:
+                    message = jsonsafe.loads(raw, what="the message")
+                except jsonsafe.JsonInputError as exc:
+                    sub.push({"type": "error", "error": {"code": exc.code, "message": exc.message}})
+                    continue
+                if not isinstance(message, dict):
                     sub.push({"type": "error", "error": {"code": "invalid_json",
                                                           "message": "messages must be JSON objects with a type"}})
                     continue

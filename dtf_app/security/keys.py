@@ -22,6 +22,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "viewer": frozenset({"read"}),
 }
 KEY_PREFIX = "dtf_"
+WORKER_CREDENTIAL_PREFIX = "dtfw_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,11 @@ class Principal:
 def generate_key() -> str:
     """A new random API key (256 bits of entropy)."""
     return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def generate_worker_credential() -> str:
+    """A new per-worker credential (256 bits of entropy), what binds a worker to its id."""
+    return WORKER_CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
 
 
 def hash_key(key: str) -> str:

@@ -61,7 +61,8 @@ def _to_micros(value: Any) -> int | None:
 
 
 def _to_json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"), default=str)
+    # Strict: a NaN would be stored as non-standard JSON text; it fails here and the row is quarantined.
+    return None if value is None else json.dumps(value, separators=(",", ":"), default=str, allow_nan=False)
 
 
 def _to_str(value: Any) -> str | None:
@@ -125,8 +126,12 @@ class _TableWriter:
         con.register(self.view, arrays)
         try:
             con.execute(self.sql)
-        finally:
-            con.unregister(self.view)
+        except BaseException:
+            # The transaction is aborted now and unregister fails until the ROLLBACK; its error must not
+            # hide the real one (a bad value is a data error, skippable; "transaction aborted" is not).
+            _quiet_unregister(con, self.view)
+            raise
+        con.unregister(self.view)
 
     def _write_values(self, con: Any, columns: list[list[Any]]) -> None:
         """Without numpy: multi-row VALUES with bound parameters (~10k rows/s, still one transaction)."""
@@ -141,6 +146,13 @@ class _TableWriter:
             con.execute(sql, [value for row in chunk for value in row])
 
 
+def _quiet_unregister(con: Any, view: str) -> None:
+    try:
+        con.unregister(view)
+    except Exception:  # still registered: the next unregister (after ROLLBACK) or register replaces it
+        log.debug("store: unregister %s failed", view, exc_info=True)
+
+
 def _is_data_error(exc: BaseException) -> bool:
     """True for errors caused by one event's content (skippable); False for I/O, memory, fatal or SQL bugs."""
     import duckdb
@@ -149,6 +161,11 @@ def _is_data_error(exc: BaseException) -> bool:
         return isinstance(exc, duckdb.DataError | duckdb.IntegrityError | duckdb.InvalidInputException)
     # Python-side conversion of a value (int("x"), a dict changed while serialised, ...).
     return isinstance(exc, TypeError | ValueError | OverflowError | RuntimeError)
+
+
+def _brief(exc: BaseException) -> str:
+    """An exception in one printable line (DuckDB messages quote the offending value)."""
+    return ascii(f"{type(exc).__name__}: {exc}")[1:-1][:500]
 
 
 _VALUES_CHUNK = 1000
@@ -198,8 +215,12 @@ class Store:
     """The coordinator's DuckDB file: ``open()``, then run ``run()`` in a nursery and ``put()`` events."""
 
     def __init__(self, db_path: str | os.PathLike[str], *, flush_interval: float = 0.05,
-                 max_batch: int = 5000) -> None:
+                 max_batch: int = 5000, quarantine_path: str | os.PathLike[str] | None = None) -> None:
         self.db_path = Path(db_path)
+        # Events that cannot be written (a value DuckDB refuses) go here, one JSON line each with the log
+        # index, instead of stopping the writer: the command log still holds them, and the node serves.
+        self.quarantine_path = Path(quarantine_path) if quarantine_path else self.db_path.with_name(
+            self.db_path.name + ".quarantine.jsonl")
         self.flush_interval = flush_interval
         self.max_batch = max_batch
         self._con: Any = None        # spawns the per-query read cursors, under _cursor_lock
@@ -221,6 +242,7 @@ class Store:
         self._next_history_id = 1
         self._written = 0
         self._failed = 0
+        self._quarantined = 0
         self._batches = 0
         self._last_batch_events = 0
         self._last_batch_seconds = 0.0
@@ -405,20 +427,16 @@ class Store:
             if not _is_data_error(exc):
                 raise
             # One bad event must not cost the whole batch (or stall the writer forever on replay): write
-            # entry by entry and skip, loudly, only the entries that fail on their own.
-            log.exception("store: batch of %d events failed; retrying entry by entry", len(events))
+            # entry by entry, and quarantine, loudly, only the events that fail on their own.
+            log.warning("store: batch of %d events failed (%s); retrying entry by entry", len(events),
+                        _brief(exc))
             while batch:
                 index, entry = batch[0]
                 mark = max(self._last_applied, index or 0)
-                try:
-                    self._next_history_id = self._write_events(con, entry, mark)
-                    written += len(entry)
-                except Exception as entry_exc:
-                    if not _is_data_error(entry_exc):
-                        raise
-                    log.exception("store: dropped the %d events of log entry %s", len(entry), index)
-                    failed += len(entry)
-                    self._write_events(con, [], mark)  # still record the index: replay would fail again
+                ok, bad = self._write_or_quarantine(con, index, entry)
+                written += ok
+                failed += bad
+                self._write_events(con, [], mark)  # record the index: replay would fail again
                 self._last_applied = mark
                 del batch[0]
         finally:
@@ -427,6 +445,44 @@ class Store:
         self._batches += 1
         self._last_batch_events = len(events)
         self._last_batch_seconds = time.perf_counter() - started
+
+    def _write_or_quarantine(self, con: Any, index: int | None, events: list[dict[str, Any]]) -> tuple[int, int]:
+        """Write what can be written of one entry's events; quarantine the rest. Returns (written, quarantined).
+
+        Halves are retried on a data error, so k bad events among n cost O(k log n) transactions, not n.
+        The applied index is not moved here (the caller records it once for the whole entry).
+        """
+        if not events:
+            return 0, 0
+        try:
+            self._next_history_id = self._write_events(con, events, self._last_applied)
+            return len(events), 0
+        except Exception as exc:
+            if not _is_data_error(exc):
+                raise
+            if len(events) == 1:
+                self._quarantine(index, events[0], exc)
+                return 0, 1
+        half = len(events) // 2
+        first = self._write_or_quarantine(con, index, events[:half])
+        second = self._write_or_quarantine(con, index, events[half:])
+        return first[0] + second[0], first[1] + second[1]
+
+    def _quarantine(self, index: int | None, event: dict[str, Any], exc: BaseException) -> None:
+        """Keep an unwritable event in the quarantine file (JSON lines, ASCII) and say so in the log."""
+        self._quarantined += 1
+        kind = event.get("kind")
+        payload = event.get(EVENT_KINDS.get(kind, ""), {}) if isinstance(event, dict) else {}
+        ident = payload.get("task_id") or payload.get("worker_id") or payload.get("result_id") or ""
+        log.error("store: quarantined a %s event of log entry %s (%s): %s; kept in %s", kind, index,
+                  ascii(ident)[:140], _brief(exc), self.quarantine_path)
+        line = json.dumps({"log_index": index, "time": time.time(), "error": _brief(exc), "event": event},
+                          default=repr, ensure_ascii=True)  # lenient on purpose: keep the value as it was
+        try:
+            with open(self.quarantine_path, "a", encoding="ascii") as handle:
+                handle.write(line + "\n")
+        except OSError as os_exc:
+            log.error("store: cannot write the quarantine file %s: %s", self.quarantine_path, os_exc)
 
     def _write_events(self, con: Any, events: list[dict[str, Any]], last_index: int) -> int:
         """Write events and the applied index in one transaction; returns the next history id."""
@@ -480,6 +536,8 @@ class Store:
                 con.execute("ROLLBACK")
             except Exception:  # a fatal error may have invalidated the connection: report the first error
                 log.debug("store: rollback failed", exc_info=True)
+            for writer in _WRITERS.values():
+                _quiet_unregister(con, writer.view)
             raise
         return next_id
 
@@ -517,6 +575,7 @@ class Store:
         """Writer counters: queued, written, failed, batches, last_applied and the last batch's size/time."""
         return {
             "queued": self._queued_events, "written": self._written, "failed": self._failed,
+            "quarantined": self._quarantined,
             "batches": self._batches, "last_applied": self._last_applied,
             "last_batch_events": self._last_batch_events,
             "last_batch_seconds": round(self._last_batch_seconds, 6),

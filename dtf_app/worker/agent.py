@@ -32,7 +32,7 @@ import trio
 
 from dtf_app import protocol
 from dtf_app.config import Settings
-from dtf_app.worker.identity import claim_worker_id
+from dtf_app.worker.identity import claim_worker_id, credential_path, load_credential, store_credential
 from dtf_app.worker.outbox import Outbox, OutboxError, OutboxKey
 
 logger = logging.getLogger("dtf.worker")
@@ -63,7 +63,8 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 class WorkerError(Exception):
     """The worker cannot go on; ``exit_code`` is what ``dtf --mode worker`` exits with.
 
-    3: the coordinator cannot be reached; 4: the coordinator refused the API key; 2: bad settings.
+    3: the coordinator cannot be reached; 4: the coordinator refused the API key or this worker's
+    credential (enrolment, see dtf_app/protocol.py); 2: bad settings.
     """
 
     def __init__(self, message: str, *, exit_code: int = 3) -> None:
@@ -135,6 +136,7 @@ class WorkerAgent:
         run_context: Callable[..., Any],
         task_error: type[BaseException],
         sample_health: Callable[[], dict[str, Any]],
+        credential: str | None = None,
     ) -> None:
         self.settings = settings
         self.worker_id = worker_id
@@ -171,6 +173,9 @@ class WorkerAgent:
         self._trio_token: trio.lowlevel.TrioToken | None = None
         self._task_status: trio.TaskStatus[str] | None = None
         self._session_scope: trio.CancelScope | None = None
+        # The secret bound to worker_id at enrolment, presented on every connection.
+        self._credential_path = credential_path(settings, worker_id)
+        self.credential = credential or load_credential(self._credential_path)
 
     # ----------------------------------------------------------------------------------------- service
     async def run(self, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -246,6 +251,7 @@ class WorkerAgent:
         from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, open_websocket_url
 
         headers = [(b"X-API-Key", self.settings.api_key.encode())] if self.settings.api_key else []
+        headers.append((protocol.WORKER_CREDENTIAL_HEADER.encode(), self.credential.encode()))
         welcomed = False
         try:
             async with open_websocket_url(
@@ -297,9 +303,24 @@ class WorkerAgent:
     def _on_closed(self, exc: Any, url: str) -> None:
         reason = exc.reason
         if reason is not None and reason.code in AUTH_CLOSE_CODES:
-            self._fatal = self._auth_error(url, reason.reason or f"close code {reason.code}")
+            if self._fatal is not None:
+                return  # the error frame before the close already said why
+            text = reason.reason or f"close code {reason.code}"
+            if text.startswith(protocol.CREDENTIAL_REFUSED):
+                self._fatal = self._credential_error(url, text.removeprefix(protocol.CREDENTIAL_REFUSED).lstrip(": "))
+            else:
+                self._fatal = self._auth_error(url, text)
         else:
             self._close_reason = f"closed: {reason}" if reason is not None else "closed"
+
+    def _credential_error(self, url: str, reason: str) -> WorkerError:
+        return WorkerError(
+            f"coordinator {url} refused to let this worker act as {self.worker_id!r} ({reason}). Its credential "
+            f"is kept in {self._credential_path}; if the id belongs to a machine that was rebuilt or lost its "
+            f"data dir, an admin can run `dtf workers forget {self.worker_id}` and this worker can then start "
+            "again (or start it with another --worker-id)",
+            exit_code=4,
+        )
 
     def _auth_error(self, url: str, reason: str) -> WorkerError:
         return WorkerError(
@@ -333,9 +354,20 @@ class WorkerAgent:
             "worker %s connected to %s (node %s); %d slot(s), %d outcome(s) to re-send",
             self.worker_id, url, welcome.get("node_id", "?"), self._max_slots, len(self._unacked),
         )
+        issued = welcome.get("credential")
+        if isinstance(issued, str) and issued and issued != self.credential:
+            # The coordinator generated our credential (it had none from us): keep it for every reconnect.
+            self.credential = issued
+            try:
+                store_credential(self._credential_path, issued)
+            except OSError as exc:  # still valid for this process's reconnects; a restart would be refused
+                logger.error("cannot keep the worker credential in %s: %s", self._credential_path, exc)
 
     def _handle_error(self, message: dict[str, Any], url: str) -> None:
         code, text = str(message.get("code", "")), str(message.get("message", ""))
+        if code == protocol.CREDENTIAL_REFUSED:
+            self._fatal = self._credential_error(url, text or code)
+            return
         if code in AUTH_ERROR_CODES:
             self._fatal = self._auth_error(url, f"{code}: {text}" if text else code)
             return
@@ -724,6 +756,8 @@ async def run_worker(
             capabilities = await trio.to_thread.run_sync(detect_hardware, settings.simulate_hardware)
         except (ValueError, OSError) as exc:  # an unreadable or invalid --simulate-hardware profile
             raise WorkerError(f"cannot use the hardware profile: {exc}", exit_code=2) from exc
+        # Before the outbox opens, so a damaged credential file is a plain exit 2 with nothing to close.
+        credential = load_credential(credential_path(settings, worker_id))
         try:
             outbox = await Outbox.open(settings.worker_db_path(worker_id))
         except OutboxError as exc:
@@ -731,7 +765,7 @@ async def run_worker(
         agent = WorkerAgent(
             settings, worker_id, outbox, capabilities,
             get_runner=get_runner or default_get_runner, run_context=run_context, task_error=task_error,
-            sample_health=sample_health,
+            sample_health=sample_health, credential=credential,
         )
         try:
             await agent.run(task_status)

@@ -1,4 +1,5 @@
-"""A worker's identity: the id it registers with, kept across restarts of the same data dir."""
+"""A worker's identity: the id it registers with and the credential bound to that id, both kept across
+restarts of the same data dir (see dtf_app/protocol.py, *Worker identity*)."""
 
 from __future__ import annotations
 
@@ -71,3 +72,57 @@ def _try_lock(handle: Any) -> bool:
     except OSError as exc:  # a file system without locks (some network mounts): go on unguarded
         logger.debug("cannot lock %s: %s", handle.name, exc)
     return True
+
+
+def credential_path(settings: Settings, worker_id: str) -> Path:
+    """Where a worker keeps the credential bound to its id: ``<data_dir>/worker-<id>.credential``."""
+    return Path(settings.data_dir) / f"worker-{re.sub(r'[^A-Za-z0-9._-]', '_', worker_id)}.credential"
+
+
+def load_credential(path: Path) -> str:
+    """The worker's credential, created (mode 0600) before its first connection when there is none.
+
+    Created up front rather than taken from the welcome, so that no crash or lost frame between the
+    coordinator's enrolment commit and this file can leave the id enrolled with a secret nobody holds.
+    """
+    from dtf_app.security.keys import generate_worker_credential
+
+    try:
+        if path.exists():
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)  # a secret: never readable by others, whoever copied it here
+            credential = path.read_text().strip()
+            if len(credential) < 32 or not credential.isascii() or not credential.isprintable():
+                from dtf_app.worker.agent import WorkerError
+
+                raise WorkerError(f"the worker credential in {path} is damaged; remove the file, and ask an admin "
+                                  "to run `dtf workers forget <id>` if the id was enrolled with it", exit_code=2)
+            return credential
+        credential = generate_worker_credential()
+        store_credential(path, credential)
+        return credential
+    except OSError as exc:
+        from dtf_app.worker.agent import WorkerError
+
+        raise WorkerError(f"cannot keep the worker credential in {path}: {exc}", exit_code=2) from exc
+
+
+def store_credential(path: Path, credential: str) -> None:
+    """Write the credential durably (fsync) and atomically, mode 0600 from the first byte."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a leftover tmp file
+        os.write(fd, (credential + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if os.name != "nt":
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

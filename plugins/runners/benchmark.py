@@ -18,6 +18,13 @@ import re
 import time
 from pathlib import Path
 
+from dtf_app.protocol import (
+    BATCH_SIZE_RANGE,
+    BENCH_BACKENDS,
+    BENCH_FUNCTIONS,
+    BENCH_INT_RANGES,
+    BENCH_PRECISIONS,
+)
 from dtf_app.worker.runners import (
     RunContext,
     TaskError,
@@ -27,9 +34,10 @@ from dtf_app.worker.runners import (
     run_process,
 )
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-FUNCTIONS = ("latency", "throughput", "memory")
-BACKENDS = ("torch", "numpy", "python")
+# The vocabulary and limits are the coordinator's (checked at submit): one definition, in protocol.py.
+PRECISIONS = BENCH_PRECISIONS
+FUNCTIONS = BENCH_FUNCTIONS
+BACKENDS = BENCH_BACKENDS
 
 # (substring of the model name, reference model whose shape is used, hidden, heads, ffn, causal).
 # More specific names come first: "bert-tiny" before "bert". A key matches at the start of a word.
@@ -85,9 +93,10 @@ def parse_config(config: object) -> dict:
     batch_sizes = config.get("batch_sizes", [1])
     if isinstance(batch_sizes, int) and not isinstance(batch_sizes, bool):
         batch_sizes = [batch_sizes]
+    low, high = BATCH_SIZE_RANGE
     if (not isinstance(batch_sizes, list) or not batch_sizes
-            or not all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 4096 for b in batch_sizes)):
-        raise TaskError(f"config.batch_sizes must be a non-empty list of integers 1..4096, got {batch_sizes!r}")
+            or not all(isinstance(b, int) and not isinstance(b, bool) and low <= b <= high for b in batch_sizes)):
+        raise TaskError(f"config.batch_sizes must be a non-empty list of integers {low}..{high}, got {batch_sizes!r}")
     precisions = config.get("precision", ["fp32"])
     if isinstance(precisions, str):
         precisions = [p.strip() for p in precisions.split(",") if p.strip()]
@@ -109,10 +118,10 @@ def parse_config(config: object) -> dict:
         "precisions": list(dict.fromkeys(precisions)),
         "functions": functions,
         "backend": backend,
-        "iterations": _int(config, "iterations", 20, 1, 100_000),
-        "warmup": _int(config, "warmup", 3, 0, 10_000),
-        "sequence_length": _int(config, "sequence_length", 128, 1, 32_768),
-        "layers": _int(config, "layers", 1, 1, 128),
+        "iterations": _int(config, "iterations", 20, *BENCH_INT_RANGES["iterations"]),
+        "warmup": _int(config, "warmup", 3, *BENCH_INT_RANGES["warmup"]),
+        "sequence_length": _int(config, "sequence_length", 128, *BENCH_INT_RANGES["sequence_length"]),
+        "layers": _int(config, "layers", 1, *BENCH_INT_RANGES["layers"]),
     }
     return spec
 

@@ -149,18 +149,27 @@ class Cluster:
 
     # -------------------------------------------------------------- workers
     def start_worker(self, name: str, *, slots: int = 2, simulate: str | None = None,
-                     tags: str | None = None, python_args: tuple[str, ...] = ()) -> Node:
+                     tags: str | None = None, python_args: tuple[str, ...] = (),
+                     data_dir: Path | None = None, api_key: str | None = None) -> Node:
+        """A worker process; its data dir (default ``workers/<name>``) keeps its credential across restarts."""
         args = ["--mode", "worker", "--coordinator", self.url, "--worker-id", name, "--data-dir",
-                str(self.root / "workers" / name), "--max-concurrent-tasks", str(slots),
+                str(data_dir or self.worker_dir(name)), "--max-concurrent-tasks", str(slots),
                 "--heartbeat-interval", str(self.heartbeat_interval)]
         if simulate:
             args += ["--simulate-hardware", str(ASSETS / "hardware" / simulate)]
         if tags:
             args += ["--tags", tags]
-        node = self.node(args, self.root / f"worker-{name}.log", env={"DTF_API_KEY": self.worker_key},
+        node = self.node(args, self.root / f"worker-{name}.log", env={"DTF_API_KEY": api_key or self.worker_key},
                          python_args=python_args)
         self.workers.append(node)
         return node
+
+    def worker_dir(self, name: str) -> Path:
+        return self.root / "workers" / name
+
+    def credential(self, name: str, data_dir: Path | None = None) -> str:
+        """The credential a worker process keeps in its data dir (what binds it to its id)."""
+        return (Path(data_dir or self.worker_dir(name)) / f"worker-{name}.credential").read_text().strip()
 
     def wait_workers(self, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
         def online() -> list[dict[str, Any]] | None:

@@ -96,12 +96,14 @@ class FakeCoordinator:
     """Accepts /ws/worker connections, checks the API key, says welcome, then runs the next script."""
 
     def __init__(self, scripts: list[Script], *, first_reply: dict | None = None, reject_status: int = 0,
-                 close_code: int = 0) -> None:
+                 close_code: int = 0, close_reason: str = "key revoked") -> None:
         self.scripts = scripts
         self.first_reply = first_reply
         self.reject_status = reject_status
         self.close_code = close_code
+        self.close_reason = close_reason
         self.connections: list[Connection] = []
+        self.credentials: list[bytes | None] = []  # the X-Worker-Credential of each upgrade
         self.port = 0
 
     async def handler(self, request: WebSocketRequest) -> None:
@@ -109,11 +111,12 @@ class FakeCoordinator:
         if request.path != "/ws/worker" or headers.get(b"x-api-key") != API_KEY.encode() or self.reject_status:
             await request.reject(self.reject_status or 401, body=b'{"error": {"code": "unauthorized"}}')
             return
+        self.credentials.append(headers.get(protocol.WORKER_CREDENTIAL_HEADER.lower().encode()))
         ws = await request.accept()
         hello = protocol.loads(await ws.get_message())
         assert hello["type"] == protocol.HELLO
         if self.close_code:
-            await ws.aclose(code=self.close_code, reason="key revoked")
+            await ws.aclose(code=self.close_code, reason=self.close_reason)
             return
         connection = Connection(ws, hello)
         self.connections.append(connection)
@@ -417,6 +420,99 @@ async def test_bad_key_is_fatal_with_exit_code_4(tmp_path: Path) -> None:
                                      detect_hardware=fake_hardware, sample_health=fake_health)
                 assert info.value.exit_code == 4
                 nursery.cancel_scope.cancel()
+
+
+async def refuse_credential_after_welcome(conn: Connection) -> None:
+    # What the coordinator does when an admin forgets the enrolment of a connected worker.
+    await conn.send({"type": protocol.ERROR, "code": protocol.CREDENTIAL_REFUSED,
+                     "message": "the enrolment of worker 'w1' was revoked by an admin"})
+    await conn.ws.aclose(code=4403, reason="credential_refused: the enrolment of worker 'w1' was revoked")
+
+
+async def test_refused_or_revoked_credential_is_fatal_with_exit_code_4_and_says_what_to_do(tmp_path: Path) -> None:
+    cases = [
+        FakeCoordinator([], first_reply={"type": protocol.ERROR, "code": protocol.CREDENTIAL_REFUSED,
+                                         "message": "not the credential worker 'w1' enrolled with"}),
+        FakeCoordinator([], close_code=4403, close_reason="credential_refused: worker 'w1' is enrolled"),
+        FakeCoordinator([refuse_credential_after_welcome]),  # mid-session: revoked
+    ]
+    for fake in cases:
+        with trio.fail_after(TEST_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                await fake.start(nursery)
+                settings = make_settings(tmp_path, fake.port)
+                with pytest.raises(WorkerError, match="refused to let this worker act as 'w1'") as info:
+                    await run_worker(settings, get_runner=lambda t: StandInRunner(),
+                                     detect_hardware=fake_hardware, sample_health=fake_health)
+                assert info.value.exit_code == 4
+                assert "dtf workers forget w1" in str(info.value) and "worker-w1.credential" in str(info.value)
+                assert len(fake.credentials) == 1  # no reconnect loop
+                nursery.cancel_scope.cancel()
+
+
+async def test_credential_is_created_0600_presented_and_kept_across_reconnects_and_restarts(tmp_path: Path) -> None:
+    import stat
+
+    async def close_at_once(conn: Connection) -> None:
+        pass  # the fake closes the socket after the script: the worker reconnects
+
+    async def connected(conn: Connection) -> None:
+        reconnected.set()
+        await trio.sleep_forever()
+
+    reconnected = trio.Event()
+    fake = FakeCoordinator([close_at_once, connected, connected])
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await fake.start(nursery)
+            settings = make_settings(tmp_path, fake.port)
+            for _run in range(2):  # a second run of the worker on the same data dir is a restart
+                async with trio.open_nursery() as worker:
+                    await start_worker(worker, settings, StandInRunner())
+                    await reconnected.wait()
+                    reconnected = trio.Event()
+                    worker.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+    path = identity.credential_path(settings, "w1")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    stored = path.read_text().strip().encode()
+    assert len(fake.credentials) == 3 and set(fake.credentials) == {stored} and len(stored) >= 32
+
+
+async def test_a_credential_issued_in_the_welcome_is_stored_and_presented_from_then_on(tmp_path: Path) -> None:
+    issued = "dtfw_issued-by-the-coordinator-" + "q" * 20
+
+    async def close_at_once(conn: Connection) -> None:
+        pass
+
+    async def connected(conn: Connection) -> None:
+        done.set()
+        await trio.sleep_forever()
+
+    done = trio.Event()
+    fake = FakeCoordinator([close_at_once, connected], first_reply={
+        "type": protocol.WELCOME, "worker_id": "w1", "heartbeat_interval": 0.05, "worker_timeout": 5,
+        "node_id": "fake", "credential": issued})
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await fake.start(nursery)
+            settings = make_settings(tmp_path, fake.port)
+            await start_worker(nursery, settings, StandInRunner())
+            await done.wait()
+            nursery.cancel_scope.cancel()
+    assert fake.credentials[1] == issued.encode() and fake.credentials[0] != issued.encode()
+    assert identity.credential_path(settings, "w1").read_text().strip() == issued
+
+
+async def test_a_damaged_credential_file_is_a_config_error(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, 9)  # never connects: the file is checked first
+    path = identity.credential_path(settings, "w1")
+    path.parent.mkdir(parents=True)
+    path.write_text("short\n")
+    with pytest.raises(WorkerError, match="damaged") as info:
+        await run_worker(settings, get_runner=lambda t: StandInRunner(), detect_hardware=fake_hardware,
+                         sample_health=fake_health)
+    assert info.value.exit_code == 2 and str(path) in str(info.value)
 
 
 async def test_unreachable_coordinator_gives_up_after_reconnect_attempts(tmp_path: Path) -> None:

@@ -174,3 +174,47 @@ def test_attempt_that_never_started_does_not_count() -> None:
     _assign(state, "t1", 1, "w2")  # started this time: losing it now uses up the only attempt
     state.apply({"op": "WorkersLost", "time": 6.0, "worker_ids": ["w2"]})
     assert state.tasks["t1"]["status"] == "failed"
+
+
+def _enrol(state: State, worker_id: str, digest: str) -> dict:
+    result, _ = state.apply({"op": "EnrollWorker", "time": 1.5, "worker_id": worker_id,
+                             "credential_hash": digest, "key_name": "workers"})
+    return result
+
+
+def test_enrolment_is_first_come_first_served_and_survives_snapshots() -> None:
+    state = State()
+    assert _enrol(state, "w1", "hash-a") == {"enrolled": True}
+    # The second of two racing enrolments (another credential) is refused; the first one stands.
+    assert _enrol(state, "w1", "hash-b") == {"enrolled": False}
+    assert state.enrolments["w1"]["credential_hash"] == "hash-a"
+    # A retried proposal of the same enrolment is not a conflict.
+    assert _enrol(state, "w1", "hash-a") == {"enrolled": True}
+    restored = State.restore(state.snapshot())
+    assert restored.enrolments == state.enrolments
+    # A malformed command is refused, not applied, and does not stop the log.
+    bad, _ = state.apply({"op": "EnrollWorker", "time": 2.0, "worker_id": "", "credential_hash": "x"})
+    assert "error" in bad and "" not in state.enrolments
+    # Snapshots of versions without enrolments restore with none.
+    import json
+
+    old = json.loads(state.snapshot())
+    del old["enrolments"]
+    assert State.restore(json.dumps(old).encode()).enrolments == {}
+
+
+def test_forget_frees_the_id_and_takes_back_its_attempts() -> None:
+    state = State()
+    state.apply(_worker("w1"))
+    _enrol(state, "w1", "hash-a")
+    _submit(state, _task("t1"))
+    _assign(state, "t1", 1, "w1")
+    result, events = state.apply({"op": "ForgetWorker", "time": 5.0, "worker_id": "w1"})
+    assert result == {"forgotten": True}
+    assert "w1" not in state.enrolments and state.workers["w1"]["status"] == "offline"
+    task = state.tasks["t1"]
+    assert task["status"] == "pending" and task["worker_id"] is None and "revoked" in task["error"]
+    assert any(e["kind"] == "history" for e in events)
+    assert state.apply({"op": "ForgetWorker", "time": 6.0, "worker_id": "w1"})[0] == {"forgotten": False}
+    # The id may now enrol again, with another credential.
+    assert _enrol(state, "w1", "hash-b") == {"enrolled": True}

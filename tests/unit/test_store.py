@@ -314,6 +314,32 @@ async def test_a_bad_entry_is_skipped_alone_and_its_index_recorded(store: Store)
     assert stats["failed"] == 1 and stats["written"] == 2 and stats["last_applied"] == 3
 
 
+async def test_rows_duckdb_refuses_are_quarantined_and_the_rest_of_the_entry_is_written(store: Store) -> None:
+    """A lone surrogate (DuckDB cannot encode it) or a NaN in a JSON column: those events alone go to the
+    quarantine file with their log index; the writer keeps going and the entry's other rows land."""
+    store.put(1, [task("good1"), task("bad-name", name="x\ud800"), task("good2"),
+                  history("good1", "w1", "completed", 1.0)])
+    store.put(2, [task("bad-json", config={"x": float("nan")}), task("good3")])
+    store.put(3, [task("good4")])
+    await store.flush()
+    rows = await store.query("SELECT task_id FROM distributed_tasks ORDER BY task_id")
+    assert rows == [{"task_id": f"good{i}"} for i in range(1, 5)]
+    assert len(await store.query("SELECT * FROM task_execution_history")) == 1
+    stats = store.statistics()
+    assert stats["quarantined"] == 2 and stats["last_applied"] == 3 and stats["written"] == 5
+    lines = store.quarantine_path.read_text(encoding="ascii").splitlines()
+    import json
+
+    kept = [json.loads(line) for line in lines]
+    assert [(k["log_index"], k["event"]["task"]["task_id"]) for k in kept] == [(1, "bad-name"), (2, "bad-json")]
+    assert kept[0]["event"]["task"]["name"] == "x\ud800"  # kept as it was, escaped in an ASCII file
+    assert "InvalidInputException" in kept[0]["error"]
+    # The writer is still usable: a later batch goes through the fast path.
+    store.put(4, [task("good5")])
+    await store.flush()
+    assert store.statistics()["last_applied"] == 4 and store.statistics()["quarantined"] == 2
+
+
 async def test_fatal_error_mid_fallback_requeues_only_uncommitted_entries(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     tasks_writer = writer._WRITERS["distributed_tasks"]
