@@ -394,11 +394,12 @@ def create_app(coord: Coordinator) -> QuartTrio:
                                "result": body.get("result") or {}})
         if item is None:
             raise ApiError(400, "invalid_outcome", "the outcome is malformed")
-        if request.headers.get(proto.WORKER_CREDENTIAL_HEADER) is None:  # required, as GET /openapi.json says
-            raise ApiError(403, proto.CREDENTIAL_REFUSED, f"a report needs the worker's credential in the "
-                                                          f"{proto.WORKER_CREDENTIAL_HEADER} header")
         # Only the worker holding the attempt may report it (or, once taken back, the one that held it).
         holder = task.get("worker_id") or task.get("last_worker_id")
+        if not holder and request.headers.get(proto.WORKER_CREDENTIAL_HEADER) is None:
+            # The header is required (GET /openapi.json): without it, 403 whatever the task's state.
+            raise ApiError(403, proto.CREDENTIAL_REFUSED, f"a report needs the worker's credential in the "
+                                                          f"{proto.WORKER_CREDENTIAL_HEADER} header")
         if not holder:
             raise ApiError(409, "not_assigned", f"task {task_id} is {task['status']} and was never assigned to a "
                                                 "worker; there is no attempt to report")
