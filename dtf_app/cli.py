@@ -425,7 +425,7 @@ def _submit_round(client: Any, tasks: list[dict], args: argparse.Namespace, roun
     try:
         created = client.submit(tasks, allow_unschedulable=args.allow_unschedulable)
     except ClientError as exc:
-        if exc.status == 422:
+        if exc.status == 422 and "cannot run on any worker" in exc.message:
             raise ClientError(f"{exc.message}; dtf submit --allow-unschedulable queues it anyway",
                               exc.exit_code, exc.status) from None
         raise

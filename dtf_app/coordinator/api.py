@@ -118,7 +118,10 @@ def _check_url_text() -> None:
 
 
 def _bool_arg(name: str) -> bool:
-    return (request.args.get(name) or "").lower() in ("1", "true", "yes", "on")
+    raw = (request.args.get(name) or "false").lower()
+    if raw not in ("true", "false"):
+        raise ApiError(400, "invalid_parameter", f"query parameter {name} must be true or false, got {raw!r}")
+    return raw == "true"
 
 
 def _not_ready(coord: Coordinator, path: str) -> Response | None:
@@ -305,13 +308,21 @@ def create_app(coord: Coordinator) -> QuartTrio:
         problem = proto.id_problem(body.get("worker_id"), "worker_id")
         if problem:
             raise ApiError(400, "invalid_worker", problem)
-        caps = body.get("capabilities") or {}
+        caps = {} if body.get("capabilities") is None else body["capabilities"]
         slots = scheduler.as_int(body.get("max_concurrent_tasks", 1))
         if not isinstance(caps, dict):
             raise ApiError(400, "invalid_worker", "capabilities must be an object")
+        for key in ("hardware", "tags"):
+            value = caps.get(key)
+            if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+                raise ApiError(400, "invalid_worker", f"capabilities.{key} must be an array of strings")
+        if caps.get("simulated") is not None and not isinstance(caps["simulated"], bool):
+            raise ApiError(400, "invalid_worker", "capabilities.simulated must be true or false")
+        if body.get("hostname") is not None and not isinstance(body["hostname"], str):
+            raise ApiError(400, "invalid_worker", "hostname must be a string")
         if not isinstance(slots, int) or isinstance(slots, bool) or not 1 <= slots <= 10_000:
             raise ApiError(400, "invalid_worker", "max_concurrent_tasks must be an integer from 1 to 10000")
-        tags = body.get("tags") or []
+        tags = [] if body.get("tags") is None else body["tags"]
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise ApiError(400, "invalid_worker", "tags must be an array of strings")
         info = {"worker_id": body["worker_id"], "hostname": str(body.get("hostname") or ""), "capabilities": caps,
@@ -368,9 +379,12 @@ def create_app(coord: Coordinator) -> QuartTrio:
             created = await coord.submit(normalised, allow_unschedulable=_bool_arg("allow_unschedulable"))
         except scheduler.TaskConflictError as exc:
             raise ApiError(409, "exists", str(exc)) from None
+        except scheduler.TaskUnprocessableError as exc:
+            # Well-formed per GET /openapi.json, but refers to unknown tasks or can run nowhere.
+            code = "unschedulable" if "cannot run on any worker" in str(exc) else "invalid_dependencies"
+            raise ApiError(422, code, str(exc)) from None
         except scheduler.TaskValidationError as exc:
-            code = "unschedulable" if "cannot run on any worker" in str(exc) else "invalid_task"
-            raise ApiError(400 if code == "invalid_task" else 422, code, str(exc)) from None
+            raise ApiError(400, "invalid_task", str(exc)) from None
         del normalised
         views = await bulk.map_yielding(lambda _, task: task_view(task), created)
         del created
@@ -447,14 +461,20 @@ def create_app(coord: Coordinator) -> QuartTrio:
         attempt = body.get("attempt", task["attempts"])
         if not isinstance(attempt, int) or isinstance(attempt, bool):
             raise ApiError(400, "invalid_outcome", "attempt must be an integer")
-        if outcome == "completed" and not isinstance(body.get("result", {}), dict):
+        if not isinstance(body.get("result", {}), dict):
             raise ApiError(400, "invalid_outcome", "result must be an object")
+        if not isinstance(body.get("retry", True), bool):
+            raise ApiError(400, "invalid_outcome", "retry must be true or false")
         item = clean_outcome({**body, "task_id": task_id, "attempt": attempt, "outcome": outcome,
                                "result": body.get("result") or {}})
         if item is None:
             raise ApiError(400, "invalid_outcome", "the outcome is malformed")
         # Only the worker holding the attempt may report it (or, once taken back, the one that held it).
         holder = task.get("worker_id") or task.get("last_worker_id")
+        if not holder and request.headers.get(proto.WORKER_CREDENTIAL_HEADER) is None:
+            # The header is required (GET /openapi.json): without it, 403 whatever the task's state.
+            raise ApiError(403, proto.CREDENTIAL_REFUSED, f"a report needs the worker's credential in the "
+                                                          f"{proto.WORKER_CREDENTIAL_HEADER} header")
         if not holder:
             raise ApiError(409, "not_assigned", f"task {task_id} is {task['status']} and was never assigned to a "
                                                 "worker; there is no attempt to report")
@@ -485,6 +505,8 @@ def create_app(coord: Coordinator) -> QuartTrio:
         body = await _json_body()
         if not isinstance(body, dict) or not isinstance(body.get("worker_id"), str):
             raise ApiError(400, "invalid_health", "the body must be an object with a string worker_id")
+        if not isinstance(body.get("metrics", {}), dict | None):
+            raise ApiError(400, "invalid_health", "metrics must be an object")
         _act_as(coord, body["worker_id"])
         conn = coord.conns.get(body["worker_id"])
         if conn is None:

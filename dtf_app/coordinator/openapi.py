@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from dtf_app.coordinator import scheduler
+from dtf_app.coordinator.api import MAX_TASKS_PER_REQUEST
 from dtf_app.jsonsafe import MAX_JSON_DEPTH
 from dtf_app.protocol import (
     BATCH_SIZE_RANGE,
@@ -19,6 +20,7 @@ from dtf_app.protocol import (
     WORKER_CREDENTIAL_HEADER,
 )
 from dtf_app.security.keys import ROLES
+from dtf_app.store import queries
 
 # Every identifier a client chooses (task ids, worker ids, key names) has this shape (protocol.py).
 _ID = {"type": "string", "pattern": f"^{ID_PATTERN.pattern}$", "description": f"1-128 characters of {ID_ALPHABET}"}
@@ -27,12 +29,23 @@ _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["code", "message"],
     "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}}
 
-_REQUIREMENTS = {"type": "object", "additionalProperties": False, "properties": {
-    "hardware": {"type": "array", "items": {"type": "string", "enum": list(scheduler.HARDWARE_KINDS)}},
+_HARDWARE = {"type": "string", "enum": list(scheduler.HARDWARE_KINDS)}
+
+
+def _any_case(words: tuple[str, ...]) -> str:
+    """A pattern for these words in any letter case (JSON Schema patterns have no (?i) flag)."""
+    return "^(?:" + "|".join("".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in w)
+                             for w in words) + ")$"
+
+
+_REQUIREMENTS = {"type": ["object", "null"], "additionalProperties": False, "properties": {
+    "hardware": {"oneOf": [_HARDWARE, {"type": "array", "items": _HARDWARE}],
+                 "description": "one kind or a list; the worker must have all of them"},
     "min_memory_gb": {"type": "number", "minimum": 0}, "min_gpu_memory_gb": {"type": "number", "minimum": 0},
     "min_cuda_compute": {"type": "number", "minimum": 0}, "min_cpu_cores": {"type": "integer", "minimum": 1},
     "tags": {"type": "array", "items": {"type": "string"}},
-    "os": {"type": "string", "enum": ["linux", "windows", "macos"]},
+    "os": {"type": "string", "pattern": _any_case(scheduler.OS_NAMES),
+           "description": "linux, windows or macos (darwin is macos), in any letter case"},
 }}
 
 _STR_LIST = {"type": "array", "items": {"type": "string"}}
@@ -54,11 +67,13 @@ _CONFIGS: dict[str, dict[str, Any]] = {
         "functions": {"type": "array", "items": {"type": "string", "enum": list(scheduler.BENCH_FUNCTIONS)}},
         "working_dir": {"type": "string"}, "env": _ENV}},
     "custom": {"type": "object", "description": "exactly one of command, callable, name", "oneOf": [
-        {"required": ["command"], "properties": {"command": {**_STR_LIST, "minItems": 1}}},
-        {"required": ["callable"], "properties": {"callable": {"type": "string", "pattern": "^[^:]+:[^:]+$"}}},
-        {"required": ["name"], "properties": {"name": {"type": "string", "minLength": 1}}},
-    ], "properties": {"args": {"type": "array"}, "kwargs": {"type": "object"}, "working_dir": {"type": "string"},
-                      "env": _ENV}},
+        {"required": ["command"], "not": {"anyOf": [{"required": ["callable"]}, {"required": ["name"]}]}},
+        {"required": ["callable"], "not": {"anyOf": [{"required": ["command"]}, {"required": ["name"]}]}},
+        {"required": ["name"], "not": {"anyOf": [{"required": ["command"]}, {"required": ["callable"]}]}},
+    ], "properties": {"command": {**_STR_LIST, "minItems": 1},
+                      "callable": {"type": "string", "pattern": "^[^:]+:[^:]+$"},
+                      "name": {"type": "string", "minLength": 1}, "args": {"type": "array"},
+                      "kwargs": {"type": "object"}, "working_dir": {"type": "string"}, "env": _ENV}},
 }
 
 
@@ -69,16 +84,20 @@ def _task_in(kind: str) -> dict[str, Any]:
                      "maximum": scheduler.PRIORITY_RANGE[1], "description": "higher runs first"},
         "config": _CONFIGS[kind],
         "requirements": _REQUIREMENTS,
-        "dependencies": {"type": "array", "items": {"type": "string"}},
+        "dependencies": {"type": ["array", "null"], "items": {"type": "string"},
+                         "description": "ids of tasks that must complete first: existing ones or ones in the "
+                                        "same request (422 otherwise, or for a cycle)"},
         "timeout_seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": scheduler.MAX_TIMEOUT_SECONDS},
         "max_retries": {"type": "integer", "minimum": 0, "maximum": 100},
-        "name": {"type": "string", "maxLength": 500},
+        "name": {"type": ["string", "null"], "maxLength": 500},
         "task_id": {**_ID, "type": ["string", "null"], "description": "optional; generated when absent or null"},
-        "metadata": {"type": "object"},
+        "metadata": {"type": ["object", "null"]},
     }}
 
 
 _TASK_IN = {"oneOf": [_task_in(kind) for kind in scheduler.TASK_TYPES]}
+_TASK_REF = {"$ref": "#/components/schemas/TaskIn"}
+_TASK_LIST = {"type": "array", "items": _TASK_REF, "minItems": 1, "maxItems": MAX_TASKS_PER_REQUEST}
 
 _TASK_OUT = {"type": "object", "required": ["task_id", "status", "type"], "properties": {
     "task_id": {"type": "string"}, "status": {"type": "string", "enum": list(scheduler.ALL_STATES)},
@@ -93,7 +112,7 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 
 def _op(summary: str, ok: str = "200", *, body: dict[str, Any] | None = None,
         params: list[dict[str, Any]] | None = None, response: dict[str, Any] | None = None,
-        open_: bool = False) -> dict[str, Any]:
+        open_: bool = False, description: str | None = None) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": {
         ok: {"description": "ok", **_json(response or {"type": "object"})},
         "400": {"description": "bad input", **_json(_ERROR)},
@@ -102,10 +121,13 @@ def _op(summary: str, ok: str = "200", *, body: dict[str, Any] | None = None,
         "404": {"description": "not found", **_json(_ERROR)},
         "409": {"description": "conflict (exists, already finished)", **_json(_ERROR)},
         "413": {"description": "request too large", **_json(_ERROR)},
-        "422": {"description": "valid but cannot be done (no worker can run the task)", **_json(_ERROR)},
-        "503": {"description": "the node is still starting (code starting; GET /status says what it waits for)",
-                **_json(_ERROR)},
+        "422": {"description": "well-formed but cannot be done: no worker can run the task, or a dependency "
+                               "is unknown or forms a cycle", **_json(_ERROR)},
+        "503": {"description": "the node is still starting (code starting; GET /status says what it waits for), "
+                               "or no leader is known yet (code no_leader)", **_json(_ERROR)},
     }}
+    if description:
+        op["description"] = description
     if open_:
         op["security"] = []
     if body is not None:
@@ -134,12 +156,23 @@ def _metrics_op() -> dict[str, Any]:
     return op
 
 
-def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": schema}
+def _query(name: str, schema: dict[str, Any], description: str | None = None) -> dict[str, Any]:
+    # The API reads an empty value (``?status=``) as an absent parameter.
+    param = {"name": name, "in": "query", "required": False, "allowEmptyValue": True, "schema": schema}
+    if description:
+        param["description"] = description
+    return param
 
 
 def _path(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _aggregate_filters() -> list[str]:
+    names: list[str] = []
+    for source in queries.AGGREGATE_SOURCES.values():
+        names += [n for n in source["filters"] if n not in names]
+    return names
 
 
 def _credential(required: bool) -> dict[str, Any]:
@@ -179,12 +212,17 @@ def build_spec(version: str) -> dict[str, Any]:
             "presented, or with a generated credential returned once as `credential`; an enrolled id needs "
             "its credential (403 otherwise)", "201", params=[_credential(False)], body={
                 "type": "object", "required": ["worker_id"], "properties": {
-                    "worker_id": _ID, "hostname": {"type": "string"},
-                    "capabilities": {"type": "object"}, "tags": {"type": "array", "items": {"type": "string"}},
+                    "worker_id": _ID, "hostname": {"type": ["string", "null"]},
+                    "capabilities": {"type": ["object", "null"], "properties": {
+                        "hardware": {**_STR_LIST, "type": ["array", "null"], "description": "hardware kinds; cpu when empty"},
+                        "tags": {**_STR_LIST, "type": ["array", "null"]}, "simulated": {"type": ["boolean", "null"]}}},
+                    "tags": {"type": ["array", "null"], "items": {"type": "string"}},
                     "max_concurrent_tasks": {"type": "integer", "minimum": 1, "maximum": 10_000}}},
             response={"type": "object", "required": ["worker_id"], "properties": {
                 "worker_id": {"type": "string"},
-                "credential": {"type": "string", "description": "only when the coordinator generated it"}}})},
+                "credential": {"type": "string", "description": "only when the coordinator generated it"}}}),
+            # The path also matches /api/workers/{worker_id}: a worker may be named "register".
+            "get": _op("the worker named 'register' (see /api/workers/{worker_id})")},
         "/api/workers/{worker_id}": {"get": _op("one worker", params=[worker_id])},
         "/api/workers/{worker_id}/enrolment": {"delete": _op(
             "forget a worker id's enrolment (admin): the id may enrol again with a new credential, and a "
@@ -193,7 +231,9 @@ def build_spec(version: str) -> dict[str, Any]:
                                                        "forgotten": {"type": "boolean"}}})},
         "/api/tasks": {
             "post": _op("submit one task or a list (one durable commit); 422 if no worker can run it", "201",
-                        body={"oneOf": [_TASK_IN, {"type": "array", "items": _TASK_IN, "minItems": 1}]},
+                        body={"oneOf": [_TASK_REF, _TASK_LIST, {
+                            "type": "object", "required": ["tasks"], "not": {"required": ["type"]},
+                            "properties": {"tasks": _TASK_LIST}}]},
                         params=[_query("allow_unschedulable", {"type": "boolean"})],
                         response={"oneOf": [_TASK_OUT, {"type": "array", "items": _TASK_OUT}]}),
             "get": _op("tasks", params=[
@@ -214,14 +254,24 @@ def build_spec(version: str) -> dict[str, Any]:
         "/api/health": {"post": _op("worker: health metrics (the worker's X-Worker-Credential)",
                                     params=[_credential(True)], body={
             "type": "object", "required": ["worker_id"], "properties": {
-                "worker_id": {"type": "string"}, "metrics": {"type": "object"}}})},
+                "worker_id": {"type": "string"}, "metrics": {"type": ["object", "null"]}}})},
         "/api/results": {"get": _op("results", params=[
             _query("task_id", {"type": "string"}), _query("status", {"type": "string"}),
             _query("type", {"type": "string"}), _query("worker_id", {"type": "string"}), *paging])},
-        "/api/results/aggregate": {"get": _op("aggregates over results", params=[
-            _query("result_type", {"type": "string", "enum": ["test", "benchmark", "task"]}),
-            _query("aggregation_level", {"type": "string", "enum": [
-                "model", "batch_size", "precision", "backend", "worker", "hardware", "test", "status", "day"]})])},
+        "/api/results/aggregate": {"get": _op(
+            "aggregates over results", description=(
+                "Which levels and filters apply depends on result_type (a 400 names the accepted ones): "
+                + "; ".join(f"{kind}: levels {', '.join(source['levels'])}, filters "
+                            f"{', '.join([*source['filters'], 'since', 'until'])}"
+                            for kind, source in queries.AGGREGATE_SOURCES.items())),
+            params=[
+                _query("result_type", {"type": "string", "enum": list(queries.RESULT_TYPES)},
+                       "default benchmark"),
+                _query("aggregation_level", {"type": "string", "enum": list(queries.AGGREGATION_LEVELS)},
+                       "default: status for test results, model otherwise"),
+                *[_query(name, {"type": "string"}, "equality filter") for name in _aggregate_filters()],
+                _query("since", {"type": "string"}, "unix seconds or an ISO date"),
+                _query("until", {"type": "string"}, "unix seconds or an ISO date")])},
         "/api/results/{result_id}": {"get": _op("one result with per-test and per-benchmark rows",
                                                 params=[result_id])},
         "/api/keys": {
@@ -241,7 +291,7 @@ def build_spec(version: str) -> dict[str, Any]:
             f"Request bodies and websocket frames are strict JSON (RFC 8259): no NaN or Infinity, strings of "
             f"valid Unicode (no lone surrogates), nested at most {MAX_JSON_DEPTH} levels; anything else is a "
             f"400 naming the field.")},
-        "components": {"securitySchemes": {
+        "components": {"schemas": {"TaskIn": _TASK_IN}, "securitySchemes": {
             "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
             "bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"apiKey": []}, {"bearer": []}],

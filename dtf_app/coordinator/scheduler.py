@@ -49,6 +49,11 @@ class TaskConflictError(TaskValidationError):
     """A submitted task_id is already taken (HTTP 409)."""
 
 
+class TaskUnprocessableError(TaskValidationError):
+    """A well-formed task that cannot be accepted as it stands: an unknown dependency, a dependency cycle,
+    or no known worker can run it (HTTP 422; 400 is kept for documents that break the API's schema)."""
+
+
 # ---------------------------------------------------------------------------------------------- validation
 def as_int(value: Any) -> Any:
     """An integral JSON number as int (``3.0`` -> ``3``: JSON does not tell them apart); else unchanged."""

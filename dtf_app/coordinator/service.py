@@ -458,7 +458,7 @@ class Coordinator:
     async def submit(self, docs: list[dict[str, Any]], *, allow_unschedulable: bool = False) -> list[dict[str, Any]]:
         """Validate-then-commit a batch of normalised task docs (filled in place); returns the created tasks.
 
-        Raises scheduler.TaskValidationError for dependency/feasibility problems (-> 400/422).
+        Raises scheduler.TaskUnprocessableError for dependency/feasibility problems (-> 422).
         """
         # One submit at a time: the checks below yield to the event loop, and no other submit may add
         # the same task ids between them and the commit.
@@ -477,13 +477,13 @@ class Coordinator:
         async for i, doc in bulk.checkpoints(docs):
             for dep in doc["dependencies"]:
                 if dep not in self.state.tasks and dep not in in_batch:
-                    raise scheduler.TaskValidationError(
+                    raise scheduler.TaskUnprocessableError(
                         f"{f'tasks[{i}]' if many else 'task'}.dependencies names unknown task {dep!r} "
                         "(submit it first or in the same batch)")
         graph = {task_id: doc["dependencies"] for task_id, doc in in_batch.items() if doc["dependencies"]}
         cycle = scheduler.find_cycle(graph)
         if cycle:
-            raise scheduler.TaskValidationError(f"dependency cycle: {' -> '.join(cycle)}")
+            raise scheduler.TaskUnprocessableError(f"dependency cycle: {' -> '.join(cycle)}")
         prepared = []
         workers = list(self.state.workers.values())
         async for i, (task_id, doc) in bulk.checkpoints(in_batch.items()):
@@ -494,7 +494,7 @@ class Coordinator:
             reason = scheduler.infeasibility_reason(workers, doc["requirements"])
             if reason is not None:
                 if not allow_unschedulable:
-                    raise scheduler.TaskValidationError(
+                    raise scheduler.TaskUnprocessableError(
                         f"{f'tasks[{i}]' if many else 'task'} cannot run on any worker: {reason} "
                         "(pass allow_unschedulable=true to queue it until such a worker registers)")
                 task["status"] = "unschedulable"

@@ -14,6 +14,7 @@ from quart import g, websocket
 
 from dtf_app import jsonsafe
 from dtf_app import protocol as proto
+from dtf_app.coordinator import frames
 from dtf_app.coordinator.enrolment import CredentialRefused, credential_from_headers
 from dtf_app.coordinator.service import SUBSCRIBER_BUFFER, Coordinator, Subscriber
 from dtf_app.security.keys import Principal
@@ -27,6 +28,12 @@ CLOSE_PROTOCOL = 4400
 # A follower sends websocket clients to the leader (websocket clients do not follow an HTTP 307).
 CLOSE_NOT_LEADER = 4307
 WORKER_QUEUE = 100_000
+
+
+async def _receive() -> str | bytes:
+    """The next frame's data; Quart hands over an empty binary frame as None, which is b"" here."""
+    raw = await websocket.receive()
+    return b"" if raw is None else raw
 
 
 async def _reject(code: str, message: str, close_code: int) -> None:
@@ -100,7 +107,7 @@ async def worker_socket() -> None:
         return
     await websocket.accept()
     try:
-        hello = proto.loads(await websocket.receive())
+        hello = proto.loads(await _receive())
     except ValueError as exc:
         await _reject("bad_hello", f"first message must be a hello object: {exc}", CLOSE_PROTOCOL)
         return
@@ -109,9 +116,9 @@ async def worker_socket() -> None:
                                           "message": "first message must be {type: hello, worker_id: ...}"}))
         await websocket.close(CLOSE_PROTOCOL)
         return
-    problem = proto.id_problem(hello["worker_id"], "worker_id")
+    problem = proto.id_problem(hello["worker_id"], "worker_id") or frames.hello_problem(hello)
     if problem:
-        await _reject("bad_hello", problem, CLOSE_PROTOCOL)
+        await _reject("bad_hello", f"hello: {problem}", CLOSE_PROTOCOL)
         return
     send, receive = trio.open_memory_channel[dict[str, Any]](WORKER_QUEUE)
     try:
@@ -133,7 +140,7 @@ async def worker_socket() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_sender, receive, nursery.cancel_scope)
             while True:
-                raw = await websocket.receive()
+                raw = await _receive()
                 try:
                     message = proto.loads(raw)
                 except ValueError as exc:
@@ -141,6 +148,11 @@ async def worker_socket() -> None:
                     log.warning("worker %s sent a malformed frame; ignored: %s", conn.worker_id, exc)
                     conn.push({"type": proto.ERROR, "code": getattr(exc, "code", "invalid_message"),
                                "message": f"frame ignored: {exc}"})
+                    continue
+                problem = frames.worker_frame_problem(message)
+                if problem is not None:  # wrong field types: answered the same way (frames.py)
+                    log.warning("worker %s sent a malformed frame; ignored: %s", conn.worker_id, problem[:200])
+                    conn.push({"type": proto.ERROR, "code": "bad_frame", "message": f"frame ignored: {problem[:500]}"})
                     continue
                 coord.worker_message(conn, message)
         if conn.close_code:  # the coordinator ended it (enrolment revoked): say why in the close frame
@@ -173,7 +185,7 @@ async def client_socket() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_sender, receive, nursery.cancel_scope)
             while True:
-                raw = await websocket.receive()
+                raw = await _receive()
                 try:
                     message = jsonsafe.loads(raw, what="the message")
                 except jsonsafe.JsonInputError as exc:
@@ -214,5 +226,5 @@ def _client_request(coord: Coordinator, sub: Subscriber, message: dict[str, Any]
     if kind == "get_cluster_health":
         return _response("cluster_health", request_id, nodes=[{"node_id": coord.node_id, "healthy": True}])
     return {"type": "error", "request_id": request_id,
-            "error": {"code": "unknown_type", "message": f"unknown message type {kind!r}; known: subscribe, "
+            "error": {"code": "unknown_type", "message": f"unknown message type {repr(kind)[:100]}; known: subscribe, "
                       "unsubscribe, get_cluster_status, get_cluster_health, get_leader_info"}}

@@ -57,6 +57,8 @@ _SOURCES: dict[str, dict[str, Any]] = {
     },
 }
 
+AGGREGATE_SOURCES = _SOURCES  # read-only view for the API description (levels and filters per type)
+
 _STATS = {
     "benchmark": """count(*) AS count,
         avg(b.latency_ms_mean) AS latency_ms_mean, min(b.latency_ms_mean) AS latency_ms_min,
