@@ -156,6 +156,13 @@ def _metrics_op() -> dict[str, Any]:
     return op
 
 
+def _html_op(summary: str) -> dict[str, Any]:
+    op = _op(summary)
+    op["responses"]["200"] = {"description": "ok", "content": {"text/html; charset=utf-8": {
+        "schema": {"type": "string"}}}}
+    return op
+
+
 def _query(name: str, schema: dict[str, Any], description: str | None = None) -> dict[str, Any]:
     # The API reads an empty value (``?status=``) as an absent parameter.
     param = {"name": name, "in": "query", "required": False, "allowEmptyValue": True, "schema": schema}
@@ -200,7 +207,7 @@ def build_spec(version: str) -> dict[str, Any]:
         "/api/cluster/leader": {"get": _op("leader id, term and URL")},
         "/api/cluster/nodes": {"get": _op("coordinator nodes")},
         "/api/cluster/health": {"get": _op("health metrics and alerts per node")},
-        "/api/cluster/visualize": {"get": _op("HTML page with an SVG of the nodes and the leadership history")},
+        "/api/cluster/visualize": {"get": _html_op("HTML page with an SVG of the nodes and the leadership history")},
         "/api/cluster/node/{node_id}/disable": {"post": _op(
             "disable a coordinator: it hands leadership over and stops campaigning (admin)", params=[_path("node_id")])},
         "/api/cluster/node/{node_id}/enable": {"post": _op("enable a disabled coordinator again (admin)",
