@@ -20,7 +20,8 @@ ROLES = ("admin", "operator", "worker", "viewer")
 # Node options given without --mode are a mistake worth naming rather than silently opening the TUI.
 NODE_OPTIONS = ("config", "host", "port", "data_dir", "db_path", "coordinator", "api_key", "peers", "node_id",
                 "max_concurrent_tasks", "tags", "worker_id", "heartbeat_interval", "worker_timeout",
-                "simulate_hardware", "log_level", "reconnect_attempts", "max_retries")
+                "simulate_hardware", "log_level", "reconnect_attempts", "max_retries", "log_path", "log_format",
+                "hostname")
 
 NO_TUI_MESSAGE = (
     "dtf: the terminal dashboard is not available in this release yet.\n"
@@ -59,6 +60,11 @@ def _add_node_options(parser: argparse.ArgumentParser) -> None:
     node.add_argument("--simulate-hardware", metavar="FILE", help="advertise a hardware profile "
                       "(assets/hardware/*.json), flagged as simulated")
     node.add_argument("--log-level", metavar="L", help="debug | info | warning | error (default info)")
+    node.add_argument("--log-path", metavar="DIR", help="also write logs to a file in DIR (logging.path); "
+                      "a file renamed by logrotate is reopened")
+    node.add_argument("--log-format", choices=("text", "json"), help="log lines as text (default) or JSON")
+    node.add_argument("--hostname", metavar="NAME", help="worker: the host name it reports (default: this "
+                      "machine's)")
 
 
 def _add_client_options(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
@@ -252,9 +258,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _run_node(args: argparse.Namespace) -> int:
-    from dtf_app.config import load_settings
+    from dtf_app.config import check_high_availability, load_settings_with_sources
 
-    settings = load_settings(args, mode=args.mode)
+    settings, sources = load_settings_with_sources(args, mode=args.mode)
+    check_high_availability(settings, sources)
     from dtf_app.node import run_mode
 
     return run_mode(settings)

@@ -19,15 +19,18 @@ from dtf_app.config import ConfigError, Settings
 log = logging.getLogger("dtf.node")
 
 
-def setup_logging(level: str = "info") -> None:
-    """Concise logs on stderr (stdout is for data)."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S",
-    )
-    # Hypercorn/quart chatter at INFO is not useful to an operator.
-    for noisy in ("hypercorn.error", "quart.app", "quart.serving"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def setup_logging(settings: Settings) -> None:
+    """Logs on stderr (stdout is for data) and, with ``log_path``, in a file that survives logrotate."""
+    from dtf_app.logsetup import log_file_name
+    from dtf_app.logsetup import setup_logging as configure
+
+    name = settings.worker_id if settings.mode == "worker" else settings.node_id
+    path = configure(settings.log_level, fmt=settings.log_format, log_dir=settings.log_path,
+                     file_name=log_file_name(settings.mode, name))
+    if path is not None:
+        log.info("logging to %s (%s format)", path, settings.log_format)
+    for level, message in settings.notices:
+        getattr(log, level, log.info)("%s", message)
 
 
 async def _watch_signals(signals: AsyncIterator[int], services: trio.CancelScope) -> None:
@@ -91,7 +94,12 @@ def _local_worker_key(settings: Settings) -> str | None:
 
 def run_mode(settings: Settings) -> int:
     """Blocking entry point for ``dtf --mode ...``; returns the process exit code."""
-    setup_logging(settings.log_level)
+    try:
+        setup_logging(settings)
+    except OSError as exc:
+        print(f"dtf: error: cannot write logs under {settings.log_path}: {exc.strerror or exc} "
+              "(set logging.path / log_path to a writable directory, or --log-path)", file=sys.stderr)
+        return 2
     try:
         trio.run(run_node, settings)
     except ConfigError:

@@ -620,6 +620,10 @@ async def serve_coordinator(settings: Settings, *, task_status: trio.TaskStatus[
     app = create_app(coord)
     config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
+    if settings.workers_port is not None and (settings.workers_port == 0 or settings.workers_port != settings.port):
+        # The design's server.workers_port: a second listener serving the same app, so workers configured
+        # for that port connect (the first bind stays the node's advertised URL).
+        config.bind.append(f"{settings.host}:{settings.workers_port}")
     config.accesslog = None
     config.errorlog = logging.getLogger("dtf.http")
     config.graceful_timeout = 2.0
@@ -642,6 +646,8 @@ async def serve_coordinator(settings: Settings, *, task_status: trio.TaskStatus[
             nursery.start_soon(coord.results_loop)
             nursery.start_soon(coord.liveness_loop)
             log.info("coordinator %s serving on %s (data in %s)", coord.node_id, coord.url, coord.data_dir)
+            if len(binds) > 1:
+                log.info("workers port (server.workers_port): also serving on %s", ", ".join(binds[1:]))
             task_status.started(coord.url)
             await trio.sleep_forever()
     finally:
