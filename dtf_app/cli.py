@@ -21,7 +21,7 @@ ROLES = ("admin", "operator", "worker", "viewer")
 NODE_OPTIONS = ("config", "host", "port", "data_dir", "db_path", "coordinator", "api_key", "peers", "node_id",
                 "max_concurrent_tasks", "tags", "worker_id", "heartbeat_interval", "worker_timeout",
                 "simulate_hardware", "log_level", "reconnect_attempts", "max_retries", "log_path", "log_format",
-                "hostname")
+                "hostname", "pid_file")
 
 NO_TUI_MESSAGE = (
     "dtf: the terminal dashboard is not available in this release yet.\n"
@@ -63,6 +63,7 @@ def _add_node_options(parser: argparse.ArgumentParser) -> None:
     node.add_argument("--log-path", metavar="DIR", help="also write logs to a file in DIR (logging.path); "
                       "a file renamed by logrotate is reopened")
     node.add_argument("--log-format", choices=("text", "json"), help="log lines as text (default) or JSON")
+    node.add_argument("--pid-file", metavar="F", help="write the process id to F while running")
     node.add_argument("--hostname", metavar="NAME", help="worker: the host name it reports (default: this "
                       "machine's)")
 
@@ -191,6 +192,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(keys_sub.add_parser("list", help="list keys (names and roles, never the keys)"))
 
     sub.add_parser("dash", help="dashboard against a running cluster (not available yet)")
+
+    deploy = sub.add_parser(
+        "deploy-script", help="install and startup scripts for this node's settings",
+        description="Generate install and startup scripts for a platform from the current settings (config "
+                    "file, DTF_* environment, options): paths converted for the platform, log dir, pid file, env.")
+    deploy.add_argument("--platform", choices=("linux", "windows", "macos", "container"),
+                        help="target platform (default: this machine's)")
+    deploy.add_argument("--mode", dest="deploy_mode", choices=("coordinator", "worker", "peer"), default="worker",
+                        help="the node the scripts run (default worker)")
+    deploy.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="settings file to read (and to point the service at)")
+    deploy.add_argument("--data-dir", metavar="D", default=argparse.SUPPRESS, help="data directory")
+    deploy.add_argument("--log-path", metavar="DIR", default=argparse.SUPPRESS, help="log directory")
+    deploy.add_argument("--coordinator", metavar="URL", default=argparse.SUPPRESS, help="coordinator URL(s)")
+    deploy.add_argument("--port", type=int, default=argparse.SUPPRESS, help="coordinator port")
+    deploy.add_argument("--output", metavar="DIR", help="write the files into DIR (default: print them)")
     return parser
 
 
@@ -252,6 +269,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_up(args)
     if command == "hardware":
         return _cmd_hardware(args)
+    if command == "deploy-script":
+        from dtf_app.deploy import run_deploy_script
+
+        return run_deploy_script(args)
     handler = {"submit": _cmd_submit, "tasks": _cmd_tasks, "workers": _cmd_workers, "results": _cmd_results,
                "status": _cmd_status, "keys": _cmd_keys}[command]
     return handler(args)

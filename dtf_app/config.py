@@ -71,6 +71,8 @@ class Settings:
     """Worker: a label for its hardware class shown in views (the design's ``worker.hardware_id``)."""
     task_timeout: float | None = None
     """Worker: the longest a task without its own ``timeout_seconds`` may run (``execution.timeout``)."""
+    pid_file: str | None = None
+    """A file the node writes its process id to while it runs (removed on a clean exit)."""
     workers_port: int | None = None
     """Coordinator: a second port serving the same API (the design's ``server.workers_port``)."""
     high_availability: dict[str, Any] = field(default_factory=dict)
@@ -110,6 +112,7 @@ _KINDS: dict[str, str] = {
     "simulate_hardware": "optstr", "log_level": "str", "token_expiry": "int", "snapshot_every": "int",
     "log_path": "optstr", "log_format": "str", "hostname": "optstr", "worker_name": "optstr",
     "hardware_id": "optstr", "task_timeout": "optfloat", "workers_port": "optint", "high_availability": "ha",
+    "pid_file": "optstr",
 }
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Settings) if not f.metadata.get("internal"))
 assert set(_KINDS) == set(FIELD_NAMES), "every Settings field needs a kind"

@@ -8,9 +8,11 @@ and closes its outbox.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import trio
 
@@ -100,6 +102,7 @@ def run_mode(settings: Settings) -> int:
         print(f"dtf: error: cannot write logs under {settings.log_path}: {exc.strerror or exc} "
               "(set logging.path / log_path to a writable directory, or --log-path)", file=sys.stderr)
         return 2
+    pid_file = _write_pid_file(settings.pid_file)
     try:
         trio.run(run_node, settings)
     except ConfigError:
@@ -111,7 +114,23 @@ def run_mode(settings: Settings) -> int:
         if code is None:
             raise
         return code
+    finally:
+        if pid_file is not None:
+            pid_file.unlink(missing_ok=True)
     return 0
+
+
+def _write_pid_file(path: str | None) -> Path | None:
+    """Write this process's id for service managers and scripts (``--pid-file``)."""
+    if not path:
+        return None
+    pid_path = Path(path)
+    try:
+        pid_path.parent.mkdir(parents=True, exist_ok=True)
+        pid_path.write_text(f"{os.getpid()}\n")
+    except OSError as exc:
+        raise ConfigError(f"--pid-file {path}: cannot write it: {exc.strerror or exc}") from None
+    return pid_path
 
 
 def _exit_code_for(exc: BaseException) -> int | None:
