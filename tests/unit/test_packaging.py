@@ -19,8 +19,13 @@ import yaml
 
 from dtf_app import config_sources
 from dtf_app.cli import build_parser
-from dtf_app.config import FIELD_NAMES, ConfigError, check_high_availability, load_config_file, \
-    load_settings_with_sources
+from dtf_app.config import (
+    FIELD_NAMES,
+    ConfigError,
+    check_high_availability,
+    load_config_file,
+    load_settings_with_sources,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGING = REPO / "packaging"
