@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from dtf_app import __version__
-from dtf_app.config import ConfigError
+from dtf_app.errors import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH = 0, 1, 2, 3, 4
 ROLES = ("admin", "operator", "worker", "viewer")

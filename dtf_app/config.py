@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from dtf_app import config_sources as sources_table
+from dtf_app.errors import ConfigError
 
-
-class ConfigError(Exception):
-    """A setting is wrong: the message names the key, the value and what is accepted (exit code 2)."""
+__all__ = ["ConfigError", "Settings", "load_settings", "load_settings_with_sources", "validate"]
 
 
 @dataclass
