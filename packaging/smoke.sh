@@ -9,17 +9,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DTF=$(realpath "${1:-dist/dtf/dtf}")
-PY=$(realpath "${PYTHON:-.venv/bin/python}")
+PY="${PYTHON:-$PWD/.venv/bin/python}"   # not realpath: a venv python is a symlink
 [ -x "$DTF" ] || { echo "smoke: $DTF not found: run make binary first" >&2; exit 2; }
 WORK=$(mktemp -d)
 export DTF_STATE_DIR="$WORK/state"     # a private local-coordinator registry
 export DTF_PYTHON="$PY"
 unset DTF_API_KEY DTF_COORDINATOR DTF_CONFIG CONFIG_FILE || true
 PIDS=()
+OK=0
 cleanup() {
   for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$WORK"
+  if [ "$OK" = 1 ]; then rm -rf "$WORK"; else echo "smoke: kept $WORK for a look" >&2; fi
 }
 trap cleanup EXIT
 step() { printf '\nsmoke: %s\n' "$*"; }
@@ -107,4 +108,5 @@ print("the TUI drew in a pseudo-terminal")
 PYEOF
 fi
 
+OK=1
 printf '\nsmoke: all steps passed (%s)\n' "$DTF"
