@@ -163,7 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     w_list.add_argument("--status", help="only workers in this state (online, offline, ...)")
     _add_client_options(w_list)
 
-    results = sub.add_parser("results", help="stored results, or aggregates over them")
+    results = sub.add_parser("results", help="stored results, or aggregates over them; results export FILE",
+                             description="Stored results, aggregates over them, or `dtf results export "
+                                         "--format parquet|csv --output F` for analysis elsewhere.")
+    results.add_argument("action", nargs="?", choices=("export",), help="export: write a table to --output")
+    results.add_argument("--format", dest="export_format", choices=("parquet", "csv"), default="parquet",
+                         help="with export: file format (default parquet)")
+    results.add_argument("--table", default="results", help="with export: results (default), test_results, "
+                         "benchmark_results, distributed_tasks, worker_nodes, task_execution_history")
+    results.add_argument("--output", "-o", metavar="F", help="with export: the file to write")
+    results.add_argument("--db", metavar="F", help="with export: read this DuckDB file (a backup or a stopped "
+                         "coordinator) instead of asking the coordinator")
     results.add_argument("--task", dest="task_id", metavar="ID", help="results of one task")
     results.add_argument("--status", help="success, failure or partial")
     results.add_argument("--limit", type=int, default=100)
@@ -192,6 +202,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(keys_sub.add_parser("list", help="list keys (names and roles, never the keys)"))
 
     sub.add_parser("dash", help="dashboard against a running cluster (not available yet)")
+
+    backup = sub.add_parser("backup", help="consistent backup of a running coordinator (admin)",
+                            description="The coordinator writes a consistent copy of its DuckDB data and "
+                                        "state into DIR (a new or empty directory on its machine).")
+    backup.add_argument("--to", required=True, metavar="DIR", help="backup directory (new or empty)")
+    _add_client_options(backup)
+    restore = sub.add_parser("restore", help="restore a backup into a new single-node cluster",
+                             description="Write a backup into a new data directory as a new one-member "
+                                         "cluster, then start it with dtf --mode coordinator --data-dir DIR.")
+    restore.add_argument("--from", dest="source", required=True, metavar="DIR", help="the backup directory")
+    restore.add_argument("--data-dir", dest="target", required=True, metavar="DIR",
+                         help="the new, empty data directory")
+    restore.add_argument("--node-id", dest="restore_node_id", metavar="ID", help="the new node's id")
+    restore.add_argument("--json", action="store_true", help="print the outcome as JSON")
 
     deploy = sub.add_parser(
         "deploy-script", help="install and startup scripts for this node's settings",
@@ -269,6 +293,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_up(args)
     if command == "hardware":
         return _cmd_hardware(args)
+    if command in ("backup", "restore"):
+        return _cmd_backup(args) if command == "backup" else _cmd_restore(args)
     if command == "deploy-script":
         from dtf_app.deploy import run_deploy_script
 
@@ -499,6 +525,9 @@ def _cmd_workers(args: argparse.Namespace) -> int:
 def _cmd_results(args: argparse.Namespace) -> int:
     from dtf_app import output
 
+    if args.action == "export":
+        return _cmd_results_export(args)
+
     with make_client(args) as client:
         if args.aggregate:
             data = client.aggregate(args.result_type, args.level)
@@ -557,4 +586,58 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     else:
         print(output.table([(k.get("name"), k.get("role"), output.format_timestamp(k.get("created"))) for k in keys],
                            ("name", "role", "created")))
+    return EXIT_OK
+
+
+def _cmd_results_export(args: argparse.Namespace) -> int:
+    import os
+
+    from dtf_app.coordinator.backup import BackupError, export_file
+
+    if not args.output:
+        raise UsageError("dtf results export needs --output FILE (e.g. --output results.parquet)")
+    try:
+        if args.db:
+            rows = export_file(args.db, args.table, args.export_format, os.path.abspath(args.output))
+            print(f"exported {rows} row(s) of {args.table} to {args.output}", file=sys.stderr)
+            return EXIT_OK
+        with make_client(args) as client:
+            data = client.export_results(args.table, args.export_format)
+    except BackupError as exc:
+        raise UsageError(str(exc)) from None
+    with open(args.output, "wb") as f:
+        f.write(data)
+    print(f"exported {args.table} as {args.export_format} to {args.output} ({len(data)} bytes)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_backup(args: argparse.Namespace) -> int:
+    import os
+
+    from dtf_app import output
+
+    with make_client(args) as client:
+        manifest = client.backup(os.path.abspath(args.to))
+    if getattr(args, "json", False):
+        output.print_json(manifest)
+    else:
+        print(f"backup of {manifest['tasks']} task(s) at log index {manifest['applied_index']} written to "
+              f"{os.path.abspath(args.to)}")
+    return EXIT_OK
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from dtf_app import output
+    from dtf_app.coordinator.backup import BackupError, restore
+
+    try:
+        done = restore(args.source, args.target, args.restore_node_id)
+    except BackupError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        output.print_json(done)
+    else:
+        print(f"restored {done['tasks']} task(s) (log index {done['applied_index']}) into {done['data_dir']} as "
+              f"the new cluster {done['cluster_id']}; start it with: dtf --mode coordinator --data-dir "
+              f"{done['data_dir']}" + (f" --node-id {args.restore_node_id}" if args.restore_node_id else ""))
     return EXIT_OK
