@@ -93,18 +93,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--onedir", type=Path, default=ONEDIR, help="the one-dir executable to measure")
+    parser.add_argument("--onefile", type=Path, default=ONEFILE, help="the one-file executable to measure")
     args = parser.parse_args()
+    onedir, onefile = args.onedir, args.onefile
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         env = _env(root / "state")
         results["version_source"] = time_version(SOURCE, args.runs, env)
-        if ONEDIR.exists():
-            results["version_onedir"] = time_version([str(ONEDIR)], args.runs, env)
-            results["size_onedir_mb"] = size_mb(ONEDIR.parent)
-        if ONEFILE.exists():
-            results["version_onefile"] = time_version([str(ONEFILE)], args.runs, env)
-            results["size_onefile_mb"] = size_mb(ONEFILE)
+        if onedir.exists():
+            results["version_onedir"] = time_version([str(onedir)], args.runs, env)
+            results["size_onedir_mb"] = size_mb(onedir.parent)
+        if onefile.exists():
+            results["version_onefile"] = time_version([str(onefile)], args.runs, env)
+            results["size_onefile_mb"] = size_mb(onefile)
         coordinator = subprocess.Popen([*SOURCE, "--mode", "coordinator", "--port", "0", "--data-dir",
                                         str(root / "coord"), "--heartbeat-interval", "5"],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
@@ -118,8 +121,8 @@ def main() -> int:
             admin_key = (root / "coord" / "admin.key").read_text().strip()
             results["worker_registered_source"] = time_worker_registration(SOURCE, args.runs, root, env, url,
                                                                            admin_key, "src")
-            if ONEDIR.exists():
-                results["worker_registered_onedir"] = time_worker_registration([str(ONEDIR)], args.runs, root, env,
+            if onedir.exists():
+                results["worker_registered_onedir"] = time_worker_registration([str(onedir)], args.runs, root, env,
                                                                                url, admin_key, "frozen")
         finally:
             coordinator.terminate()

@@ -114,9 +114,11 @@ def _child_env(api_key: str | None = None) -> dict[str, str]:
                  "DTF_WORKER_ID", "DTF_DB_PATH", "CONFIG_FILE", "COORDINATOR_URL", "WORKER_ID", "COORDINATOR_ID",
                  "ENABLE_HIGH_AVAILABILITY", "HIGH_AVAILABILITY_PEERS"):
         env.pop(name, None)
-    # Children import dtf_app the same way this process did (source checkout or installed package).
+    # Children import dtf_app the same way this process did (source checkout or installed package). A frozen
+    # child is the executable itself: a PYTHONPATH into its bundle would only leak into the Python
+    # interpreters its tasks start (their pytest would load the bundle's packages).
     package_root = str(Path(__file__).resolve().parents[1])
-    if package_root not in env.get("PYTHONPATH", "").split(os.pathsep):
+    if not getattr(sys, "frozen", False) and package_root not in env.get("PYTHONPATH", "").split(os.pathsep):
         env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     if api_key:
         env["DTF_API_KEY"] = api_key

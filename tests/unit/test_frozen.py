@@ -57,3 +57,23 @@ def test_benchmark_worker_found_as_a_file_beside_an_archived_module(monkeypatch:
     (bundled / "bench_worker.py").write_text(Path(bench_worker.__file__).read_text())
     monkeypatch.setattr(bench_worker, "__file__", str(bundled / "bench_worker.pyc"))
     assert benchmark._worker_argv()[1:] == [str(bundled / "bench_worker.py")]
+
+
+def test_frozen_dtf_up_does_not_point_pythonpath_into_the_bundle(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    assert up._child_env()["PYTHONPATH"] == str(REPO)
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    assert "PYTHONPATH" not in up._child_env()
+
+
+def test_frozen_worker_gives_tasks_the_machine_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/dtf/_internal")
+    monkeypatch.setenv("LD_LIBRARY_PATH_ORIG", "/usr/local/cuda/lib64")
+    env = runners.unfrozen_environ()
+    assert env["LD_LIBRARY_PATH"] == "/usr/local/cuda/lib64" and "LD_LIBRARY_PATH_ORIG" not in env
+    assert env["PYINSTALLER_RESET_ENVIRONMENT"] == "1"
+    monkeypatch.delenv("LD_LIBRARY_PATH_ORIG")
+    assert "LD_LIBRARY_PATH" not in runners.unfrozen_environ()
+    monkeypatch.setattr(sys, "frozen", False)
+    assert runners.unfrozen_environ()["LD_LIBRARY_PATH"] == "/opt/dtf/_internal"  # unfrozen: untouched
