@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SEEDS ?= 1000
 DEMO_DIR ?= ./dtf-data/demo
 
-.PHONY: venv demo test test-fast lint bench raft-sweep clean
+.PHONY: venv demo test test-fast lint bench raft-sweep clean binary binary-onefile smoke startup-bench
 
 venv: $(STAMP)
 
@@ -36,6 +36,25 @@ bench: $(STAMP)
 	$(BIN)/python bench/raft_bench.py
 	$(BIN)/python bench/store_bench.py
 	$(BIN)/python bench/cmdlog_bench.py
+
+# The frozen executable: dist/dtf/dtf (one-dir). binary-onefile: dist/dtf-onefile. See dtf.spec.
+FREEZE_STAMP := $(VENV)/.freeze-installed
+$(FREEZE_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[freeze]'
+	touch $(FREEZE_STAMP)
+
+binary: $(FREEZE_STAMP)
+	$(BIN)/pyinstaller --noconfirm --log-level WARN dtf.spec
+
+binary-onefile: $(FREEZE_STAMP)
+	$(BIN)/pyinstaller --noconfirm --log-level WARN dtf.spec -- --onefile
+
+smoke:
+	packaging/smoke.sh
+
+# Start-up and size figures of the frozen build (medians over several runs).
+startup-bench: binary binary-onefile
+	$(BIN)/python bench/startup.py
 
 raft-sweep: $(STAMP)
 	$(BIN)/python -m pytest tests/raft/test_sweep.py -q --raft-seeds=$(SEEDS)

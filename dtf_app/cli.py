@@ -13,14 +13,15 @@ import sys
 from typing import Any
 
 from dtf_app import __version__
-from dtf_app.config import ConfigError
+from dtf_app.errors import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH = 0, 1, 2, 3, 4
 ROLES = ("admin", "operator", "worker", "viewer")
 # Node options given without --mode are a mistake worth naming rather than silently opening the TUI.
 NODE_OPTIONS = ("config", "host", "port", "data_dir", "db_path", "coordinator", "api_key", "peers", "node_id",
                 "max_concurrent_tasks", "tags", "worker_id", "heartbeat_interval", "worker_timeout",
-                "simulate_hardware", "log_level", "reconnect_attempts", "max_retries")
+                "simulate_hardware", "log_level", "reconnect_attempts", "max_retries", "log_path", "log_format",
+                "hostname", "pid_file")
 
 NO_TUI_MESSAGE = (
     "dtf: the terminal dashboard is not available in this release yet.\n"
@@ -53,7 +54,7 @@ def _add_node_options(parser: argparse.ArgumentParser) -> None:
                       help="the URL peers, workers and clients reach this coordinator at (default from host/port)")
     node.add_argument("--cluster-secret-file", metavar="F",
                       help="file with the secret that authenticates peer traffic (or DTF_CLUSTER_SECRET)")
-    node.add_argument("--high-availability", action="store_true", default=None,
+    node.add_argument("--high-availability", action="store_const", const={"enabled": True}, default=None,
                       help="coordinator: run as a Raft cluster member (with no --peers, a one-member cluster)")
     node.add_argument("--heartbeat-ms", type=int, metavar="MS", help="Raft heartbeat interval (default 50)")
     node.add_argument("--election-timeout-ms", type=int, metavar="MS", help="Raft election timeout (default 300)")
@@ -68,6 +69,12 @@ def _add_node_options(parser: argparse.ArgumentParser) -> None:
     node.add_argument("--simulate-hardware", metavar="FILE", help="advertise a hardware profile "
                       "(assets/hardware/*.json), flagged as simulated")
     node.add_argument("--log-level", metavar="L", help="debug | info | warning | error (default info)")
+    node.add_argument("--log-path", metavar="DIR", help="also write logs to a file in DIR (logging.path); "
+                      "a file renamed by logrotate is reopened")
+    node.add_argument("--log-format", choices=("text", "json"), help="log lines as text (default) or JSON")
+    node.add_argument("--pid-file", metavar="F", help="write the process id to F while running")
+    node.add_argument("--hostname", metavar="NAME", help="worker: the host name it reports (default: this "
+                      "machine's)")
 
 
 def _add_client_options(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
@@ -171,7 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
     w_forget.add_argument("worker_id", metavar="ID")
     _add_client_options(w_forget)
 
-    results = sub.add_parser("results", help="stored results, or aggregates over them")
+    results = sub.add_parser("results", help="stored results, or aggregates over them; results export FILE",
+                             description="Stored results, aggregates over them, or `dtf results export "
+                                         "--format parquet|csv --output F` for analysis elsewhere.")
+    results.add_argument("action", nargs="?", choices=("export",), help="export: write a table to --output")
+    results.add_argument("--format", dest="export_format", choices=("parquet", "csv"), default="parquet",
+                         help="with export: file format (default parquet)")
+    results.add_argument("--table", default="results", help="with export: results (default), test_results, "
+                         "benchmark_results, distributed_tasks, worker_nodes, task_execution_history")
+    results.add_argument("--output", "-o", metavar="F", help="with export: the file to write")
+    results.add_argument("--db", metavar="F", help="with export: read this DuckDB file (a backup or a stopped "
+                         "coordinator) instead of asking the coordinator")
     results.add_argument("--task", dest="task_id", metavar="ID", help="results of one task")
     results.add_argument("--status", help="success, failure or partial")
     results.add_argument("--limit", type=int, default=100)
@@ -212,6 +229,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(keys_sub.add_parser("list", help="list keys (names and roles, never the keys)"))
 
     sub.add_parser("dash", help="dashboard against a running cluster (not available yet)")
+
+    backup = sub.add_parser("backup", help="consistent backup of a running coordinator (admin)",
+                            description="The coordinator writes a consistent copy of its DuckDB data and "
+                                        "state into DIR (a new or empty directory on its machine).")
+    backup.add_argument("--to", required=True, metavar="DIR", help="backup directory (new or empty)")
+    _add_client_options(backup)
+    restore = sub.add_parser("restore", help="restore a backup into a new single-node cluster",
+                             description="Write a backup into a new data directory as a new one-member "
+                                         "cluster, then start it with dtf --mode coordinator --data-dir DIR.")
+    restore.add_argument("--from", dest="source", required=True, metavar="DIR", help="the backup directory")
+    restore.add_argument("--data-dir", dest="target", required=True, metavar="DIR",
+                         help="the new, empty data directory")
+    restore.add_argument("--node-id", dest="restore_node_id", metavar="ID", help="the new node's id")
+    restore.add_argument("--json", action="store_true", help="print the outcome as JSON")
+
+    deploy = sub.add_parser(
+        "deploy-script", help="install and startup scripts for this node's settings",
+        description="Generate install and startup scripts for a platform from the current settings (config "
+                    "file, DTF_* environment, options): paths converted for the platform, log dir, pid file, env.")
+    deploy.add_argument("--platform", choices=("linux", "windows", "macos", "container"),
+                        help="target platform (default: this machine's)")
+    deploy.add_argument("--mode", dest="deploy_mode", choices=("coordinator", "worker", "peer"), default="worker",
+                        help="the node the scripts run (default worker)")
+    deploy.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="settings file to read (and to point the service at)")
+    deploy.add_argument("--data-dir", metavar="D", default=argparse.SUPPRESS, help="data directory")
+    deploy.add_argument("--log-path", metavar="DIR", default=argparse.SUPPRESS, help="log directory")
+    deploy.add_argument("--coordinator", metavar="URL", default=argparse.SUPPRESS, help="coordinator URL(s)")
+    deploy.add_argument("--port", type=int, default=argparse.SUPPRESS, help="coordinator port")
+    deploy.add_argument("--output", metavar="DIR", help="write the files into DIR (default: print them)")
     return parser
 
 
@@ -273,15 +320,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_up(args)
     if command == "hardware":
         return _cmd_hardware(args)
+    if command in ("backup", "restore"):
+        return _cmd_backup(args) if command == "backup" else _cmd_restore(args)
+    if command == "deploy-script":
+        from dtf_app.deploy import run_deploy_script
+
+        return run_deploy_script(args)
     handler = {"submit": _cmd_submit, "tasks": _cmd_tasks, "workers": _cmd_workers, "results": _cmd_results,
                "status": _cmd_status, "keys": _cmd_keys, "cluster": _cmd_cluster}[command]
     return handler(args)
 
 
 def _run_node(args: argparse.Namespace) -> int:
-    from dtf_app.config import load_settings
+    from dtf_app.config import check_high_availability, load_settings_with_sources
 
-    settings = load_settings(args, mode=args.mode)
+    settings, sources = load_settings_with_sources(args, mode=args.mode)
+    check_high_availability(settings, sources)
     from dtf_app.node import run_mode
 
     return run_mode(settings)
@@ -506,6 +560,9 @@ def _cmd_workers(args: argparse.Namespace) -> int:
 def _cmd_results(args: argparse.Namespace) -> int:
     from dtf_app import output
 
+    if args.action == "export":
+        return _cmd_results_export(args)
+
     with make_client(args) as client:
         if args.aggregate:
             data = client.aggregate(args.result_type, args.level)
@@ -605,4 +662,58 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     else:
         print(output.table([(k.get("name"), k.get("role"), output.format_timestamp(k.get("created"))) for k in keys],
                            ("name", "role", "created")))
+    return EXIT_OK
+
+
+def _cmd_results_export(args: argparse.Namespace) -> int:
+    import os
+
+    from dtf_app.coordinator.backup import BackupError, export_file
+
+    if not args.output:
+        raise UsageError("dtf results export needs --output FILE (e.g. --output results.parquet)")
+    try:
+        if args.db:
+            rows = export_file(args.db, args.table, args.export_format, os.path.abspath(args.output))
+            print(f"exported {rows} row(s) of {args.table} to {args.output}", file=sys.stderr)
+            return EXIT_OK
+        with make_client(args) as client:
+            data = client.export_results(args.table, args.export_format)
+    except BackupError as exc:
+        raise UsageError(str(exc)) from None
+    with open(args.output, "wb") as f:
+        f.write(data)
+    print(f"exported {args.table} as {args.export_format} to {args.output} ({len(data)} bytes)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_backup(args: argparse.Namespace) -> int:
+    import os
+
+    from dtf_app import output
+
+    with make_client(args) as client:
+        manifest = client.backup(os.path.abspath(args.to))
+    if getattr(args, "json", False):
+        output.print_json(manifest)
+    else:
+        print(f"backup of {manifest['tasks']} task(s) at log index {manifest['applied_index']} written to "
+              f"{os.path.abspath(args.to)}")
+    return EXIT_OK
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from dtf_app import output
+    from dtf_app.coordinator.backup import BackupError, restore
+
+    try:
+        done = restore(args.source, args.target, args.restore_node_id)
+    except BackupError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        output.print_json(done)
+    else:
+        print(f"restored {done['tasks']} task(s) (log index {done['applied_index']}) into {done['data_dir']} as "
+              f"the new cluster {done['cluster_id']}; start it with: dtf --mode coordinator --data-dir "
+              f"{done['data_dir']}" + (f" --node-id {args.restore_node_id}" if args.restore_node_id else ""))
     return EXIT_OK

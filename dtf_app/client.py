@@ -134,8 +134,8 @@ class Client:
         return self.urls[self._current]
 
     def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None, body: Any = None,
-                needs: str = "read") -> Any:
-        """One API call with fail-over; returns the decoded JSON body. Raises ClientError."""
+                needs: str = "read", raw: bool = False) -> Any:
+        """One API call with fail-over; returns the decoded JSON body (``raw``: the bytes). Raises ClientError."""
         params = {k: v for k, v in (params or {}).items() if v is not None}
         errors: list[str] = []
         order = self.urls[self._current:] + self.urls[: self._current]
@@ -176,6 +176,8 @@ class Client:
                 i += 1
                 continue
             self._current = self.urls.index(base) if base in self.urls else 0
+            if raw and response.status_code < 400:
+                return response.content
             return self._decode(response, method, path, needs)
         tried = "; ".join(errors)
         if self.origin:
@@ -277,6 +279,14 @@ class Client:
     def delete_key(self, name: str) -> dict:
         """DELETE /api/keys/{name} (admin)."""
         return self.request("DELETE", f"/api/keys/{name}", needs="admin")
+
+    def backup(self, to: str) -> dict:
+        """POST /api/admin/backup (admin): a consistent backup written by the coordinator into ``to``."""
+        return self.request("POST", "/api/admin/backup", body={"to": to}, needs="admin")
+
+    def export_results(self, table: str, fmt: str) -> bytes:
+        """GET /api/results/export: one table as Parquet or CSV bytes."""
+        return self.request("GET", "/api/results/export", params={"table": table, "format": fmt}, raw=True)
 
 
 def _reason(exc: Exception) -> str:

@@ -1,7 +1,12 @@
 """Settings for every mode of ``dtf``.
 
 Precedence (lowest first): defaults < TOML file (``--config``) < ``DTF_*`` environment < CLI flags.
-The JSON ``coordinator.json`` / ``worker.json`` files of the source deployment guide are accepted too.
+The sources' files are accepted as they are written: the deployment guide's ``coordinator.json`` /
+``worker.json`` and the design's ``coordinator.yaml`` / ``worker.yaml`` (what each of their keys maps to,
+or why it is ignored, is the table in :mod:`dtf_app.config_sources`). ``${VAR}`` in a file's values is
+expanded from the environment; ``CONFIG_FILE`` names the file beside ``DTF_CONFIG``; the sources'
+``COORDINATOR_URL``, ``WORKER_ID``, ``COORDINATOR_ID``, ``ENABLE_HIGH_AVAILABILITY`` and
+``HIGH_AVAILABILITY_PEERS`` variables count as environment settings, below the ``DTF_*`` ones.
 
 Loading is strict but helpful: an unknown key names its closest matches, a wrong type names the expected
 one, an unsupported value (``database.type = "postgresql"``) says what is supported, and every message
@@ -12,14 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dtf_app import config_sources as sources_table
+from dtf_app.errors import ConfigError
 
-class ConfigError(Exception):
-    """A setting is wrong: the message names the key, the value and what is accepted (exit code 2)."""
+__all__ = ["ConfigError", "Settings", "load_settings", "load_settings_with_sources", "validate"]
 
 
 @dataclass
@@ -61,12 +68,30 @@ class Settings:
     """Raft heartbeat interval in milliseconds (one tick of the Raft clock)."""
     election_timeout_ms: int = 300
     """Raft election timeout in milliseconds (randomised between this and twice this)."""
-    high_availability: bool = False
-    """Coordinator: run as a member of a Raft cluster (``--high-availability``, ``ENABLE_HIGH_AVAILABILITY``);
-    with no peers that is a one-member cluster. Peers always make a cluster, flag or not."""
     peers_include_self: bool = False
     """The peer list names every member, this node too (``HIGH_AVAILABILITY_PEERS``): this node must be
     found in it, by node id or advertised URL."""
+    log_path: str | None = None
+    """Directory for the node's log file (``logging.path``); logs go to stderr only when unset."""
+    log_format: str = "text"
+    """``text`` or ``json`` (one JSON object per line), for the log file and stderr."""
+    hostname: str | None = None
+    """Worker: the host name it reports (default: the machine's)."""
+    worker_name: str | None = None
+    """Worker: a display name shown in views (the design's ``worker.name``)."""
+    hardware_id: str | None = None
+    """Worker: a label for its hardware class shown in views (the design's ``worker.hardware_id``)."""
+    task_timeout: float | None = None
+    """Worker: the longest a task without its own ``timeout_seconds`` may run (``execution.timeout``)."""
+    pid_file: str | None = None
+    """A file the node writes its process id to while it runs (removed on a clean exit)."""
+    workers_port: int | None = None
+    """Coordinator: a second port serving the same API (the design's ``server.workers_port``)."""
+    high_availability: dict[str, Any] = field(default_factory=dict)
+    """The ``high_availability`` section as written (shape-checked); its semantics belong to Raft."""
+    notices: list[tuple[str, str]] = field(default_factory=list, compare=False, repr=False,
+                                           metadata={"internal": True})
+    """(level, message) about the config file (ignored keys, folded ports), logged once at start."""
 
     def coordinator_db_path(self) -> Path:
         """Where the coordinator's DuckDB file lives."""
@@ -98,19 +123,26 @@ _KINDS: dict[str, str] = {
     "worker_timeout": "float", "max_retries": "int", "batch_size": "int", "reconnect_attempts": "int",
     "simulate_hardware": "optstr", "log_level": "str", "token_expiry": "int", "snapshot_every": "int",
     "advertise_url": "optstr", "cluster_secret": "optstr", "cluster_secret_file": "optstr",
-    "heartbeat_ms": "int", "election_timeout_ms": "int", "high_availability": "bool", "peers_include_self": "bool",
+    "heartbeat_ms": "int", "election_timeout_ms": "int", "peers_include_self": "bool",
+    "log_path": "optstr", "log_format": "str", "hostname": "optstr", "worker_name": "optstr",
+    "hardware_id": "optstr", "task_timeout": "optfloat", "workers_port": "optint", "high_availability": "ha",
+    "pid_file": "optstr",
 }
-FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Settings))
+FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Settings) if not f.metadata.get("internal"))
 assert set(_KINDS) == set(FIELD_NAMES), "every Settings field needs a kind"
+LOG_FORMATS = ("text", "json")
 
-# Names used by the source deployment guide's JSON files, mapped to ours.
-_ALIASES = {"coordinator_url": "coordinator", "coordinators": "coordinator", "additional_tags": "tags"}
-# Nested tables of the deployment guide: table -> {key: field or None (accepted, validated, unused)}.
-_SECTIONS: dict[str, dict[str, str | None]] = {
-    "task_queue": {"max_retries": "max_retries", "batch_size": "batch_size"},
-    "database": {"type": None, "path": "db_path"},
-    "security": {"token_expiry": "token_expiry", "enabled": None, "api_keys_enabled": None},
-}
+_ALIASES = sources_table.TOP_LEVEL_ALIASES
+_SECTIONS = sources_table.SECTIONS
+_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Unset:
+    """A file value that was ``${VAR}`` with VAR unset: an error unless an env var or flag overrides it."""
+
+    var: str
+    where: str
 # Tables that only apply to some modes ([coordinator] / [worker] in dtf.toml).
 _MODE_TABLES = {"coordinator": ("coordinator", "peer"), "worker": ("worker", "peer"), "peer": ("peer",)}
 
@@ -132,51 +164,47 @@ def load_settings_with_sources(args: Any = None, *, mode: str | None = None,
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    notices: list[tuple[str, str]] = []
 
     # The mode decides which config tables apply, so settle it first from the strongest source.
     effective_mode = mode or flags.get("mode") or env.get("DTF_MODE") or None
-    config_path = flags.pop("config", None) or env.get("DTF_CONFIG") or None
+    config_path = flags.pop("config", None) or next(
+        (env[name] for name in sources_table.CONFIG_FILE_ENV if env.get(name)), None)
     if config_path:
-        file_values = load_config_file(str(config_path), mode=effective_mode)
+        file_values = load_config_file(str(config_path), mode=effective_mode, environ=env)
+        notices += file_values.pop("notices", [])
         effective_mode = effective_mode or file_values.get("mode")
         values.update(file_values)
         sources.update(dict.fromkeys(file_values, "file"))
+    # The sources' own variable names (Docker/Kubernetes examples), weaker than DTF_*.
+    for var, name in sources_table.ENV_ALIASES.items():
+        raw = env.get(var)
+        if raw and not env.get(f"DTF_{name.upper()}"):
+            values[name] = _coerce(name, raw, f"environment variable {var}", parse=True)
+            sources[name] = "env"
+    ha_env = _ha_from_env(env)
+    if ha_env:
+        values["high_availability"] = {**values.get("high_availability", {}), **ha_env}
+        sources["high_availability"] = "env"
     for name in FIELD_NAMES:
         raw = env.get(f"DTF_{name.upper()}")
         if raw is not None and raw != "":
             values[name] = _coerce(name, raw, f"environment variable DTF_{name.upper()}", parse=True)
             sources[name] = "env"
-    _sources_env(env, values, sources)
     for name, raw in flags.items():
         values[name] = _coerce(name, raw, "--" + name.replace("_", "-"), parse=True)
         sources[name] = "flag"
     if mode is not None:
         values["mode"] = mode
         sources["mode"] = "flag"
-    settings = Settings(**values)
+    for name, value in values.items():
+        if isinstance(value, _Unset):
+            raise ConfigError(f"{value.where} refers to ${{{value.var}}}, but the environment variable "
+                              f"{value.var} is not set: export {value.var}=... (or give --{name.replace('_', '-')}"
+                              f" / DTF_{name.upper()})")
+    settings = Settings(**values, notices=notices)
     validate(settings, sources)
     return settings, sources
-
-
-# The sources' Kubernetes StatefulSet configures high availability with these variables (ours, DTF_*, win).
-_K8S_ENV = {"ENABLE_HIGH_AVAILABILITY": "high_availability", "HIGH_AVAILABILITY_PEERS": "peers",
-            "COORDINATOR_ID": "node_id"}
-
-
-def _sources_env(env: Mapping[str, str], values: dict[str, Any], sources: dict[str, str]) -> None:
-    """``ENABLE_HIGH_AVAILABILITY`` / ``HIGH_AVAILABILITY_PEERS`` (host:port entries, this pod included) /
-    ``COORDINATOR_ID`` (the pod's name), where the DTF_* form of the same setting is not set."""
-    for var, name in _K8S_ENV.items():
-        raw = env.get(var)
-        if raw is None or raw == "" or sources.get(name) == "env":
-            continue
-        values[name] = _coerce(name, raw, f"environment variable {var}", parse=True)
-        sources[name] = "env"
-        if var == "HIGH_AVAILABILITY_PEERS":
-            values["peers_include_self"] = True
-    if env.get("HIGH_AVAILABILITY_PEERS") and values.get("high_availability") is False:
-        raise ConfigError("ENABLE_HIGH_AVAILABILITY is false but HIGH_AVAILABILITY_PEERS lists peers: "
-                          "set ENABLE_HIGH_AVAILABILITY=true, or remove the peer list for a single coordinator")
 
 
 def _flags_from(args: Any) -> dict[str, Any]:
@@ -193,8 +221,12 @@ def _flags_from(args: Any) -> dict[str, Any]:
     return {k: v for k, v in items.items() if v is not None}
 
 
-def load_config_file(path: str, *, mode: str | None = None) -> dict[str, Any]:
-    """Read a TOML (``.toml``) or JSON (``.json``) config file into checked Settings values."""
+def load_config_file(path: str, *, mode: str | None = None,
+                     environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Read a TOML, JSON (``.json``) or YAML (``.yaml``/``.yml``) config file into checked Settings values.
+
+    The result may carry ``"notices"``: (level, message) pairs about keys that were accepted but ignored.
+    """
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -202,7 +234,9 @@ def load_config_file(path: str, *, mode: str | None = None) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    if file.suffix.lower() == ".json":
+    notices: list[tuple[str, str]] = []
+    suffix = file.suffix.lower()
+    if suffix == ".json":
         import json
 
         try:
@@ -210,6 +244,8 @@ def load_config_file(path: str, *, mode: str | None = None) -> dict[str, Any]:
         except json.JSONDecodeError as exc:
             raise ConfigError(f"config file {path}, line {exc.lineno} column {exc.colno}: "
                               f"invalid JSON: {exc.msg}") from None
+    elif suffix in (".yaml", ".yml"):
+        data = _load_yaml(text, path, notices)
     else:
         import tomllib
 
@@ -217,59 +253,204 @@ def load_config_file(path: str, *, mode: str | None = None) -> dict[str, Any]:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: invalid TOML: {exc} "
-                              "(use a .json suffix for JSON config files)") from None
+                              "(use a .json or .yaml suffix for JSON or YAML config files)") from None
+    if data is None and suffix in (".yaml", ".yml"):
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: the top level must be a table/object of settings, "
                           f"got {type(data).__name__}")
-    return normalise_config(data, where=f"config file {path}", mode=mode)
+    values = normalise_config(data, where=f"config file {path}", mode=mode, notices=notices,
+                              environ=os.environ if environ is None else environ)
+    if notices:
+        values["notices"] = notices
+    return values
 
 
-def normalise_config(data: Mapping[str, Any], *, where: str, mode: str | None = None) -> dict[str, Any]:
-    """Map a config document (ours or the deployment guide's) to checked Settings values."""
+def _load_yaml(text: str, path: str, notices: list[tuple[str, str]]) -> Any:
+    import yaml  # only for YAML files: keeps other start-ups lean
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as first:
+        # Copied from a Markdown page, a file may keep the code fence (```); a fence line is never YAML.
+        lines = text.splitlines()
+        kept = [line for line in lines if not line.strip().startswith("```")]
+        if len(kept) != len(lines):
+            try:
+                data = yaml.safe_load("\n".join(kept))
+            except yaml.YAMLError:
+                pass
+            else:
+                notices.append(("warning", f"config file {path}: ignored a Markdown code fence line (```)"))
+                return data
+        mark = getattr(first, "problem_mark", None)
+        at = f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(first, "problem", None) or str(first)
+        raise ConfigError(f"config file {path}{at}: invalid YAML: {problem}") from None
+
+
+def normalise_config(data: Mapping[str, Any], *, where: str, mode: str | None = None,
+                     notices: list[tuple[str, str]] | None = None,
+                     environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Map a config document (ours, the deployment guide's or the design's) to checked Settings values.
+
+    Ignored keys are reported through ``notices`` (when given); ``${VAR}`` is expanded from ``environ``.
+    """
+    notes: list[tuple[str, str]] = [] if notices is None else notices
+    env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     tables: list[tuple[str, Mapping[str, Any]]] = []
     known = (*FIELD_NAMES, *_ALIASES, *_SECTIONS)
     for key, value in data.items():
+        design_keys = sources_table.DESIGN_TABLE_KEYS.get(key)
+        if design_keys is not None and isinstance(value, Mapping) and value and set(value) <= design_keys:
+            # The design's worker.yaml: `worker: {id, name, hardware_id}`, `coordinator: {url, api_key}`.
+            values.update(_section(key, value, where, notes, env))
+            continue
         if key in _MODE_TABLES and isinstance(value, Mapping):
             # [coordinator] / [worker] tables: applied after the top level, only for their modes.
             tables.append((key, value))
             continue
-        if key in _SECTIONS:
-            values.update(_section(key, value, where))
+        if key == "high_availability":
+            values["high_availability"] = _ha_section(value, where, env)
+            continue
+        if key in _SECTIONS and design_keys is None:
+            values.update(_section(key, value, where, notes, env))
             continue
         name = _ALIASES.get(key, key)
         if name not in FIELD_NAMES:
             raise ConfigError(_unknown_message(key, where, known))
-        values[name] = _coerce(name, value, f"{where}: key {key!r}", parse=False)
+        values[name] = _coerce(name, _expand(value, f"{where}: key {key!r}", env, defer=True),
+                               f"{where}: key {key!r}", parse=False)
     effective_mode = mode or values.get("mode")
     for table, body in tables:
         if effective_mode is None or effective_mode in _MODE_TABLES[table]:
-            values.update(normalise_config(body, where=f"{where} [{table}]", mode=effective_mode))
+            values.update(normalise_config(body, where=f"{where} [{table}]", mode=effective_mode, notices=notes,
+                                           environ=env))
     return values
 
 
-def _section(section: str, value: Any, where: str) -> dict[str, Any]:
+def _section(section: str, value: Any, where: str, notices: list[tuple[str, str]],
+             env: Mapping[str, str]) -> dict[str, Any]:
+    spec = _SECTIONS[section]
+    if isinstance(spec, sources_table.Ignored):
+        _expand(value, f"{where}: key {section!r}", env, defer=False)
+        notices.append(("warning", f"{where}: section {section!r} ignored: {spec.reason}"))
+        return {}
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where}: key {section!r} must be a table/object, got {type(value).__name__}")
-    allowed = _SECTIONS[section]
     out: dict[str, Any] = {}
+    ignored: dict[str, list[str]] = {}
     for key, item in value.items():
         dotted = f"{section}.{key}"
-        if key not in allowed:
-            raise ConfigError(_unknown_message(key, f"{where} [{section}]", tuple(allowed)))
-        if section == "database" and key == "type":
-            if not isinstance(item, str) or item.lower() not in SUPPORTED_DATABASES:
-                raise ConfigError(f"{where}: {dotted} = {item!r} is not supported; DTF stores everything in "
-                                  f"DuckDB, so the supported values are: {', '.join(SUPPORTED_DATABASES)}")
+        if key not in spec:
+            raise ConfigError(_unknown_message(key, f"{where} [{section}]", tuple(spec)))
+        target = spec[key]
+        if isinstance(target, sources_table.Ignored):
+            _expand(item, f"{where}: key {dotted!r}", env, defer=False)
+            ignored.setdefault(target.reason, []).append(dotted)
             continue
-        if key in ("enabled", "api_keys_enabled"):
+        if target == sources_table.DATABASE_TYPE:
+            if not isinstance(item, str) or item.lower() not in SUPPORTED_DATABASES:
+                raise ConfigError(
+                    f"{where}: {dotted} = {item!r} is not supported; DTF stores everything in DuckDB, so the "
+                    f"supported values are: {', '.join(SUPPORTED_DATABASES)}. Write \"type\": \"duckdb\" "
+                    "(optionally \"path\": \"/var/lib/dtf/dtf.duckdb\"; the default is <data-dir>/dtf.duckdb); "
+                    "the PostgreSQL connection keys beside it are then ignored")
+            continue
+        if target == sources_table.SECURITY_SWITCH:
             if item is not True:
                 raise ConfigError(f"{where}: {dotted} = {item!r} is not supported: DTF always authenticates "
                                   "API calls (only true is accepted; remove the key to use the default)")
             continue
-        target = allowed[key]
-        assert target is not None
-        out[target] = _coerce(target, item, f"{where}: key {dotted!r}", parse=False)
+        if target == sources_table.AUTO_RECOVERY:
+            if item is not True:
+                ignored.setdefault("DTF always puts a lost worker's tasks back in the queue (bounded by "
+                                   "task_queue.max_retries); it cannot be switched off", []).append(dotted)
+            continue
+        if target == sources_table.FOLDED_PORT:
+            notices.append(("warning", f"{where}: {dotted} ignored: there is no web dashboard in this build; "
+                                       "the terminal dashboard (dtf dash) uses the API port"))
+            continue
+        out[target] = _coerce(target, _expand(item, f"{where}: key {dotted!r}", env, defer=True),
+                              f"{where}: key {dotted!r}", parse=False)
+    for reason, keys in ignored.items():
+        notices.append(("warning", f"{where}: {', '.join(keys)} ignored: {reason}"))
+    return out
+
+
+def _expand(value: Any, where: str, env: Mapping[str, str], *, defer: bool) -> Any:
+    """Expand ``${VAR}`` in strings (recursively). An unset VAR in a whole-string value becomes _Unset when
+    ``defer`` (a flag or variable may still override the setting), else it is an error naming VAR."""
+    if isinstance(value, str):
+        missing = [m.group(1) for m in _ENV_VAR.finditer(value) if m.group(1) not in env]
+        if missing:
+            if defer:
+                return _Unset(missing[0], where)
+            raise ConfigError(f"{where} refers to ${{{missing[0]}}}, but the environment variable {missing[0]} "
+                              f"is not set: export {missing[0]}=... or write the value into the file")
+        return _ENV_VAR.sub(lambda m: env[m.group(1)], value)
+    if isinstance(value, list | tuple):
+        return [_expand(v, where, env, defer=False) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _expand(v, where, env, defer=False) for k, v in value.items()}
+    return value
+
+
+def _ha_section(value: Any, where: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """Shape-check the ``high_availability`` section; returns it as written (peers normalised to a list)."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: key 'high_availability' must be a table/object, got {type(value).__name__}")
+    value = _expand(dict(value), f"{where}: key 'high_availability'", env, defer=False)
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        at = f"{where}: key 'high_availability.{key}'"
+        if key not in sources_table.HA_KEYS:
+            raise ConfigError(_unknown_message(key, f"{where} [high_availability]", sources_table.HA_KEYS))
+        if key in sources_table.HA_BOOL_KEYS and not isinstance(item, bool):
+            raise ConfigError(f"{at}: expected true or false, got {_describe(item)}")
+        if key in sources_table.HA_STR_KEYS and not isinstance(item, str):
+            raise ConfigError(f"{at}: expected a string, got {_describe(item)}")
+        if key == "consensus_protocol" and item.lower() != "raft":
+            raise ConfigError(f"{at}: {item!r} is not supported; DTF's coordinators agree through Raft "
+                              "(write \"raft\" or remove the key)")
+        if key in sources_table.HA_INT_KEYS and (isinstance(item, bool) or not isinstance(item, int) or item < 1):
+            raise ConfigError(f"{at}: expected a positive integer (milliseconds or a count), got {_describe(item)}")
+        if key == "peers":
+            item = _ha_peers(item, at)
+        out[key] = item
+    return out
+
+
+def _ha_peers(item: Any, where: str) -> list[Any]:
+    if isinstance(item, str):
+        item = [part.strip() for part in item.split(",") if part.strip()]
+    if not isinstance(item, list):
+        raise ConfigError(f"{where}: expected a list of peers ({{id, host, port}} or \"host:port\"), "
+                          f"got {_describe(item)}")
+    for peer in item:
+        if isinstance(peer, str) and peer:
+            continue
+        if isinstance(peer, Mapping) and isinstance(peer.get("host"), str) and \
+                isinstance(peer.get("port"), int) and set(peer) <= {"id", "host", "port"}:
+            continue
+        raise ConfigError(f"{where}: each peer must be {{id, host, port}} or \"host:port\", got {_describe(peer)}")
+    return list(item)
+
+
+def _ha_from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for var, key in sources_table.HA_ENV.items():
+        raw = env.get(var)
+        if raw is None or raw == "":
+            continue
+        if key == "enabled":
+            lowered = raw.strip().lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ConfigError(f"environment variable {var}: expected true or false, got {raw!r}")
+            out[key] = lowered in ("true", "1", "yes")
+        else:
+            out[key] = _ha_peers(raw, f"environment variable {var}")
     return out
 
 
@@ -285,21 +466,27 @@ def _unknown_message(key: str, where: str, known: tuple[str, ...] | list[str]) -
 def _coerce(name: str, value: Any, where: str, *, parse: bool) -> Any:
     """Check (file values) or parse (strings from env/flags) one setting into its field's type."""
     kind = _KINDS[name]
+    if isinstance(value, _Unset):
+        return value  # checked after env and flags had their chance to override it
     if parse and isinstance(value, str):
         value = _parse_string(kind, value, where)
     if kind == "bool":
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {_describe(value)}")
         return value
+    if kind == "optint" and value is None or kind == "optfloat" and value is None:
+        return None
+    if kind == "ha":
+        return _ha_section(value, where, os.environ)
     if kind in ("str", "optstr"):
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {_describe(value)}")
         return value
-    if kind == "int":
+    if kind in ("int", "optint"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {_describe(value)}")
         return value
-    if kind == "float":
+    if kind in ("float", "optfloat"):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number of seconds, got {_describe(value)}")
         return float(value)
@@ -329,12 +516,20 @@ def _parse_string(kind: str, text: str, where: str) -> Any:
         if lowered in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{where}: expected true or false, got {text!r}")
-    if kind == "int":
+    if kind == "ha":
+        import json
+
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{where}: expected a JSON object such as '{{\"enabled\": true}}': {exc.msg}") from None
+        return _ha_section(data, where, os.environ)
+    if kind in ("int", "optint"):
         try:
             return int(text)
         except ValueError:
             raise ConfigError(f"{where}: expected an integer, got {text!r}") from None
-    if kind == "float":
+    if kind in ("float", "optfloat"):
         try:
             return float(text)
         except ValueError:
@@ -410,6 +605,79 @@ def validate(settings: Settings, sources: Mapping[str, str] | None = None) -> No
     for name in ("host", "data_dir"):
         if not getattr(settings, name):
             raise ConfigError(f"{origin(name)}: {name} must not be empty")
+    if settings.log_format.lower() not in LOG_FORMATS:
+        raise ConfigError(f"{origin('log_format')}: log format must be one of {', '.join(LOG_FORMATS)}, "
+                          f"got {settings.log_format!r}")
+    settings.log_format = settings.log_format.lower()
+    if settings.task_timeout is not None and not settings.task_timeout > 0:
+        raise ConfigError(f"{origin('task_timeout')}: task_timeout must be a positive number of seconds, "
+                          f"got {settings.task_timeout}")
+    if settings.workers_port is not None and not 0 <= settings.workers_port <= 65535:
+        raise ConfigError(f"{origin('workers_port')}: workers_port must be between 0 and 65535, "
+                          f"got {settings.workers_port}")
     if settings.simulate_hardware and not Path(settings.simulate_hardware).is_file():
         raise ConfigError(f"{origin('simulate_hardware')}: hardware profile {settings.simulate_hardware} "
                           "does not exist (examples are in assets/hardware/*.json)")
+
+
+def check_high_availability(settings: Settings, sources: Mapping[str, str]) -> None:
+    """Turn the sources' ``high_availability`` section into cluster settings (one rule, dtf_app/cluster.py).
+
+    The section comes from a config file (the guide's ``{"enabled": true}``, the design's block with
+    ``coordinator_id``, peers as ``{id, host, port}`` without this node, timings in ms) or from the
+    StatefulSet's ``ENABLE_HIGH_AVAILABILITY`` / ``HIGH_AVAILABILITY_PEERS`` (every pod, this one too);
+    ``--peers`` / ``DTF_PEERS`` win over both. ``enabled`` with no peers is a one-member cluster, which
+    every coordinator is anyway: start and say so.
+    """
+    ha = settings.high_availability
+    if settings.mode == "worker":
+        if ha:
+            settings.notices.append(("info", "high_availability settings apply to coordinators; a worker "
+                                             "ignores them"))
+        return
+    enabled = ha.get("enabled")
+    from_env = sources.get("high_availability") == "env" and bool(os.environ.get("HIGH_AVAILABILITY_PEERS"))
+    listed = ha.get("peers") or []
+    if listed and enabled is False and not settings.peers:
+        if from_env:
+            raise ConfigError("ENABLE_HIGH_AVAILABILITY is false but HIGH_AVAILABILITY_PEERS lists peers: set "
+                              "ENABLE_HIGH_AVAILABILITY=true, or remove the peer list for a single coordinator")
+        settings.notices.append(("warning", "high_availability.peers are not used: high_availability.enabled "
+                                            "is false, so this coordinator runs alone"))
+        listed = []
+    if listed and not settings.peers:
+        from dtf_app.cluster import ClusterConfigError, parse_peer_entries
+
+        where = "HIGH_AVAILABILITY_PEERS" if from_env else "high_availability.peers"
+        try:
+            settings.peers = dict(parse_peer_entries(listed, where))
+        except ClusterConfigError as exc:
+            raise ConfigError(str(exc)) from None
+        settings.peers_include_self = settings.peers_include_self or from_env
+    if settings.node_id is None and isinstance(ha.get("coordinator_id"), str):
+        settings.node_id = ha["coordinator_id"]
+    # The design's timings (ms) map to the Raft clock unless a flag or DTF_* variable set them.
+    if "heartbeat_ms" not in sources and isinstance(ha.get("heartbeat_interval"), int):
+        settings.heartbeat_ms = max(1, ha["heartbeat_interval"])
+    if "election_timeout_ms" not in sources and isinstance(ha.get("election_timeout_min"), int):
+        settings.election_timeout_ms = max(2 * settings.heartbeat_ms, ha["election_timeout_min"])
+    unused = [key for key in ("election_timeout_max", "state_replication_interval", "health_check_interval",
+                              "state_snapshot_interval", "leader_lease_duration") if key in ha]
+    if unused:
+        settings.notices.append(("info", f"high_availability.{', '.join(unused)}: not used (DTF's Raft "
+                                         "randomises elections between the election timeout and twice it, "
+                                         "replicates on every commit, leases by CheckQuorum and snapshots by "
+                                         "entry count)"))
+    quorum = ha.get("quorum_size")
+    if isinstance(quorum, int) and settings.peers:
+        members = len(settings.peers) + (0 if settings.peers_include_self or settings.node_id in settings.peers
+                                         else 1)
+        if quorum != members // 2 + 1:
+            raise ConfigError(f"high_availability.quorum_size = {quorum}, but a cluster of {members} "
+                              f"coordinators has a quorum of {members // 2 + 1} (a majority): fix or remove it")
+    if enabled and not settings.peers:
+        settings.notices.append(("info", "high availability enabled with no other members: starting as a "
+                                         "one-member Raft cluster"))
+    if ha.get("consensus_protocol") not in (None, "raft"):
+        raise ConfigError(f"high_availability.consensus_protocol = {ha['consensus_protocol']!r} is not "
+                          "supported: DTF uses Raft (write \"raft\" or remove the key)")

@@ -8,9 +8,11 @@ and closes its outbox.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import trio
 
@@ -19,22 +21,18 @@ from dtf_app.config import ConfigError, Settings
 log = logging.getLogger("dtf.node")
 
 
-def setup_logging(level: str = "info") -> None:
-    """Concise logs on stderr (stdout is for data)."""
-    fmt, datefmt = "%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr, format=fmt,
-                        datefmt=datefmt)
-    # Logged values (task names, worker errors, frames) can never start a fake log line.
-    from dtf_app.logsafe import EscapingFilter, EscapingFormatter
+def setup_logging(settings: Settings) -> None:
+    """Logs on stderr (stdout is for data) and, with ``log_path``, in a file that survives logrotate."""
+    from dtf_app.logsetup import log_file_name
+    from dtf_app.logsetup import setup_logging as configure
 
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, EscapingFilter) for f in handler.filters):
-            handler.addFilter(EscapingFilter())
-        if type(handler.formatter) is logging.Formatter:  # ours from basicConfig, not a caller's own
-            handler.setFormatter(EscapingFormatter(fmt, datefmt))
-    # Hypercorn/quart chatter at INFO is not useful to an operator.
-    for noisy in ("hypercorn.error", "quart.app", "quart.serving", "httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    name = settings.worker_id if settings.mode == "worker" else settings.node_id
+    path = configure(settings.log_level, fmt=settings.log_format, log_dir=settings.log_path,
+                     file_name=log_file_name(settings.mode, name))
+    if path is not None:
+        log.info("logging to %s (%s format)", path, settings.log_format)
+    for level, message in settings.notices:
+        getattr(log, level, log.info)("%s", message)
 
 
 async def _watch_signals(signals: AsyncIterator[int], services: trio.CancelScope) -> None:
@@ -98,7 +96,13 @@ def _local_worker_key(settings: Settings) -> str | None:
 
 def run_mode(settings: Settings) -> int:
     """Blocking entry point for ``dtf --mode ...``; returns the process exit code."""
-    setup_logging(settings.log_level)
+    try:
+        setup_logging(settings)
+    except OSError as exc:
+        print(f"dtf: error: cannot write logs under {settings.log_path}: {exc.strerror or exc} "
+              "(set logging.path / log_path to a writable directory, or --log-path)", file=sys.stderr)
+        return 2
+    pid_file = _write_pid_file(settings.pid_file)
     from dtf_app import fsutil
 
     # Everything the node creates (data dirs, logs, DuckDB files and their .wal) is private to its owner.
@@ -114,7 +118,23 @@ def run_mode(settings: Settings) -> int:
         if code is None:
             raise
         return code
+    finally:
+        if pid_file is not None:
+            pid_file.unlink(missing_ok=True)
     return 0
+
+
+def _write_pid_file(path: str | None) -> Path | None:
+    """Write this process's id for service managers and scripts (``--pid-file``)."""
+    if not path:
+        return None
+    pid_path = Path(path)
+    try:
+        pid_path.parent.mkdir(parents=True, exist_ok=True)
+        pid_path.write_text(f"{os.getpid()}\n")
+    except OSError as exc:
+        raise ConfigError(f"--pid-file {path}: cannot write it: {exc.strerror or exc}") from None
+    return pid_path
 
 
 def _exit_code_for(exc: BaseException) -> int | None:

@@ -156,7 +156,14 @@ def workers_table(workers: Sequence[Mapping[str, Any]]) -> str:
         hardware = w.get("hardware") or []
         if w.get("simulated"):
             hardware = [*hardware, "(simulated)"]
-        rows.append((w.get("worker_id"), w.get("hostname"), w.get("status"), hardware,
+        caps = w.get("capabilities")
+        labels = caps.get("labels") if isinstance(caps, Mapping) and isinstance(caps.get("labels"), Mapping) else {}
+        if labels.get("hardware_id"):
+            hardware = [f"[{labels['hardware_id']}]", *hardware]
+        host = w.get("hostname")
+        if labels.get("name"):
+            host = f"{host} ({labels['name']})" if host else labels["name"]
+        rows.append((w.get("worker_id"), host, w.get("status"), hardware,
                      f"{w.get('running', 0)}/{w.get('max_concurrent_tasks', '?')}", w.get("tags") or None,
                      w.get("last_heartbeat")))
     return table(rows, ("worker id", "host", "status", "hardware", "running", "tags", "last heartbeat"))

@@ -55,6 +55,13 @@ def _die_with_parent() -> None:
         pass  # not Linux / no prctl: the signal handlers in dtf up still stop children on a clean exit
 
 
+def dtf_command() -> list[str]:
+    """How to start another ``dtf``: the frozen executable itself, or this interpreter with ``-m dtf_app``."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable]
+    return [sys.executable, "-m", "dtf_app"]
+
+
 class Child:
     """One ``python -m dtf_app`` child process with its log file."""
 
@@ -63,7 +70,7 @@ class Child:
         self.log_path = log_path
         self._log = os.fdopen(fsutil.open_private(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dtf_app", *argv], stdout=self._log, stderr=subprocess.STDOUT, env=env,
+            [*dtf_command(), *argv], stdout=self._log, stderr=subprocess.STDOUT, env=env,
             stdin=subprocess.DEVNULL, start_new_session=False,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
@@ -105,11 +112,14 @@ def _child_env(api_key: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
     # The user's client settings must not leak into the children: they get exactly what dtf up decides.
     for name in ("DTF_API_KEY", "DTF_COORDINATOR", "DTF_MODE", "DTF_CONFIG", "DTF_PORT", "DTF_DATA_DIR",
-                 "DTF_WORKER_ID", "DTF_DB_PATH"):
+                 "DTF_WORKER_ID", "DTF_DB_PATH", "CONFIG_FILE", "COORDINATOR_URL", "WORKER_ID", "COORDINATOR_ID",
+                 "ENABLE_HIGH_AVAILABILITY", "HIGH_AVAILABILITY_PEERS"):
         env.pop(name, None)
-    # Children import dtf_app the same way this process did (source checkout or installed package).
+    # Children import dtf_app the same way this process did (source checkout or installed package). A frozen
+    # child is the executable itself: a PYTHONPATH into its bundle would only leak into the Python
+    # interpreters its tasks start (their pytest would load the bundle's packages).
     package_root = str(Path(__file__).resolve().parents[1])
-    if package_root not in env.get("PYTHONPATH", "").split(os.pathsep):
+    if not getattr(sys, "frozen", False) and package_root not in env.get("PYTHONPATH", "").split(os.pathsep):
         env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     if api_key:
         env["DTF_API_KEY"] = api_key

@@ -601,6 +601,43 @@ def create_app(coord: Coordinator) -> QuartTrio:
             raise ApiError(400, "invalid_key", "the body must be an object with the key's name")
         return await _delete_key(body["name"])
 
+    # ------------------------------------------------------------------ operations (backup.py)
+    @app.post("/api/admin/backup")
+    @requires("admin")
+    async def backup() -> Response:
+        from dtf_app.coordinator.backup import BackupError, take_backup
+
+        body = await _json_body()
+        if not isinstance(body, dict) or not isinstance(body.get("to"), str) or not body["to"]:
+            raise ApiError(400, "invalid_backup", "the body must be {\"to\": \"/absolute/new/directory\"}")
+        try:
+            return json_response(await take_backup(coord, body["to"]), 201)
+        except BackupError as exc:
+            raise ApiError(400, "invalid_backup", str(exc)) from None
+
+    @app.get("/api/results/export")
+    @requires("read")
+    async def export_results() -> Response:
+        import os
+        import tempfile
+        from pathlib import Path
+
+        from dtf_app.coordinator.backup import BackupError, export_sql
+
+        table = request.args.get("table", "results")
+        fmt = request.args.get("format", "parquet")
+        with tempfile.TemporaryDirectory(prefix="dtf-export-") as tmp:
+            path = os.path.join(tmp, f"{table}.{fmt}")
+            try:
+                sql = export_sql(table, fmt, path)
+            except BackupError as exc:
+                raise ApiError(400, "invalid_export", str(exc)) from None
+            await coord.store.query(sql)
+            data = await trio.to_thread.run_sync(Path(path).read_bytes)
+        mime = "application/vnd.apache.parquet" if fmt == "parquet" else "text/csv"
+        return Response(data, status=200, mimetype=mime,
+                        headers={"Content-Disposition": f"attachment; filename={table}.{fmt}"})
+
     @app.get("/openapi.json")
     @requires("read")
     async def openapi() -> Response:

@@ -291,6 +291,12 @@ def build_spec(version: str) -> dict[str, Any]:
                 "type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}),
         },
         "/api/keys/{name}": {"delete": _op("delete a key (admin)", params=[name])},
+        "/api/admin/backup": {"post": _op("write a consistent backup into a new directory on the coordinator's "
+                                          "machine (admin)", "201", body={
+            "type": "object", "required": ["to"], "properties": {"to": {"type": "string"}}})},
+        "/api/results/export": {"get": _op("one table as Parquet or CSV (query: table, format)", params=[
+            _query("table", {"type": "string", "default": "results"}),
+            _query("format", {"type": "string", "enum": ["parquet", "csv"]})])},
     }
     return {
         "openapi": "3.1.0",

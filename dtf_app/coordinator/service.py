@@ -879,7 +879,7 @@ async def serve_coordinator(settings: Settings, *, task_status: trio.TaskStatus[
 
     coord = Coordinator(settings)
     if coord.cluster.is_single:
-        if settings.high_availability:
+        if settings.high_availability.get("enabled"):
             log.warning("high availability is enabled with no peers: coordinator %s runs as a one-member "
                         "Raft cluster", coord.node_id)
         else:
@@ -890,6 +890,10 @@ async def serve_coordinator(settings: Settings, *, task_status: trio.TaskStatus[
     app = create_app(coord)
     config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
+    if settings.workers_port is not None and (settings.workers_port == 0 or settings.workers_port != settings.port):
+        # The design's server.workers_port: a second listener serving the same app, so workers configured
+        # for that port connect (the first bind stays the node's advertised URL).
+        config.bind.append(f"{settings.host}:{settings.workers_port}")
     config.accesslog = None
     config.errorlog = logging.getLogger("dtf.http")
     config.graceful_timeout = 2.0
@@ -921,6 +925,8 @@ async def serve_coordinator(settings: Settings, *, task_status: trio.TaskStatus[
             else:
                 nursery.start_soon(_recover_and_report, coord)
             log.info("coordinator %s serving on %s (data in %s)", coord.node_id, coord.url, coord.data_dir)
+            if len(binds) > 1:
+                log.info("workers port (server.workers_port): also serving on %s", ", ".join(binds[1:]))
             task_status.started(coord.url)
             await trio.sleep_forever()
     finally:

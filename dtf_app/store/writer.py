@@ -28,7 +28,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -546,6 +547,37 @@ class Store:
                 _quiet_unregister(con, writer.view)
             raise
         return next_id
+
+    @asynccontextmanager
+    async def held(self) -> AsyncIterator[int]:
+        """Hold the writer with every event put so far committed; yields the last applied index.
+
+        For a consistent backup: what is queued is written on the event loop's own thread, so no log entry
+        can be applied in between and, inside the block, the file is the state as of this instant. The
+        writer stays paused until the block ends (put() keeps queueing, nothing is lost).
+        """
+        async with self._write_lock:
+            if self._con is None:
+                raise StoreError("the store is closed")
+            if self._queue:
+                batch, self._queue = self._queue, []
+                self._queued_events = 0
+                target = self._put_seq
+                try:
+                    self._write_sync(batch)
+                except BaseException as exc:
+                    self._queue[:0] = batch
+                    self._queued_events += sum(len(events) for _, events in batch)
+                    self._failure = exc
+                    self._release_waiters()
+                    raise
+                self._committed_seq = target
+                self._release_waiters()
+            yield self._last_applied
+
+    def checkpoint_sync(self) -> None:
+        """Fold the WAL into the database file (call inside :meth:`held`, from one thread)."""
+        self._write_con.execute("CHECKPOINT")
 
     # ------------------------------------------------------------------------------------------ reading
     async def query(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:

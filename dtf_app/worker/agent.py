@@ -335,7 +335,7 @@ class WorkerAgent:
         return {
             "type": protocol.HELLO,
             "worker_id": self.worker_id,
-            "hostname": socket.gethostname(),
+            "hostname": self.settings.hostname or socket.gethostname(),
             "capabilities": self.capabilities,
             "max_concurrent_tasks": self._max_slots,
             "tags": tags,
@@ -594,7 +594,8 @@ class WorkerAgent:
             return self._outcome(key, start_time, "failed", error=str(exc))
         except Exception as exc:
             return self._outcome(key, start_time, "failed", error=f"no runner for task type {task_type!r}: {exc}")
-        timeout = task.get("timeout_seconds")
+        # A task without its own limit gets the worker's (execution.timeout), if one is set.
+        timeout = task.get("timeout_seconds") or self.settings.task_timeout
         limit = float(timeout) if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0 else math.inf
         context = self._run_context(
             task_id=key[0], attempt=key[1], work_dir=work_dir, log=self._log_callback(key),
@@ -758,6 +759,10 @@ async def run_worker(
             raise WorkerError(f"cannot use the hardware profile: {exc}", exit_code=2) from exc
         # Before the outbox opens, so a damaged credential file is a plain exit 2 with nothing to close.
         credential = load_credential(credential_path(settings, worker_id))
+        labels = {k: v for k, v in (("name", settings.worker_name), ("hardware_id", settings.hardware_id)) if v}
+        if labels:
+            # Labels travel in the capabilities document, so every view of the worker shows them.
+            capabilities = {**capabilities, "labels": labels}
         try:
             outbox = await Outbox.open(settings.worker_db_path(worker_id))
         except OutboxError as exc:

@@ -163,6 +163,24 @@ class ProcessResult:
     """Tail of the combined stdout/stderr."""
 
 
+def unfrozen_environ() -> dict[str, str]:
+    """This process's environment as a task's programs should see it.
+
+    A frozen worker (PyInstaller) runs with the bootloader's changes: ``LD_LIBRARY_PATH`` pointing into
+    the bundle (the original kept in ``LD_LIBRARY_PATH_ORIG``) and ``_PYI_*`` markers. A task's Python or
+    a ``dtf`` it starts must get the machine's libraries and start as an independent program.
+    """
+    env = dict(os.environ)
+    if getattr(sys, "frozen", False):
+        original = env.pop("LD_LIBRARY_PATH_ORIG", None)
+        if original is not None:
+            env["LD_LIBRARY_PATH"] = original
+        else:
+            env.pop("LD_LIBRARY_PATH", None)
+        env["PYINSTALLER_RESET_ENVIRONMENT"] = "1"
+    return env
+
+
 def build_env(ctx: RunContext, task_env: object, where: str = "config.env") -> dict[str, str]:
     """The subprocess environment: the worker's, then ``ctx.env``, then the task's ``env`` (validated)."""
     if task_env is None:
@@ -172,7 +190,7 @@ def build_env(ctx: RunContext, task_env: object, where: str = "config.env") -> d
         for k, v in task_env.items()
     ):
         raise TaskError(f"{where} must be an object of NAME: string values, got {task_env!r}")
-    env = dict(os.environ)
+    env = unfrozen_environ()
     env.update(ctx.env)
     env.update({k: str(v) for k, v in task_env.items()})
     # Children are often Python; unbuffered output makes log lines arrive as they happen.

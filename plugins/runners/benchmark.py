@@ -141,8 +141,9 @@ def _worker_argv() -> list[str]:
     """
     from dtf_plugins.runners import bench_worker
 
-    source = Path(bench_worker.__file__)
-    if source.suffix == ".py" and source.exists():
+    # A frozen build ships bench_worker.py beside the module's (archived) location: dtf.spec adds it.
+    source = Path(bench_worker.__file__).with_suffix(".py")
+    if source.exists():
         return [python_executable(), str(source)]
     return [python_executable(), "-m", "dtf_plugins.runners.bench_worker"]
 

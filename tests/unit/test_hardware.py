@@ -239,7 +239,8 @@ def test_apple_probe_is_silent_off_macos() -> None:
 
 def test_container_detection(tmp_path: Path) -> None:
     assert container.probe(root=str(tmp_path), environ={})["container"] == {
-        "in_container": False, "runtime": None, "evidence": []}
+        "in_container": False, "runtime": None, "evidence": [],
+        "limits": {"cgroup": None, "cpu_limit": None, "memory_limit_gb": None}}
     (tmp_path / ".dockerenv").write_text("")
     (tmp_path / "proc/1").mkdir(parents=True)
     (tmp_path / "proc/1/cgroup").write_text("0::/system.slice/docker-abc.scope\n")

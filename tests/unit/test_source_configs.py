@@ -1,0 +1,230 @@
+"""The sources' example configs load as they are written (tests/fixtures/sources/ reproduces them byte for byte).
+
+Each key maps to its DTF setting or is reported once as ignored with the reason; PostgreSQL is the one
+error and says what to write; ``${VAR}`` comes from the environment; the sources' variables count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from dtf_app.config import ConfigError, check_high_availability, load_settings, load_settings_with_sources
+
+SOURCES = Path(__file__).resolve().parents[1] / "fixtures" / "sources"
+# The published files' SHA-256: an edited fixture would no longer prove that the published file loads.
+PUBLISHED = {
+    "coordinator-baremetal.json": "53391283b22783b7cfb180e540498e35682570fdfb3b331d0e2f1727abac227e",
+    "coordinator-ha.yaml": "7f055a486357f875de19e533b596d8ff731546ad24f25bed3844623360de7bb6",
+    "coordinator.json": "7c5a53faf0bafa6ce4eba5d1e2f5c481279db6410b62dbd59d2143a7404cf17d",
+    "coordinator.yaml": "7369bff63ad44c63931f856d7b12f61fe85af66f018de0ea7746f449cea824bc",
+    "k8s-ha-coordinator.yaml": "613adfc65ea4a2d0cbc7c32cd322ab20b96b5655985daedd5acef35b2c9c9f3a",
+    "worker.json": "041fd7ade5218dc80dbe4137f95d26549b4a3fc1e6d978ce6c95a955ee658c14",
+    "worker.yaml": "76b986a5a64750701e669878c05eeb5cb30e429027cfb0e9d1acdc7656cd96b5",
+}
+SOURCE_VARS = ("CONFIG_FILE", "COORDINATOR_URL", "WORKER_ID", "COORDINATOR_ID", "ENABLE_HIGH_AVAILABILITY",
+               "HIGH_AVAILABILITY_PEERS", "JWT_SECRET", "WORKER_API_KEY")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("DTF_") or name in SOURCE_VARS:
+            monkeypatch.delenv(name)
+
+
+def fixture(name: str) -> str:
+    return str(SOURCES / name)
+
+
+def notices_text(settings: object) -> str:
+    return "\n".join(message for _, message in settings.notices)  # type: ignore[attr-defined]
+
+
+def with_duckdb(tmp_path: Path, name: str) -> str:
+    """The file with only the line the PostgreSQL error asks to change, changed."""
+    text = (SOURCES / name).read_text()
+    assert text.count('"type": "postgresql"') == 1
+    path = tmp_path / name
+    path.write_text(text.replace('"type": "postgresql"', '"type": "duckdb"'))
+    return str(path)
+
+
+def test_fixtures_are_the_published_files() -> None:
+    for name, digest in PUBLISHED.items():
+        assert hashlib.sha256((SOURCES / name).read_bytes()).hexdigest() == digest, name
+
+
+@pytest.mark.parametrize("name", ["coordinator.json", "coordinator-baremetal.json"])
+def test_guide_coordinator_json_postgresql_error_says_what_to_write(name: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings({"config": fixture(name)}, mode="coordinator")
+    message = str(err.value)
+    assert "database.type = 'postgresql' is not supported" in message
+    assert '"type": "duckdb"' in message and fixture(name) in message
+
+
+def test_guide_coordinator_json_maps_every_key(tmp_path: Path) -> None:
+    settings = load_settings({"config": with_duckdb(tmp_path, "coordinator.json")}, mode="coordinator")
+    assert (settings.host, settings.port) == ("0.0.0.0", 8080)
+    assert (settings.log_level, settings.log_format, settings.log_path) == ("info", "json", "/var/log/distributed-testing")
+    assert (settings.batch_size, settings.max_retries) == (10, 3)
+    assert (settings.heartbeat_interval, settings.worker_timeout, settings.token_expiry) == (10.0, 30.0, 3600)
+    assert settings.high_availability == {"enabled": True, "consensus_protocol": "raft"}
+    assert settings.db_path is None  # the default <data-dir>/dtf.duckdb
+    text = notices_text(settings)
+    assert "section 'redis' ignored: DTF has no Redis" in text
+    assert "database.host, database.port, database.name, database.user, database.password ignored" in text
+    assert text.count("redis") == 1  # reported once
+    check_high_availability(settings, {})
+    assert "one-member Raft cluster" in notices_text(settings)
+
+
+def test_guide_baremetal_json_has_ha_disabled(tmp_path: Path) -> None:
+    settings = load_settings({"config": with_duckdb(tmp_path, "coordinator-baremetal.json")}, mode="coordinator")
+    assert settings.high_availability == {"enabled": False}
+    check_high_availability(settings, {})
+    assert "one-member" not in notices_text(settings)
+
+
+def test_guide_worker_json_maps_every_key() -> None:
+    settings = load_settings({"config": fixture("worker.json")}, mode="worker")
+    assert settings.coordinator == ["http://coordinator-hostname:8080"]
+    assert settings.api_key == "YOUR_API_KEY_HERE"
+    assert (settings.heartbeat_interval, settings.reconnect_attempts) == (10.0, 10)
+    assert settings.db_path == "/var/lib/distributed-testing-worker/worker.duckdb"
+    assert settings.log_path == "/var/log/distributed-testing-worker"
+    assert settings.tags == [] and settings.max_concurrent_tasks == 4
+    assert settings.notices == []
+
+
+def test_design_coordinator_yaml_with_jwt_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match=r"security.jwt_secret' refers to \$\{JWT_SECRET\}, but the environment "
+                                          r"variable JWT_SECRET is not set"):
+        load_settings({"config": fixture("coordinator.yaml")}, mode="coordinator")
+    monkeypatch.setenv("JWT_SECRET", "s3cret")
+    settings = load_settings({"config": fixture("coordinator.yaml")}, mode="coordinator")
+    assert (settings.host, settings.port, settings.workers_port) == ("0.0.0.0", 8080, 8081)
+    assert settings.db_path == "./benchmark_db.duckdb" and settings.token_expiry == 86400
+    text = notices_text(settings)
+    for ignored in ("server.dashboard_port", "task_scheduler.max_queue_size", "'dynamic_resource_management'",
+                    "'multi_device_orchestrator'", "'result_aggregator'", "'health_monitor'", "'load_balancer'",
+                    "security.jwt_secret"):
+        assert text.count(ignored) == 1, ignored
+    assert "s3cret" not in text  # a secret is never echoed
+
+
+def test_design_worker_yaml_with_worker_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match=r"refers to \$\{WORKER_API_KEY\}.*--api-key / DTF_API_KEY"):
+        load_settings({"config": fixture("worker.yaml")}, mode="worker")
+    # A flag or DTF_* variable overriding the key makes the unset reference irrelevant.
+    assert load_settings({"config": fixture("worker.yaml"), "api_key": "k"}, mode="worker").api_key == "k"
+    monkeypatch.setenv("WORKER_API_KEY", "dtf_worker_key")
+    settings = load_settings({"config": fixture("worker.yaml")}, mode="worker")
+    assert settings.api_key == "dtf_worker_key"
+    assert (settings.worker_id, settings.worker_name, settings.hardware_id) == ("worker-1", "GPU Worker 1", "nvidia-a100")
+    assert settings.coordinator == ["https://coordinator.example.com:8081"]
+    assert (settings.max_concurrent_tasks, settings.task_timeout, settings.heartbeat_interval) == (4, 3600.0, 15.0)
+    text = notices_text(settings)
+    for ignored in ("execution.working_dir", "execution.cache_dir", "reporting.result_batch_size",
+                    "health.report_interval", "health.cpu_threshold"):
+        assert ignored in text, ignored
+
+
+def test_design_ha_block_loads_and_its_peers_are_refused_for_now() -> None:
+    settings, sources = load_settings_with_sources({"config": fixture("coordinator-ha.yaml")}, mode="coordinator")
+    ha = settings.high_availability
+    assert ha["enabled"] is True and ha["coordinator_id"] == "coordinator-1"
+    assert ha["peers"][0] == {"id": "coordinator-2", "host": "coordinator-2.example.com", "port": 8080}
+    assert (ha["election_timeout_min"], ha["election_timeout_max"], ha["quorum_size"]) == (150, 300, 2)
+    assert "Markdown code fence" in notices_text(settings)
+    with pytest.raises(ConfigError, match=r"^high_availability.peers: multi-node high availability is not "
+                                          r"available in this build \(peers: coordinator-2, coordinator-3\)"):
+        check_high_availability(settings, sources)
+
+
+def test_kubernetes_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("COORDINATOR_ID", "dtf-ha-coordinator-0")
+    monkeypatch.setenv("ENABLE_HIGH_AVAILABILITY", "true")
+    settings, sources = load_settings_with_sources(None, mode="coordinator")
+    assert settings.node_id == "dtf-ha-coordinator-0" and settings.high_availability == {"enabled": True}
+    check_high_availability(settings, sources)
+    assert "one-member Raft cluster" in notices_text(settings)
+    # The StatefulSet's list names every member, this pod included: the others make it multi-node.
+    monkeypatch.setenv("HIGH_AVAILABILITY_PEERS", "dtf-ha-coordinator-0.h:8080,dtf-ha-coordinator-1.h:8080")
+    settings, sources = load_settings_with_sources(None, mode="coordinator")
+    with pytest.raises(ConfigError, match=r"^HIGH_AVAILABILITY_PEERS: multi-node high availability is not "
+                                          r"available in this build \(peers: dtf-ha-coordinator-1.h:8080\)"):
+        check_high_availability(settings, sources)
+    monkeypatch.setenv("HIGH_AVAILABILITY_PEERS", "dtf-ha-coordinator-0.h:8080")
+    settings, sources = load_settings_with_sources(None, mode="coordinator")
+    check_high_availability(settings, sources)  # only itself: a one-member cluster
+    monkeypatch.setenv("ENABLE_HIGH_AVAILABILITY", "maybe")
+    with pytest.raises(ConfigError, match="ENABLE_HIGH_AVAILABILITY: expected true or false, got 'maybe'"):
+        load_settings(None, mode="coordinator")
+
+
+def test_peers_flag_is_refused_not_ignored() -> None:
+    settings, sources = load_settings_with_sources({"peers": "n2=http://h2:8080"}, mode="coordinator")
+    with pytest.raises(ConfigError, match=r"^--peers: multi-node high availability is not available"):
+        check_high_availability(settings, sources)
+
+
+def test_source_environment_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "w.json"
+    config.write_text('{"max_concurrent_tasks": 3}')
+    monkeypatch.setenv("CONFIG_FILE", str(config))
+    monkeypatch.setenv("COORDINATOR_URL", "http://c1:8080")
+    monkeypatch.setenv("WORKER_ID", "w-from-env")
+    settings, sources = load_settings_with_sources(None, mode="worker")
+    assert settings.max_concurrent_tasks == 3 and sources["max_concurrent_tasks"] == "file"
+    assert settings.coordinator == ["http://c1:8080"] and settings.worker_id == "w-from-env"
+    # DTF_* beats the sources' names; DTF_CONFIG beats CONFIG_FILE.
+    monkeypatch.setenv("DTF_COORDINATOR", "http://c2:8080")
+    other = tmp_path / "o.json"
+    other.write_text('{"max_concurrent_tasks": 5}')
+    monkeypatch.setenv("DTF_CONFIG", str(other))
+    settings = load_settings(None, mode="worker")
+    assert settings.coordinator == ["http://c2:8080"] and settings.max_concurrent_tasks == 5
+
+
+def test_env_var_references_expand_and_partial_strings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text('server:\n  host: "${BIND}"\nlogging:\n  path: "${LOGROOT}/dtf"\n')
+    monkeypatch.setenv("BIND", "127.0.0.2")
+    monkeypatch.setenv("LOGROOT", "/srv/logs")
+    settings = load_settings({"config": str(config)}, mode="coordinator")
+    assert (settings.host, settings.log_path) == ("127.0.0.2", "/srv/logs/dtf")
+    monkeypatch.delenv("LOGROOT")
+    with pytest.raises(ConfigError, match=r"logging.path' refers to \$\{LOGROOT\}"):
+        load_settings({"config": str(config)}, mode="coordinator")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("high_availability:\n  enabled: yes-please\n", r"high_availability.enabled': expected true or false"),
+    ("high_availability:\n  consensus_protocol: paxos\n", r"'paxos' is not supported; DTF's coordinators agree "
+                                                          r"through Raft"),
+    ("high_availability:\n  peers: [{id: a}]\n", r"each peer must be \{id, host, port\}"),
+    ("high_availability:\n  election_timeout_min: -5\n", r"expected a positive integer"),
+    ("high_availability:\n  quorum: 2\n", r"unknown key 'quorum'; did you mean 'quorum_size'"),
+    ("logging:\n  format: xml\n", r"log format must be one of text, json"),
+    ("server:\n  hots: x\n", r"unknown key 'hots'; did you mean 'host'"),
+    ("port: [\n", r"line 2 column 1: invalid YAML"),
+])
+def test_shape_errors_in_yaml(tmp_path: Path, text: str, expected: str) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=expected):
+        load_settings({"config": str(config)}, mode="coordinator")
+
+
+def test_auto_recovery_false_is_reported_not_silently_dropped(tmp_path: Path) -> None:
+    config = tmp_path / "c.json"
+    config.write_text('{"worker_management": {"auto_recovery": false}}')
+    settings = load_settings({"config": str(config)}, mode="coordinator")
+    assert "worker_management.auto_recovery ignored: DTF always puts a lost worker's tasks back" in \
+        notices_text(settings)
