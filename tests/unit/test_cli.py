@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,9 +33,15 @@ REPO = Path(__file__).resolve().parents[2]
 TASKS = REPO / "assets" / "tasks"
 
 
+# A private registry of local coordinators: another coordinator on this machine (a user's, a parallel
+# test run's) must never answer these tests' commands.
+STATE_DIR = tempfile.mkdtemp(prefix="dtf-test-state-")
+
+
 def dtf(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
         timeout: float = 120) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("DTF_")}
+    full_env["DTF_STATE_DIR"] = STATE_DIR
     full_env["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "dtf_app", *args], capture_output=True, text=True,
@@ -291,6 +298,7 @@ def _pid_alive(pid: int) -> bool:
 def test_client_commands_against_dtf_up(tmp_path: Path) -> None:
     data = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DTF_")}
+    env["DTF_STATE_DIR"] = STATE_DIR
     env["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
     log = open(tmp_path / "up.log", "w")
     up = subprocess.Popen([sys.executable, "-m", "dtf_app", "up", "--workers", "1", "--headless", "--data-dir",

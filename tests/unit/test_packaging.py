@@ -21,7 +21,6 @@ from dtf_app import config_sources
 from dtf_app.cli import build_parser
 from dtf_app.config import (
     FIELD_NAMES,
-    ConfigError,
     check_high_availability,
     load_config_file,
     load_settings_with_sources,
@@ -211,16 +210,19 @@ def test_kubernetes_manifests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     url = worker_config["coordinator"][0]
     assert url == f"http://dtf-coordinator:{coordinator['workers_port']}"
 
-    # The StatefulSet's exact environment asks for three members: refused in this build, in one line.
-    # (Starting those three coordinators on loopback is the high-availability issue's test.)
+    # The StatefulSet's exact environment makes pod 0 a member of a 3-node cluster, found by its name.
+    # (tests/integration/test_ha.py starts three such coordinators on loopback addresses.)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("CONFIG_FILE", str(tmp_path / "coordinator.yaml"))
     settings, sources = load_settings_with_sources({"data_dir": str(tmp_path / "d")}, mode="coordinator")
     assert settings.node_id == "dtf-ha-coordinator-0" and settings.high_availability["enabled"] is True
-    with pytest.raises(ConfigError, match=r"^HIGH_AVAILABILITY_PEERS: multi-node high availability is not "
-                                          r"available in this build \(peers: dtf-ha-coordinator-1\..*-2\."):
-        check_high_availability(settings, sources)
+    check_high_availability(settings, sources)
+    assert settings.peers_include_self
+    from dtf_app.coordinator.service import resolve_cluster
+
+    spec = resolve_cluster(settings)
+    assert spec.self_id == "dtf-ha-coordinator-0" and len(spec.members) == 3 and spec.quorum == 2
 
 
 def test_github_actions_workflow_commands_parse() -> None:

@@ -135,16 +135,20 @@ def test_design_worker_yaml_with_worker_api_key(monkeypatch: pytest.MonkeyPatch)
         assert ignored in text, ignored
 
 
-def test_design_ha_block_loads_and_its_peers_are_refused_for_now() -> None:
+def test_design_ha_block_makes_a_three_member_cluster() -> None:
     settings, sources = load_settings_with_sources({"config": fixture("coordinator-ha.yaml")}, mode="coordinator")
     ha = settings.high_availability
     assert ha["enabled"] is True and ha["coordinator_id"] == "coordinator-1"
     assert ha["peers"][0] == {"id": "coordinator-2", "host": "coordinator-2.example.com", "port": 8080}
     assert (ha["election_timeout_min"], ha["election_timeout_max"], ha["quorum_size"]) == (150, 300, 2)
     assert "Markdown code fence" in notices_text(settings)
-    with pytest.raises(ConfigError, match=r"^high_availability.peers: multi-node high availability is not "
-                                          r"available in this build \(peers: coordinator-2, coordinator-3\)"):
-        check_high_availability(settings, sources)
+    check_high_availability(settings, sources)
+    # Peers exclude this node (coordinator_id), timings are the Raft clock's, the rest is reported.
+    assert settings.peers == {"coordinator-2": "http://coordinator-2.example.com:8080",
+                              "coordinator-3": "http://coordinator-3.example.com:8080"}
+    assert settings.node_id == "coordinator-1" and not settings.peers_include_self
+    assert (settings.election_timeout_ms, settings.heartbeat_ms) == (150, 50)
+    assert "leader_lease_duration" in notices_text(settings)
 
 
 def test_kubernetes_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -157,9 +161,10 @@ def test_kubernetes_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     # The StatefulSet's list names every member, this pod included: the others make it multi-node.
     monkeypatch.setenv("HIGH_AVAILABILITY_PEERS", "dtf-ha-coordinator-0.h:8080,dtf-ha-coordinator-1.h:8080")
     settings, sources = load_settings_with_sources(None, mode="coordinator")
-    with pytest.raises(ConfigError, match=r"^HIGH_AVAILABILITY_PEERS: multi-node high availability is not "
-                                          r"available in this build \(peers: dtf-ha-coordinator-1.h:8080\)"):
-        check_high_availability(settings, sources)
+    check_high_availability(settings, sources)
+    assert settings.peers == {"dtf-ha-coordinator-0": "http://dtf-ha-coordinator-0.h:8080",
+                              "dtf-ha-coordinator-1": "http://dtf-ha-coordinator-1.h:8080"}
+    assert settings.peers_include_self
     monkeypatch.setenv("HIGH_AVAILABILITY_PEERS", "dtf-ha-coordinator-0.h:8080")
     settings, sources = load_settings_with_sources(None, mode="coordinator")
     check_high_availability(settings, sources)  # only itself: a one-member cluster
@@ -168,10 +173,11 @@ def test_kubernetes_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         load_settings(None, mode="coordinator")
 
 
-def test_peers_flag_is_refused_not_ignored() -> None:
+def test_peers_flag_wins_over_the_section() -> None:
     settings, sources = load_settings_with_sources({"peers": "n2=http://h2:8080"}, mode="coordinator")
-    with pytest.raises(ConfigError, match=r"^--peers: multi-node high availability is not available"):
-        check_high_availability(settings, sources)
+    settings.high_availability = {"enabled": True, "peers": ["other:1"]}
+    check_high_availability(settings, sources)
+    assert settings.peers == {"n2": "http://h2:8080"}
 
 
 def test_source_environment_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
