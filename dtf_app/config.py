@@ -49,6 +49,8 @@ class Settings:
     log_level: str = "info"
     snapshot_every: int = 20_000
     """Coordinator: snapshot the state (and restart the command log) after this many log entries."""
+    subscriber_buffer: int = 10_000
+    """Coordinator: pushes queued per ``/ws`` subscriber; beyond that a slow reader is told it missed some."""
     token_expiry: int = 3600
     """Lifetime of a JWT in seconds (``security.token_expiry`` in the deployment guide's JSON)."""
 
@@ -81,6 +83,7 @@ _KINDS: dict[str, str] = {
     "max_concurrent_tasks": "int", "tags": "list", "worker_id": "optstr", "heartbeat_interval": "float",
     "worker_timeout": "float", "max_retries": "int", "batch_size": "int", "reconnect_attempts": "int",
     "simulate_hardware": "optstr", "log_level": "str", "token_expiry": "int", "snapshot_every": "int",
+    "subscriber_buffer": "int",
 }
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Settings))
 assert set(_KINDS) == set(FIELD_NAMES), "every Settings field needs a kind"
@@ -327,7 +330,8 @@ def validate(settings: Settings, sources: Mapping[str, str] | None = None) -> No
                           f"longer than heartbeat_interval ({settings.heartbeat_interval} s), or every worker "
                           "would be declared lost between two heartbeats")
     minimums = {"max_concurrent_tasks": 1, "batch_size": 1, "max_retries": 0, "reconnect_attempts": 0,
-                "token_expiry": 1, "snapshot_every": 1}
+                "token_expiry": 1, "snapshot_every": 1,
+                "subscriber_buffer": 1}
     for name, minimum in minimums.items():
         if getattr(settings, name) < minimum:
             raise ConfigError(f"{origin(name)}: {name} must be at least {minimum}, got {getattr(settings, name)}")

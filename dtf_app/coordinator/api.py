@@ -23,13 +23,13 @@ from dtf_app import __version__
 from dtf_app import protocol as proto
 from dtf_app.coordinator import scheduler
 from dtf_app.coordinator.service import Coordinator, clean_outcome, task_view
+from dtf_app.coordinator.views import WORKER_STATUSES
 from dtf_app.security import keys as keymod
 
 log = logging.getLogger("dtf.api")
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_TASKS_PER_REQUEST = 100_000
-CHANNELS = ("task_updates", "worker_updates", "orchestrated_task_updates", "cluster_status", "leadership_updates")
 
 
 class ApiError(Exception):
@@ -206,11 +206,12 @@ def create_app(coord: Coordinator) -> QuartTrio:
     async def list_workers() -> Response:
         views = [coord.worker_view(w) for w in sorted(coord.state.workers)]
         status = request.args.get("status")
-        if status and status not in ("online", "offline"):
-            raise ApiError(400, "invalid_parameter", f"status must be online or offline, got {status!r}")
+        if status and status not in WORKER_STATUSES:
+            raise ApiError(400, "invalid_parameter",
+                           f"status must be one of {', '.join(WORKER_STATUSES)}, got {status!r}")
         if status:
             views = [v for v in views if v and v["status"] == status]
-        return json_response({"workers": views})
+        return json_response({"workers": views, "applied_index": coord.state.applied_index})
 
     @app.post("/api/workers/register")
     @requires("worker")
@@ -282,7 +283,8 @@ def create_app(coord: Coordinator) -> QuartTrio:
                            f"status must be one of {', '.join(scheduler.ALL_STATES)}, got {filters['status']!r}")
         tasks = [t for t in coord.state.tasks.values() if all(t.get(k) == v for k, v in filters.items())]
         tasks.sort(key=lambda t: t["seq"])
-        return json_response({"tasks": [task_view(t) for t in tasks[offset:offset + limit]], "total": len(tasks)})
+        return json_response({"tasks": [task_view(t) for t in tasks[offset:offset + limit]], "total": len(tasks),
+                              "applied_index": coord.state.applied_index})
 
     @app.get("/api/tasks/summary")
     @requires("read")

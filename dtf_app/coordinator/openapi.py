@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from dtf_app.coordinator import scheduler
+from dtf_app.coordinator.views import WORKER_STATUSES
 from dtf_app.security.keys import ROLES
 
 _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
@@ -137,7 +138,7 @@ def build_spec(version: str) -> dict[str, Any]:
         "/api/cluster/nodes": {"get": _op("coordinator nodes")},
         "/api/cluster/health": {"get": _op("health metrics and alerts per node")},
         "/api/workers": {"get": _op("workers", params=[_query("status", {"type": "string",
-                                                                          "enum": ["online", "offline"]})])},
+                                                                          "enum": list(WORKER_STATUSES)})])},
         "/api/workers/register": {"post": _op("register a worker over HTTP (role worker)", "201", body={
             "type": "object", "required": ["worker_id"], "properties": {
                 "worker_id": {"type": "string", "minLength": 1}, "hostname": {"type": "string"},

@@ -33,7 +33,7 @@ import trio
 from dtf_app import __version__, localreg
 from dtf_app import protocol as proto
 from dtf_app.config import Settings
-from dtf_app.coordinator import scheduler
+from dtf_app.coordinator import pubsub, scheduler, views
 from dtf_app.coordinator.cmdlog import CommandLog, Replicator
 from dtf_app.coordinator.state import State
 from dtf_app.security import keys as keymod
@@ -52,7 +52,7 @@ PREFETCH_PER_SLOT = 1
 PREFETCH_PER_SLOT_SHORT = 8
 SHORT_TASK_SECONDS = 0.05
 LOG_LINES_KEPT = 200
-SUBSCRIBER_BUFFER = 10_000
+SUBSCRIBER_BUFFER = 10_000  # the default of Settings.subscriber_buffer
 
 
 def iso(ts: float | None) -> str | None:
@@ -95,20 +95,35 @@ class WorkerConn:
 
 
 class Subscriber:
-    """A ``/ws`` client subscribed to push channels."""
+    """A ``/ws`` client subscribed to push channels.
+
+    A slow reader loses updates rather than stalling the coordinator; ``missed`` counts the ones it has
+    not been told about yet, and its sender tells it (``missed_updates``) as soon as the queue has room,
+    so it resyncs instead of showing stale rows. ``dropped`` is the running total (for /metrics).
+    """
 
     def __init__(self, send: trio.MemorySendChannel[dict[str, Any]]) -> None:
         self.send = send
         self.channels: dict[str, dict[str, Any]] = {}
         self.dropped = 0
+        self.missed = 0
 
     def push(self, message: dict[str, Any]) -> None:
         try:
             self.send.send_nowait(message)
         except trio.WouldBlock:
-            self.dropped += 1  # a slow reader loses updates, never stalls the coordinator
+            self.dropped += 1
+            self.missed += 1
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
+
+    def take_missed_notice(self) -> dict[str, Any] | None:
+        """The ``missed_updates`` notice owed to this subscriber (once), or None."""
+        if not self.missed:
+            return None
+        notice = pubsub.missed_updates(self.missed, sorted(self.channels))
+        self.missed = 0
+        return notice
 
 
 def _matches(filter_: dict[str, Any], doc: dict[str, Any]) -> bool:
@@ -236,11 +251,11 @@ class Coordinator:
                 if task["status"] in scheduler.TERMINAL_STATES:
                     self.task_logs.pop(task["task_id"], None)
                 if self.subscribers:
-                    self._publish("task_updates", lambda t=task: {"type": "task_update", "task": task_view(t)}, task)
+                    self._publish("task_updates", lambda t=task: pubsub.task_update(task_view(t), index), task)
             elif event["kind"] == "worker" and self.subscribers:
                 worker_id = event["worker"]["worker_id"]
-                self._publish("worker_updates", lambda w=worker_id: {"type": "worker_update",
-                                                                      "worker": self.worker_view(w)}, event["worker"])
+                self._publish("worker_updates", lambda w=worker_id: pubsub.worker_update(
+                    self.worker_view(w), w, index), event["worker"])
         if op == "CancelTask" and isinstance(result, dict) and result.get("worker_id"):
             conn = self.conns.get(result["worker_id"])
             if conn is not None and result.get("status") == "cancelled":
@@ -328,8 +343,9 @@ class Coordinator:
         running = len(worker.get("assigned") or {})
         capacity = int(worker.get("max_concurrent_tasks") or 1)
         view = {k: v for k, v in worker.items() if k != "assigned"}
+        connected = conn is not None and not conn.closed
         view.update(
-            status="online" if conn is not None and not conn.closed else "offline",
+            status="online" if connected else "offline", connected=connected,
             running=running, free_slots=max(0, capacity - running),
             health=conn.health if conn is not None else {},
             registration_time=iso(worker.get("registration_time")),
@@ -337,6 +353,7 @@ class Coordinator:
         )
         if conn is not None:
             view["last_heartbeat"] = iso(time.time() - (time.monotonic() - conn.last_seen))
+        views.add_source_fields(view, worker)
         return view
 
     def status(self) -> dict[str, Any]:
@@ -427,6 +444,10 @@ class Coordinator:
                 self.store.put(None, [{"kind": "worker", "worker": {
                     **{k: v for k, v in worker.items() if k != "assigned"},
                     "status": "online", "hardware_metrics": conn.health}}])
+                if self.subscribers:
+                    # Health gauges move with heartbeats, which are not log entries: push them anyway.
+                    self._publish("worker_updates", lambda w=conn.worker_id: pubsub.worker_update(
+                        self.worker_view(w), w, self.state.applied_index), worker)
         elif kind == proto.LOG:
             task_id = message.get("task_id")
             lines = message.get("lines") or []
@@ -435,8 +456,8 @@ class Coordinator:
                 buf.extend(str(line) for line in lines)
                 task = self.state.tasks.get(task_id)
                 if task is not None:
-                    self._publish("task_updates", {"type": "task_log", "task_id": task_id,
-                                                   "attempt": message.get("attempt"), "lines": lines}, task)
+                    self._publish("task_updates", lambda: pubsub.task_log(task_id, message.get("attempt"), lines),
+                                  task)
 
     # ------------------------------------------------------------------ loops
     async def dispatch_loop(self) -> None:

@@ -14,7 +14,8 @@ import trio
 from quart import g, websocket
 
 from dtf_app import protocol as proto
-from dtf_app.coordinator.service import SUBSCRIBER_BUFFER, Coordinator, Subscriber
+from dtf_app.coordinator import pubsub
+from dtf_app.coordinator.service import Coordinator, Subscriber
 
 log = logging.getLogger("dtf.ws")
 
@@ -93,6 +94,19 @@ async def worker_socket() -> None:
         send.close()
 
 
+async def _subscriber_sender(sub: Subscriber, receive: trio.MemoryReceiveChannel[dict[str, Any]],
+                             done: trio.CancelScope) -> None:
+    """Like :func:`_sender`, and after each frame tells the client about updates dropped for it (the
+    notice goes straight to the socket: the queue it would wait in is the one that was full)."""
+    async with receive:
+        async for message in receive:
+            await websocket.send(proto.dumps(message))
+            notice = sub.take_missed_notice()
+            if notice is not None:
+                await websocket.send(proto.dumps(notice))
+    done.cancel()
+
+
 def _response(kind: str, request_id: Any, **data: Any) -> dict[str, Any]:
     message = {"type": f"{kind}_response", **data}
     if request_id is not None:
@@ -102,18 +116,17 @@ def _response(kind: str, request_id: Any, **data: Any) -> dict[str, Any]:
 
 async def client_socket() -> None:
     """``WS /ws``: subscribe to task/worker updates and ask for status."""
-    from dtf_app.coordinator.api import CHANNELS
-
     coord: Coordinator = g.coord
     if not await _authorized(coord, "read"):
         return
     await websocket.accept()
-    send, receive = trio.open_memory_channel[dict[str, Any]](SUBSCRIBER_BUFFER)
+    send, receive = trio.open_memory_channel[dict[str, Any]](
+        coord.settings.subscriber_buffer)
     sub = Subscriber(send)
     coord.subscribers.add(sub)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_sender, receive, nursery.cancel_scope)
+            nursery.start_soon(_subscriber_sender, sub, receive, nursery.cancel_scope)
             while True:
                 raw = await websocket.receive()
                 try:
@@ -124,7 +137,7 @@ async def client_socket() -> None:
                     sub.push({"type": "error", "error": {"code": "invalid_json",
                                                           "message": "messages must be JSON objects with a type"}})
                     continue
-                sub.push(_client_request(coord, sub, message, CHANNELS))
+                sub.push(_client_request(coord, sub, message, pubsub.PUBLISHED_CHANNELS))
     finally:
         coord.subscribers.discard(sub)
         send.close()
@@ -138,8 +151,8 @@ def _client_request(coord: Coordinator, sub: Subscriber, message: dict[str, Any]
         channel = message.get("channel")
         filter_ = message.get("filter") or {}
         if channel not in channels:
-            return _response("subscribe", request_id, status="error",
-                             error={"code": "invalid_channel", "message": f"channel must be one of {', '.join(channels)}"})
+            return _response("subscribe", request_id, status="error", channel=channel,
+                             error=pubsub.refuse_channel(channel))
         if not isinstance(filter_, dict):
             return _response("subscribe", request_id, status="error",
                              error={"code": "invalid_filter", "message": "filter must be an object"})
