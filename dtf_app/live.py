@@ -347,6 +347,10 @@ class LiveClient:
         """GET /api/tasks/{id} (with ``log_tail``)."""
         return await self.request("GET", f"/api/tasks/{task_id}")
 
+    async def attempts(self, task_id: str) -> list[dict[str, Any]]:
+        """GET /api/tasks/{id}/attempts: recorded attempts with their workers and errors."""
+        return _as_dict(await self.request("GET", f"/api/tasks/{task_id}/attempts")).get("attempts") or []
+
     async def submit(self, tasks: dict[str, Any] | list[dict[str, Any]]) -> Any:
         """POST /api/tasks."""
         return await self.request("POST", "/api/tasks", body=tasks)
@@ -363,6 +367,16 @@ class LiveClient:
         """GET /api/results/aggregate."""
         return await self.request("GET", "/api/results/aggregate",
                                   params={"result_type": result_type, "aggregation_level": level})
+
+    async def anomalies(self, metric: str = "throughput") -> list[dict[str, Any]]:
+        """GET /api/results/anomalies."""
+        return _as_dict(await self.request("GET", "/api/results/anomalies", params={"metric": metric})).get(
+            "anomalies") or []
+
+    async def results_overview(self, level: str) -> dict[str, Any]:
+        """What the Results view shows: benchmark aggregates at ``level``, task aggregates, anomalies."""
+        return {"level": level, "benchmark": await self.aggregate("benchmark", level),
+                "tests": await self.aggregate("test", "status"), "anomalies": await self.anomalies()}
 
     async def cluster(self) -> dict[str, Any]:
         """What /api/cluster/status, /nodes and /leader say (the Cluster view)."""
@@ -529,6 +543,8 @@ class TrioHost:
         self._nursery: trio.Nursery | None = None
         self._done: asyncio.Future[Any] | None = None
         self.error: BaseException | None = None
+        self.on_done: Callable[[BaseException | None], None] | None = None
+        """Called (on the asyncio loop) when trio ends, with the error it ended with (None: cancelled/clean)."""
 
     @property
     def running(self) -> bool:
@@ -555,6 +571,9 @@ class TrioHost:
                 self.error = exc
             loop.call_soon_threadsafe(_set_result, ready, None)
             loop.call_soon_threadsafe(_set_result, self._done, self.error)
+            if self.on_done is not None:
+                error = None if _only_cancelled(self.error) else self.error
+                loop.call_soon_threadsafe(self.on_done, error)
 
         trio.lowlevel.start_guest_run(trio_main, run_sync_soon_threadsafe=loop.call_soon_threadsafe,
                                       done_callback=done, host_uses_signal_set_wakeup_fd=True)

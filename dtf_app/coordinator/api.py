@@ -315,6 +315,17 @@ def create_app(coord: Coordinator) -> QuartTrio:
         view["log_tail"] = list(coord.task_logs.get(task_id, ()))
         return json_response(view)
 
+    @app.get("/api/tasks/<task_id>/attempts")
+    @requires("read")
+    async def task_attempts(task_id: str) -> Response:
+        """Every recorded attempt (which worker, how it ended, its error): the task detail view's history."""
+        from dtf_app.store import queries
+
+        if task_id not in coord.state.tasks:
+            raise ApiError(404, "not_found", f"no task {task_id!r}")
+        await coord.store.flush()
+        return json_response({"task_id": task_id, "attempts": await queries.task_history(coord.store, task_id)})
+
     @app.post("/api/tasks/<task_id>/cancel")
     @requires("cancel")
     async def cancel_task(task_id: str) -> Response:
@@ -410,6 +421,25 @@ def create_app(coord: Coordinator) -> QuartTrio:
         except ValueError as exc:
             raise ApiError(400, "invalid_parameter", str(exc)) from None
         return json_response(data)
+
+    @app.get("/api/results/anomalies")
+    @requires("read")
+    async def result_anomalies() -> Response:
+        """Benchmark rows more than z standard deviations from their group's mean (default 2.5)."""
+        from dtf_app.store import queries
+
+        await coord.store.flush()
+        raw_z = request.args.get("z_threshold") or "2.5"
+        try:
+            z_threshold = float(raw_z)
+        except ValueError:
+            raise ApiError(400, "invalid_parameter", f"z_threshold must be a positive number, got {raw_z!r}") from None
+        try:
+            rows = await queries.anomalies(coord.store, metric=request.args.get("metric") or "throughput",
+                                           z_threshold=z_threshold)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_parameter", str(exc)) from None
+        return json_response({"anomalies": rows})
 
     @app.get("/api/results/<result_id>")
     @requires("read")

@@ -158,6 +158,7 @@ def build_spec(version: str) -> dict[str, Any]:
         "/api/tasks/summary": {"get": _op("counts by state for a batch or ids", params=[
             _query("batch_id", {"type": "string"}), _query("ids", {"type": "string"})])},
         "/api/tasks/{task_id}": {"get": _op("one task with its result", params=[task_id], response=_TASK_OUT)},
+        "/api/tasks/{task_id}/attempts": {"get": _op("recorded attempts: worker, status, times, error", params=[task_id])},
         "/api/tasks/{task_id}/cancel": {"post": _op("cancel (409 if already finished)", params=[task_id])},
         "/api/tasks/{task_id}/complete": {"post": _op("worker: report a result", params=[task_id], body=outcome)},
         "/api/tasks/{task_id}/fail": {"post": _op("worker: report a failure", params=[task_id], body=outcome)},
@@ -171,6 +172,8 @@ def build_spec(version: str) -> dict[str, Any]:
             _query("result_type", {"type": "string", "enum": ["test", "benchmark", "task"]}),
             _query("aggregation_level", {"type": "string", "enum": [
                 "model", "batch_size", "precision", "backend", "worker", "hardware", "test", "status", "day"]})])},
+        "/api/results/anomalies": {"get": _op("benchmark rows far from their group's mean (z-score)", params=[
+            _query("metric", {"type": "string"}), _query("z_threshold", {"type": "number"})])},
         "/api/results/{result_id}": {"get": _op("one result with per-test and per-benchmark rows",
                                                 params=[result_id])},
         "/api/keys": {

@@ -1,0 +1,238 @@
+"""Tasks: a live, paged table of tasks with a filter (text, ``status:``, ``type:``) and sort orders.
+
+The store may hold 100,000 tasks; the table holds one page of them (``PAGE_ROWS``). Newest-first with no
+filter walks the store from its end and stops after the page, so the common case costs the page, not
+the store; filters and other sort orders scan the store once per refresh that has changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Input, Static
+
+from dtf_app.live import LiveStore
+from dtf_app.protocol import TASK_STATES, TASK_TYPES
+from dtf_app.tui import format as fmt
+from dtf_app.tui.messages import CancelTask, Changes, OpenTask
+from dtf_app.tui.widgets.base import View
+
+PAGE_ROWS = 300
+SORTS = ("newest", "oldest", "status", "priority", "name")
+COLUMNS = (("id", "id"), ("name", "name"), ("type", "type"), ("status", "status"), ("prio", "priority"),
+           ("worker", "worker_id"), ("att", "attempts"), ("created", "create_time"), ("took", "took"),
+           ("result / error", "error"))
+
+
+class FilterSpec:
+    """``failed bert status:running,pending type:test``: words match id/name/worker/error, keys narrow."""
+
+    def __init__(self, text: str = "") -> None:
+        self.text = text
+        self.words: list[str] = []
+        self.states: set[str] = set()
+        self.types: set[str] = set()
+        self.problems: list[str] = []
+        for part in text.split():
+            key, sep, value = part.partition(":")
+            if sep and key in ("status", "state", "s"):
+                wanted = {v for v in value.split(",") if v}
+                bad = wanted - set(TASK_STATES)
+                if bad:
+                    self.problems.append(f"unknown state {', '.join(sorted(bad))} (states: {', '.join(TASK_STATES)})")
+                self.states |= wanted & set(TASK_STATES)
+            elif sep and key in ("type", "t"):
+                wanted = {v for v in value.split(",") if v}
+                bad = wanted - set(TASK_TYPES)
+                if bad:
+                    self.problems.append(f"unknown type {', '.join(sorted(bad))} (types: {', '.join(TASK_TYPES)})")
+                self.types |= wanted & set(TASK_TYPES)
+            else:
+                self.words.append(part.lower())
+
+    @property
+    def empty(self) -> bool:
+        return not (self.words or self.states or self.types)
+
+    def matches(self, task: dict[str, Any]) -> bool:
+        if self.states and task.get("status") not in self.states:
+            return False
+        if self.types and task.get("type") not in self.types:
+            return False
+        if self.words:
+            hay = " ".join(str(task.get(k) or "") for k in ("task_id", "name", "worker_id", "error", "type")).lower()
+            return all(word in hay for word in self.words)
+        return True
+
+
+def _sort_key(sort: str) -> Any:
+    if sort == "status":
+        order = {s: i for i, s in enumerate(fmt.STATE_ORDER)}
+        return lambda t: order.get(t.get("status"), 99)
+    if sort == "priority":
+        return lambda t: -(fmt.number(t.get("priority")) or 0)
+    if sort == "name":
+        return lambda t: str(t.get("name") or t.get("task_id") or "")
+    return None
+
+
+def visible_tasks(store: LiveStore, spec: FilterSpec, sort: str, page: int,
+                  rows: int = PAGE_ROWS) -> tuple[list[dict[str, Any]], int]:
+    """The tasks of one page and how many match in all."""
+    tasks = store.tasks
+    start = page * rows
+    if spec.empty and sort in ("newest", "oldest"):
+        ordered = reversed(tasks.values()) if sort == "newest" else iter(tasks.values())
+        out = []
+        for i, task in enumerate(ordered):
+            if i >= start + rows:
+                break
+            if i >= start:
+                out.append(task)
+        return out, len(tasks)
+    matching = [t for t in tasks.values() if spec.matches(t)]
+    key = _sort_key(sort)
+    if sort == "newest":
+        matching.reverse()
+    elif key is not None:
+        matching.reverse()  # newest first within equal keys (sort is stable)
+        matching.sort(key=key)
+    return matching[start:start + rows], len(matching)
+
+
+def _cells(task: dict[str, Any]) -> tuple[Any, ...]:
+    result = task.get("result") if isinstance(task.get("result"), dict) else None
+    if task.get("error"):
+        tail = str(task["error"]).splitlines()[0][:80] if str(task["error"]) else "-"
+    elif result is not None:
+        tail = fmt.state(result.get("status"))
+    else:
+        tail = "-"
+    return (fmt.short_id(task.get("task_id")), str(task.get("name") or "-")[:40], str(task.get("type") or "-"),
+            fmt.state(task.get("status")), str(task.get("priority", "-")), str(task.get("worker_id") or "-"),
+            str(task.get("attempts") or 0), fmt.clock(task.get("create_time")), fmt.duration(task), tail)
+
+
+class TasksView(View):
+    """The task table; enter opens a task, ``c`` cancels it, ``/`` filters, ``o`` changes the order."""
+
+    BINDINGS = [
+        Binding("slash", "focus_filter", "Filter"),
+        Binding("o", "cycle_sort", "Sort"),
+        Binding("f", "cycle_state", "State"),
+        Binding("c", "cancel_task", "Cancel task"),
+        Binding("right_square_bracket", "page(1)", "Next page", show=False),
+        Binding("left_square_bracket", "page(-1)", "Prev page", show=False),
+    ]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec = FilterSpec()
+        self.sort = "newest"
+        self.page = 0
+        self._shown: list[str] = []
+        self._store: LiveStore | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Input(placeholder="filter: words, status:failed,running  type:test   (/ to focus, esc to leave)",
+                    id="task-filter")
+        yield Static(id="task-summary")
+        table: DataTable = DataTable(id="task-table", cursor_type="row", zebra_stripes=True)
+        for label, key in COLUMNS:
+            table.add_column(label, key=key)
+        yield table
+
+    # -------------------------------------------------------------- refresh
+    def refresh_view(self, store: LiveStore, changes: Changes) -> None:
+        self._store = store
+        page, total = visible_tasks(store, self.spec, self.sort, self.page)
+        if not page and self.page > 0:
+            self.page = max(0, (total - 1) // PAGE_ROWS)
+            page, total = visible_tasks(store, self.spec, self.sort, self.page)
+        ids = [str(t.get("task_id")) for t in page]
+        table = self.query_one("#task-table", DataTable)
+        if ids != self._shown or changes.full:
+            selected = self.selected_task_id()
+            # At the top of the newest-first list the cursor follows new tasks (like a tail -f);
+            # anywhere else it stays on the task it was on.
+            follow = table.cursor_row == 0 and self.sort == "newest" and self.page == 0
+            table.clear()
+            for task, task_id in zip(page, ids, strict=True):
+                table.add_row(*_cells(task), key=task_id)
+            self._shown = ids
+            if selected in ids and not follow:
+                table.move_cursor(row=ids.index(selected), animate=False, scroll=False)
+        else:
+            keys = [c for _, c in COLUMNS]
+            for task_id in changes.tasks & set(ids):
+                for key, value in zip(keys, _cells(store.tasks[task_id]), strict=True):
+                    table.update_cell(task_id, key, value)
+        first = self.page * PAGE_ROWS + (1 if page else 0)
+        summary = (f"{first:,}-{self.page * PAGE_ROWS + len(page):,} of {total:,} matching"
+                   f" ({len(store.tasks):,} in view, {store.total_tasks:,} in the cluster) · order: {self.sort}"
+                   f" · page {self.page + 1} ([ ])")
+        if self.spec.problems:
+            summary += " · " + "; ".join(self.spec.problems)
+        self.query_one("#task-summary", Static).update(summary)
+
+    def _changed(self) -> None:
+        self._shown = []
+        if self._store is not None:
+            self.refresh_view(self._store, Changes(full=True))
+
+    # -------------------------------------------------------------- actions
+    def selected_task_id(self) -> str | None:
+        table = self.query_one("#task-table", DataTable)
+        if not table.row_count:
+            return None
+        try:
+            key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+        except Exception:  # noqa: BLE001 - an empty or shrinking table has no cursor row
+            return None
+        return str(key.value) if key.value else None
+
+    def action_focus_filter(self) -> None:
+        self.query_one("#task-filter", Input).focus()
+
+    def action_cycle_sort(self) -> None:
+        self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
+        self.page = 0
+        self._changed()
+
+    def action_cycle_state(self) -> None:
+        """Cycle the state filter: all -> running -> pending -> failed -> completed -> all."""
+        cycle = ["", "running", "pending", "failed", "completed", "cancelled"]
+        current = ",".join(sorted(self.spec.states))
+        nxt = cycle[(cycle.index(current) + 1) % len(cycle)] if current in cycle else ""
+        words = [w for w in self.spec.text.split() if not w.startswith(("status:", "state:", "s:"))]
+        text = " ".join(words + ([f"status:{nxt}"] if nxt else []))
+        self.query_one("#task-filter", Input).value = text  # on_input_changed applies it
+
+    def action_page(self, delta: int) -> None:
+        self.page = max(0, self.page + delta)
+        self._changed()
+
+    def action_cancel_task(self) -> None:
+        task_id = self.selected_task_id()
+        if task_id:
+            self.post_message(CancelTask(task_id))
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "task-filter":
+            self.spec = FilterSpec(event.value)
+            self.page = 0
+            self._changed()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.query_one("#task-table", DataTable).focus()
+
+    def on_key(self, event: Any) -> None:
+        if event.key == "escape" and self.query_one("#task-filter", Input).has_focus:
+            self.query_one("#task-table", DataTable).focus()
+            event.stop()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.row_key.value:
+            self.post_message(OpenTask(str(event.row_key.value)))
