@@ -101,16 +101,23 @@ class EmbeddedBackend(Backend):
         self.client = LiveClient([self.url], admin_key, store=self.store, sink=sink)
         nursery.start_soon(self.client.run)
         if self.workers:
-            await trio.to_thread.run_sync(self._start_workers, admin_key)
+            worker_key = await trio.to_thread.run_sync(self._worker_key, admin_key)
+            # Started from this (the main) thread: Linux sends PR_SET_PDEATHSIG when the *thread* that
+            # forked a child ends, and a worker thread of trio's pool ends after a few idle seconds.
+            self._start_workers(worker_key)
 
-    def _start_workers(self, admin_key: str) -> None:
+    def _worker_key(self, admin_key: str) -> str:
         from dtf_app.client import Client
-        from dtf_app.up import Child, _child_env, _worker_key
+        from dtf_app.up import _worker_key
+
+        with Client(self.url, admin_key) as client:
+            return _worker_key(client, self.data_dir)
+
+    def _start_workers(self, worker_key: str) -> None:
+        from dtf_app.up import Child, _child_env
 
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        with Client(self.url, admin_key) as client:
-            worker_key = _worker_key(client, self.data_dir)
         for i in range(1, self.workers + 1):
             argv = ["--mode", "worker", "--coordinator", self.url, "--worker-id", f"w{i}",
                     "--data-dir", str(self.data_dir / "workers" / f"w{i}")]

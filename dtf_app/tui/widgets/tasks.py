@@ -21,9 +21,10 @@ from dtf_app.tui.widgets.base import View
 
 PAGE_ROWS = 300
 SORTS = ("newest", "oldest", "status", "priority", "name")
-COLUMNS = (("id", "id"), ("name", "name"), ("type", "type"), ("status", "status"), ("prio", "priority"),
-           ("worker", "worker_id"), ("att", "attempts"), ("created", "create_time"), ("took", "took"),
-           ("result / error", "error"))
+# (label, key, width): fixed widths, because a cell updated in place never widens its column.
+COLUMNS = (("id", "id", 12), ("name", "name", 26), ("type", "type", 9), ("status", "status", 13),
+           ("prio", "priority", 4), ("worker", "worker_id", 10), ("att", "attempts", 3),
+           ("created", "create_time", 8), ("took", "took", 7), ("result / error", "error", None))
 
 
 class FilterSpec:
@@ -110,7 +111,7 @@ def _cells(task: dict[str, Any]) -> tuple[Any, ...]:
         tail = fmt.state(result.get("status"))
     else:
         tail = "-"
-    return (fmt.short_id(task.get("task_id")), str(task.get("name") or "-")[:40], str(task.get("type") or "-"),
+    return (fmt.short_id(task.get("task_id")), str(task.get("name") or "-")[:26], str(task.get("type") or "-"),
             fmt.state(task.get("status")), str(task.get("priority", "-")), str(task.get("worker_id") or "-"),
             str(task.get("attempts") or 0), fmt.clock(task.get("create_time")), fmt.duration(task), tail)
 
@@ -140,8 +141,8 @@ class TasksView(View):
                     id="task-filter")
         yield Static(id="task-summary")
         table: DataTable = DataTable(id="task-table", cursor_type="row", zebra_stripes=True)
-        for label, key in COLUMNS:
-            table.add_column(label, key=key)
+        for label, key, width in COLUMNS:
+            table.add_column(label, key=key, width=width)
         yield table
 
     # -------------------------------------------------------------- refresh
@@ -165,10 +166,14 @@ class TasksView(View):
             if selected in ids and not follow:
                 table.move_cursor(row=ids.index(selected), animate=False, scroll=False)
         else:
-            keys = [c for _, c in COLUMNS]
-            for task_id in changes.tasks & set(ids):
+            keys = [c for _, c, _ in COLUMNS]
+            changed = changes.tasks & set(ids)
+            for task_id in changed:
                 for key, value in zip(keys, _cells(store.tasks[task_id]), strict=True):
                     table.update_cell(task_id, key, value)
+            for task in page:  # running durations move with the clock
+                if task.get("status") == "running" and task.get("task_id") not in changed:
+                    table.update_cell(str(task["task_id"]), "took", fmt.duration(task))
         first = self.page * PAGE_ROWS + (1 if page else 0)
         summary = (f"{first:,}-{self.page * PAGE_ROWS + len(page):,} of {total:,} matching"
                    f" ({len(store.tasks):,} in view, {store.total_tasks:,} in the cluster) · order: {self.sort}"

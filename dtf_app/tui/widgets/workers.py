@@ -12,9 +12,11 @@ from dtf_app.tui import format as fmt
 from dtf_app.tui.messages import Changes
 from dtf_app.tui.widgets.base import View
 
-COLUMNS = (("worker", "worker"), ("host", "host"), ("status", "status"), ("hardware", "hardware"),
-           ("gpus", "gpus"), ("cpu", "cpu"), ("memory", "memory"), ("disk", "disk"), ("slots", "slots"),
-           ("health", "health"), ("current task", "current"), ("heartbeat", "heartbeat"))
+# (label, key, width): fixed widths, because a cell updated in place never widens its column.
+COLUMNS = (("worker", "worker", 14), ("host", "host", 16), ("status", "status", 7), ("hardware", "hardware", 16),
+           ("gpus", "gpus", 22), ("cpu", "cpu", 13), ("memory", "memory", 13), ("disk", "disk", 13),
+           ("slots", "slots", 5), ("health", "health", 8), ("current task", "current", 12),
+           ("heartbeat", "heartbeat", 9))
 
 
 def _cells(worker: dict[str, Any]) -> tuple[Any, ...]:
@@ -22,7 +24,7 @@ def _cells(worker: dict[str, Any]) -> tuple[Any, ...]:
     status_doc = worker.get("health_status") if isinstance(worker.get("health_status"), dict) else {}
     running = int(fmt.number(worker.get("running")) or 0)
     slots = int(fmt.number(worker.get("max_concurrent_tasks")) or 0)
-    return (str(worker.get("worker_id") or "-"), str(worker.get("hostname") or "-")[:20], fmt.state(worker.get("status")),
+    return (str(worker.get("worker_id") or "-")[:14], str(worker.get("hostname") or "-")[:16], fmt.state(worker.get("status")),
             fmt.hardware(worker), fmt.gpus(worker), fmt.gauge(health.get("cpu_percent"), 8),
             fmt.gauge(health.get("memory_percent"), 8), fmt.gauge(health.get("disk_percent"), 8),
             f"{running}/{slots}", fmt.state(status_doc.get("status")),
@@ -39,8 +41,8 @@ class WorkersView(View):
     def compose(self) -> ComposeResult:
         yield Static(id="workers-header")
         table: DataTable = DataTable(id="worker-table", cursor_type="row", zebra_stripes=True)
-        for label, key in COLUMNS:
-            table.add_column(label, key=key)
+        for label, key, width in COLUMNS:
+            table.add_column(label, key=key, width=width)
         yield table
 
     def refresh_view(self, store: LiveStore, changes: Changes) -> None:
@@ -52,7 +54,7 @@ class WorkersView(View):
                 table.add_row(*_cells(store.workers[worker_id]), key=worker_id)
             self._shown = ids
         else:
-            keys = [c for _, c in COLUMNS]
+            keys = [c for _, c, _ in COLUMNS]
             for worker_id in changes.workers & set(ids):
                 for key, value in zip(keys, _cells(store.workers[worker_id]), strict=True):
                     table.update_cell(worker_id, key, value)
