@@ -104,7 +104,9 @@ class LiveStore:
     total_tasks: int = 0
     applied_index: int = 0
     synced_at: float | None = None
-    _bucket_started: float = field(default_factory=time.monotonic)
+    clock: Callable[[], float] = time.monotonic
+    """Monotonic seconds for the throughput buckets (a test pins it to render the same picture every time)."""
+    _bucket_started: float | None = None
 
     # -------------------------------------------------------------- reads
     def counts(self) -> dict[str, int]:
@@ -121,7 +123,9 @@ class LiveStore:
 
     def tick(self, now: float | None = None) -> None:
         """Advance the throughput buckets to ``now`` (monotonic seconds)."""
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
+        if self._bucket_started is None:
+            self._bucket_started = now
         while now - self._bucket_started >= THROUGHPUT_BUCKET_S:
             self.throughput.append(0)
             self._bucket_started += THROUGHPUT_BUCKET_S

@@ -43,6 +43,8 @@ class DashApp(App[int]):
 
     CSS_PATH = "dash.tcss"
     TITLE = "DTF"
+    # The focus is placed on purpose (each tab's table), so keys never land in a widget by accident.
+    AUTO_FOCUS = None
     BINDINGS = [
         Binding("1", "show_tab('overview')", "Overview"),
         Binding("2", "show_tab('cluster')", "Cluster"),
@@ -87,6 +89,7 @@ class DashApp(App[int]):
             except Exception as exc:  # noqa: BLE001 - shown to the user, the app stays up to say so
                 self.notify(f"could not start: {exc}", severity="error", timeout=30)
         self.refresh_views()
+        self._focus_table(self.active_tab())
 
     # -------------------------------------------------------------- data in
     def _sink(self, event: LiveEvent) -> None:
@@ -177,6 +180,7 @@ class DashApp(App[int]):
             static = getattr(self.backend, f"{key}_info", None)
             if static:
                 view.set_remote(key, static)
+                view.refresh_view(self.store, Changes(full=False))
             return
         try:
             if key == "cluster":

@@ -59,7 +59,7 @@ def task(i: int, state: str, *, kind: str | None = None) -> dict[str, Any]:
 def sample_store(workers: int = 4, tasks: int = 40, seed: int = 7) -> LiveStore:
     """A store as a resync would leave it: ``workers`` workers and ``tasks`` tasks in mixed states."""
     rng = random.Random(seed)
-    store = LiveStore()
+    store = LiveStore(clock=lambda: 0.0)  # a frozen clock: the throughput buckets never move
     ws = [worker(i + 1, gpus=(2 if i % 3 == 0 else 0), status=("online", "busy", "error", "offline")[i % 4],
                  cpu=float(rng.randint(5, 95))) for i in range(workers)]
     ts = [task(i, STATES[rng.randrange(len(STATES))]) for i in range(tasks)]

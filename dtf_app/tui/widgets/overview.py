@@ -43,10 +43,12 @@ class OverviewView(View):
         store.tick()
         counts = store.counts()
         line = Text()
-        for name in fmt.STATE_ORDER:
-            value = counts.get(name, 0)
-            line += Text(f"{name:<14}", style="grey70") + Text(f"{value:>8,}\n", style=fmt.STATE_STYLES[name])
-        line += Text(f"{'total':<14}", style="bold") + Text(f"{counts.get('total', 0):>8,}", style="bold")
+        # Two columns (active states | finished states), so the box fits an 80x24 terminal too.
+        left, right = ("running", "assigned", "pending", "blocked"), ("completed", "failed", "cancelled", "unschedulable")
+        for a, b in zip(left, right, strict=True):
+            line += Text(f"{a:<9}", style="grey70") + Text(f"{counts.get(a, 0):>7,}", style=fmt.STATE_STYLES[a])
+            line += Text(f"  {b:<13}", style="grey70") + Text(f"{counts.get(b, 0):>7,}\n", style=fmt.STATE_STYLES[b])
+        line += Text(f"{'total':<9}", style="bold") + Text(f"{counts.get('total', 0):>7,}", style="bold")
         self.query_one("#counts", Static).update(line)
 
         by_status: dict[str, int] = {}
@@ -58,9 +60,9 @@ class OverviewView(View):
                 slots += int(fmt.number(worker.get("max_concurrent_tasks")) or 0)
                 running += int(fmt.number(worker.get("running")) or 0)
         text = Text()
-        for name in ("online", "busy", "error", "offline"):
-            text += Text(f"{name:<8}", style="grey70") + Text(f"{by_status.get(name, 0):>6,}\n",
-                                                                 style=fmt.STATE_STYLES[name])
+        for a, b in (("online", "busy"), ("error", "offline")):
+            text += Text(f"{a:<8}", style="grey70") + Text(f"{by_status.get(a, 0):>6,}", style=fmt.STATE_STYLES[a])
+            text += Text(f"   {b:<8}", style="grey70") + Text(f"{by_status.get(b, 0):>6,}\n", style=fmt.STATE_STYLES[b])
         text += Text(f"{'slots':<8}", style="grey70") + Text(f"{running:>6,} / {slots:,} in use\n")
         text += Text(f"{'load':<8}", style="grey70") + fmt.gauge(100 * running / slots if slots else None, 20)
         self.query_one("#workers-summary", Static).update(text)
