@@ -98,6 +98,10 @@ class LiveStore:
     status: dict[str, Any] = field(default_factory=dict)
     logs: dict[str, deque[str]] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)
+    ordinals: dict[str, int] = field(default_factory=dict)
+    """Position of each task in creation order (stable), so views can keep sorted indexes incrementally."""
+    generation: int = 0
+    """Bumped by every ``load``: an index built on an older generation must be rebuilt."""
     worker_versions: dict[str, int] = field(default_factory=dict)
     recent_failures: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_FAILURES))
     throughput: deque[int] = field(default_factory=lambda: deque([0] * THROUGHPUT_BUCKETS, maxlen=THROUGHPUT_BUCKETS))
@@ -142,6 +146,8 @@ class LiveStore:
                 new_tasks[task_id] = task
                 versions[task_id] = index
         self.tasks, self.versions = new_tasks, versions
+        self.ordinals = {task_id: i for i, task_id in enumerate(new_tasks)}
+        self.generation += 1
         self.workers = {w["worker_id"]: w for w in workers if isinstance(w, dict) and isinstance(w.get("worker_id"), str)}
         self.worker_versions = dict.fromkeys(self.workers, workers_index)
         self.status = dict(status)
@@ -173,6 +179,8 @@ class LiveStore:
                 return None  # older than what a read already showed
             previous = self.tasks.get(task_id)
             old_state = previous.get("status") if previous else None
+            if previous is None:
+                self.ordinals[task_id] = len(self.ordinals)
             self.tasks[task_id] = {**previous, **task} if previous and not push.get("task") else task
             if index is not None:
                 self.versions[task_id] = index

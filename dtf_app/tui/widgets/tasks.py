@@ -7,6 +7,7 @@ the store; filters and other sort orders scan the store once per refresh that ha
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 from textual.app import ComposeResult
@@ -19,7 +20,7 @@ from dtf_app.tui import format as fmt
 from dtf_app.tui.messages import CancelTask, Changes, OpenTask
 from dtf_app.tui.widgets.base import View
 
-PAGE_ROWS = 300
+PAGE_ROWS = 100
 SORTS = ("newest", "oldest", "status", "priority", "name")
 # (label, key, width): fixed widths, because a cell updated in place never widens its column.
 COLUMNS = (("id", "id", 12), ("name", "name", 26), ("type", "type", 9), ("status", "status", 13),
@@ -68,39 +69,94 @@ class FilterSpec:
         return True
 
 
-def _sort_key(sort: str) -> Any:
+def _entry(sort: str, task: dict[str, Any], ordinal: int) -> tuple[Any, ...]:
+    """The sort key of a task in one order; ties go newest first."""
+    if sort == "oldest":
+        return (ordinal,)
     if sort == "status":
-        order = {s: i for i, s in enumerate(fmt.STATE_ORDER)}
-        return lambda t: order.get(t.get("status"), 99)
+        return (_STATE_RANK.get(task.get("status"), 99), -ordinal)
     if sort == "priority":
-        return lambda t: -(fmt.number(t.get("priority")) or 0)
+        return (-(fmt.number(task.get("priority")) or 0), -ordinal)
     if sort == "name":
-        return lambda t: str(t.get("name") or t.get("task_id") or "")
-    return None
+        return (str(task.get("name") or task.get("task_id") or ""), -ordinal)
+    return (-ordinal,)
+
+
+_STATE_RANK = {s: i for i, s in enumerate(fmt.STATE_ORDER)}
+
+
+class TaskIndex:
+    """The tasks matching one filter, in one order, kept up to date change by change.
+
+    A full build sorts the store once (after a resync); afterwards each changed task costs a membership
+    check and at most one bisect removal and insertion, so a refresh pays for what changed, not for the
+    100,000 tasks the store may hold. Orders with few distinct leading keys (status, priority) keep one
+    sorted list per key, so an insertion moves a bucket's worth of references rather than the whole index.
+    """
+
+    def __init__(self, store: LiveStore, spec: FilterSpec, sort: str) -> None:
+        self.spec, self.sort = spec, sort
+        self.bucketed = sort in ("status", "priority")
+        self.generation = store.generation
+        self.keys: dict[str, tuple[Any, ...]] = {}
+        ordinals = store.ordinals
+        for task_id, task in store.tasks.items():
+            if spec.matches(task):
+                self.keys[task_id] = (*_entry(sort, task, ordinals.get(task_id, 0)), task_id)
+        self.buckets: dict[Any, list[tuple[Any, ...]]] = {}
+        for entry in self.keys.values():
+            self.buckets.setdefault(self._bucket(entry), []).append(entry)
+        for entries in self.buckets.values():
+            entries.sort()
+
+    def _bucket(self, entry: tuple[Any, ...]) -> Any:
+        return entry[0] if self.bucketed else None
+
+    def update(self, store: LiveStore, changed: set[str]) -> bool:
+        """Apply changed tasks; True when the order or membership changed."""
+        moved = False
+        ordinals = store.ordinals
+        for task_id in changed:
+            task = store.tasks.get(task_id)
+            old = self.keys.get(task_id)
+            new = ((*_entry(self.sort, task, ordinals.get(task_id, 0)), task_id)
+                   if task is not None and self.spec.matches(task) else None)
+            if old == new:
+                continue
+            moved = True
+            if old is not None:
+                entries = self.buckets.get(self._bucket(old), [])
+                i = bisect.bisect_left(entries, old)
+                if i < len(entries) and entries[i] == old:
+                    del entries[i]
+                del self.keys[task_id]
+            if new is not None:
+                bisect.insort(self.buckets.setdefault(self._bucket(new), []), new)
+                self.keys[task_id] = new
+        return moved
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def page(self, page: int, rows: int) -> list[str]:
+        skip, out = page * rows, []
+        for bucket in sorted(self.buckets, key=lambda b: (b is None, b)):
+            entries = self.buckets[bucket]
+            if skip >= len(entries):
+                skip -= len(entries)
+                continue
+            out.extend(entry[-1] for entry in entries[skip:skip + rows - len(out)])
+            skip = 0
+            if len(out) >= rows:
+                break
+        return out
 
 
 def visible_tasks(store: LiveStore, spec: FilterSpec, sort: str, page: int,
                   rows: int = PAGE_ROWS) -> tuple[list[dict[str, Any]], int]:
-    """The tasks of one page and how many match in all."""
-    tasks = store.tasks
-    start = page * rows
-    if spec.empty and sort in ("newest", "oldest"):
-        ordered = reversed(tasks.values()) if sort == "newest" else iter(tasks.values())
-        out = []
-        for i, task in enumerate(ordered):
-            if i >= start + rows:
-                break
-            if i >= start:
-                out.append(task)
-        return out, len(tasks)
-    matching = [t for t in tasks.values() if spec.matches(t)]
-    key = _sort_key(sort)
-    if sort == "newest":
-        matching.reverse()
-    elif key is not None:
-        matching.reverse()  # newest first within equal keys (sort is stable)
-        matching.sort(key=key)
-    return matching[start:start + rows], len(matching)
+    """The tasks of one page and how many match in all (a one-off index: tests and scripts)."""
+    index = TaskIndex(store, spec, sort)
+    return [store.tasks[t] for t in index.page(page, rows)], len(index)
 
 
 def _cells(task: dict[str, Any]) -> tuple[Any, ...]:
@@ -135,6 +191,7 @@ class TasksView(View):
         self.page = 0
         self._shown: list[str] = []
         self._store: LiveStore | None = None
+        self._index: TaskIndex | None = None
 
     def compose(self) -> ComposeResult:
         yield Input(placeholder="filter: words, status:failed,running  type:test   (/ to focus, esc to leave)",
@@ -148,10 +205,16 @@ class TasksView(View):
     # -------------------------------------------------------------- refresh
     def refresh_view(self, store: LiveStore, changes: Changes) -> None:
         self._store = store
-        page, total = visible_tasks(store, self.spec, self.sort, self.page)
-        if not page and self.page > 0:
+        index = self._index
+        if (index is None or changes.full or index.generation != store.generation or index.spec is not self.spec
+                or index.sort != self.sort):
+            index = self._index = TaskIndex(store, self.spec, self.sort)
+        elif changes.tasks:
+            index.update(store, changes.tasks)
+        total = len(index)
+        if self.page * PAGE_ROWS >= total and self.page > 0:
             self.page = max(0, (total - 1) // PAGE_ROWS)
-            page, total = visible_tasks(store, self.spec, self.sort, self.page)
+        page = [store.tasks[t] for t in index.page(self.page, PAGE_ROWS)]
         ids = [str(t.get("task_id")) for t in page]
         table = self.query_one("#task-table", DataTable)
         if ids != self._shown or changes.full:
