@@ -183,25 +183,26 @@ class DashApp(App[int]):
     @work(exclusive=True, group="remote")
     async def _fetch_remote(self, key: str) -> None:
         client = self.backend.client
-        view = self.query_one(f"#view-{key}", View)
         if client is None:
-            static = getattr(self.backend, f"{key}_info", None)
-            if static:
-                view.set_remote(key, static)
-                view.refresh_view(self.store, Changes(full=False))
+            data = getattr(self.backend, f"{key}_info", None)
+        else:
+            try:
+                if key == "cluster":
+                    data = await self.host.call(client.cluster)
+                else:
+                    level = self.query_one("#view-results", ResultsView).level
+                    data = await self.host.call(client.results_overview, level)
+            except (LiveError, RuntimeError, NoMatches) as exc:
+                self.log.warning(f"{key}: {exc}")
+                return
+        if not data or self._stopping:
             return
         try:
-            if key == "cluster":
-                data = await self.host.call(client.cluster)
-            else:
-                level = self.query_one("#view-results", ResultsView).level
-                data = await self.host.call(client.results_overview, level)
-        except (LiveError, RuntimeError) as exc:
-            self.log.warning(f"{key}: {exc}")
-            return
-        if view.is_attached:
+            view = self.query_one(f"#view-{key}", View)
             view.set_remote(key, data)
             view.refresh_view(self.store, Changes(full=False))
+        except NoMatches:  # the app closed while the answer was on its way
+            pass
 
     # -------------------------------------------------------------- actions
     def action_show_tab(self, key: str) -> None:

@@ -6,7 +6,6 @@ Textual starts, so they end in one clear line and the CLI's exit codes, never in
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -22,8 +21,6 @@ class DashError(Exception):
 
 
 def _need_terminal() -> None:
-    if os.environ.get("DTF_TUI_ANY_OUTPUT") == "1":
-        return  # textual-serve and tests drive the app without a tty on purpose
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise DashError("the dashboard needs a terminal (stdin and stdout are not a tty); for scripts use "
                         "`dtf up --workers 2 --headless`, `dtf status` or `dtf tasks list`")

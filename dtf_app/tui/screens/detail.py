@@ -20,6 +20,7 @@ class TaskDetailScreen(Screen[None]):
     """Opened with enter on a task row; ``escape`` goes back, ``c`` cancels."""
 
     BINDINGS = [Binding("escape", "app.pop_screen", "Back"), Binding("c", "cancel", "Cancel task")]
+    AUTO_FOCUS = "#log"
 
     def __init__(self, task_id: str, store: LiveStore) -> None:
         super().__init__()

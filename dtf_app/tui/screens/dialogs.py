@@ -40,6 +40,8 @@ reconnects by itself and reloads everything it shows when it is back.
 class HelpScreen(ModalScreen[None]):
     """The key map."""
 
+    AUTO_FOCUS = "#help-close"
+
     BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close")]
 
     def compose(self) -> ComposeResult:
@@ -53,6 +55,8 @@ class HelpScreen(ModalScreen[None]):
 
 class ConfirmScreen(ModalScreen[bool]):
     """Yes / no."""
+
+    AUTO_FOCUS = "#no"  # enter alone never confirms a destructive action
 
     BINDINGS = [Binding("escape,n", "no", "No"), Binding("y", "yes", "Yes")]
 
@@ -87,6 +91,8 @@ def default_task_file() -> str:
 
 class SubmitScreen(ModalScreen[Any]):
     """Ask for a task file; dismisses with the loaded task documents (errors are shown in place)."""
+
+    AUTO_FOCUS = "#submit-path"
 
     BINDINGS = [Binding("escape", "dismiss_none", "Cancel")]
 
