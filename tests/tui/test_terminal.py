@@ -17,6 +17,8 @@ import pexpect
 import pyte
 import pytest
 
+from tests.integration.harness import Cluster
+
 REPO = Path(__file__).resolve().parents[2]
 COLUMNS, LINES = 160, 48
 
@@ -104,6 +106,29 @@ def test_new_user_runs_the_example_tasks_from_the_dashboard(tmp_path: Path) -> N
         # The worker processes stopped with the dashboard.
         for log in (data_dir / "logs").glob("worker-*.log"):
             assert "shutting down" in log.read_text()
+    finally:
+        if term.child.isalive():
+            term.child.terminate(force=True)
+
+
+def test_dash_watches_a_running_cluster(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_coordinator()
+    cluster.start_worker("w1", slots=1)
+    cluster.wait_workers(1)
+    env = dict(_env(tmp_path), DTF_API_KEY=cluster.admin_key, DTF_STATE_DIR=str(cluster.root / "state"))
+    term = Terminal([sys.executable, "-m", "dtf_app", "dash", "--coordinator", cluster.url], REPO, env)
+    try:
+        term.wait(lambda t: cluster.url in t and "Overview [1]" in t, "the dashboard on the cluster")
+        term.press("3")
+        term.wait(lambda t: "1 worker(s), 1 connected" in t and " w1 " in t, "the worker")
+        created = cluster.submit({"type": "custom", "name": "from-outside", "config": {"command": ["true"]}}).json()
+        term.press("4")
+        term.wait(lambda t: "from-outside" in t and "completed" in t, "a task submitted elsewhere, completed")
+        assert created["task_id"][:12] in term.text()
+        term.press("q")
+        term.child.expect(pexpect.EOF, timeout=60)
+        term.child.close()
+        assert term.child.exitstatus == 0
     finally:
         if term.child.isalive():
             term.child.terminate(force=True)
