@@ -185,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Open the terminal dashboard on a running cluster (e.g. one started with "
                                       "`dtf up --workers 2 --headless`): live workers, tasks and results.")
     _add_client_options(dash, json_flag=False)
+    dash.add_argument("--web", type=int, nargs="?", const=8050, metavar="PORT",
+                      help="serve the dashboard in a browser on PORT (default 8050) instead of this terminal; "
+                           "pages need ?api_key=KEY. COORDINATOR_URL is read when no --coordinator is given")
+    dash.add_argument("--web-host", default="127.0.0.1", metavar="H",
+                      help="address the web dashboard listens on (default 127.0.0.1; 0.0.0.0 for all)")
     return parser
 
 
@@ -263,13 +268,25 @@ def _cmd_tui(args: argparse.Namespace) -> int:
 
 
 def _cmd_dash(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
     from dtf_app.client import resolve_target
     from dtf_app.config import default_data_dir
     from dtf_app.tui.run import DashError, run_remote
 
+    if getattr(args, "coordinator", None) is None and os.environ.get("COORDINATOR_URL") \
+            and not os.environ.get("DTF_COORDINATOR"):
+        args.coordinator = os.environ["COORDINATOR_URL"]  # the sources' dashboard service setting
     target = resolve_target(args)
+    if args.web is not None:
+        if not 0 < args.web <= 65535:
+            raise UsageError(f"--web must be a port from 1 to 65535, got {args.web}")
+        try:
+            from dtf_app.tui.web import serve_web
+        except ImportError:
+            raise UsageError("dtf dash --web needs textual-serve: pip install 'dtf[web]'") from None
+        return serve_web(target.urls, host=args.web_host, port=args.web)
     log_dir = Path(getattr(args, "data_dir", None) or default_data_dir())
     try:
         return run_remote(target.urls, target.api_key, log_dir if log_dir.is_dir() else None)

@@ -6,6 +6,7 @@ Textual starts, so they end in one clear line and the CLI's exit codes, never in
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +22,8 @@ class DashError(Exception):
 
 
 def _need_terminal() -> None:
+    if os.environ.get("TEXTUAL_DRIVER", "").endswith("web_driver:WebDriver"):
+        return  # a browser session of dtf dash --web: textual-serve speaks to it over pipes
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise DashError("the dashboard needs a terminal (stdin and stdout are not a tty); for scripts use "
                         "`dtf up --workers 2 --headless`, `dtf status` or `dtf tasks list`")
