@@ -359,6 +359,10 @@ class LiveClient:
         """GET /api/tasks/{id} (with ``log_tail``)."""
         return await self.request("GET", f"/api/tasks/{task_id}")
 
+    async def set_drain(self, worker_id: str, drained: bool) -> dict[str, Any]:
+        """POST /api/workers/{id}/drain or /enable."""
+        return await self.request("POST", f"/api/workers/{worker_id}/{'drain' if drained else 'enable'}")
+
     async def attempts(self, task_id: str) -> list[dict[str, Any]]:
         """GET /api/tasks/{id}/attempts: recorded attempts with their workers and errors."""
         return _as_dict(await self.request("GET", f"/api/tasks/{task_id}/attempts")).get("attempts") or []

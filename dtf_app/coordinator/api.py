@@ -235,6 +235,25 @@ def create_app(coord: Coordinator) -> QuartTrio:
         await coord.propose([{"op": "RegisterWorker", "worker": info}])
         return json_response(coord.worker_view(body["worker_id"]), 201)
 
+    async def _set_drain(worker_id: str, drained: bool) -> Response:
+        if worker_id not in coord.state.workers:
+            raise ApiError(404, "not_found", f"no worker {worker_id!r}")
+        await coord.propose([{"op": "SetWorkerDrain", "worker_id": worker_id, "drained": drained}])
+        coord.wake_dispatcher()
+        return json_response(coord.worker_view(worker_id))
+
+    @app.post("/api/workers/<worker_id>/drain")
+    @requires("cancel")
+    async def drain_worker(worker_id: str) -> Response:
+        """Stop giving the worker new tasks; what it runs finishes."""
+        return await _set_drain(worker_id, True)
+
+    @app.post("/api/workers/<worker_id>/enable")
+    @requires("cancel")
+    async def enable_worker(worker_id: str) -> Response:
+        """Give a drained worker tasks again."""
+        return await _set_drain(worker_id, False)
+
     @app.get("/api/workers/<worker_id>")
     @requires("read")
     async def get_worker(worker_id: str) -> Response:

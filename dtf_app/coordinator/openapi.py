@@ -158,6 +158,10 @@ def build_spec(version: str) -> dict[str, Any]:
         "/api/tasks/summary": {"get": _op("counts by state for a batch or ids", params=[
             _query("batch_id", {"type": "string"}), _query("ids", {"type": "string"})])},
         "/api/tasks/{task_id}": {"get": _op("one task with its result", params=[task_id], response=_TASK_OUT)},
+        "/api/workers/{worker_id}/drain": {"post": _op("no new tasks for the worker; running ones finish",
+                                                        params=[worker_id])},
+        "/api/workers/{worker_id}/enable": {"post": _op("give a drained worker tasks again",
+                                                         params=[worker_id])},
         "/api/tasks/{task_id}/attempts": {"get": _op("recorded attempts: worker, status, times, error", params=[task_id])},
         "/api/tasks/{task_id}/cancel": {"post": _op("cancel (409 if already finished)", params=[task_id])},
         "/api/tasks/{task_id}/complete": {"post": _op("worker: report a result", params=[task_id], body=outcome)},

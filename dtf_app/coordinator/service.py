@@ -470,8 +470,8 @@ class Coordinator:
             prefetch: dict[str, int] = {}
             for worker_id, conn in self.conns.items():
                 worker = self.state.workers.get(worker_id)
-                if conn.closed or worker is None:
-                    continue
+                if conn.closed or worker is None or worker.get("drained"):
+                    continue  # a drained worker finishes what it holds and gets nothing new
                 held = len(worker.get("assigned") or {})
                 idle[worker_id] = max(0, conn.capacity - held)
                 prefetch[worker_id] = conn.capacity * (1 + self.prefetch_per_slot()) - held - idle[worker_id]

@@ -6,7 +6,9 @@ capabilities and the raw health sample; this adds the source names, derived from
 knows, so outside clients and the dashboard read one shape.
 
 ``status`` refines "online": ``busy`` when every slot holds a task, ``error`` when the last health sample
-raised a critical alert. ``connected`` stays the plain yes/no for code that only asks "is it there".
+raised a critical memory or disk alert (resources that make tasks fail; a saturated CPU only makes them
+slow, so it shows in ``health_status`` but not as an error). ``connected`` stays the plain yes/no for code
+that only asks "is it there".
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 from dtf_app import health
 
 WORKER_STATUSES = ("online", "busy", "error", "offline")
+ERROR_METRICS = frozenset({"memory_percent", "disk_percent"})
+"""Health metrics whose critical alert makes a worker's status ``error``."""
 """Every status a worker view can have (one definition for API filters, OpenAPI and the dashboard)."""
 
 
@@ -66,7 +70,7 @@ def add_source_fields(view: dict[str, Any], worker: dict[str, Any]) -> None:
     }
     view.setdefault("metadata", {})
     if view.get("connected"):
-        if health_doc["status"] == "critical":
+        if any(a.get("severity") == "critical" and a.get("metric") in ERROR_METRICS for a in health_doc["alerts"]):
             view["status"] = "error"
         elif capacity and view.get("running", 0) >= capacity:
             view["status"] = "busy"

@@ -23,7 +23,7 @@ from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, Ta
 
 from dtf_app.live import Changed, Connection, LiveError, LiveEvent, LogLines, TrioHost
 from dtf_app.tui.backend import Backend
-from dtf_app.tui.messages import CancelTask, Changes, LiveUpdate, OpenTask
+from dtf_app.tui.messages import CancelTask, Changes, DrainWorker, LiveUpdate, OpenTask
 from dtf_app.tui.screens.detail import TaskDetailScreen
 from dtf_app.tui.screens.dialogs import ConfirmScreen, HelpScreen, SubmitScreen
 from dtf_app.tui.widgets.base import View
@@ -261,6 +261,19 @@ class DashApp(App[int]):
             self.notify(f"cancel failed: {getattr(exc, 'message', exc)}", severity="warning", timeout=8)
             return
         self.notify(f"task {task_id} is now {task.get('status') if isinstance(task, dict) else '?'}", timeout=5)
+
+    @work(group="ops")
+    async def on_drain_worker(self, message: DrainWorker) -> None:
+        try:
+            client = self.backend.require_client()
+            await self.host.call(client.set_drain, message.worker_id, message.drained)
+        except (LiveError, RuntimeError) as exc:
+            self.notify(f"{'drain' if message.drained else 'enable'} failed: {getattr(exc, 'message', exc)}",
+                        severity="warning", timeout=8)
+            return
+        self.notify(f"worker {message.worker_id} " + ("drained: it finishes its tasks and gets no new ones"
+                                                      if message.drained else "enabled: it gets tasks again"),
+                    timeout=5)
 
     @work(group="detail")
     async def fetch_detail(self, screen: TaskDetailScreen) -> None:

@@ -11,7 +11,7 @@ from rich.text import Text
 STATE_STYLES = {
     "pending": "yellow", "blocked": "dark_orange", "unschedulable": "magenta", "assigned": "cyan",
     "running": "bold cyan", "completed": "green", "failed": "bold red", "cancelled": "grey62",
-    "online": "green", "busy": "bold cyan", "error": "bold red", "offline": "grey50",
+    "online": "green", "busy": "bold cyan", "error": "bold red", "offline": "grey50", "drained": "yellow",
     "leader": "bold green", "follower": "cyan", "candidate": "yellow",
     "success": "green", "failure": "red", "partial": "yellow",
     "healthy": "green", "warning": "yellow", "critical": "bold red", "unknown": "grey50",

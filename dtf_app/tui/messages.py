@@ -33,6 +33,15 @@ class CancelTask(Message):
         self.task_id = task_id
 
 
+class DrainWorker(Message):
+    """Drain a worker (no new tasks) or enable it again."""
+
+    def __init__(self, worker_id: str, drained: bool) -> None:
+        super().__init__()
+        self.worker_id = worker_id
+        self.drained = drained
+
+
 @dataclass
 class Changes:
     """What changed since a view last refreshed."""

@@ -213,6 +213,13 @@ def test_submit_watch_detail_and_cancel_on_a_real_cluster(cluster: Cluster, tmp_
             await pilot.press("y")
             await until(pilot, lambda: app.store.tasks[sleeper["task_id"]].get("status") == "cancelled",
                         "the sleeper cancelled")
+            # Drain and enable the worker from the Workers view (d / e): the pushes bring the flag back.
+            await pilot.press("3", "d")
+            await until(pilot, lambda: app.store.workers["w1"].get("drained") is True, "w1 drained")
+            await until(pilot, lambda: "drained" in str(app.query_one("#worker-table", DataTable).get_row("w1")),
+                        "the drained status in the table")
+            await pilot.press("e")
+            await until(pilot, lambda: app.store.workers["w1"].get("drained") is False, "w1 enabled")
             await app.action_quit()
 
     asyncio.run(run())

@@ -27,6 +27,7 @@ KEY_MAP = """\
 | `/` | Tasks | filter: words, `status:failed,running`, `type:test` |
 | `f` | Tasks | cycle the state filter |
 | `o` | Tasks | cycle the order: newest, oldest, status, priority, name |
+| `d` / `e` | Workers | drain the worker (no new tasks; running ones finish) / enable it again |
 | `[` / `]` | Tasks | previous / next page of 300 rows |
 | `l` | Results | cycle the aggregation level: model, hardware, batch size, precision, ... |
 | `escape` | dialogs, detail, filter | back |

@@ -10,13 +10,13 @@ from textual.widgets import DataTable, Static
 
 from dtf_app.live import LiveStore
 from dtf_app.tui import format as fmt
-from dtf_app.tui.messages import Changes
+from dtf_app.tui.messages import Changes, DrainWorker
 from dtf_app.tui.widgets.base import View
 
 PAGE_ROWS = 100
 
 # (label, key, width): fixed widths, because a cell updated in place never widens its column.
-COLUMNS = (("worker", "worker", 14), ("host", "host", 16), ("status", "status", 7), ("hardware", "hardware", 16),
+COLUMNS = (("worker", "worker", 14), ("host", "host", 16), ("status", "status", 8), ("hardware", "hardware", 16),
            ("gpus", "gpus", 22), ("cpu", "cpu", 13), ("memory", "memory", 13), ("disk", "disk", 13),
            ("slots", "slots", 5), ("health", "health", 8), ("current task", "current", 12),
            ("heartbeat", "heartbeat", 9))
@@ -27,7 +27,8 @@ def _cells(worker: dict[str, Any]) -> tuple[Any, ...]:
     status_doc = worker.get("health_status") if isinstance(worker.get("health_status"), dict) else {}
     running = int(fmt.number(worker.get("running")) or 0)
     slots = int(fmt.number(worker.get("max_concurrent_tasks")) or 0)
-    return (str(worker.get("worker_id") or "-")[:14], str(worker.get("hostname") or "-")[:16], fmt.state(worker.get("status")),
+    status = fmt.state("drained" if worker.get("drained") and worker.get("connected") else worker.get("status"))
+    return (str(worker.get("worker_id") or "-")[:14], str(worker.get("hostname") or "-")[:16], status,
             fmt.hardware(worker), fmt.gpus(worker), fmt.gauge(health.get("cpu_percent"), 8),
             fmt.gauge(health.get("memory_percent"), 8), fmt.gauge(health.get("disk_percent"), 8),
             f"{running}/{slots}", fmt.state(status_doc.get("status")),
@@ -38,6 +39,8 @@ class WorkersView(View):
     """One row per worker, a page of ``PAGE_ROWS`` at a time; a heartbeat rewrites only the cells it changed."""
 
     BINDINGS = [
+        Binding("d", "drain(True)", "Drain"),
+        Binding("e", "drain(False)", "Enable"),
         Binding("right_square_bracket", "page(1)", "Next page", show=False),
         Binding("left_square_bracket", "page(-1)", "Prev page", show=False),
     ]
@@ -57,6 +60,14 @@ class WorkersView(View):
         for label, key, width in COLUMNS:
             table.add_column(label, key=key, width=width)
         yield table
+
+    def action_drain(self, drained: bool) -> None:
+        table = self.query_one("#worker-table", DataTable)
+        if not table.row_count:
+            return
+        key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+        if key.value:
+            self.post_message(DrainWorker(str(key.value), drained))
 
     def action_page(self, delta: int) -> None:
         self.page = max(0, self.page + delta)
