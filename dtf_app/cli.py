@@ -23,12 +23,8 @@ NODE_OPTIONS = ("config", "host", "port", "data_dir", "db_path", "coordinator", 
                 "simulate_hardware", "log_level", "reconnect_attempts", "max_retries", "log_path", "log_format",
                 "hostname", "pid_file")
 
-NO_TUI_MESSAGE = (
-    "dtf: the terminal dashboard is not available in this release yet.\n"
-    "Start a local cluster without it:   dtf up --workers 2 --headless\n"
-    "Run one node:                      dtf --mode coordinator | worker | peer\n"
-    "See every command:                 dtf --help"
-)
+# Without a command: the dashboard on an embedded local cluster, which takes this one node option.
+TUI_OPTIONS = ("data_dir",)
 
 
 class UsageError(Exception):
@@ -96,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole ``dtf`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="dtf", description="DTF: run tests and benchmarks across machines with different hardware.",
-        epilog="Without arguments dtf opens the dashboard on a local node (not available yet: use dtf up). "
+        epilog="Without arguments dtf opens the dashboard on an embedded local cluster (a coordinator and "
+               "two workers, data in ./dtf-data); dtf dash opens it on a running cluster. "
                "Exit codes: 0 ok, 1 task/test failures, 2 usage or config error, 3 cluster unreachable, "
                "4 auth refused.")
     parser.add_argument("--version", action="version", version=f"dtf {__version__}")
@@ -228,7 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(k_delete)
     _add_client_options(keys_sub.add_parser("list", help="list keys (names and roles, never the keys)"))
 
-    sub.add_parser("dash", help="dashboard against a running cluster (not available yet)")
+    dash = sub.add_parser("dash", help="the dashboard (TUI) on a running cluster",
+                          description="Open the terminal dashboard on a running cluster (e.g. one started with "
+                                      "`dtf up --workers 2 --headless`): live workers, tasks and results.")
+    _add_client_options(dash, json_flag=False)
+    dash.add_argument("--web", type=int, nargs="?", const=8050, metavar="PORT",
+                      help="serve the dashboard in a browser on PORT (default 8050) instead of this terminal; "
+                           "pages need ?api_key=KEY. COORDINATOR_URL is read when no --coordinator is given")
+    dash.add_argument("--web-host", default="127.0.0.1", metavar="H",
+                      help="address the web dashboard listens on (default 127.0.0.1; 0.0.0.0 for all)")
 
     backup = sub.add_parser("backup", help="consistent backup of a running coordinator (admin)",
                             description="The coordinator writes a consistent copy of its DuckDB data and "
@@ -302,18 +307,17 @@ def _dispatch(args: argparse.Namespace) -> int:
     command = args.command
     if command is None:
         if args.mode is None:
-            given = [name for name in NODE_OPTIONS if getattr(args, name, None) is not None]
+            given = [name for name in NODE_OPTIONS
+                     if getattr(args, name, None) is not None and name not in TUI_OPTIONS]
             if given:
                 raise UsageError(f"--{given[0].replace('_', '-')} is a node option: add --mode coordinator, "
                                  "worker or peer (or use a command, see dtf --help)")
-            print(NO_TUI_MESSAGE, file=sys.stderr)
-            return EXIT_USAGE
+            return _cmd_tui(args)
         return _run_node(args)
     if args.mode is not None:
         raise UsageError(f"--mode cannot be combined with the {command!r} command")
     if command == "dash":
-        print(NO_TUI_MESSAGE, file=sys.stderr)
-        return EXIT_USAGE
+        return _cmd_dash(args)
     if command == "up":
         from dtf_app.up import run_up
 
@@ -329,6 +333,45 @@ def _dispatch(args: argparse.Namespace) -> int:
     handler = {"submit": _cmd_submit, "tasks": _cmd_tasks, "workers": _cmd_workers, "results": _cmd_results,
                "status": _cmd_status, "keys": _cmd_keys, "cluster": _cmd_cluster}[command]
     return handler(args)
+
+
+def _cmd_tui(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dtf_app.config import default_data_dir
+    from dtf_app.tui.run import DashError, run_embedded
+
+    try:
+        return run_embedded(Path(args.data_dir or default_data_dir()))
+    except DashError as exc:
+        return _fail(str(exc), exc.exit_code)
+
+
+def _cmd_dash(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from dtf_app.client import resolve_target
+    from dtf_app.config import default_data_dir
+    from dtf_app.tui.run import DashError, run_remote
+
+    if getattr(args, "coordinator", None) is None and os.environ.get("COORDINATOR_URL") \
+            and not os.environ.get("DTF_COORDINATOR"):
+        args.coordinator = os.environ["COORDINATOR_URL"]  # the sources' dashboard service setting
+    target = resolve_target(args)
+    if args.web is not None:
+        if not 0 < args.web <= 65535:
+            raise UsageError(f"--web must be a port from 1 to 65535, got {args.web}")
+        try:
+            from dtf_app.tui.web import serve_web
+        except ImportError:
+            raise UsageError("dtf dash --web needs textual-serve: pip install 'dtf[web]'") from None
+        return serve_web(target.urls, host=args.web_host, port=args.web)
+    log_dir = Path(getattr(args, "data_dir", None) or default_data_dir())
+    try:
+        return run_remote(target.urls, target.api_key, log_dir if log_dir.is_dir() else None)
+    except DashError as exc:
+        return _fail(str(exc), exc.exit_code)
 
 
 def _run_node(args: argparse.Namespace) -> int:

@@ -382,6 +382,9 @@ def check_task(task: Any, where: str, *, base_dir: Path | None = None) -> dict:
         kind = "custom"
     if kind not in TASK_TYPES:
         raise TaskFileError(f"{where}: \"type\" must be one of {', '.join(TASK_TYPES)}, got {kind!r}")
+    if "parameters" in task and "config" not in task:
+        # The source design's name for config; the coordinator accepts it too, one name is enough.
+        task = {("config" if k == "parameters" else k): v for k, v in task.items()}
     config = task.get("config", {})
     if not isinstance(config, dict):
         raise TaskFileError(f"{where}: \"config\" must be an object, got {type(config).__name__}")

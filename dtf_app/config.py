@@ -56,6 +56,8 @@ class Settings:
     log_level: str = "info"
     snapshot_every: int = 20_000
     """Coordinator: snapshot the state (and restart the command log) after this many log entries."""
+    subscriber_buffer: int = 10_000
+    """Coordinator: pushes queued per ``/ws`` subscriber; beyond that a slow reader is told it missed some."""
     token_expiry: int = 3600
     """Lifetime of a JWT in seconds (``security.token_expiry`` in the deployment guide's JSON)."""
     advertise_url: str | None = None
@@ -127,6 +129,7 @@ _KINDS: dict[str, str] = {
     "log_path": "optstr", "log_format": "str", "hostname": "optstr", "worker_name": "optstr",
     "hardware_id": "optstr", "task_timeout": "optfloat", "workers_port": "optint", "high_availability": "ha",
     "pid_file": "optstr",
+    "subscriber_buffer": "int",
 }
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Settings) if not f.metadata.get("internal"))
 assert set(_KINDS) == set(FIELD_NAMES), "every Settings field needs a kind"
@@ -573,7 +576,8 @@ def validate(settings: Settings, sources: Mapping[str, str] | None = None) -> No
                           f"longer than heartbeat_interval ({settings.heartbeat_interval} s), or every worker "
                           "would be declared lost between two heartbeats")
     minimums = {"max_concurrent_tasks": 1, "batch_size": 1, "max_retries": 0, "reconnect_attempts": 0,
-                "token_expiry": 1, "snapshot_every": 1, "heartbeat_ms": 1, "election_timeout_ms": 2}
+                "token_expiry": 1, "snapshot_every": 1, "heartbeat_ms": 1, "election_timeout_ms": 2,
+                "subscriber_buffer": 1}
     for name, minimum in minimums.items():
         if getattr(settings, name) < minimum:
             raise ConfigError(f"{origin(name)}: {name} must be at least {minimum}, got {getattr(settings, name)}")

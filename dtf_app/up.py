@@ -284,7 +284,8 @@ def _status_ok(client: Any) -> bool:
 
 
 def _online(client: Any) -> int:
-    return sum(1 for w in client.workers() if w.get("status") == "online")
+    # busy and error workers are connected too (only "offline" is not).
+    return sum(1 for w in client.workers() if w.get("connected", w.get("status") == "online"))
 
 
 def _print_where(url: str, data_dir: Path, workers: int, key_path: Path) -> None:

@@ -23,6 +23,7 @@ from dtf_app import protocol as proto
 from dtf_app.coordinator import bulk, readiness, scheduler
 from dtf_app.coordinator.drain import DrainUnreadBody
 from dtf_app.coordinator.service import Coordinator, clean_outcome, task_view
+from dtf_app.coordinator.views import WORKER_STATUSES
 from dtf_app.raft.types import NotLeader, ProposalDropped
 from dtf_app.security import keys as keymod
 
@@ -30,7 +31,6 @@ log = logging.getLogger("dtf.api")
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_TASKS_PER_REQUEST = 100_000
-CHANNELS = ("task_updates", "worker_updates", "orchestrated_task_updates", "cluster_status", "leadership_updates")
 
 
 class ApiError(Exception):
@@ -292,11 +292,12 @@ def create_app(coord: Coordinator) -> QuartTrio:
     async def list_workers() -> Response:
         views = [coord.worker_view(w) for w in sorted(coord.state.workers)]
         status = request.args.get("status")
-        if status and status not in ("online", "offline"):
-            raise ApiError(400, "invalid_parameter", f"status must be online or offline, got {status!r}")
+        if status and status not in WORKER_STATUSES:
+            raise ApiError(400, "invalid_parameter",
+                           f"status must be one of {', '.join(WORKER_STATUSES)}, got {status!r}")
         if status:
             views = [v for v in views if v and v["status"] == status]
-        return json_response({"workers": views})
+        return json_response({"workers": views, "applied_index": coord.state.applied_index})
 
     @app.post("/api/workers/register")
     @requires("worker")
@@ -344,6 +345,25 @@ def create_app(coord: Coordinator) -> QuartTrio:
         if not await enrolment.forget(coord, worker_id):
             raise ApiError(404, "not_found", f"worker {worker_id!r} is not enrolled")
         return json_response({"worker_id": worker_id, "forgotten": True})
+
+    async def _set_drain(worker_id: str, drained: bool) -> Response:
+        if worker_id not in coord.state.workers:
+            raise ApiError(404, "not_found", f"no worker {worker_id!r}")
+        await coord.propose([{"op": "SetWorkerDrain", "worker_id": worker_id, "drained": drained}])
+        coord.wake_dispatcher()
+        return json_response(coord.worker_view(worker_id))
+
+    @app.post("/api/workers/<worker_id>/drain")
+    @requires("cancel")
+    async def drain_worker(worker_id: str) -> Response:
+        """Stop giving the worker new tasks; what it runs finishes."""
+        return await _set_drain(worker_id, True)
+
+    @app.post("/api/workers/<worker_id>/enable")
+    @requires("cancel")
+    async def enable_worker(worker_id: str) -> Response:
+        """Give a drained worker tasks again."""
+        return await _set_drain(worker_id, False)
 
     @app.get("/api/workers/<worker_id>")
     @requires("read")
@@ -402,7 +422,8 @@ def create_app(coord: Coordinator) -> QuartTrio:
                            f"status must be one of {', '.join(scheduler.ALL_STATES)}, got {filters['status']!r}")
         tasks = [t for t in coord.state.tasks.values() if all(t.get(k) == v for k, v in filters.items())]
         tasks.sort(key=lambda t: t["seq"])
-        return json_response({"tasks": [task_view(t) for t in tasks[offset:offset + limit]], "total": len(tasks)})
+        return json_response({"tasks": [task_view(t) for t in tasks[offset:offset + limit]], "total": len(tasks),
+                              "applied_index": coord.state.applied_index})
 
     @app.get("/api/tasks/summary")
     @requires("read")
@@ -432,6 +453,17 @@ def create_app(coord: Coordinator) -> QuartTrio:
         view = task_view(task)
         view["log_tail"] = list(coord.task_logs.get(task_id, ()))
         return json_response(view)
+
+    @app.get("/api/tasks/<task_id>/attempts")
+    @requires("read")
+    async def task_attempts(task_id: str) -> Response:
+        """Every recorded attempt (which worker, how it ended, its error): the task detail view's history."""
+        from dtf_app.store import queries
+
+        if task_id not in coord.state.tasks:
+            raise ApiError(404, "not_found", f"no task {task_id!r}")
+        await coord.store.flush()
+        return json_response({"task_id": task_id, "attempts": await queries.task_history(coord.store, task_id)})
 
     @app.post("/api/tasks/<task_id>/cancel")
     @requires("cancel")
@@ -543,6 +575,25 @@ def create_app(coord: Coordinator) -> QuartTrio:
         except ValueError as exc:
             raise ApiError(400, "invalid_parameter", str(exc)) from None
         return json_response(data)
+
+    @app.get("/api/results/anomalies")
+    @requires("read")
+    async def result_anomalies() -> Response:
+        """Benchmark rows more than z standard deviations from their group's mean (default 2.5)."""
+        from dtf_app.store import queries
+
+        await coord.store.flush()
+        raw_z = request.args.get("z_threshold") or "2.5"
+        try:
+            z_threshold = float(raw_z)
+        except ValueError:
+            raise ApiError(400, "invalid_parameter", f"z_threshold must be a positive number, got {raw_z!r}") from None
+        try:
+            rows = await queries.anomalies(coord.store, metric=request.args.get("metric") or "throughput",
+                                           z_threshold=z_threshold)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_parameter", str(exc)) from None
+        return json_response({"anomalies": rows})
 
     @app.get("/api/results/<result_id>")
     @requires("read")

@@ -33,26 +33,48 @@ def _iso(ts: float | None) -> str | None:
 
 
 class ClusterMonitor:
-    """Probes the other members' ``/status`` and keeps what they said, with when."""
+    """Probes the other members' ``/status`` and keeps what they said, with when; samples this node's own
+    health (cpu, memory, disk, network, load) for the cluster health views and pushes."""
 
     def __init__(self, coord: Coordinator) -> None:
         self.coord = coord
         self.peers: dict[str, dict[str, Any]] = {}
         self.last_contact: dict[str, float] = {}
+        self.health: dict[str, Any] = {}
+        self._net: tuple[float, int] | None = None
 
     async def run(self) -> None:
         import httpx
+
+        from dtf_app import health as health_mod
 
         coord = self.coord
         async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as client:
             while True:
                 members = {m: u for m, u in coord.cluster.members.items() if m != coord.node_id}
+                metrics = await trio.to_thread.run_sync(health_mod.sample, str(coord.data_dir))
+                self.health = self._summary(metrics, health_mod.evaluate(metrics))
                 async with trio.open_nursery() as nursery:
                     for node_id, url in members.items():
                         nursery.start_soon(self._probe, client, node_id, url)
                 if coord.subscribers:
                     coord.publish_cluster(self)
                 await trio.sleep(PROBE_INTERVAL_S)
+
+    def _summary(self, metrics: dict[str, Any], alerts: list[Any]) -> dict[str, Any]:
+        """The sources' per-node health document: usage percentages, network MB/s, load, status."""
+        now = time.monotonic()
+        total = (metrics.get("net_bytes_sent") or 0) + (metrics.get("net_bytes_recv") or 0)
+        rate = None
+        if self._net is not None and now > self._net[0]:
+            rate = round((total - self._net[1]) / (now - self._net[0]) / 1e6, 3)
+        self._net = (now, total)
+        load = metrics.get("load_average")
+        levels = {a.get("severity") for a in alerts if isinstance(a, dict)}
+        return {"cpu_usage": metrics.get("cpu_percent"), "memory_usage": metrics.get("memory_percent"),
+                "disk_usage": metrics.get("disk_percent"), "network_io": rate,
+                "load_average": load[0] if isinstance(load, list) and load else None,
+                "status": "critical" if "critical" in levels else "warning" if "warning" in levels else "healthy"}
 
     async def _probe(self, client: Any, node_id: str, url: str) -> None:
         try:
@@ -171,3 +193,30 @@ def visualize(coord: Coordinator, monitor: ClusterMonitor | None) -> str:
         f"{html.escape(str(coord.leader_id))}, term {coord.replicator.term}, quorum {coord.cluster.quorum} of "
         f"{len(nodes)}.</p>{svg}<h2>Leadership history</h2><table><tr><th>term</th><th>leader</th>"
         f"<th>previous</th><th>reason</th><th>since</th></tr>{rows}</table></body></html>")
+
+
+def health_nodes(coord: Coordinator, monitor: ClusterMonitor | None) -> list[dict[str, Any]]:
+    """``[{node_id, health: {...}}]`` as the sources' cluster_health messages carry it: this node's own
+    measurements; for the others, whether they answer (their own view has their metrics)."""
+    out = []
+    for node in node_views(coord, monitor):
+        if node["node_id"] == coord.node_id:
+            doc = dict(monitor.health) if monitor and monitor.health else {"status": "healthy"}
+        else:
+            doc = {"status": "healthy" if node["reachable"] else "unreachable",
+                   "last_contact_seconds": node["last_contact_seconds"]}
+        out.append({"node_id": node["node_id"], "role": node["role"], "health": doc})
+    return out
+
+
+def leader_history(coord: Coordinator) -> list[dict[str, Any]]:
+    """The sources' ``leadership_history``: each term's leader and how long it led (newest first)."""
+    rows = list(coord.state.leaders)
+    out = []
+    for i, row in enumerate(rows):
+        end = rows[i + 1]["timestamp"] if i + 1 < len(rows) else time.time()
+        start = row.get("timestamp")
+        out.append({"leader_id": row["leader_id"], "term": row["term"],
+                    "duration_seconds": round(end - start, 3) if isinstance(start, int | float) else None,
+                    "since": _iso(start)})
+    return list(reversed(out))

@@ -10,6 +10,7 @@ from typing import Any
 
 from dtf_app.coordinator import scheduler
 from dtf_app.coordinator.api import MAX_TASKS_PER_REQUEST
+from dtf_app.coordinator.views import WORKER_STATUSES
 from dtf_app.jsonsafe import MAX_JSON_DEPTH
 from dtf_app.protocol import (
     BATCH_SIZE_RANGE,
@@ -213,7 +214,7 @@ def build_spec(version: str) -> dict[str, Any]:
         "/api/cluster/node/{node_id}/enable": {"post": _op("enable a disabled coordinator again (admin)",
                                                            params=[_path("node_id")])},
         "/api/workers": {"get": _op("workers", params=[_query("status", {"type": "string",
-                                                                          "enum": ["online", "offline"]})])},
+                                                                          "enum": list(WORKER_STATUSES)})])},
         "/api/workers/register": {"post": _op(
             "register a worker over HTTP (role worker). A new id is enrolled with the X-Worker-Credential "
             "presented, or with a generated credential returned once as `credential`; an enrolled id needs "
@@ -251,6 +252,11 @@ def build_spec(version: str) -> dict[str, Any]:
         "/api/tasks/summary": {"get": _op("counts by state for a batch or ids", params=[
             _query("batch_id", {"type": "string"}), _query("ids", {"type": "string"})])},
         "/api/tasks/{task_id}": {"get": _op("one task with its result", params=[task_id], response=_TASK_OUT)},
+        "/api/workers/{worker_id}/drain": {"post": _op("no new tasks for the worker; running ones finish",
+                                                        params=[worker_id])},
+        "/api/workers/{worker_id}/enable": {"post": _op("give a drained worker tasks again",
+                                                         params=[worker_id])},
+        "/api/tasks/{task_id}/attempts": {"get": _op("recorded attempts: worker, status, times, error", params=[task_id])},
         "/api/tasks/{task_id}/cancel": {"post": _op("cancel (409 if already finished)", params=[task_id])},
         "/api/tasks/{task_id}/complete": {"post": _op(
             "worker: report a result; only the worker holding the attempt (its X-Worker-Credential)",
@@ -279,6 +285,8 @@ def build_spec(version: str) -> dict[str, Any]:
                 *[_query(name, {"type": "string"}, "equality filter") for name in _aggregate_filters()],
                 _query("since", {"type": "string"}, "unix seconds or an ISO date"),
                 _query("until", {"type": "string"}, "unix seconds or an ISO date")])},
+        "/api/results/anomalies": {"get": _op("benchmark rows far from their group's mean (z-score)", params=[
+            _query("metric", {"type": "string"}), _query("z_threshold", {"type": "number"})])},
         "/api/results/{result_id}": {"get": _op("one result with per-test and per-benchmark rows",
                                                 params=[result_id])},
         "/api/keys": {

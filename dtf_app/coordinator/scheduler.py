@@ -33,6 +33,7 @@ from dtf_app.protocol import TERMINAL_STATES as TERMINAL_STATES  # re-exported f
 ALL_STATES = TASK_STATES
 TASK_KEYS = ("type", "priority", "config", "requirements", "dependencies", "timeout_seconds", "max_retries",
              "name", "task_id", "metadata")
+# Also accepted: "parameters", the source design's name for "config" (see validate_task).
 REQUIREMENT_KEYS = ("hardware", "min_memory_gb", "min_cuda_compute", "min_gpu_memory_gb", "tags", "os",
                     "min_cpu_cores")
 OS_NAMES = ("linux", "windows", "macos", "darwin")
@@ -203,6 +204,12 @@ def validate_task(doc: Any, where: str = "task", *, default_max_retries: int = 3
     """Check one submitted task document and return it normalised (defaults filled in)."""
     if not isinstance(doc, dict):
         raise TaskValidationError(f"{where} must be a JSON object, got {_typename(doc)}")
+    if "parameters" in doc:
+        # The source design's Task model names the config "parameters": accept either name, not both.
+        if "config" in doc and doc["config"] != doc["parameters"]:
+            raise TaskValidationError(f"{where} has both config and parameters (two names for the same "
+                                      "thing); send one of them")
+        doc = {("config" if k == "parameters" else k): v for k, v in doc.items() if k != "config"}
     unknown = sorted(set(doc) - set(TASK_KEYS))
     if unknown:
         raise TaskValidationError(f"{where} has unknown key(s) {', '.join(unknown)}; accepted: {', '.join(TASK_KEYS)}")

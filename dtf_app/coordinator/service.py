@@ -36,7 +36,7 @@ import trio
 from dtf_app import __version__, fsutil, jsonsafe, localreg
 from dtf_app import protocol as proto
 from dtf_app.config import Settings
-from dtf_app.coordinator import bulk, readiness, scheduler, tasklogs
+from dtf_app.coordinator import bulk, pubsub, readiness, scheduler, tasklogs, views
 from dtf_app.coordinator.replicator import Replicator
 from dtf_app.coordinator.state import State
 from dtf_app.raft.types import NotLeader, ProposalDropped
@@ -55,7 +55,7 @@ RESULT_COALESCE_S = 0.0
 PREFETCH_PER_SLOT = 1
 PREFETCH_PER_SLOT_SHORT = 8
 SHORT_TASK_SECONDS = 0.05
-SUBSCRIBER_BUFFER = 10_000
+SUBSCRIBER_BUFFER = 10_000  # the default of Settings.subscriber_buffer
 # A liveness round that wakes this much later than asked means the event loop was stalled.
 LOOP_STALL_TOLERANCE_S = 0.5
 
@@ -113,20 +113,35 @@ class WorkerConn:
 
 
 class Subscriber:
-    """A ``/ws`` client subscribed to push channels."""
+    """A ``/ws`` client subscribed to push channels.
+
+    A slow reader loses updates rather than stalling the coordinator; ``missed`` counts the ones it has
+    not been told about yet, and its sender tells it (``missed_updates``) as soon as the queue has room,
+    so it resyncs instead of showing stale rows. ``dropped`` is the running total (for /metrics).
+    """
 
     def __init__(self, send: trio.MemorySendChannel[dict[str, Any]]) -> None:
         self.send = send
         self.channels: dict[str, dict[str, Any]] = {}
         self.dropped = 0
+        self.missed = 0
 
     def push(self, message: dict[str, Any]) -> None:
         try:
             self.send.send_nowait(message)
         except trio.WouldBlock:
-            self.dropped += 1  # a slow reader loses updates, never stalls the coordinator
+            self.dropped += 1
+            self.missed += 1
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
+
+    def take_missed_notice(self) -> dict[str, Any] | None:
+        """The ``missed_updates`` notice owed to this subscriber (once), or None."""
+        if not self.missed:
+            return None
+        notice = pubsub.missed_updates(self.missed, sorted(self.channels))
+        self.missed = 0
+        return notice
 
 
 def _matches(filter_: dict[str, Any], doc: dict[str, Any]) -> bool:
@@ -397,11 +412,11 @@ class Coordinator:
                         log.info("task %s (%s) failed after %d attempt(s): %.500s", task["task_id"],
                                  task.get("name") or "unnamed", task["attempts"], task.get("error") or "")
                 if self.subscribers:
-                    self._publish("task_updates", lambda t=task: {"type": "task_update", "task": task_view(t)}, task)
+                    self._publish("task_updates", lambda t=task: pubsub.task_update(task_view(t), index), task)
             elif event["kind"] == "worker" and self.subscribers:
                 worker_id = event["worker"]["worker_id"]
-                self._publish("worker_updates", lambda w=worker_id: {"type": "worker_update",
-                                                                      "worker": self.worker_view(w)}, event["worker"])
+                self._publish("worker_updates", lambda w=worker_id: pubsub.worker_update(
+                    self.worker_view(w), w, index), event["worker"])
         if op == "ForgetWorker" and isinstance(result, dict) and result.get("forgotten"):
             conn = self.conns.pop(command["worker_id"], None)
             if conn is not None:
@@ -536,8 +551,9 @@ class Coordinator:
         running = len(worker.get("assigned") or {})
         capacity = int(worker.get("max_concurrent_tasks") or 1)
         view = {k: v for k, v in worker.items() if k != "assigned"}
+        connected = conn is not None and not conn.closed
         view.update(
-            status="online" if conn is not None and not conn.closed else "offline",
+            status="online" if connected else "offline", connected=connected,
             running=running, free_slots=max(0, capacity - running),
             health=conn.health if conn is not None else {},
             registration_time=iso(worker.get("registration_time")),
@@ -546,6 +562,7 @@ class Coordinator:
         )
         if conn is not None:
             view["last_heartbeat"] = iso(time.time() - (time.monotonic() - conn.last_seen))
+        views.add_source_fields(view, worker)
         return view
 
     def status(self) -> dict[str, Any]:
@@ -587,7 +604,8 @@ class Coordinator:
                        "last_heartbeat": n["last_heartbeat"], "uptime_seconds": n["uptime_seconds"]} for n in nodes]},
             doc)
         self._publish("cluster_status", lambda: {"type": "cluster_health_update", "timestamp": now,
-                                                 **views.health(self, monitor)}, doc)
+                                                 **views.health(self, monitor),
+                                                 "nodes": views.health_nodes(self, monitor)}, doc)
 
     # ------------------------------------------------------------------ worker connections
     async def worker_hello(self, hello: dict[str, Any], send: trio.MemorySendChannel[dict[str, Any]], *,
@@ -665,6 +683,10 @@ class Coordinator:
                 self.store.put(None, [{"kind": "worker", "worker": {
                     **{k: v for k, v in worker.items() if k != "assigned"},
                     "last_heartbeat": conn.last_heartbeat, "status": "online", "hardware_metrics": conn.health}}])
+                if self.subscribers:
+                    # Health gauges move with heartbeats, which are not log entries: push them anyway.
+                    self._publish("worker_updates", lambda w=conn.worker_id: pubsub.worker_update(
+                        self.worker_view(w), w, self.state.applied_index), worker)
         elif kind == proto.LOG:
             self._take_log(conn, message)
 
@@ -685,8 +707,7 @@ class Coordinator:
             return
         kept = self.task_logs.add(conn.worker_id, task_id, lines)
         if kept:
-            self._publish("task_updates", {"type": "task_log", "task_id": task_id, "attempt": attempt,
-                                           "lines": kept}, task)
+            self._publish("task_updates", lambda: pubsub.task_log(task_id, attempt, kept), task)
 
     # ------------------------------------------------------------------ loops
     async def dispatch_loop(self) -> None:
@@ -699,8 +720,8 @@ class Coordinator:
             prefetch: dict[str, int] = {}
             for worker_id, conn in self.conns.items():
                 worker = self.state.workers.get(worker_id)
-                if conn.closed or worker is None:
-                    continue
+                if conn.closed or worker is None or worker.get("drained"):
+                    continue  # a drained worker finishes what it holds and gets nothing new
                 held = len(worker.get("assigned") or {})
                 idle[worker_id] = max(0, conn.capacity - held)
                 prefetch[worker_id] = conn.capacity * (1 + self.prefetch_per_slot()) - held - idle[worker_id]

@@ -394,6 +394,14 @@ class State:
         return {"forgotten": True}, self._take_back(worker_id, f"enrolment of worker {worker_id} revoked",
                                                     cmd["time"])
 
+    def _set_worker_drain(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        """Drain (no new tasks; running ones finish) or enable a worker. Survives its reconnects."""
+        worker = self.workers.get(cmd.get("worker_id"))  # type: ignore[arg-type]
+        if worker is None:
+            return None, []
+        worker["drained"] = bool(cmd.get("drained"))
+        return worker, [_worker_event(worker)]
+
     def _create_api_key(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
         record = {"name": cmd["name"], "role": cmd["role"], "key_hash": cmd["key_hash"], "created": cmd["time"]}
         self.api_keys[cmd["name"]] = record
@@ -492,6 +500,7 @@ _HANDLERS = {
     "CancelTask": State._cancel_task,
     "RegisterWorker": State._register_worker,
     "WorkersLost": State._workers_lost,
+    "SetWorkerDrain": State._set_worker_drain,
     "CreateApiKey": State._create_api_key,
     "DeleteApiKey": State._delete_api_key,
     "EnrollWorker": State._enroll_worker,

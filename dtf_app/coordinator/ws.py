@@ -7,6 +7,7 @@ coordinator never awaits a slow socket while holding state: it only ``send_nowai
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import trio
@@ -14,9 +15,9 @@ from quart import g, websocket
 
 from dtf_app import jsonsafe
 from dtf_app import protocol as proto
-from dtf_app.coordinator import frames
+from dtf_app.coordinator import frames, pubsub
 from dtf_app.coordinator.enrolment import CredentialRefused, credential_from_headers
-from dtf_app.coordinator.service import SUBSCRIBER_BUFFER, Coordinator, Subscriber
+from dtf_app.coordinator.service import Coordinator, Subscriber
 from dtf_app.security.keys import Principal
 
 log = logging.getLogger("dtf.ws")
@@ -163,6 +164,19 @@ async def worker_socket() -> None:
         send.close()
 
 
+async def _subscriber_sender(sub: Subscriber, receive: trio.MemoryReceiveChannel[dict[str, Any]],
+                             done: trio.CancelScope) -> None:
+    """Like :func:`_sender`, and after each frame tells the client about updates dropped for it (the
+    notice goes straight to the socket: the queue it would wait in is the one that was full)."""
+    async with receive:
+        async for message in receive:
+            await websocket.send(proto.dumps(message))
+            notice = sub.take_missed_notice()
+            if notice is not None:
+                await websocket.send(proto.dumps(notice))
+    done.cancel()
+
+
 def _response(kind: str, request_id: Any, **data: Any) -> dict[str, Any]:
     message = {"type": f"{kind}_response", **data}
     if request_id is not None:
@@ -172,18 +186,17 @@ def _response(kind: str, request_id: Any, **data: Any) -> dict[str, Any]:
 
 async def client_socket() -> None:
     """``WS /ws``: subscribe to task/worker updates and ask for status."""
-    from dtf_app.coordinator.api import CHANNELS
-
     coord: Coordinator = g.coord
     if not await _authorized(coord, "read") or await _refuse_if_follower(coord):
         return
     await websocket.accept()
-    send, receive = trio.open_memory_channel[dict[str, Any]](SUBSCRIBER_BUFFER)
+    send, receive = trio.open_memory_channel[dict[str, Any]](
+        coord.settings.subscriber_buffer)
     sub = Subscriber(send)
     coord.subscribers.add(sub)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_sender, receive, nursery.cancel_scope)
+            nursery.start_soon(_subscriber_sender, sub, receive, nursery.cancel_scope)
             while True:
                 raw = await _receive()
                 try:
@@ -195,7 +208,7 @@ async def client_socket() -> None:
                     sub.push({"type": "error", "error": {"code": "invalid_json",
                                                           "message": "messages must be JSON objects with a type"}})
                     continue
-                sub.push(_client_request(coord, sub, message, CHANNELS))
+                sub.push(_client_request(coord, sub, message, pubsub.PUBLISHED_CHANNELS))
     finally:
         coord.subscribers.discard(sub)
         send.close()
@@ -209,8 +222,8 @@ def _client_request(coord: Coordinator, sub: Subscriber, message: dict[str, Any]
         channel = message.get("channel")
         filter_ = message.get("filter") or {}
         if channel not in channels:
-            return _response("subscribe", request_id, status="error",
-                             error={"code": "invalid_channel", "message": f"channel must be one of {', '.join(channels)}"})
+            return _response("subscribe", request_id, status="error", channel=channel,
+                             error=pubsub.refuse_channel(channel))
         if not isinstance(filter_, dict):
             return _response("subscribe", request_id, status="error",
                              error={"code": "invalid_filter", "message": "filter must be an object"})
@@ -220,11 +233,34 @@ def _client_request(coord: Coordinator, sub: Subscriber, message: dict[str, Any]
         sub.channels.pop(str(message.get("channel")), None)
         return _response("unsubscribe", request_id, status="ok", channel=message.get("channel"))
     if kind in ("get_cluster_status", "get_status"):
-        return _response("cluster_status", request_id, status=coord.status())
+        from dtf_app.coordinator import cluster as views
+
+        doc = views.status(coord, coord.monitor)
+        return _response("cluster_status", request_id, leader_id=doc["leader_id"], current_term=doc["term"],
+                         nodes=[{"node_id": n["node_id"], "state": n["state"], "term": n["term"],
+                                 "last_heartbeat": n["last_heartbeat"], "uptime_seconds": n["uptime_seconds"]}
+                                for n in doc["nodes"]],
+                         quorum_size=doc["quorum_size"], cluster_health=doc["cluster_health"], status=coord.status())
     if kind == "get_leader_info":
-        return _response("leader_info", request_id, leader_id=coord.node_id, term=1, url=coord.url)
+        from dtf_app.coordinator import cluster as views
+
+        info = views.leader_info(coord)
+        uptime = time.time() - coord.leader_since if coord.is_leader and coord.leader_since else None
+        return _response("leader_info", request_id, leader_id=info["leader_id"], current_term=info["term"],
+                         term=info["term"], url=info["url"], term_start_time=info["term_start_time"],
+                         uptime_seconds=round(uptime, 3) if uptime is not None else None,
+                         leadership_history=views.leader_history(coord))
     if kind == "get_cluster_health":
-        return _response("cluster_health", request_id, nodes=[{"node_id": coord.node_id, "healthy": True}])
+        from dtf_app.coordinator import cluster as views
+
+        nodes = views.health_nodes(coord, coord.monitor)
+        wanted = message.get("metrics")
+        if isinstance(wanted, list) and all(isinstance(m, str) for m in wanted):
+            # The sources' request names metrics ("cpu", "memory", "disk"): keep those (and status).
+            keep = {f"{m}_usage" for m in wanted} | set(wanted) | {"status", "last_contact_seconds"}
+            nodes = [{**n, "health": {k: v for k, v in n["health"].items() if k in keep}} for n in nodes]
+        return _response("cluster_health", request_id, nodes=nodes,
+                         cluster_health=views.health(coord, coord.monitor)["cluster_health"])
     return {"type": "error", "request_id": request_id,
             "error": {"code": "unknown_type", "message": f"unknown message type {repr(kind)[:100]}; known: subscribe, "
                       "unsubscribe, get_cluster_status, get_cluster_health, get_leader_info"}}

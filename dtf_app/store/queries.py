@@ -169,6 +169,13 @@ async def get_result(store: Store, result_id: str) -> dict[str, Any] | None:
     return result
 
 
+async def task_history(store: Store, task_id: str) -> list[dict[str, Any]]:
+    """The recorded attempts of one task (worker, status, times, error), in attempt order."""
+    return _plain_rows(await store.query(
+        "SELECT attempt, worker_id, status, start_time, end_time, execution_time_seconds, error_message "
+        "FROM task_execution_history WHERE task_id = ? ORDER BY attempt, id", [task_id]))
+
+
 # ---------------------------------------------------------------------------------------------- aggregates
 async def aggregate(store: Store, *, result_type: str, aggregation_level: str,
                     filters: dict[str, Any] | None = None) -> dict[str, Any]:

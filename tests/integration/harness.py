@@ -176,7 +176,9 @@ class Cluster:
 
     def wait_workers(self, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
         def online() -> list[dict[str, Any]] | None:
-            workers = [w for w in self.api("GET", "/api/workers").json()["workers"] if w["status"] == "online"]
+            # Connected, whatever its status says (online, busy, or error when its health is critical).
+            workers = [w for w in self.api("GET", "/api/workers").json()["workers"]
+                       if w.get("connected", w["status"] == "online")]
             return workers if len(workers) >= count else None
 
         return wait_for(online, timeout, what=f"{count} workers online")

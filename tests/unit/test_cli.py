@@ -68,9 +68,13 @@ def test_version_prints_the_version() -> None:
     assert proc.stdout.strip() == f"dtf {__version__}"
 
 
-def test_no_arguments_explains_the_dashboard_is_not_available(tmp_path: Path) -> None:
+def test_dashboard_without_a_terminal_says_what_to_use_instead(tmp_path: Path) -> None:
+    # dtf opens the TUI on an embedded cluster; under a pipe (no tty) it refuses before starting anything.
     proc = dtf(cwd=tmp_path)
-    assert_clean_error(proc, 2, "dtf up --workers 2 --headless")
+    assert_clean_error(proc, 2, "needs a terminal", "dtf up --workers 2 --headless")
+    assert not (tmp_path / "dtf-data" / "node.json").exists()
+    proc = dtf("dash", "--coordinator", "http://127.0.0.1:9", cwd=tmp_path)
+    assert_clean_error(proc, 2, "needs a terminal")
 
 
 @pytest.mark.parametrize(("args", "needles"), [

@@ -95,3 +95,10 @@ import dtf_app.client, dtf_app.output, dtf_app.up
 build_parser().parse_args(["submit", "--type", "custom", "--", "python3", "-c", "print(1)"])
 """))
     assert not {"textual", "quart", "hypercorn", "duckdb", "trio"} & modules
+
+
+def test_live_data_layer_never_imports_textual() -> None:
+    # The dashboard's data layer is usable (and tested) without a screen: Textual stays on the TUI side.
+    modules = _top_level(_loaded_after("import dtf_app.live"))
+    assert "textual" not in modules
+    assert "dtf_app.tui" not in _loaded_after("import dtf_app.live")

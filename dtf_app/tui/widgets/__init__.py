@@ -1,0 +1,1 @@
+"""The dashboard's views (one widget per tab) and small reusable widgets."""
