@@ -317,6 +317,12 @@ class Coordinator:
         entry = {"time": time.time(), "role": change.role, "leader_id": change.leader_id, "term": change.term,
                  "previous_leader_id": change.previous_leader_id}
         self.leadership_log.append(entry)
+        if self.subscribers:
+            # Before a stepping-down leader closes its subscribers: they learn why they are sent away.
+            self._publish("leadership_updates", {
+                "type": "leadership_update", "previous_leader_id": change.previous_leader_id,
+                "new_leader_id": change.leader_id, "term": change.term,
+                "reason": "election" if change.leader_id else "leader lost", "timestamp": iso(entry["time"])}, entry)
         if change.role == "leader":
             log.warning("became leader of term %d", change.term)
             self.leader_since = time.time()
@@ -328,11 +334,6 @@ class Coordinator:
                 log.info("following leader %s (term %d)", change.leader_id, change.term)
             self.leader_since = None
             self._step_down()
-        if self.subscribers:
-            self._publish("leadership_updates", {
-                "type": "leadership_update", "previous_leader_id": change.previous_leader_id,
-                "new_leader_id": change.leader_id, "term": change.term,
-                "reason": "election" if change.leader_id else "leader lost", "timestamp": iso(entry["time"])}, entry)
 
     def _step_down(self) -> None:
         """No longer the leader: stop the leader loops and send workers and subscribers to the leader."""

@@ -263,3 +263,53 @@ def test_cli_cluster_views_and_disable_hand_leadership_over(ha: HACluster) -> No
     assert history[-1]["leader_id"] == new
     assert dtf("cluster", "enable", leader).returncode == 0
     assert dtf("cluster", "disable", "nosuch").returncode == 2
+
+
+def test_cluster_requests_and_pushes_over_the_websocket(ha: HACluster) -> None:
+    import trio
+    from trio_websocket import ConnectionClosed, open_websocket_url
+
+    for node_id in ha.ids:
+        ha.start(node_id)
+    leader = ha.wait_leader()
+    ha.load_key()
+    seen: dict[str, dict] = {}
+
+    async def client() -> None:
+        url = f"ws://127.0.0.1:{ha.ports[leader]}/ws"
+        async with open_websocket_url(url, extra_headers=[(b"X-API-Key", ha.key.encode())]) as ws:
+            for channel in ("cluster_status", "leadership_updates"):
+                await ws.send_message(json.dumps({"type": "subscribe", "channel": channel, "request_id": channel}))
+            for kind in ("get_cluster_status", "get_leader_info", "get_cluster_health"):
+                await ws.send_message(json.dumps({"type": kind, "request_id": kind, "metrics": ["cpu", "memory"]}))
+            with trio.fail_after(60):
+                while not {"cluster_status_update", "cluster_health_update", "get_cluster_status",
+                           "get_leader_info", "get_cluster_health"} <= set(seen):
+                    message = json.loads(await ws.get_message())
+                    seen[message.get("request_id") or message["type"]] = message
+            # Hand leadership away: subscribers of the old leader hear it before being sent on.
+            httpx.post(ha.url(leader) + f"/api/cluster/node/{leader}/disable", headers={"X-API-Key": ha.key},
+                       timeout=30).raise_for_status()
+            with trio.fail_after(60):
+                try:
+                    while "leadership_update" not in seen:
+                        message = json.loads(await ws.get_message())
+                        seen[message.get("request_id") or message["type"]] = message
+                except ConnectionClosed:
+                    pass
+
+    trio.run(client)
+    status = seen["get_cluster_status"]
+    assert status["type"] == "cluster_status_response" and status["leader_id"] == leader
+    assert status["quorum_size"] == 2 and len(status["nodes"]) == 3 and status["cluster_health"] in ("healthy",
+                                                                                                    "degraded")
+    info = seen["get_leader_info"]
+    assert info["type"] == "leader_info_response" and info["leader_id"] == leader and info["term_start_time"]
+    assert info["leadership_history"][0]["leader_id"] == leader
+    health = seen["get_cluster_health"]
+    mine = next(n for n in health["nodes"] if n["node_id"] == leader)["health"]
+    assert set(mine) <= {"cpu_usage", "memory_usage", "status"} and "cpu_usage" in mine
+    update = seen["cluster_status_update"]
+    assert {n["node_id"] for n in update["nodes"]} == set(ha.ids)
+    assert {"state", "term", "last_heartbeat", "uptime_seconds"} <= set(update["nodes"][0])
+    assert seen["leadership_update"]["previous_leader_id"] == leader
