@@ -46,8 +46,10 @@ def test_biggest_batch_keeps_workers_online_and_one_more_is_refused(cluster: Clu
     assert cluster.coordinator is not None
     log = cluster.coordinator.output()
     assert "workers lost" not in log and "disconnected" not in log, log[-3000:]
-    workers = {w["worker_id"]: w["status"] for w in cluster.api("GET", "/api/workers").json()["workers"]}
-    assert workers == {"big-w1": "online", "big-w2": "online"}, workers
+    # Connected (online, or busy with every slot taken), never declared lost.
+    workers = {w["worker_id"]: (w["connected"], w["status"]) for w in cluster.api("GET", "/api/workers").json()["workers"]}
+    assert {w: c for w, (c, _) in workers.items()} == {"big-w1": True, "big-w2": True}, workers
+    assert all(status in ("online", "busy") for _, status in workers.values()), workers
     # And they work through the batch.
     wait_for(lambda: cluster.api("GET", "/api/tasks/summary").json()["counts"]["completed"] >= 10, 120,
              what="tasks of the big batch to complete")
