@@ -20,7 +20,7 @@ ROLES = ("admin", "operator", "worker", "viewer")
 # Node options given without --mode are a mistake worth naming rather than silently opening the TUI.
 NODE_OPTIONS = ("config", "host", "port", "data_dir", "db_path", "coordinator", "api_key", "peers", "node_id",
                 "max_concurrent_tasks", "tags", "worker_id", "heartbeat_interval", "worker_timeout",
-                "simulate_hardware", "log_level", "reconnect_attempts", "max_retries")
+                "simulate_hardware", "log_level", "reconnect_attempts", "max_retries", "test_python")
 
 NO_TUI_MESSAGE = (
     "dtf: the terminal dashboard is not available in this release yet.\n"
@@ -59,6 +59,8 @@ def _add_node_options(parser: argparse.ArgumentParser) -> None:
     node.add_argument("--simulate-hardware", metavar="FILE", help="advertise a hardware profile "
                       "(assets/hardware/*.json), flagged as simulated")
     node.add_argument("--log-level", metavar="L", help="debug | info | warning | error (default info)")
+    node.add_argument("--test-python", metavar="PATH", help="worker: the Python that runs dtf pytest chunks, "
+                      "with pytest and the suite's dependencies (DTF_TEST_PYTHON; default: the worker's own)")
 
 
 def _add_client_options(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
@@ -185,13 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(keys_sub.add_parser("list", help="list keys (names and roles, never the keys)"))
 
     sub.add_parser("dash", help="dashboard against a running cluster (not available yet)")
+    sub.add_parser("pytest", help="run a pytest suite over the cluster's workers (dtf pytest [PYTEST ARGS...])",
+                   add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dtf`` console script; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["pytest"]:
+        # Everything after `pytest` is pytest's (or dtf pytest's own --dtf-* options): no argparse here.
+        return _cmd_pytest(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
     try:
         return _dispatch(args)
     except ConfigError as exc:
@@ -217,6 +225,22 @@ def main(argv: list[str] | None = None) -> int:
         if type(exc).__name__ == "UpError" and type(exc).__module__ == "dtf_app.up":
             return _fail(str(exc), exc.exit_code)  # type: ignore[attr-defined]
         raise
+
+
+def _cmd_pytest(argv: list[str]) -> int:
+    from dtf_app.client import ClientError
+    from dtf_app.pytest_dist.client import DistUsageError
+    from dtf_app.pytest_dist.client import main as pytest_main
+
+    try:
+        return pytest_main(argv)
+    except (DistUsageError, ConfigError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except ClientError as exc:
+        return _fail(exc.message, exc.exit_code)
+    except KeyboardInterrupt:
+        print("dtf: interrupted", file=sys.stderr)
+        return 130
 
 
 def _fail(message: str, code: int) -> int:

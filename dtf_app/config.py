@@ -51,6 +51,9 @@ class Settings:
     """Coordinator: snapshot the state (and restart the command log) after this many log entries."""
     token_expiry: int = 3600
     """Lifetime of a JWT in seconds (``security.token_expiry`` in the deployment guide's JSON)."""
+    test_python: str | None = None
+    """Worker: the Python that runs ``dtf pytest`` chunks (has pytest and the suite's dependencies);
+    default the worker's own interpreter (a frozen worker: ``DTF_PYTHON`` or ``python3`` on PATH)."""
 
     def coordinator_db_path(self) -> Path:
         """Where the coordinator's DuckDB file lives."""
@@ -81,6 +84,7 @@ _KINDS: dict[str, str] = {
     "max_concurrent_tasks": "int", "tags": "list", "worker_id": "optstr", "heartbeat_interval": "float",
     "worker_timeout": "float", "max_retries": "int", "batch_size": "int", "reconnect_attempts": "int",
     "simulate_hardware": "optstr", "log_level": "str", "token_expiry": "int", "snapshot_every": "int",
+    "test_python": "optstr",
 }
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Settings))
 assert set(_KINDS) == set(FIELD_NAMES), "every Settings field needs a kind"

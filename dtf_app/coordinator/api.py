@@ -477,6 +477,9 @@ def create_app(coord: Coordinator) -> QuartTrio:
 
     app.websocket("/ws/worker")(worker_socket)
     app.websocket("/ws")(client_socket)
+    from dtf_app.coordinator import bundles
+
+    bundles.register(app, coord)  # dtf pytest: suite bundles, run reports, duration history
     return app
 
 

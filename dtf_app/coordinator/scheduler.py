@@ -84,7 +84,15 @@ def _validate_config(kind: str, config: Any, where: str) -> dict[str, Any]:
         raise TaskValidationError(f"{where} must be an object, got {_typename(config)}")
     if kind == "test":
         test_file = config.get("test_file")
-        if isinstance(test_file, str):
+        if "pytest_dist" in config and test_file is None:
+            # A chunk of a `dtf pytest` run: the one definition of its shape is in pytest_dist.chunks.
+            from dtf_app.pytest_dist.chunks import ChunkError, validate_chunk
+
+            try:
+                validate_chunk(config["pytest_dist"], f"{where}.pytest_dist")
+            except ChunkError as exc:
+                raise TaskValidationError(str(exc)) from None
+        elif isinstance(test_file, str):
             if not test_file.strip():
                 raise TaskValidationError(f"{where}.test_file must not be empty")
         elif isinstance(test_file, list):
