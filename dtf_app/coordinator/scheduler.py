@@ -378,12 +378,25 @@ def _heap_iter(heap: list[tuple[int, int, str]]) -> Iterable[tuple[int, int, str
                 heapq.heappush(frontier, (heap[child], child))
 
 
+def not_prefetched(task: Mapping[str, Any]) -> bool:
+    """Tasks that wait in the cluster's queue rather than behind another task on a busy worker.
+
+    A ``dtf pytest`` chunk runs for seconds, so the round trip prefetching saves is nothing, while a
+    chunk queued on one worker cannot be taken by the worker that frees up first: the run would end
+    unbalanced.
+    """
+    config = task.get("config")
+    return isinstance(config, dict) and "pytest_dist" in config
+
+
 def plan_assignments(queue: ReadyQueue, tasks: Mapping[str, Mapping[str, Any]],
                      workers: Mapping[str, Mapping[str, Any]], free_slots: dict[str, int],
-                     *, scan_limit: int = 10_000, skip: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+                     *, scan_limit: int = 10_000, skip: set[str] | frozenset[str] = frozenset(),
+                     prefetch: bool = False) -> list[tuple[str, str]]:
     """Match ready tasks to free slots: highest priority first, each to the least-loaded capable worker.
 
-    ``free_slots`` is consumed; ids in ``skip`` (already placed this round) are passed over. Scanning stops when no slot is left or after ``scan_limit`` tasks (a
+    ``free_slots`` is consumed; ids in ``skip`` (already placed this round) are passed over, and with
+    ``prefetch`` (filling queues behind busy slots) so are the tasks of :func:`not_prefetched`. Scanning stops when no slot is left or after ``scan_limit`` tasks (a
     long tail of tasks that only a busy GPU worker can run must not make every round O(queue)).
     """
     plan: list[tuple[str, str]] = []
@@ -396,6 +409,8 @@ def plan_assignments(queue: ReadyQueue, tasks: Mapping[str, Mapping[str, Any]],
             continue
         scanned += 1
         task = tasks[task_id]
+        if prefetch and not_prefetched(task):
+            continue
         req = task.get("requirements") or {}
         best: str | None = None
         best_free = -1

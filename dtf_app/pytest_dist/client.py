@@ -25,6 +25,7 @@ in one chunk; default file), ``--dtf-no-history`` (plan as on a first run), ``--
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -167,6 +168,9 @@ class DistPlugin:
         self._chunk_no = 0
         self._base: dict[str, Any] = {}
         self._paths: tuple[str, str] | None = None
+        self._session_warnings: set[tuple[Any, Any, Any]] = set()
+        self._collect_failures = 0
+        self.rootdir = Path.cwd()
 
     # -- pytest hooks
     # tryfirst: before the terminal reporter's own pytest_collection (it would print "collecting ...").
@@ -176,6 +180,7 @@ class DistPlugin:
 
     def pytest_runtestloop(self, session: Any) -> bool:
         config = session.config
+        self.rootdir = Path(config.rootpath)
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         try:
             self._connect()
@@ -360,9 +365,11 @@ class DistPlugin:
             if nodeid in self._replayed_collect:
                 continue
             self._replayed_collect.add(nodeid)
-            config.hook.pytest_collectreport(report=_deserialize(config, data))
-        if self._replayed_collect and not config.getoption("continue_on_collection_errors", False):
-            count = len(self._replayed_collect)
+            if data.get("outcome") == "failed":
+                self._collect_failures += 1
+            config.hook.pytest_collectreport(report=_deserialize(config, data, self._bundle_paths(result)))
+        if self._collect_failures and not config.getoption("continue_on_collection_errors", False):
+            count = self._collect_failures
             session.shouldstop = f"{count} error{'s' if count != 1 else ''} during collection"
             return []
         if not self._deselected_done:
@@ -372,9 +379,12 @@ class DistPlugin:
             if raw.get("deselected"):
                 config.hook.pytest_deselected(items=[_Deselected()] * int(raw["deselected"]))
         for warning in raw.get("warnings") or []:
-            _replay_warning(config, warning)
-        worker_root = (result.get("raw_data") or {}).get("working_dir") if self._base.get("bundle") else None
-        self._paths = (worker_root.rstrip("/") + "/", str(config.rootpath).rstrip("/") + "/") if worker_root else None
+            # Each worker session reports its configuration/collection warnings once: show each once.
+            key = (warning.get("message"), warning.get("filename"), warning.get("lineno"))
+            if key not in self._session_warnings:
+                self._session_warnings.add(key)
+                _replay_warning(config, warning)
+        self._paths = self._bundle_paths(result)
         for row in rows:
             self._replay_test(session, row)
             if session.shouldfail or session.shouldstop:
@@ -390,6 +400,13 @@ class DistPlugin:
                 created = self.client.submit([spec])
                 extra = [t["task_id"] for t in created]
         return extra
+
+    def _bundle_paths(self, result: dict[str, Any]) -> tuple[str, str] | None:
+        """(the worker's bundle root, this rootdir), to map paths in reports back; None for --pyargs."""
+        worker_root = (result.get("raw_data") or {}).get("working_dir") if self._base.get("bundle") else None
+        if not worker_root:
+            return None
+        return worker_root.rstrip("/") + "/", str(self.rootdir).rstrip("/") + "/"
 
     def _replay_test(self, session: Any, row: dict[str, Any]) -> None:
         config = session.config
@@ -443,25 +460,18 @@ def _deserialize(config: Any, data: dict[str, Any], paths: tuple[str, str] | Non
     ``paths`` (worker's bundle root, client's rootdir) maps the absolute paths a worker put in a skip
     reason or a crash location back to the files on this machine, as plain pytest would show them.
     """
-    longrepr = data.get("longrepr")
     if paths is not None:
-        if isinstance(longrepr, list) and len(longrepr) == 3 and isinstance(longrepr[0], str):
-            data = dict(data, longrepr=[_map_path(longrepr[0], paths), *longrepr[1:]])
-        elif isinstance(longrepr, dict) and isinstance(longrepr.get("reprcrash"), dict):
-            crash = longrepr["reprcrash"]
-            data = dict(data, longrepr=dict(longrepr, reprcrash=dict(crash, path=_map_path(crash.get("path"), paths))))
+        # Anywhere: a skip reason, a crash location, a FixtureLookupError's text, captured output.
+        text = json.dumps(data)
+        old, new = json.dumps(paths[0])[1:-1], json.dumps(paths[1])[1:-1]
+        if old in text:
+            data = json.loads(text.replace(old, new))
     report = config.hook.pytest_report_from_serializable(config=config, data=data)
     if isinstance(report.longrepr, list):
         report.longrepr = tuple(report.longrepr)  # a skip: (path, lineno, reason)
     if isinstance(getattr(report, "location", None), list):
         report.location = tuple(report.location)
     return report
-
-
-def _map_path(path: Any, paths: tuple[str, str]) -> Any:
-    if isinstance(path, str) and path.startswith(paths[0]):
-        return paths[1] + path[len(paths[0]):]
-    return path
 
 
 def _replay_warning(config: Any, data: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ and answers on a private copy of the original stdout (fd 1 itself is pointed at 
 test or plugin prints cannot corrupt the protocol), one JSON object per line:
 
     {"ev": "ready", "collected": n, "deselected": n, "digest": str, "errors": [report], "python": str,
+     # errors: the failed and the skipped collection reports
      "pytest": str, "collect_seconds": float}
     {"ev": "test", "nodeid": str, "reports": [serialized TestReport, ...]}      # per test, in order
     {"ev": "warning", "nodeid": str, "when": str, "message": str, "category": str, "filename": str,
@@ -97,7 +98,8 @@ class _Remote:
         self.collect_started = time.perf_counter()
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
-        if report.failed:
+        # Failed collections are errors; skipped ones (a module-level importorskip) count as skips.
+        if report.failed or report.skipped:
             self.errors.append(self._serialize(report))
 
     def pytest_deselected(self, items: list) -> None:

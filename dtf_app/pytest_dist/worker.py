@@ -109,6 +109,10 @@ class SessionPool:
         try:
             with trio.fail_after(START_TIMEOUT):
                 first = await _next_message(session)
+                early: list[dict[str, Any]] = []
+                while first is not None and first.get("ev") == "warning":
+                    early.append(first)  # configuration/collection warnings come before "ready"
+                    first = await _next_message(session)
         except trio.TooSlowError:
             await close_session(session)
             raise TaskError(f"pytest did not finish collecting within {START_TIMEOUT:g} s") from None
@@ -121,7 +125,7 @@ class SessionPool:
                                 f"setting (DTF_TEST_PYTHON) at an interpreter that has them. Output:\n{tail}")
             raise TaskError(f"pytest exited before collecting (exit code {session.proc.returncode}): the suite "
                             f"or its arguments cannot be used on this worker. Output tail:\n{tail}")
-        session.ready = first
+        session.ready = dict(first, early_warnings=early)
         return session
 
 
@@ -253,7 +257,9 @@ async def run_chunk(task: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     else:
         cwd = Path.cwd()
     cache_dir = data_dir / "pytest" / "cache" / chunk["suite"]
-    args = [*chunk.get("args", []), "-o", f"cache_dir={cache_dir}"]
+    args = list(chunk.get("args", []))
+    if not any(a in ("no:cacheprovider", "-pno:cacheprovider") for a in args):
+        args += ["-o", f"cache_dir={cache_dir}"]  # not inside the (shared, read-mostly) bundle
     env = dict(os.environ)
     env.update(ctx.env)
     env["PYTHONPATH"] = str(_plugin_dir(data_dir)) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -265,7 +271,7 @@ async def run_chunk(task: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     ready = session.ready
     tests: list[dict[str, Any]] = []
     warnings: list[dict[str, Any]] = []
-    stray: list[dict[str, Any]] = []
+    stray: list[dict[str, Any]] = [] if reused else list(ready.get("early_warnings") or [])
     done: dict[str, Any] | None = None
     ok = False
     try:
@@ -292,7 +298,6 @@ async def run_chunk(task: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
                 break
         ok = not done.get("stopped")
         by_test = {row["nodeid"]: row for row in tests}
-        stray = []
         for warning in warnings:
             row = by_test.get(warning.get("nodeid"))
             if row is not None:
