@@ -82,7 +82,8 @@ SUITE = {
     "data/ignored.txt": "this folder is in .gitignore",
     ".gitignore": "data/\n",
 }
-SUMMARY = re.compile(r"^=+ (.*) in [\d.]+s.* =+$", re.M)
+# The final line, with (default) or without (-q) its === frame.
+SUMMARY = re.compile(r"^(?:=+ )?((?:\d+ [a-z]+(?:, )?)+|no tests ran) in [\d.]+s", re.M)
 
 
 def write_suite(root: Path) -> Path:
