@@ -18,8 +18,14 @@ import pytest
 
 from dtf_app.coordinator import scheduler
 from dtf_app.pytest_dist import bundle as bundlemod
-from dtf_app.pytest_dist.chunks import (ChunkError, compact_reports, expand_reports, suite_key, summarize,
-                                        validate_chunk)
+from dtf_app.pytest_dist.chunks import (
+    ChunkError,
+    compact_reports,
+    expand_reports,
+    suite_key,
+    summarize,
+    validate_chunk,
+)
 from dtf_app.pytest_dist.client import DistUsageError, _rewrite_paths, parse_args, worker_args
 from dtf_app.pytest_dist.schedule import plan_chunks
 
