@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Cluster, _env
+from tests.integration.harness import Cluster, _env, wait_for
 
 SUITE = {
     "pytest.ini": """
@@ -213,3 +213,29 @@ def test_bad_options_and_unreachable_cluster(tmp_path: Path) -> None:
                              env=_env({"DTF_STATE_DIR": str(tmp_path / "state")}))
     assert nowhere.returncode == 3, nowhere.stdout + nowhere.stderr
     assert "cannot reach" in nowhere.stdout + nowhere.stderr
+
+
+def test_the_run_outlives_its_client_and_attach_replays_it(two_workers: Cluster, tmp_path: Path) -> None:
+    suite = write_suite(tmp_path / "suite")
+    (suite / "test_slow.py").write_text("import time\n\ndef test_slow():\n    time.sleep(4)\n")
+    plain = plain_pytest(suite)
+    client = subprocess.Popen([sys.executable, "-m", "dtf_app", "pytest", "--coordinator", two_workers.url,
+                               "--api-key", two_workers.admin_key, "-p", "no:cacheprovider"], cwd=suite,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=_env({"DTF_STATE_DIR": str(two_workers.root / "state")}))
+    try:
+        def chunks() -> list[dict] | None:
+            tasks = two_workers.api("GET", "/api/tasks", params={"type": "test"}).json()["tasks"]
+            return tasks or None
+
+        tasks = wait_for(chunks, 120, what="the run's chunks to be submitted")
+    finally:
+        client.kill()  # the client dies (SIGKILL) while the run is under way
+        client.wait(30)
+    run_id = tasks[0]["config"]["pytest_dist"]["run_id"]
+    attached = dtf_pytest(two_workers, suite, "--attach", run_id)
+    assert attached.returncode == plain.returncode, attached.stdout + attached.stderr
+    assert summary(attached.stdout) == summary(plain.stdout)
+    assert f"attached to run {run_id}" in attached.stdout
+    bad = dtf_pytest(two_workers, suite, "--attach", "no-such-run")
+    assert bad.returncode == 2 and "no dtf pytest run" in bad.stdout + bad.stderr
