@@ -23,7 +23,7 @@ BENCH_FUNCTIONS = ("latency", "throughput", "memory")
 TASK_KEYS = ("type", "priority", "config", "requirements", "dependencies", "timeout_seconds", "max_retries",
              "name", "task_id", "metadata")
 REQUIREMENT_KEYS = ("hardware", "min_memory_gb", "min_cuda_compute", "min_gpu_memory_gb", "tags", "os",
-                    "min_cpu_cores")
+                    "min_cpu_cores", "exclude_workers")
 OS_NAMES = ("linux", "windows", "macos", "darwin")
 PRIORITY_RANGE = (0, 100)
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
@@ -178,6 +178,8 @@ def _validate_requirements(req: Any, where: str) -> dict[str, Any]:
         out["min_cpu_cores"] = _positive_int(as_int(req["min_cpu_cores"]), f"{where}.min_cpu_cores")
     if "tags" in req:
         out["tags"] = list(dict.fromkeys(_str_list(req["tags"], f"{where}.tags")))
+    if "exclude_workers" in req:  # e.g. a rerun of a failed test "on another worker" (dtf pytest --reruns)
+        out["exclude_workers"] = list(dict.fromkeys(_str_list(req["exclude_workers"], f"{where}.exclude_workers")))
     if "os" in req:
         if not isinstance(req["os"], str) or req["os"].lower() not in OS_NAMES:
             raise TaskValidationError(f"{where}.os must be one of linux, windows, macos, got {req['os']!r}")
@@ -306,6 +308,8 @@ def unmet_requirements(worker: Mapping[str, Any], req: Mapping[str, Any]) -> lis
             missing.append(f"tag {tag}")
     if "os" in req and _worker_os(caps) != req["os"]:
         missing.append(f"os {req['os']}")
+    if worker.get("worker_id") in (req.get("exclude_workers") or ()):
+        missing.append(f"a worker other than {worker.get('worker_id')}")
     return missing
 
 

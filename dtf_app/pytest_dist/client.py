@@ -18,7 +18,8 @@ The run lives in the cluster: if this process dies, the chunks still finish, and
 ``dtf pytest --attach RUN [ARGS]`` replays the whole run (waiting for what is left).
 
 Options of dtf itself (the rest goes to pytest): ``--coordinator``, ``--api-key``, ``--data-dir``,
-``--config`` (as for every dtf command), ``--attach RUN``, ``--dtf-group file|class|test`` (what must stay
+``--config`` (as for every dtf command), ``--attach RUN``, ``--reruns N`` (a failing test runs again, on
+another worker when there is one; one that passes there is reported flaky), ``--dtf-group file|class|test`` (what must stay
 in one chunk; default file), ``--dtf-no-history`` (plan as on a first run), ``--dtf-timeout S`` (per chunk).
 """
 
@@ -78,12 +79,15 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--dtf-group", default="file")
     parser.add_argument("--dtf-no-history", action="store_true")
     parser.add_argument("--dtf-timeout", type=float, default=DEFAULT_CHUNK_TIMEOUT)
+    parser.add_argument("--reruns", type=int, default=0)
     try:
         opts, rest = parser.parse_known_args(argv)
     except SystemExit:
         raise DistUsageError("bad dtf pytest option (see dtf pytest --help)") from None
     if opts.dtf_group not in GROUPS:
         raise DistUsageError(f"--dtf-group must be one of {', '.join(GROUPS)}, got {opts.dtf_group!r}")
+    if not 0 <= opts.reruns <= 10:
+        raise DistUsageError(f"--reruns must be from 0 to 10, got {opts.reruns}")
     if not opts.dtf_timeout > 0:
         raise DistUsageError("--dtf-timeout must be a positive number of seconds")
     for token in rest:
@@ -170,9 +174,24 @@ class DistPlugin:
         self._paths: tuple[str, str] | None = None
         self._session_warnings: set[tuple[Any, Any, Any]] = set()
         self._collect_failures = 0
+        self._worker_ids: list[str] = []
+        self._attempts: dict[str, int] = {}
+        self._held: dict[str, list[tuple[dict[str, Any], Any]]] = {}
+        self.flaky: list[tuple[str, str, str]] = []
         self.rootdir = Path.cwd()
 
     # -- pytest hooks
+    def pytest_report_teststatus(self, report: Any, config: Any) -> Any:
+        if getattr(report, "outcome", None) == "rerun":
+            return "rerun", "R", ("RERUN", {"yellow": True})
+        return None
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.flaky:
+            terminalreporter.write_sep("=", "flaky tests (failed, then passed on a rerun)", yellow=True)
+            for nodeid, failed_on, passed_on in self.flaky:
+                terminalreporter.write_line(f"FLAKY {nodeid} - failed on {failed_on}, passed on {passed_on}")
+
     # tryfirst: before the terminal reporter's own pytest_collection (it would print "collecting ...").
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection(self, session: Any) -> bool:
@@ -245,6 +264,7 @@ class DistPlugin:
 
             raise ClientError("no worker is online to run the suite (start some: dtf up --workers 2)", 3)
         slots = sum(int(w.get("max_concurrent_tasks") or 1) for w in workers)
+        self._worker_ids = [w["worker_id"] for w in workers]
         history = {} if self.opts.dtf_no_history else self.client.request(
             "GET", "/api/pytest/history", params={"suite": suite})
         durations: dict[str, float] = dict(history.get("tests") or {})
@@ -385,11 +405,20 @@ class DistPlugin:
                 self._session_warnings.add(key)
                 _replay_warning(config, warning)
         self._paths = self._bundle_paths(result)
+        rerun: list[str] = []
         for row in rows:
-            self._replay_test(session, row)
+            if self._replay_or_hold(session, task, row):
+                rerun.append(row["nodeid"])
             if session.shouldfail or session.shouldstop:
                 return []
         extra: list[str] = []
+        if rerun:
+            # --reruns: the failures run again, on another worker when there is one.
+            others = [w for w in self._worker_ids if w != task.get("worker_id")]
+            spec = self._chunk(nodeids=rerun, digest=None)
+            if others and task.get("worker_id"):
+                spec["requirements"] = {"exclude_workers": [task["worker_id"]]}
+            extra += [t["task_id"] for t in self.client.submit([spec])]
         if raw.get("nodeids") is not None and self._planned:
             # The workers' collection differs from the history the plan came from: run what it missed.
             new = [n for n in raw["nodeids"] if n not in self._planned]
@@ -408,10 +437,30 @@ class DistPlugin:
             return None
         return worker_root.rstrip("/") + "/", str(self.rootdir).rstrip("/") + "/"
 
-    def _replay_test(self, session: Any, row: dict[str, Any]) -> None:
+    def _replay_or_hold(self, session: Any, task: dict[str, Any], row: dict[str, Any]) -> bool:
+        """Replay a test's reports, or hold a failure back for a rerun (True: rerun it)."""
+        nodeid = row["nodeid"]
+        failed = row.get("outcome") in ("failed", "error")
+        earlier = self._held.get(nodeid, [])
+        if failed and self._attempts.get(nodeid, 0) < self.opts.reruns:
+            self._attempts[nodeid] = self._attempts.get(nodeid, 0) + 1
+            self._held[nodeid] = [*earlier, (row, task.get("worker_id"))]
+            return True
+        self._held.pop(nodeid, None)
+        for previous, _worker in earlier:
+            self._replay_test(session, previous, as_rerun=True)
+        if earlier and not failed:
+            self.flaky.append((nodeid, str(earlier[-1][1]), str(task.get("worker_id"))))
+        self._replay_test(session, row)
+        return False
+
+    def _replay_test(self, session: Any, row: dict[str, Any], *, as_rerun: bool = False) -> None:
         config = session.config
         packed = row.get("report") or {}
         reports = expand_reports(row["nodeid"], packed.get("r") or [])
+        if as_rerun:
+            # An earlier failing attempt shows as pytest-rerunfailures shows it: one "rerun" report.
+            reports = [dict(r, outcome="rerun") for r in reports if r.get("outcome") == "failed"][:1]
         if not reports:
             return
         location = tuple(reports[0].get("location") or (row["nodeid"], None, row["nodeid"]))

@@ -239,3 +239,33 @@ def test_the_run_outlives_its_client_and_attach_replays_it(two_workers: Cluster,
     assert f"attached to run {run_id}" in attached.stdout
     bad = dtf_pytest(two_workers, suite, "--attach", "no-such-run")
     assert bad.returncode == 2 and "no dtf pytest run" in bad.stdout + bad.stderr
+
+
+def test_reruns_go_to_another_worker_and_mark_flaky_tests(two_workers: Cluster, tmp_path: Path) -> None:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "pytest.ini").write_text("[pytest]\n")
+    flag = tmp_path / "ran-once"
+    # Fails the first time it runs anywhere, passes afterwards: flaky by construction.
+    (suite / "test_flaky.py").write_text(textwrap.dedent(f"""
+        from pathlib import Path
+
+        def test_flaky():
+            flag = Path({str(flag)!r})
+            if not flag.exists():
+                flag.write_text("x")
+                assert False, "first attempt fails"
+
+        def test_solid():
+            pass
+
+        def test_broken():
+            assert False, "always"
+    """))
+    result = dtf_pytest(two_workers, suite, "-rA", "--reruns", "2")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert summary(result.stdout) == "1 failed, 2 passed, 3 rerun"
+    assert "FLAKY test_flaky.py::test_flaky - failed on w" in result.stdout
+    run = two_workers.api("GET", f"/api/pytest/runs/{run_ids(result.stdout)}").json()["tasks"]
+    reruns = [t for t in run if t["requirements"].get("exclude_workers")]
+    assert reruns and all(t["worker_id"] not in t["requirements"]["exclude_workers"] for t in reruns)
