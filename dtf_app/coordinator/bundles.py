@@ -8,7 +8,7 @@
 - ``GET /api/pytest/reports?task_ids=a,b`` (read): the serialized pytest reports of finished chunks,
   from DuckDB (``test_results.report``), in the order each chunk ran them.
 - ``GET /api/pytest/history?suite=KEY`` (read): per-test mean durations of the suite's latest
-  collection (the same digest), which the client schedules from, longest first.
+  collection (the same digest), and their ``xdist_group`` marks, which the client schedules from.
 
 Bundles are not replicated: with several coordinators a bundle lives on the one it was uploaded to,
 which is the leader the chunks were submitted to (workers fetch from the coordinator URLs they know).
@@ -166,10 +166,11 @@ async def _history(coord: Coordinator, suite: str) -> dict[str, Any]:
         "WITH runs AS (SELECT result_id, worker_id, timestamp FROM results WHERE task_type = 'test' "
         "  AND json_extract_string(raw_data, '$.pytest_dist.suite') = ? "
         "  AND json_extract_string(raw_data, '$.pytest_dist.digest') = ?), "
-        "ranked AS (SELECT t.nodeid, t.duration, r.worker_id, "
+        "ranked AS (SELECT t.nodeid, t.duration, r.worker_id, json_extract_string(t.report, '$.g') AS grp, "
         "  row_number() OVER (PARTITION BY t.nodeid ORDER BY r.timestamp DESC) AS n "
         "  FROM test_results t JOIN runs r USING (result_id)) "
-        "SELECT nodeid, avg(duration) AS duration FROM ranked WHERE n <= ? GROUP BY nodeid",
+        "SELECT nodeid, avg(duration) AS duration, any_value(grp) AS grp FROM ranked WHERE n <= ? GROUP BY nodeid",
         [suite, digest, HISTORY_RUNS])
     return {"suite": suite, "digest": digest, "collected": collected,
-            "tests": {r["nodeid"]: float(r["duration"] or 0.0) for r in rows}}
+            "tests": {r["nodeid"]: float(r["duration"] or 0.0) for r in rows},
+            "groups": {r["nodeid"]: r["grp"] for r in rows if r["grp"]}}

@@ -268,20 +268,21 @@ class DistPlugin:
         history = {} if self.opts.dtf_no_history else self.client.request(
             "GET", "/api/pytest/history", params={"suite": suite})
         durations: dict[str, float] = dict(history.get("tests") or {})
+        marks: dict[str, str] = dict(history.get("groups") or {})
         lastfailed = self._lastfailed(config)
         self._base = {"run_id": self.run_id, "suite": suite, "args": args, "bundle": bundle_hash, "workdir": ""}
         complete = durations and int(history.get("collected") or 0) == len(durations)
         if lastfailed is not None:
             nodeids = sorted(lastfailed)
             chunks = [self._chunk(nodeids=c, digest=history.get("digest") if complete else None)
-                      for c in plan_chunks(nodeids, durations, slots, self.opts.dtf_group)]
+                      for c in plan_chunks(nodeids, durations, slots, self.opts.dtf_group, marks)]
             self._planned = set(nodeids)
             how = f"{len(nodeids)} last-failed tests"
             session.testscollected = len(nodeids)
         elif complete:
             nodeids = list(durations)
             chunks = [self._chunk(nodeids=c, digest=history["digest"])
-                      for c in plan_chunks(nodeids, durations, slots, self.opts.dtf_group)]
+                      for c in plan_chunks(nodeids, durations, slots, self.opts.dtf_group, marks)]
             self._planned = set(nodeids)
             how = f"{len(nodeids)} tests planned from history, longest first"
             session.testscollected = len(nodeids)

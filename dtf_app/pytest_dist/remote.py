@@ -17,7 +17,8 @@ test or plugin prints cannot corrupt the protocol), one JSON object per line:
     {"ev": "ready", "collected": n, "deselected": n, "digest": str, "errors": [report], "python": str,
      # errors: the failed and the skipped collection reports
      "pytest": str, "collect_seconds": float}
-    {"ev": "test", "nodeid": str, "reports": [serialized TestReport, ...]}      # per test, in order
+    {"ev": "test", "nodeid": str, "reports": [serialized TestReport, ...],      # per test, in order
+     "group": str | None}                                                    # its xdist_group mark
     {"ev": "warning", "nodeid": str, "when": str, "message": str, "category": str, "filename": str,
      "lineno": int}
     {"ev": "done", "id": str, "missing": [nodeid], "nodeids": [str] | null}
@@ -61,9 +62,20 @@ def collection_digest(nodeids: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(nodeids)).encode()).hexdigest()[:32]
 
 
-def shard_of(nodeid: str, count: int) -> int:
-    """Which of ``count`` first-run shards a test belongs to: by its file, so a module stays together."""
-    return zlib.crc32(nodeid.split("::", 1)[0].encode()) % count
+def shard_of(nodeid: str, count: int, group: str | None = None) -> int:
+    """Which of ``count`` first-run shards a test belongs to: by its ``xdist_group`` mark when it has
+    one, else by its file, so a module (or a group) stays in one process."""
+    key = f"group:{group}" if group else nodeid.split("::", 1)[0]
+    return zlib.crc32(key.encode()) % count
+
+
+def group_of(item: pytest.Item) -> str | None:
+    """The name of a test's ``xdist_group`` mark (tests that must share a process), if any."""
+    mark = item.get_closest_marker("xdist_group")
+    if mark is None:
+        return None
+    name = mark.args[0] if mark.args else mark.kwargs.get("name")
+    return str(name) if name is not None else None
 
 
 class _Remote:
@@ -142,7 +154,7 @@ class _Remote:
                 # Captured sections of an earlier run of the same item must not repeat in this one.
                 item._report_sections = []
                 item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
-                _send({"ev": "test", "nodeid": item.nodeid, "reports": self.current})
+                _send({"ev": "test", "nodeid": item.nodeid, "reports": self.current, "group": group_of(item)})
                 self.current = self.current_nodeid = None
                 if session.shouldstop:
                     # pytest.exit() or a KeyboardInterrupt inside a test: this process is done.
@@ -159,7 +171,7 @@ class _Remote:
         shard = command.get("shard")
         if shard:
             index, count = int(shard[0]), int(shard[1])
-            return [items[n] for n in nodeids if shard_of(n, count) == index], []
+            return [items[n] for n in nodeids if shard_of(n, count, group_of(items[n])) == index], []
         wanted, missing = set(), []
         for nodeid in command.get("nodeids") or []:
             if nodeid in items:

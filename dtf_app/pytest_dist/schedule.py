@@ -2,7 +2,8 @@
 
 The cluster's queue hands chunks to whichever slot frees first (a pull model), so a faster worker takes
 more of them: that is the normalisation by worker speed. What the plan controls is the order and size:
-groups (files by default, so module fixtures are set up once per chunk) are sorted by their recorded
+groups (files by default, so module fixtures are set up once per chunk; tests with the same
+``xdist_group`` mark always together) are sorted by their recorded
 duration, longest first (the LPT rule), and packed into chunks whose target size is a share of the work
 still left (guided self-scheduling), so the last chunks are small and the slots finish together; a slot
 that runs dry at the end takes the next small chunk, which is what work stealing buys.
@@ -29,14 +30,20 @@ def group_key(nodeid: str, group: str) -> str:
 
 
 def plan_chunks(nodeids: Sequence[str], durations: Mapping[str, float], slots: int,
-                group: str = "file") -> list[list[str]]:
-    """Chunks of node ids, in the order they should be queued (longest first, shrinking)."""
+                group: str = "file", marks: Mapping[str, str] | None = None) -> list[list[str]]:
+    """Chunks of node ids, in the order they should be queued (longest first, shrinking).
+
+    ``marks`` maps tests to their ``xdist_group`` name: tests of one such group always share a chunk
+    (and so a process), whatever ``group`` says.
+    """
     if group not in GROUPS:
         raise ValueError(f"group must be one of {', '.join(GROUPS)}, got {group!r}")
     slots = max(1, slots)
+    marks = marks or {}
     groups: dict[str, list[str]] = {}
     for nodeid in nodeids:
-        groups.setdefault(group_key(nodeid, group), []).append(nodeid)
+        key = f"\0mark:{marks[nodeid]}" if nodeid in marks else group_key(nodeid, group)
+        groups.setdefault(key, []).append(nodeid)
     weighted = sorted(((sum(durations.get(n, UNKNOWN_TEST_SECONDS) for n in members), key, members)
                        for key, members in groups.items()), key=lambda g: (-g[0], g[1]))
     remaining = sum(w for w, _, _ in weighted)

@@ -290,6 +290,8 @@ async def run_chunk(task: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
                 reports = message.get("reports") or []
                 row = summarize(nodeid, reports)
                 row["report"] = {"i": len(tests), "r": compact_reports(reports)}
+                if message.get("group"):
+                    row["report"]["g"] = str(message["group"])
                 tests.append(row)
             elif kind == "warning":
                 warnings.append(message)

@@ -96,6 +96,9 @@ def test_plan_is_longest_first_keeps_files_together_and_shrinks() -> None:
     assert chunks[0][0].startswith("f19.py")  # the longest file goes first
     assert weights[-1] < weights[0]
     assert len(plan_chunks(nodeids, durations, slots=2, group="test")) >= len(chunks)
+    # Tests sharing an xdist_group mark share a chunk, across files.
+    marked = plan_chunks(nodeids, durations, slots=2, group="test", marks={"f19.py::t0": "db", "f0.py::t1": "db"})
+    assert any({"f19.py::t0", "f0.py::t1"} <= set(c) for c in marked)
     with pytest.raises(ValueError, match="group must be"):
         plan_chunks(nodeids, durations, 2, group="module")
 
@@ -190,6 +193,7 @@ def test_remote_session_collects_once_and_runs_what_it_is_fed(tmp_path: Path) ->
             assert sys.stdin.read() == ""  # the commands are not readable by tests
 
         @pytest.mark.skip(reason="no")
+        @pytest.mark.xdist_group("db")
         def test_three():
             pass
     """))
@@ -213,4 +217,5 @@ def test_remote_session_collects_once_and_runs_what_it_is_fed(tmp_path: Path) ->
     assert dones[1]["nodeids"] == ["test_a.py::test_one", "test_a.py::test_two", "test_a.py::test_three"]
     second = [e for e in events if e["ev"] == "test"][2:]
     assert [e["reports"][0]["outcome"] for e in second] == ["passed", "passed", "skipped"]
+    assert [e["group"] for e in second] == [None, None, "db"]
     assert "to stdout" in proc.stderr  # prints went to stderr (the worker's task log)
