@@ -165,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--aggregate", action="store_true", help="statistics per group instead of rows")
     results.add_argument("--result-type", default="benchmark", help="with --aggregate: benchmark or test")
     results.add_argument("--level", default="model", help="with --aggregate: grouping level (model, ...)")
+    results.add_argument("--regressions", action="store_true",
+                         help="benchmark configurations that regressed per hardware class (Welch t-test against "
+                              "a trailing window)")
+    results.add_argument("--metric", default="throughput", help="with --regressions: throughput, latency_ms_mean, ...")
     _add_client_options(results)
 
     status = sub.add_parser("status", help="cluster status: task and worker counts")
@@ -496,6 +500,17 @@ def _cmd_results(args: argparse.Namespace) -> int:
     from dtf_app import output
 
     with make_client(args) as client:
+        if args.regressions:
+            data = client.request("GET", "/api/results/regressions", params={"metric": args.metric})
+            if args.json:
+                output.print_json(data)
+            elif not data["regressions"]:
+                print(f"no regressions of {data['metric']} ({data['checked']} configurations checked)")
+            for row in data["regressions"]:
+                print(f"REGRESSION {row['model']} batch {row['batch_size']} {row['precision']} {row['backend']} on "
+                      f"{row['hardware']}: {row['metric']} {row['baseline_mean']:.4g} -> {row['recent_mean']:.4g} "
+                      f"({row['change']:+.1%}, p={row['p_value']:.2g})")
+            return EXIT_OK
         if args.aggregate:
             data = client.aggregate(args.result_type, args.level)
             if args.json:

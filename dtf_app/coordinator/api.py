@@ -480,6 +480,9 @@ def create_app(coord: Coordinator) -> QuartTrio:
     from dtf_app.coordinator import bundles
 
     bundles.register(app, coord)  # dtf pytest: suite bundles, run reports, duration history
+    from dtf_app.coordinator import results_api
+
+    results_api.register(app, coord)  # regressions
     return app
 
 
