@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from dtf_app import __version__
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="benchmark configurations that regressed per hardware class (Welch t-test against "
                               "a trailing window)")
     results.add_argument("--metric", default="throughput", help="with --regressions: throughput, latency_ms_mean, ...")
+    results.add_argument("--flaky", action="store_true", help="tests that both passed and failed, most flips first")
     _add_client_options(results)
 
     status = sub.add_parser("status", help="cluster status: task and worker counts")
@@ -190,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(k_delete)
     _add_client_options(keys_sub.add_parser("list", help="list keys (names and roles, never the keys)"))
 
+    report = sub.add_parser("report", help="a self-contained HTML report (inline SVG), or the status PNG")
+    report.add_argument("--html", metavar="FILE", help="write the HTML report here")
+    report.add_argument("--png", metavar="FILE", help="write the single status image (PNG) here")
+    _add_client_options(report, json_flag=False)
     sub.add_parser("dash", help="dashboard against a running cluster (not available yet)")
     sub.add_parser("pytest", help="run a pytest suite over the cluster's workers (dtf pytest [PYTEST ARGS...])",
                    add_help=False)
@@ -274,7 +280,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_up(args)
     if command == "hardware":
         return _cmd_hardware(args)
-    handler = {"submit": _cmd_submit, "tasks": _cmd_tasks, "workers": _cmd_workers, "results": _cmd_results,
+    handler = {"report": _cmd_report, "submit": _cmd_submit, "tasks": _cmd_tasks, "workers": _cmd_workers, "results": _cmd_results,
                "status": _cmd_status, "keys": _cmd_keys}[command]
     return handler(args)
 
@@ -500,6 +506,15 @@ def _cmd_results(args: argparse.Namespace) -> int:
     from dtf_app import output
 
     with make_client(args) as client:
+        if args.flaky:
+            flaky = client.request("GET", "/api/results/flaky")["flaky"]
+            if args.json:
+                output.print_json({"flaky": flaky})
+            elif not flaky:
+                print("no flaky tests")
+            for row in flaky:
+                print(f"FLAKY {row['nodeid']}: {row['failures']} of {row['runs']} runs failed, {row['flips']} flips")
+            return EXIT_OK
         if args.regressions:
             data = client.request("GET", "/api/results/regressions", params={"metric": args.metric})
             if args.json:
@@ -523,6 +538,26 @@ def _cmd_results(args: argparse.Namespace) -> int:
         output.print_json({"results": results})
     else:
         print(output.results_table(results) if results else "no results")
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    if not args.html and not args.png:
+        raise UsageError("dtf report needs --html FILE and/or --png FILE")
+    from dtf_app.report import render_html, status_png
+
+    with make_client(args) as client:
+        data = client.request("GET", "/api/report")
+        source = client.url
+    try:
+        if args.html:
+            Path(args.html).write_text(render_html(data, source=source), encoding="utf-8")
+            print(f"report written to {args.html}", file=sys.stderr)
+        if args.png:
+            Path(args.png).write_bytes(status_png(data))
+            print(f"status image written to {args.png}", file=sys.stderr)
+    except OSError as exc:
+        raise UsageError(f"cannot write the report: {exc}") from None
     return EXIT_OK
 
 

@@ -2,6 +2,8 @@
 
 - ``GET /api/results/regressions?metric=&window=&baseline=&min_change=&alpha=`` (read): benchmark
   configurations that regressed per hardware class (see :mod:`dtf_app.store.regressions`).
+- ``GET /api/report`` (read): everything ``dtf report`` draws (:mod:`dtf_app.store.report_data`).
+- ``GET /api/results/flaky?limit=`` (read): tests that both passed and failed, most flips first.
 - ``WS /ws`` ``{"type": "get_aggregated_results", "result_type": "performance", "aggregation_level":
   "hardware", "filter_params": {...}, "request_id": ...}`` answers ``{"type": "aggregated_results",
   "request_id", "data": {"aggregation_level", "result_type", "results": {"basic_statistics": {group:
@@ -53,6 +55,31 @@ def register(app: QuartTrio, coord: Coordinator) -> None:
         except ValueError as exc:
             raise ApiError(400, "invalid_parameter", str(exc)) from None
         return json_response(data)
+
+    _register_report(app, coord)
+
+
+def _register_report(app: QuartTrio, coord: Coordinator) -> None:
+    from dtf_app.coordinator.api import ApiError, json_response, requires
+
+    @app.get("/api/report")
+    @requires("read")
+    async def get_report() -> Response:
+        from dtf_app.store.report_data import report_data
+
+        await coord.store.flush()
+        return json_response(await report_data(coord.store))
+
+    @app.get("/api/results/flaky")
+    @requires("read")
+    async def get_flaky() -> Response:
+        from dtf_app.store.report_data import flaky_tests
+
+        raw = request.args.get("limit") or "50"
+        if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+            raise ApiError(400, "invalid_parameter", f"limit must be an integer from 1 to 10000, got {raw!r}")
+        await coord.store.flush()
+        return json_response({"flaky": await flaky_tests(coord.store, int(raw))})
 
 
 def basic_statistics(result_type: str, groups: list[dict[str, Any]]) -> dict[str, Any]:

@@ -43,3 +43,14 @@ async def test_aggregated_results_in_the_source_design_s_shape(cluster: Cluster)
     cli = await trio.to_thread.run_sync(lambda: cluster.cli("results", "--regressions", "--coordinator", cluster.url,
                                                             "--api-key", cluster.admin_key))
     assert cli.returncode == 0 and "no regressions of throughput" in cli.stdout, cli.stderr
+
+    page, image = cluster.root / "report.html", cluster.root / "status.png"
+    made = await trio.to_thread.run_sync(lambda: cluster.cli("report", "--html", str(page), "--png", str(image),
+                                                             "--coordinator", cluster.url, "--api-key",
+                                                             cluster.admin_key))
+    assert made.returncode == 0, made.stderr
+    text = page.read_text()
+    assert "<svg" in text and "bert batch 1 fp32" in text and "completed" in text
+    assert image.read_bytes().startswith(b"\x89PNG")
+    usage = await trio.to_thread.run_sync(lambda: cluster.cli("report", "--coordinator", cluster.url))
+    assert usage.returncode == 2 and "--html FILE" in usage.stderr

@@ -88,3 +88,29 @@ async def test_performance_is_the_source_design_s_name_for_benchmark(store: Stor
     stats = basic_statistics("performance", data["groups"])
     assert set(stats["cpu"]["throughput"]) >= {"mean", "median", "std", "p95", "count"}
     assert stats["cpu,cuda"]["throughput"]["mean"] == pytest.approx(1000.0, rel=0.02)
+
+
+async def test_the_html_report_shows_the_seeded_regression(store: Store) -> None:
+    import re
+    import struct
+    import zlib
+
+    from dtf_app.report import render_html, status_png
+    from dtf_app.store.report_data import report_data
+
+    seed(store, regress=0.2)
+    flaky = [{"nodeid": "t.py::flip", "outcome": o, "duration": 0.5, "message": None} for o in ("passed", "failed")]
+    store.put(2, [result(f"rt{i}-1", "w-cpu", tests=[row], when=T0 + 5000 + i) for i, row in enumerate(flaky)])
+    await store.flush()
+    data = await report_data(store)
+    assert [r["hardware"] for r in data["regressions"]] == ["cpu,cuda"]
+    assert [t["nodeid"] for t in data["flaky_tests"]] == ["t.py::flip"]
+    page = render_html(data)
+    assert page.count("<svg") >= 3 and "REGRESSION -2" in page and "t.py::flip" in page
+    assert "bert batch 8 fp16 numpy on cpu,cuda <span class=\"bad\">regressed</span>" in page
+    assert "<script" not in page and not re.search(r"(src|href)=\"https?:", page)  # viewable offline
+    png = status_png(data)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = struct.unpack(">II", png[16:24])
+    idat = png[png.index(b"IDAT") + 4:png.index(b"IEND") - 8]
+    assert len(zlib.decompress(idat)) == height * (width * 3 + 1)
