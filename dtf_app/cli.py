@@ -171,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "a trailing window)")
     results.add_argument("--metric", default="throughput", help="with --regressions: throughput, latency_ms_mean, ...")
     results.add_argument("--flaky", action="store_true", help="tests that both passed and failed, most flips first")
+    results.add_argument("--junitxml", metavar="FILE", help="JUnit XML of a set of test tasks: with --task ID, "
+                         "--run RUN (a dtf pytest run) or --batch BATCH")
+    results.add_argument("--run", metavar="RUN", help="with --junitxml: the chunks of this dtf pytest run")
+    results.add_argument("--batch", metavar="BATCH", help="with --junitxml: the tasks of one submission")
     _add_client_options(results)
 
     status = sub.add_parser("status", help="cluster status: task and worker counts")
@@ -506,6 +510,21 @@ def _cmd_results(args: argparse.Namespace) -> int:
     from dtf_app import output
 
     with make_client(args) as client:
+        if args.junitxml:
+            if not (args.task_id or args.run or args.batch):
+                raise UsageError("--junitxml needs the tests to write: --task ID, --run RUN or --batch BATCH")
+            rows = client.request("GET", "/api/results/tests", params={
+                "task_ids": args.task_id, "run_id": args.run, "batch_id": args.batch})["tests"]
+            from dtf_app.report import write_junit
+
+            try:
+                count = write_junit(rows, args.junitxml)
+            except ImportError:
+                raise UsageError("--junitxml needs pytest installed (its JUnit writer is used)") from None
+            except OSError as exc:
+                raise UsageError(f"cannot write {args.junitxml}: {exc}") from None
+            print(f"{count} tests written to {args.junitxml}", file=sys.stderr)
+            return EXIT_OK
         if args.flaky:
             flaky = client.request("GET", "/api/results/flaky")["flaky"]
             if args.json:

@@ -232,4 +232,64 @@ def status_png(data: dict[str, Any], *, width: int = 640, height: int = 240) -> 
             + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
 
 
-__all__ = ["bar_chart", "histogram", "render_html", "status_png", "trend_chart"]
+def write_junit(rows: list[dict[str, Any]], path: str) -> int:
+    """Write JUnit XML for per-test rows with pytest's own writer (``_pytest.junitxml.LogXML``).
+
+    Rows of ``dtf pytest`` chunks carry pytest's serialized reports, which are replayed as they are (the
+    file then matches what ``pytest --junitxml`` writes); rows of other test tasks (outcome, duration,
+    message) become equivalent reports. Returns the number of tests written. Needs pytest installed.
+    """
+    from _pytest.junitxml import LogXML
+    from _pytest.reports import TestReport
+
+    from dtf_app.pytest_dist.chunks import expand_reports
+
+    xml = LogXML(path, None, family="xunit2")
+    xml.pytest_sessionstart()
+    for row in rows:
+        packed = row.get("report") or {}
+        if packed.get("r"):
+            reports = []
+            for data in expand_reports(row["nodeid"], packed["r"]):
+                report = TestReport._from_json(data)
+                if isinstance(report.longrepr, list):
+                    report.longrepr = tuple(report.longrepr)
+                reports.append(report)
+        else:
+            reports = _reports_from_row(row, TestReport)
+        for report in reports:
+            xml.pytest_runtest_logreport(report)
+    xml.pytest_sessionfinish()
+    return len(rows)
+
+
+def _reports_from_row(row: dict[str, Any], report_type: Any) -> list[Any]:
+    nodeid = str(row["nodeid"])
+    path = nodeid.split("::", 1)[0]
+    location = (path, None, nodeid.split("::", 1)[-1].replace("::", "."))
+    outcome, message = row.get("outcome") or "passed", row.get("message") or ""
+    duration = float(row.get("duration") or 0.0)
+
+    def make(when: str, state: str, longrepr: Any = None, **extra: Any) -> Any:
+        report = report_type(nodeid, location, {}, state, longrepr, when, duration=duration if when == "call" else 0.0)
+        for key, value in extra.items():
+            setattr(report, key, value)
+        return report
+
+    if outcome == "error":
+        return [make("setup", "failed", message or "error"), make("teardown", "passed")]
+    if outcome == "skipped":
+        return [make("setup", "skipped", (path, 0, f"Skipped: {message}")), make("teardown", "passed")]
+    steps = [make("setup", "passed")]
+    if outcome == "failed":
+        steps.append(make("call", "failed", message or "failed"))
+    elif outcome == "xfailed":
+        steps.append(make("call", "skipped", None, wasxfail=message))
+    elif outcome == "xpassed":
+        steps.append(make("call", "passed", None, wasxfail=message))
+    else:
+        steps.append(make("call", "passed"))
+    return [*steps, make("teardown", "passed")]
+
+
+__all__ = ["bar_chart", "histogram", "render_html", "status_png", "trend_chart", "write_junit"]

@@ -4,6 +4,8 @@
   configurations that regressed per hardware class (see :mod:`dtf_app.store.regressions`).
 - ``GET /api/report`` (read): everything ``dtf report`` draws (:mod:`dtf_app.store.report_data`).
 - ``GET /api/results/flaky?limit=`` (read): tests that both passed and failed, most flips first.
+- ``GET /api/results/tests?task_ids=|run_id=|batch_id=`` (read): per-test rows of a set of test tasks
+  (``dtf results --junitxml``).
 - ``WS /ws`` ``{"type": "get_aggregated_results", "result_type": "performance", "aggregation_level":
   "hardware", "filter_params": {...}, "request_id": ...}`` answers ``{"type": "aggregated_results",
   "request_id", "data": {"aggregation_level", "result_type", "results": {"basic_statistics": {group:
@@ -69,6 +71,31 @@ def _register_report(app: QuartTrio, coord: Coordinator) -> None:
 
         await coord.store.flush()
         return json_response(await report_data(coord.store))
+
+    @app.get("/api/results/tests")
+    @requires("read")
+    async def get_test_rows() -> Response:
+        """Per-test rows of a set of test tasks: ``task_ids=a,b``, ``run_id=`` (dtf pytest) or ``batch_id=``."""
+        ids = [i for i in (request.args.get("task_ids") or "").split(",") if i]
+        run_id, batch_id = request.args.get("run_id"), request.args.get("batch_id")
+        for task in coord.state.tasks.values():
+            config = task.get("config") if isinstance(task.get("config"), dict) else {}
+            spec = config.get("pytest_dist") if isinstance(config.get("pytest_dist"), dict) else {}
+            if (run_id and spec.get("run_id") == run_id) or (batch_id and task.get("batch_id") == batch_id):
+                ids.append(task["task_id"])
+        if not (request.args.get("task_ids") or run_id or batch_id):
+            raise ApiError(400, "invalid_parameter", "give task_ids (comma-separated), run_id or batch_id")
+        if not ids:
+            raise ApiError(404, "not_found", "no test tasks match (check the run id / batch id / task ids)")
+        if len(ids) > 100_000:
+            raise ApiError(400, "invalid_parameter", "at most 100000 tasks per request")
+        await coord.store.flush()
+        marks = ",".join("?" for _ in ids)
+        rows = await coord.store.query(
+            f"SELECT t.task_id, t.worker_id, t.nodeid, t.outcome, t.duration, t.message, t.report, t.timestamp "
+            f"FROM test_results t WHERE t.task_id IN ({marks})", ids)
+        rows.sort(key=lambda r: (str(r["timestamp"]), r["task_id"], (r["report"] or {}).get("i", 0), r["nodeid"]))
+        return json_response({"tests": rows})
 
     @app.get("/api/results/flaky")
     @requires("read")

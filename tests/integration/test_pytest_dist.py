@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import xmlschema
 
 from tests.integration.harness import Cluster, _env, wait_for
 
@@ -83,6 +84,7 @@ SUITE = {
     ".gitignore": "data/\n",
 }
 # The final line, with (default) or without (-q) its === frame.
+XSD = Path(__file__).resolve().parents[1] / "fixtures" / "junit-10.xsd"
 SUMMARY = re.compile(r"^(?:=+ )?((?:\d+ [a-z]+(?:, )?)+|no tests ran) in [\d.]+s", re.M)
 
 
@@ -157,6 +159,19 @@ def test_same_counts_exit_code_and_junit_as_plain_pytest(two_workers: Cluster, t
     assert summary(second.stdout) == summary(plain.stdout)
     assert "planned from history" in second.stdout
     assert junit_cases(tmp_path / "dtf2.xml") == junit_cases(tmp_path / "plain.xml")
+    schema = xmlschema.XMLSchema(str(XSD))
+    for name in ("plain.xml", "dtf1.xml", "dtf2.xml"):
+        schema.validate(str(tmp_path / name))  # the XSD pytest's own tests validate against
+    # The same file again, later, from the results stored in DuckDB.
+    again = two_workers.cli("results", "--junitxml", str(tmp_path / "stored.xml"), "--run", run_ids(second.stdout),
+                            "--coordinator", two_workers.url, "--api-key", two_workers.admin_key)
+    assert again.returncode == 0, again.stderr
+    schema.validate(str(tmp_path / "stored.xml"))
+    # (Collection reports are not test rows; an error's text names the file where the worker had it.)
+    stored = junit_cases(tmp_path / "stored.xml")
+    expected = [c for c in junit_cases(tmp_path / "plain.xml") if c[0]]
+    assert [c[:3] for c in stored] == [c[:3] for c in expected]
+    assert [c for c in stored if c[2] != "error"] == [c for c in expected if c[2] != "error"]
     run = two_workers.api("GET", f"/api/pytest/runs/{run_ids(second.stdout)}").json()
     assert run["tasks"] and all(t["status"] == "completed" for t in run["tasks"])
     assert all(t["result"]["raw_data"]["pytest_dist"]["session_reused"] for t in run["tasks"])

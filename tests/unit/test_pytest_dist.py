@@ -219,3 +219,26 @@ def test_remote_session_collects_once_and_runs_what_it_is_fed(tmp_path: Path) ->
     assert [e["reports"][0]["outcome"] for e in second] == ["passed", "passed", "skipped"]
     assert [e["group"] for e in second] == [None, None, "db"]
     assert "to stdout" in proc.stderr  # prints went to stderr (the worker's task log)
+
+
+def test_junit_of_plain_test_rows_is_pytest_s_format_and_valid(tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    import xmlschema
+
+    from dtf_app.report import write_junit
+
+    rows = [{"nodeid": "tests/test_x.py::test_ok", "outcome": "passed", "duration": 0.5, "message": None},
+            {"nodeid": "tests/test_x.py::TestK::test_bad", "outcome": "failed", "duration": 0.1,
+             "message": "AssertionError: nope"},
+            {"nodeid": "tests/test_x.py::test_skip", "outcome": "skipped", "duration": 0.0, "message": "later"},
+            {"nodeid": "tests/test_x.py::test_err", "outcome": "error", "duration": 0.0, "message": "fixture boom"}]
+    out = tmp_path / "out.xml"
+    assert write_junit(rows, str(out)) == 4
+    xmlschema.XMLSchema(str(Path(__file__).resolve().parents[1] / "fixtures" / "junit-10.xsd")).validate(str(out))
+    suite = ET.parse(out).getroot().find("testsuite")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped"), suite.get("errors")) == ("4", "1", "1", "1")
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    assert cases["test_bad"].get("classname") == "tests.test_x.TestK"
+    assert cases["test_bad"].find("failure").get("message") == "AssertionError: nope"
+    assert cases["test_skip"].find("skipped").get("message") == "later"
