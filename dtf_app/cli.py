@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "a trailing window)")
     results.add_argument("--metric", default="throughput", help="with --regressions: throughput, latency_ms_mean, ...")
     results.add_argument("--flaky", action="store_true", help="tests that both passed and failed, most flips first")
+    results.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                         help="compare two runs or time ranges: batch:ID, run:ID (dtf pytest) or SINCE..UNTIL")
     results.add_argument("--junitxml", metavar="FILE", help="JUnit XML of a set of test tasks: with --task ID, "
                          "--run RUN (a dtf pytest run) or --batch BATCH")
     results.add_argument("--run", metavar="RUN", help="with --junitxml: the chunks of this dtf pytest run")
@@ -524,6 +526,26 @@ def _cmd_results(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise UsageError(f"cannot write {args.junitxml}: {exc}") from None
             print(f"{count} tests written to {args.junitxml}", file=sys.stderr)
+            return EXIT_OK
+        if args.compare:
+            data = client.request("GET", "/api/results/compare", params={"a": args.compare[0], "b": args.compare[1]})
+            if args.json:
+                output.print_json(data)
+                return EXIT_OK
+            print(f"A: {data['a']}\nB: {data['b']}")
+            for row in data["benchmarks"]:
+                if "throughput_a" in row:
+                    mark = " (significant)" if row["throughput_significant"] else ""
+                    print(f"  {row['model']} batch {row['batch_size']} {row['precision']} {row['backend']}: throughput "
+                          f"{row['throughput_a']:.4g} -> {row['throughput_b']:.4g} ({row['throughput_change']:+.1%}, "
+                          f"p={row['throughput_p_value']:.2g}){mark}")
+            tests = data["tests"]
+            print(f"  tests: {tests['common']} in both, {len(tests['newly_failing'])} newly failing, "
+                  f"{len(tests['fixed'])} fixed")
+            for nodeid in tests["newly_failing"]:
+                print(f"  NEWLY FAILING {nodeid}")
+            for nodeid in tests["fixed"]:
+                print(f"  FIXED {nodeid}")
             return EXIT_OK
         if args.flaky:
             flaky = client.request("GET", "/api/results/flaky")["flaky"]

@@ -3,6 +3,7 @@
 - ``GET /api/results/regressions?metric=&window=&baseline=&min_change=&alpha=`` (read): benchmark
   configurations that regressed per hardware class (see :mod:`dtf_app.store.regressions`).
 - ``GET /api/report`` (read): everything ``dtf report`` draws (:mod:`dtf_app.store.report_data`).
+- ``GET /api/results/compare?a=&b=`` (read): two runs or time ranges side by side (:mod:`dtf_app.store.compare`).
 - ``GET /api/results/flaky?limit=`` (read): tests that both passed and failed, most flips first.
 - ``GET /api/results/tests?task_ids=|run_id=|batch_id=`` (read): per-test rows of a set of test tasks
   (``dtf results --junitxml``).
@@ -96,6 +97,20 @@ def _register_report(app: QuartTrio, coord: Coordinator) -> None:
             f"FROM test_results t WHERE t.task_id IN ({marks})", ids)
         rows.sort(key=lambda r: (str(r["timestamp"]), r["task_id"], (r["report"] or {}).get("i", 0), r["nodeid"]))
         return json_response({"tests": rows})
+
+    @app.get("/api/results/compare")
+    @requires("read")
+    async def get_compare() -> Response:
+        from dtf_app.store.compare import compare
+
+        a, b = request.args.get("a"), request.args.get("b")
+        if not a or not b:
+            raise ApiError(400, "invalid_parameter", "a and b are required: batch:ID, run:ID or SINCE..UNTIL each")
+        await coord.store.flush()
+        try:
+            return json_response(await compare(coord.store, a, b))
+        except ValueError as exc:
+            raise ApiError(400, "invalid_parameter", str(exc)) from None
 
     @app.get("/api/results/flaky")
     @requires("read")

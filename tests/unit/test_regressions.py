@@ -114,3 +114,26 @@ async def test_the_html_report_shows_the_seeded_regression(store: Store) -> None
     width, height = struct.unpack(">II", png[16:24])
     idat = png[png.index(b"IDAT") + 4:png.index(b"IEND") - 8]
     assert len(zlib.decompress(idat)) == height * (width * 3 + 1)
+
+
+async def test_compare_two_time_ranges_and_two_batches(store: Store) -> None:
+    from dtf_app.store.compare import compare
+
+    seed(store, regress=0.2)
+    tests_a = [{"nodeid": "t.py::a", "outcome": "passed", "duration": 1.0, "message": None},
+               {"nodeid": "t.py::b", "outcome": "failed", "duration": 1.0, "message": "x"}]
+    tests_b = [{"nodeid": "t.py::a", "outcome": "failed", "duration": 3.0, "message": "y"},
+               {"nodeid": "t.py::b", "outcome": "passed", "duration": 1.0, "message": None}]
+    first, second = result("ta-1", "w-cpu", tests=tests_a), result("tb-1", "w-cpu", tests=tests_b)
+    first["result"]["metadata"], second["result"]["metadata"] = {"batch_id": "A1"}, {"batch_id": "B1"}
+    store.put(2, [first, second])
+    await store.flush()
+    # Runs 0-19 against runs 20-24 (timestamps T0 + run * 60): the CUDA rows lost ~20 %.
+    data = await compare(store, f"{T0}..{T0 + 20 * 60}", f"{T0 + 20 * 60}..{T0 + 25 * 60}")
+    (bert,) = data["benchmarks"]
+    assert bert["count_a"] == 40 and bert["count_b"] == 10 and bert["throughput_change"] < -0.1
+    runs = await compare(store, "batch:A1", "B1")
+    assert runs["tests"]["newly_failing"] == ["t.py::a"] and runs["tests"]["fixed"] == ["t.py::b"]
+    assert runs["tests"]["slowest_changes"][0]["nodeid"] == "t.py::a"
+    with pytest.raises(ValueError, match="is empty"):
+        await compare(store, f"{T0 + 10}..{T0}", "B1")
