@@ -204,7 +204,13 @@ def _plugin_dir(data_dir: Path) -> Path:
     target = data_dir / "pytest" / "plugin"
     source = Path(__file__).with_name("remote.py")
     dest = target / f"{PLUGIN_NAME}.py"
-    text = source.read_text(encoding="utf-8")
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError:
+        # A frozen build keeps compiled modules only: the plugin's source must be bundled as data
+        # (PyInstaller: --add-data dtf_app/pytest_dist/remote.py:dtf_app/pytest_dist).
+        raise TaskError(f"this worker build has no {source.name} to hand to the test Python ({source}); "
+                        "bundle dtf_app/pytest_dist/remote.py as data") from None
     if not dest.exists() or dest.read_text(encoding="utf-8") != text:
         target.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_suffix(f".{os.getpid()}.tmp")
