@@ -112,7 +112,7 @@ def main() -> int:
         if browser is None:
             raise SystemExit("no Chromium found for --png (apt-get install chromium)")
         subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                        f"--screenshot={Path(opts.png).resolve()}", "--window-size=1280,2200",
+                        f"--screenshot={Path(opts.png).resolve()}", "--window-size=1280,1640",
                         html_path.as_uri()], check=True, capture_output=True, timeout=120)
         print(f"screenshot written to {opts.png}")
     return 0

@@ -27,6 +27,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e15:
+            return f"{int(value):,}"
         if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
             return f"{value:.{digits}g}"
         return f"{value:.{digits}g}" if abs(value) < 1 else f"{value:,.{max(0, digits - 1)}f}"
@@ -105,7 +107,7 @@ def trend_chart(series: dict[str, Any], *, width: int = 520, height: int = 170) 
         base_y = xy(t0, regression["baseline_mean"])[1]
         parts.append(f'<line x1="{pad_l}" x2="{width - pad_r}" y1="{base_y:.1f}" y2="{base_y:.1f}" '
                      f'stroke="{BAD}" stroke-dasharray="4 3"/>'
-                     f'<text x="{width - pad_r - 4}" y="{pad_t + 12}" text-anchor="end" class="bad">'
+                     f'<text x="{width - pad_r - 4}" y="{height - pad_b - 6}" text-anchor="end" class="bad">'
                      f'REGRESSION {regression["change"]:+.1%} (p={regression["p_value"]:.1g})</text>')
     path = " ".join(f"{'M' if i == 0 else 'L'}{x:.1f},{y:.1f}" for i, (x, y) in enumerate(xy(t, v) for t, v in points))
     parts.append(f'<path d="{path}" fill="none" stroke="{ACCENT}" stroke-width="1.5"/>')
