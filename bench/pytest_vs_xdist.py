@@ -1,6 +1,6 @@
 """``dtf pytest`` against plain pytest and pytest-xdist on a real third-party suite, side by side.
 
-    PYTHONPATH=. .venv/bin/python bench/pytest_vs_xdist.py [--suite networkx] [--skip 1w,aside]
+    PYTHONPATH=. .venv/bin/python bench/pytest_vs_xdist.py [--suite networkx] [--skip 1w,aside] [--pairs N]
 
 The suite (default: networkx, ~5,000 tests shipped inside its wheel, run with ``--pyargs``) is installed
 into its own virtual environment, ``bench/.venv-pytest``, from ``bench/requirements-pytest.txt`` (pinned:
@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -119,6 +120,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", default="networkx", help="package whose tests run with --pyargs")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: xdist,2w,1w,aside")
+    parser.add_argument("--pairs", type=int, default=0,
+                        help="after each cluster's first run, alternate its reference and dtf N times "
+                             "(2 workers: pytest -n 2 / dtf; 1 worker: plain / dtf) and report the median "
+                             "ratio of the pairs: on a shared machine, load drifts between runs minutes apart")
     opts = parser.parse_args()
     skip = set(filter(None, opts.skip.split(",")))
     python = ensure_venv()
@@ -131,6 +136,7 @@ def main() -> int:
     print(f"command: dtf pytest {' '.join(args)}  (workers: dtf up --workers N --max-concurrent-tasks 1, "
           f"DTF_TEST_PYTHON={python})")
     results: dict[str, tuple[float, int, dict]] = {}
+    pair_ratios: dict[int, list[float]] = {}
     results["plain"] = timed([str(python), "-m", "pytest", *args], scratch, label="plain pytest")
     if "xdist" not in skip:
         results["xdist"] = timed([str(python), "-m", "pytest", *args, "-n", "2"], scratch, label="pytest -n 2 (xdist)")
@@ -143,6 +149,13 @@ def main() -> int:
             for run in (1, 2):
                 results[f"dtf{workers}w-{run}"] = timed(dtf_argv(data_dir, args), scratch, env,
                                                         label=f"dtf pytest, {workers} worker(s), run {run}")
+            reference = (["-n", "2"], "pytest -n 2") if workers == 2 else ([], "plain pytest")
+            for pair in range(1, opts.pairs + 1):
+                ref = timed([str(python), "-m", "pytest", *args, *reference[0]], scratch,
+                            label=f"pair {pair}: {reference[1]}")
+                mine = timed(dtf_argv(data_dir, args), scratch, env, label=f"pair {pair}: dtf pytest, {workers}w")
+                results[f"pair{workers}w-{pair}-ref"], results[f"pair{workers}w-{pair}-dtf"] = ref, mine
+                pair_ratios.setdefault(workers, []).append(mine[0] / ref[0])
         finally:
             cluster.stop()
     if "aside" not in skip:
@@ -165,7 +178,7 @@ def main() -> int:
 
     print("\nchecks (counts and exit code equal to plain pytest's):")
     for name, (_, code, got) in results.items():
-        if name in ("plain", "aside-plain"):
+        if name in ("plain", "aside-plain") or name.endswith("-ref"):
             continue
         ref = results["aside-plain" if name.startswith("aside") else "plain"]
         same = (code, got) == (ref[1], ref[2])
@@ -180,6 +193,10 @@ def main() -> int:
     for run in (1, 2):
         if f"dtf1w-{run}" in results:
             print(f"  dtf 1 worker run {run} / plain pytest      {results[f'dtf1w-{run}'][0] / plain_t:5.2f}")
+    for workers, ratios in pair_ratios.items():
+        reference = "pytest -n 2" if workers == 2 else "plain pytest"
+        print(f"  pairs, dtf {workers}w / {reference}: " + ", ".join(f"{r:.2f}" for r in ratios)
+              + f"  (median {statistics.median(ratios):.2f})")
     if "aside-dtf" in results:
         print(f"  dtf from bundle / plain on the copy    {results['aside-dtf'][0] / results['aside-plain'][0]:5.2f}")
     shutil.rmtree(scratch, ignore_errors=True)
