@@ -56,6 +56,18 @@ def ensure_venv() -> Path:
     return python
 
 
+def junit_cases(path: Path) -> list[tuple[str, str, str, str]]:
+    """(classname, name, result kind, message) of every testcase, sorted."""
+    import xml.etree.ElementTree as ET
+
+    cases = []
+    for case in ET.parse(path).iter("testcase"):
+        kinds = [(c.tag, c.get("message") or "") for c in case if c.tag in ("failure", "error", "skipped")]
+        kind, message = kinds[0] if kinds else ("passed", "")
+        cases.append((case.get("classname") or "", case.get("name") or "", kind, message))
+    return sorted(cases)
+
+
 def counts(output: str) -> dict[str, int]:
     found = SUMMARY.findall(output)
     if not found:
@@ -137,7 +149,9 @@ def main() -> int:
           f"DTF_TEST_PYTHON={python})")
     results: dict[str, tuple[float, int, dict]] = {}
     pair_ratios: dict[int, list[float]] = {}
-    results["plain"] = timed([str(python), "-m", "pytest", *args], scratch, label="plain pytest")
+    junit = {name: scratch / f"{name}.xml" for name in ("plain", "dtf2w-2")}
+    results["plain"] = timed([str(python), "-m", "pytest", *args, f"--junitxml={junit['plain']}"], scratch,
+                             label="plain pytest")
     if "xdist" not in skip:
         results["xdist"] = timed([str(python), "-m", "pytest", *args, "-n", "2"], scratch, label="pytest -n 2 (xdist)")
     for workers, part in ((2, "2w"), (1, "1w")):
@@ -147,7 +161,8 @@ def main() -> int:
         cluster = LocalCluster(workers, data_dir, scratch, python)
         try:
             for run in (1, 2):
-                results[f"dtf{workers}w-{run}"] = timed(dtf_argv(data_dir, args), scratch, env,
+                extra = [f"--junitxml={junit['dtf2w-2']}"] if (workers, run) == (2, 2) else []
+                results[f"dtf{workers}w-{run}"] = timed(dtf_argv(data_dir, [*args, *extra]), scratch, env,
                                                         label=f"dtf pytest, {workers} worker(s), run {run}")
             reference = (["-n", "2"], "pytest -n 2") if workers == 2 else ([], "plain pytest")
             for pair in range(1, opts.pairs + 1):
@@ -183,6 +198,18 @@ def main() -> int:
         ref = results["aside-plain" if name.startswith("aside") else "plain"]
         same = (code, got) == (ref[1], ref[2])
         print(f"  {name:<14} {'same' if same else 'DIFFERENT'}  {got} exit {code} vs {ref[2]} exit {ref[1]}")
+    if junit["dtf2w-2"].exists():
+        same = junit_cases(junit["dtf2w-2"]) == junit_cases(junit["plain"])
+        print(f"  junit (ids, classnames, outcomes, messages) of dtf run 2 vs plain: {'same' if same else 'DIFFERENT'}"
+              f", {len(junit_cases(junit['plain']))} testcases")
+        try:
+            import xmlschema
+
+            schema = xmlschema.XMLSchema(str(REPO / "tests" / "fixtures" / "junit-10.xsd"))
+            print(f"  junit-10.xsd: plain {'valid' if schema.is_valid(str(junit['plain'])) else 'INVALID'}, "
+                  f"dtf {'valid' if schema.is_valid(str(junit['dtf2w-2'])) else 'INVALID'}")
+        except ImportError:
+            print("  (xmlschema not installed: XSD validation skipped; pip install -e '.[test]')")
     print("\nratios:")
     plain_t = results["plain"][0]
     if "xdist" in results:
