@@ -64,6 +64,21 @@ _REFUSED = {"--pdb": "a debugger needs the test in this process: run it with pla
             "--collect-only": "collection happens on the workers: run --collect-only with plain pytest"}
 
 
+HELP = """usage: dtf pytest [DTF OPTIONS] [PYTEST ARGS...]
+
+Runs a pytest suite on the cluster's workers; the output, --junitxml, -x, -k/-m, --lf and the exit code
+are pytest's own. dtf options (everything else goes to pytest):
+  --coordinator URL[,URL...]  --api-key K  --data-dir D  --config FILE   where the cluster is
+  --attach RUN           replay run RUN (waiting for what is left) instead of starting one
+  --reruns N             run a failing test again, on another worker when there is one (flaky if it passes)
+  --dtf-group G          what stays in one chunk: file (default), class or test; xdist_group marks always
+  --dtf-no-history       plan as on a first run (shards by file) instead of from the duration history
+  --dtf-timeout S        timeout of each chunk in seconds (default 3600)
+Workers run chunks with their test_python setting (DTF_TEST_PYTHON): the Python with pytest and the
+suite's dependencies. Refused: -n (use the cluster), --pdb/--trace, --collect-only.
+"""
+
+
 class DistUsageError(Exception):
     """Bad ``dtf pytest`` arguments (exit code 2)."""
 
@@ -542,6 +557,8 @@ def main(argv: list[str]) -> int:
     from dtf_app.client import resolve_target
 
     opts, pytest_args = parse_args(argv)
+    if "-h" in pytest_args or "--help" in pytest_args:
+        print(HELP)  # then pytest's own help, from pytest.main below
     target = resolve_target(argparse.Namespace(coordinator=opts.coordinator, api_key=opts.api_key,
                                                data_dir=opts.data_dir, config=opts.config))
     plugin = DistPlugin(opts, target, pytest_args)
