@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from dtf_app import __version__
@@ -21,7 +22,7 @@ ROLES = ("admin", "operator", "worker", "viewer")
 NODE_OPTIONS = ("config", "host", "port", "data_dir", "db_path", "coordinator", "api_key", "peers", "node_id",
                 "max_concurrent_tasks", "tags", "worker_id", "heartbeat_interval", "worker_timeout",
                 "simulate_hardware", "log_level", "reconnect_attempts", "max_retries", "log_path", "log_format",
-                "hostname", "pid_file")
+                "hostname", "pid_file", "test_python")
 
 # Without a command: the dashboard on an embedded local cluster, which takes this one node option.
 TUI_OPTIONS = ("data_dir",)
@@ -71,6 +72,8 @@ def _add_node_options(parser: argparse.ArgumentParser) -> None:
     node.add_argument("--pid-file", metavar="F", help="write the process id to F while running")
     node.add_argument("--hostname", metavar="NAME", help="worker: the host name it reports (default: this "
                       "machine's)")
+    node.add_argument("--test-python", metavar="PATH", help="worker: the Python that runs dtf pytest chunks, "
+                      "with pytest and the suite's dependencies (DTF_TEST_PYTHON; default: the worker's own)")
 
 
 def _add_client_options(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
@@ -192,6 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--aggregate", action="store_true", help="statistics per group instead of rows")
     results.add_argument("--result-type", default="benchmark", help="with --aggregate: benchmark or test")
     results.add_argument("--level", default="model", help="with --aggregate: grouping level (model, ...)")
+    results.add_argument("--regressions", action="store_true",
+                         help="benchmark configurations that regressed per hardware class (Welch t-test against "
+                              "a trailing window)")
+    results.add_argument("--metric", default="throughput", help="with --regressions: throughput, latency_ms_mean, ...")
+    results.add_argument("--flaky", action="store_true", help="tests that both passed and failed, most flips first")
+    results.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                         help="compare two runs or time ranges: batch:ID, run:ID (dtf pytest) or SINCE..UNTIL")
+    results.add_argument("--junitxml", metavar="FILE", help="JUnit XML of a set of test tasks: with --task ID, "
+                         "--run RUN (a dtf pytest run) or --batch BATCH")
+    results.add_argument("--run", metavar="RUN", help="with --junitxml: the chunks of this dtf pytest run")
+    results.add_argument("--batch", metavar="BATCH", help="with --junitxml: the tasks of one submission")
     _add_client_options(results)
 
     status = sub.add_parser("status", help="cluster status: task and worker counts")
@@ -225,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(k_delete)
     _add_client_options(keys_sub.add_parser("list", help="list keys (names and roles, never the keys)"))
 
+    report = sub.add_parser("report", help="a self-contained HTML report (inline SVG), or the status PNG")
+    report.add_argument("--html", metavar="FILE", help="write the HTML report here")
+    report.add_argument("--png", metavar="FILE", help="write the single status image (PNG) here")
+    _add_client_options(report, json_flag=False)
+    sub.add_parser("pytest", help="run a pytest suite over the cluster's workers (dtf pytest [PYTEST ARGS...])",
+                   add_help=False)
     dash = sub.add_parser("dash", help="the dashboard (TUI) on a running cluster",
                           description="Open the terminal dashboard on a running cluster (e.g. one started with "
                                       "`dtf up --workers 2 --headless`): live workers, tasks and results.")
@@ -269,8 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dtf`` console script; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["pytest"]:
+        # Everything after `pytest` is pytest's (or dtf pytest's own --dtf-* options): no argparse here.
+        return _cmd_pytest(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
     try:
         return _dispatch(args)
     except ConfigError as exc:
@@ -296,6 +320,22 @@ def main(argv: list[str] | None = None) -> int:
         if type(exc).__name__ == "UpError" and type(exc).__module__ == "dtf_app.up":
             return _fail(str(exc), exc.exit_code)  # type: ignore[attr-defined]
         raise
+
+
+def _cmd_pytest(argv: list[str]) -> int:
+    from dtf_app.client import ClientError
+    from dtf_app.pytest_dist.client import DistUsageError
+    from dtf_app.pytest_dist.client import main as pytest_main
+
+    try:
+        return pytest_main(argv)
+    except (DistUsageError, ConfigError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except ClientError as exc:
+        return _fail(exc.message, exc.exit_code)
+    except KeyboardInterrupt:
+        print("dtf: interrupted", file=sys.stderr)
+        return 130
 
 
 def _fail(message: str, code: int) -> int:
@@ -330,7 +370,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from dtf_app.deploy import run_deploy_script
 
         return run_deploy_script(args)
-    handler = {"submit": _cmd_submit, "tasks": _cmd_tasks, "workers": _cmd_workers, "results": _cmd_results,
+    handler = {"report": _cmd_report, "submit": _cmd_submit, "tasks": _cmd_tasks, "workers": _cmd_workers, "results": _cmd_results,
                "status": _cmd_status, "keys": _cmd_keys, "cluster": _cmd_cluster}[command]
     return handler(args)
 
@@ -607,6 +647,61 @@ def _cmd_results(args: argparse.Namespace) -> int:
         return _cmd_results_export(args)
 
     with make_client(args) as client:
+        if args.junitxml:
+            if not (args.task_id or args.run or args.batch):
+                raise UsageError("--junitxml needs the tests to write: --task ID, --run RUN or --batch BATCH")
+            rows = client.request("GET", "/api/results/tests", params={
+                "task_ids": args.task_id, "run_id": args.run, "batch_id": args.batch})["tests"]
+            from dtf_app.report import write_junit
+
+            try:
+                count = write_junit(rows, args.junitxml)
+            except ImportError:
+                raise UsageError("--junitxml needs pytest installed (its JUnit writer is used)") from None
+            except OSError as exc:
+                raise UsageError(f"cannot write {args.junitxml}: {exc}") from None
+            print(f"{count} tests written to {args.junitxml}", file=sys.stderr)
+            return EXIT_OK
+        if args.compare:
+            data = client.request("GET", "/api/results/compare", params={"a": args.compare[0], "b": args.compare[1]})
+            if args.json:
+                output.print_json(data)
+                return EXIT_OK
+            print(f"A: {data['a']}\nB: {data['b']}")
+            for row in data["benchmarks"]:
+                if "throughput_a" in row:
+                    mark = " (significant)" if row["throughput_significant"] else ""
+                    print(f"  {row['model']} batch {row['batch_size']} {row['precision']} {row['backend']}: throughput "
+                          f"{row['throughput_a']:.4g} -> {row['throughput_b']:.4g} ({row['throughput_change']:+.1%}, "
+                          f"p={row['throughput_p_value']:.2g}){mark}")
+            tests = data["tests"]
+            print(f"  tests: {tests['common']} in both, {len(tests['newly_failing'])} newly failing, "
+                  f"{len(tests['fixed'])} fixed")
+            for nodeid in tests["newly_failing"]:
+                print(f"  NEWLY FAILING {nodeid}")
+            for nodeid in tests["fixed"]:
+                print(f"  FIXED {nodeid}")
+            return EXIT_OK
+        if args.flaky:
+            flaky = client.request("GET", "/api/results/flaky")["flaky"]
+            if args.json:
+                output.print_json({"flaky": flaky})
+            elif not flaky:
+                print("no flaky tests")
+            for row in flaky:
+                print(f"FLAKY {row['nodeid']}: {row['failures']} of {row['runs']} runs failed, {row['flips']} flips")
+            return EXIT_OK
+        if args.regressions:
+            data = client.request("GET", "/api/results/regressions", params={"metric": args.metric})
+            if args.json:
+                output.print_json(data)
+            elif not data["regressions"]:
+                print(f"no regressions of {data['metric']} ({data['checked']} configurations checked)")
+            for row in data["regressions"]:
+                print(f"REGRESSION {row['model']} batch {row['batch_size']} {row['precision']} {row['backend']} on "
+                      f"{row['hardware']}: {row['metric']} {row['baseline_mean']:.4g} -> {row['recent_mean']:.4g} "
+                      f"({row['change']:+.1%}, p={row['p_value']:.2g})")
+            return EXIT_OK
         if args.aggregate:
             data = client.aggregate(args.result_type, args.level)
             if args.json:
@@ -619,6 +714,26 @@ def _cmd_results(args: argparse.Namespace) -> int:
         output.print_json({"results": results})
     else:
         print(output.results_table(results) if results else "no results")
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    if not args.html and not args.png:
+        raise UsageError("dtf report needs --html FILE and/or --png FILE")
+    from dtf_app.report import render_html, status_png
+
+    with make_client(args) as client:
+        data = client.request("GET", "/api/report")
+        source = client.url
+    try:
+        if args.html:
+            Path(args.html).write_text(render_html(data, source=source), encoding="utf-8")
+            print(f"report written to {args.html}", file=sys.stderr)
+        if args.png:
+            Path(args.png).write_bytes(status_png(data))
+            print(f"status image written to {args.png}", file=sys.stderr)
+    except OSError as exc:
+        raise UsageError(f"cannot write the report: {exc}") from None
     return EXIT_OK
 
 

@@ -94,6 +94,9 @@ class Settings:
     notices: list[tuple[str, str]] = field(default_factory=list, compare=False, repr=False,
                                            metadata={"internal": True})
     """(level, message) about the config file (ignored keys, folded ports), logged once at start."""
+    test_python: str | None = None
+    """Worker: the Python that runs ``dtf pytest`` chunks (has pytest and the suite's dependencies);
+    default the worker's own interpreter (a frozen worker: ``DTF_PYTHON`` or ``python3`` on PATH)."""
 
     def coordinator_db_path(self) -> Path:
         """Where the coordinator's DuckDB file lives."""
@@ -130,6 +133,7 @@ _KINDS: dict[str, str] = {
     "hardware_id": "optstr", "task_timeout": "optfloat", "workers_port": "optint", "high_availability": "ha",
     "pid_file": "optstr",
     "subscriber_buffer": "int",
+    "test_python": "optstr",
 }
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Settings) if not f.metadata.get("internal"))
 assert set(_KINDS) == set(FIELD_NAMES), "every Settings field needs a kind"

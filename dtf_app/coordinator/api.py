@@ -702,6 +702,12 @@ def create_app(coord: Coordinator) -> QuartTrio:
     app.websocket("/ws/worker")(worker_socket)
     app.websocket("/ws")(client_socket)
     app.websocket("/raft")(raft_socket)
+    from dtf_app.coordinator import bundles
+
+    bundles.register(app, coord)  # dtf pytest: suite bundles, run reports, duration history
+    from dtf_app.coordinator import results_api
+
+    results_api.register(app, coord)  # regressions
     return app
 
 

@@ -306,6 +306,31 @@ def build_spec(version: str) -> dict[str, Any]:
             _query("table", {"type": "string", "default": "results"}),
             _query("format", {"type": "string", "enum": ["parquet", "csv"]})])},
     }
+    digest, run_id = _path("digest"), _path("run_id")
+    paths.update({  # dtf pytest (coordinator/bundles.py) and result analytics (coordinator/results_api.py)
+        "/api/bundles/{digest}": {
+            "put": _op("upload a suite bundle (tar.gz named by its SHA-256), fsynced before the 201", "201",
+                       params=[digest]),
+            "get": _op("a suite bundle's bytes (worker or read)", params=[digest]),
+        },
+        "/api/pytest/runs/{run_id}": {"get": _op("the chunk tasks of a dtf pytest run", params=[run_id])},
+        "/api/pytest/reports": {"get": _op("serialized pytest reports of finished chunks", params=[
+            _query("task_ids", {"type": "string"})])},
+        "/api/pytest/history": {"get": _op("per-test mean durations of a suite's latest collection", params=[
+            _query("suite", {"type": "string"})])},
+        "/api/results/regressions": {"get": _op("benchmark regressions per hardware class (Welch t-test)", params=[
+            _query("metric", {"type": "string"}), _query("window", {"type": "integer", "minimum": 2}),
+            _query("baseline", {"type": "integer", "minimum": 2}), _query("min_change", {"type": "number"}),
+            _query("alpha", {"type": "number"})])},
+        "/api/results/compare": {"get": _op("two runs or time ranges side by side", params=[
+            _query("a", {"type": "string"}), _query("b", {"type": "string"})])},
+        "/api/results/flaky": {"get": _op("tests that both passed and failed", params=[
+            _query("limit", {"type": "integer", "minimum": 1, "maximum": 10_000})])},
+        "/api/results/tests": {"get": _op("per-test rows of a set of test tasks", params=[
+            _query("task_ids", {"type": "string"}), _query("run_id", {"type": "string"}),
+            _query("batch_id", {"type": "string"})])},
+        "/api/report": {"get": _op("everything dtf report draws")},
+    })
     return {
         "openapi": "3.1.0",
         "info": {"title": "DTF API", "version": version, "description": (

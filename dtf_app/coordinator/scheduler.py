@@ -35,7 +35,7 @@ TASK_KEYS = ("type", "priority", "config", "requirements", "dependencies", "time
              "name", "task_id", "metadata")
 # Also accepted: "parameters", the source design's name for "config" (see validate_task).
 REQUIREMENT_KEYS = ("hardware", "min_memory_gb", "min_cuda_compute", "min_gpu_memory_gb", "tags", "os",
-                    "min_cpu_cores")
+                    "min_cpu_cores", "exclude_workers")
 OS_NAMES = ("linux", "windows", "macos", "darwin")
 PRIORITY_RANGE = (0, 100)
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
@@ -102,7 +102,15 @@ def _validate_config(kind: str, config: Any, where: str) -> dict[str, Any]:
         raise TaskValidationError(f"{where} must be an object, got {_typename(config)}")
     if kind == "test":
         test_file = config.get("test_file")
-        if isinstance(test_file, str):
+        if "pytest_dist" in config and test_file is None:
+            # A chunk of a `dtf pytest` run: the one definition of its shape is in pytest_dist.chunks.
+            from dtf_app.pytest_dist.chunks import ChunkError, validate_chunk
+
+            try:
+                validate_chunk(config["pytest_dist"], f"{where}.pytest_dist")
+            except ChunkError as exc:
+                raise TaskValidationError(str(exc)) from None
+        elif isinstance(test_file, str):
             if not test_file.strip():
                 raise TaskValidationError(f"{where}.test_file must not be empty")
         elif isinstance(test_file, list):
@@ -193,6 +201,8 @@ def _validate_requirements(req: Any, where: str) -> dict[str, Any]:
         out["min_cpu_cores"] = _positive_int(as_int(req["min_cpu_cores"]), f"{where}.min_cpu_cores")
     if "tags" in req:
         out["tags"] = list(dict.fromkeys(_str_list(req["tags"], f"{where}.tags")))
+    if "exclude_workers" in req:  # e.g. a rerun of a failed test "on another worker" (dtf pytest --reruns)
+        out["exclude_workers"] = list(dict.fromkeys(_str_list(req["exclude_workers"], f"{where}.exclude_workers")))
     if "os" in req:
         if not isinstance(req["os"], str) or req["os"].lower() not in OS_NAMES:
             raise TaskValidationError(f"{where}.os must be one of linux, windows, macos, got {req['os']!r}")
@@ -326,6 +336,8 @@ def unmet_requirements(worker: Mapping[str, Any], req: Mapping[str, Any]) -> lis
             missing.append(f"tag {tag}")
     if "os" in req and _worker_os(caps) != req["os"]:
         missing.append(f"os {req['os']}")
+    if worker.get("worker_id") in (req.get("exclude_workers") or ()):
+        missing.append(f"a worker other than {worker.get('worker_id')}")
     return missing
 
 
@@ -398,12 +410,25 @@ def _heap_iter(heap: list[tuple[int, int, str]]) -> Iterable[tuple[int, int, str
                 heapq.heappush(frontier, (heap[child], child))
 
 
+def not_prefetched(task: Mapping[str, Any]) -> bool:
+    """Tasks that wait in the cluster's queue rather than behind another task on a busy worker.
+
+    A ``dtf pytest`` chunk runs for seconds, so the round trip prefetching saves is nothing, while a
+    chunk queued on one worker cannot be taken by the worker that frees up first: the run would end
+    unbalanced.
+    """
+    config = task.get("config")
+    return isinstance(config, dict) and "pytest_dist" in config
+
+
 def plan_assignments(queue: ReadyQueue, tasks: Mapping[str, Mapping[str, Any]],
                      workers: Mapping[str, Mapping[str, Any]], free_slots: dict[str, int],
-                     *, scan_limit: int = 10_000, skip: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+                     *, scan_limit: int = 10_000, skip: set[str] | frozenset[str] = frozenset(),
+                     prefetch: bool = False) -> list[tuple[str, str]]:
     """Match ready tasks to free slots: highest priority first, each to the least-loaded capable worker.
 
-    ``free_slots`` is consumed; ids in ``skip`` (already placed this round) are passed over. Scanning stops when no slot is left or after ``scan_limit`` tasks (a
+    ``free_slots`` is consumed; ids in ``skip`` (already placed this round) are passed over, and with
+    ``prefetch`` (filling queues behind busy slots) so are the tasks of :func:`not_prefetched`. Scanning stops when no slot is left or after ``scan_limit`` tasks (a
     long tail of tasks that only a busy GPU worker can run must not make every round O(queue)).
     """
     plan: list[tuple[str, str]] = []
@@ -416,6 +441,8 @@ def plan_assignments(queue: ReadyQueue, tasks: Mapping[str, Mapping[str, Any]],
             continue
         scanned += 1
         task = tasks[task_id]
+        if prefetch and not_prefetched(task):
+            continue
         req = task.get("requirements") or {}
         best: str | None = None
         best_free = -1

@@ -737,7 +737,7 @@ class Coordinator:
             placed = {task_id for task_id, _ in plan}
             if len(self.queue) > len(placed) and any(n > 0 for n in prefetch.values()):
                 plan += scheduler.plan_assignments(self.queue, self.state.tasks, self.state.workers, prefetch,
-                                                   skip=placed | reported)
+                                                   skip=placed | reported, prefetch=True)
             if not plan:
                 continue
             assignments = [{"task_id": t, "worker_id": w, "attempt": self.state.tasks[t]["attempts"] + 1}

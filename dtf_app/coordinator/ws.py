@@ -208,6 +208,11 @@ async def client_socket() -> None:
                     sub.push({"type": "error", "error": {"code": "invalid_json",
                                                           "message": "messages must be JSON objects with a type"}})
                     continue
+                if message.get("type") == "get_aggregated_results":  # a DuckDB query: async
+                    from dtf_app.coordinator.results_api import aggregated_results
+
+                    sub.push(await aggregated_results(coord, message))
+                    continue
                 sub.push(_client_request(coord, sub, message, pubsub.PUBLISHED_CHANNELS))
     finally:
         coord.subscribers.discard(sub)
@@ -263,4 +268,5 @@ def _client_request(coord: Coordinator, sub: Subscriber, message: dict[str, Any]
                          cluster_health=views.health(coord, coord.monitor)["cluster_health"])
     return {"type": "error", "request_id": request_id,
             "error": {"code": "unknown_type", "message": f"unknown message type {repr(kind)[:100]}; known: subscribe, "
-                      "unsubscribe, get_cluster_status, get_cluster_health, get_leader_info"}}
+                      "unsubscribe, get_cluster_status, get_cluster_health, get_leader_info, "
+                      "get_aggregated_results"}}

@@ -15,6 +15,9 @@ from typing import Any
 from dtf_app.store.writer import Store
 
 RESULT_TYPES = ("test", "benchmark", "task")
+# The source design's names for the same types (its websocket example asks for "performance").
+RESULT_TYPE_ALIASES = {"performance": "benchmark", "benchmarks": "benchmark", "tests": "test", "tasks": "task",
+                       "execution": "task"}
 AGGREGATION_LEVELS = ("model", "batch_size", "precision", "backend", "worker", "hardware", "test", "status", "day")
 ANOMALY_METRICS = ("throughput", "latency_ms_mean", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99",
                    "memory_peak_mb")
@@ -64,9 +67,11 @@ _STATS = {
         avg(b.latency_ms_mean) AS latency_ms_mean, min(b.latency_ms_mean) AS latency_ms_min,
         max(b.latency_ms_mean) AS latency_ms_max, stddev_samp(b.latency_ms_mean) AS latency_ms_stddev,
         median(b.latency_ms_mean) AS latency_ms_p50,
+        quantile_cont(b.latency_ms_mean, 0.95) AS latency_ms_p95,
         avg(b.throughput) AS throughput_mean, min(b.throughput) AS throughput_min,
         max(b.throughput) AS throughput_max, stddev_samp(b.throughput) AS throughput_stddev,
-        median(b.throughput) AS throughput_p50, max(b.memory_peak_mb) AS memory_peak_mb_max""",
+        median(b.throughput) AS throughput_p50, quantile_cont(b.throughput, 0.95) AS throughput_p95,
+        max(b.memory_peak_mb) AS memory_peak_mb_max""",
     # pass_rate leaves skipped tests out of the denominator: a skip is neither a pass nor a failure.
     "test": """count(*) AS count,
         count(*) FILTER (WHERE t.outcome = 'passed') AS passed,
@@ -76,7 +81,9 @@ _STATS = {
         count(*) FILTER (WHERE t.outcome NOT IN ('passed', 'failed', 'error', 'skipped')) AS other,
         count(*) FILTER (WHERE t.outcome = 'passed')
             / nullif(count(*) FILTER (WHERE t.outcome <> 'skipped'), 0) AS pass_rate,
-        avg(t.duration) AS duration_mean, max(t.duration) AS duration_max""",
+        avg(t.duration) AS duration_mean, median(t.duration) AS duration_p50,
+        stddev_samp(t.duration) AS duration_stddev, quantile_cont(t.duration, 0.95) AS duration_p95,
+        max(t.duration) AS duration_max""",
     "task": """count(*) AS count,
         count(*) FILTER (WHERE h.status = 'completed') AS completed,
         count(*) FILTER (WHERE h.status = 'failed') AS failed,
@@ -188,7 +195,9 @@ async def aggregate(store: Store, *, result_type: str, aggregation_level: str,
     (unix seconds or ISO dates). Returns ``{"result_type", "aggregation_level", "filters", "groups"}``,
     each group ``{"key": value, ...statistics}`` ordered by key.
     """
-    _check_choice("result_type", result_type, RESULT_TYPES)
+    requested = result_type
+    result_type = RESULT_TYPE_ALIASES.get(result_type, result_type)
+    _check_choice("result_type", result_type, (*RESULT_TYPES, *RESULT_TYPE_ALIASES))
     _check_choice("aggregation_level", aggregation_level, AGGREGATION_LEVELS)
     source = _SOURCES[result_type]
     levels: dict[str, str] = source["levels"]
@@ -200,7 +209,7 @@ async def aggregate(store: Store, *, result_type: str, aggregation_level: str,
     sql = (f"SELECT {levels[aggregation_level]} AS key, {_STATS[result_type]} FROM {source['from']} "
            f"{clause} GROUP BY ALL ORDER BY key NULLS LAST")
     groups = _plain_rows(await store.query(sql, params))
-    return {"result_type": result_type, "aggregation_level": aggregation_level,
+    return {"result_type": requested, "aggregation_level": aggregation_level,
             "filters": dict(filters or {}), "groups": groups}
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Column lists in insertion order: the writer builds its batches column by column from these, so the
 # DDL and the writer cannot drift apart.
@@ -92,6 +92,8 @@ TEST_RESULT_COLUMNS: dict[str, str] = {
     "duration": "DOUBLE",
     "message": "VARCHAR",
     "timestamp": "TIMESTAMP",
+    # Version 2: the serialized pytest reports of a `dtf pytest` chunk's test, which the client replays
+    "report": "JSON",
 }
 
 BENCHMARK_RESULT_COLUMNS: dict[str, str] = {
@@ -137,7 +139,10 @@ TABLES: dict[str, dict[str, str]] = {
 
 # Statements that bring a database from version ``n - 1`` to ``n``. Version 1 is the base schema, which
 # ``CREATE TABLE IF NOT EXISTS`` builds, so it has nothing to add.
-MIGRATIONS: dict[int, list[str]] = {1: []}
+MIGRATIONS: dict[int, list[str]] = {
+    1: [],
+    2: ["ALTER TABLE test_results ADD COLUMN IF NOT EXISTS report JSON"],
+}
 
 
 def column_type(sql_type: str) -> str:

@@ -600,6 +600,7 @@ class WorkerAgent:
         context = self._run_context(
             task_id=key[0], attempt=key[1], work_dir=work_dir, log=self._log_callback(key),
             env={"DTF_TASK_ID": key[0], "DTF_ATTEMPT": str(key[1]), "DTF_WORKER_ID": self.worker_id},
+            settings=self.settings,
         )
         result: Any = None
         error: str | None = None

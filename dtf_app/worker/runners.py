@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import trio
 
@@ -56,6 +56,8 @@ class RunContext:
     """Called once per output line; cheap and non-blocking (the agent batches lines to the coordinator)."""
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment for subprocesses, applied over the worker's own and under the task's ``env``."""
+    settings: Any = None
+    """The worker's Settings (coordinator URLs, API key, data dir, test_python), for runners that need them."""
 
 
 @runtime_checkable

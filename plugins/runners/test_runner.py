@@ -38,6 +38,11 @@ class TestRunner:
         config = task.get("config") or {}
         if not isinstance(config, dict):
             raise TaskError(f"test task config must be an object, got {type(config).__name__}")
+        if "pytest_dist" in config:
+            # A chunk of a `dtf pytest` run: runs in a long-lived pytest session on this worker.
+            from dtf_app.pytest_dist.worker import run_chunk
+
+            return await run_chunk(task, ctx)
         cwd = resolve_working_dir(config.get("working_dir"))
         targets = _targets(config.get("test_file"), cwd)
         test_args = config.get("test_args") or []
