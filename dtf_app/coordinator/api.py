@@ -107,9 +107,15 @@ def _int_arg(name: str, default: int, *, minimum: int = 0, maximum: int = 1_000_
 def _check_url_text() -> None:
     """Query parameters and path segments must be valid Unicode too (the body's rule, jsonsafe)."""
     try:
+        seen: set[str] = set()
         for key, value in request.args.items(multi=True):
             jsonsafe.check_text(key, "a query parameter name")
             jsonsafe.check_text(value, f"query parameter {key}")
+            if key in seen:
+                # Every parameter of this API takes one value: a second one would be silently dropped.
+                raise ApiError(400, "invalid_parameter", f"query parameter {key} is given more than once; "
+                                                         "give it once")
+            seen.add(key)
         for key, value in (request.view_args or {}).items():
             if isinstance(value, str):
                 jsonsafe.check_text(value, f"path segment {key}")
@@ -664,7 +670,9 @@ def create_app(coord: Coordinator) -> QuartTrio:
         try:
             return json_response(await take_backup(coord, body["to"]), 201)
         except BackupError as exc:
-            raise ApiError(400, "invalid_backup", str(exc)) from None
+            # A well-formed request the machine's state refuses (the directory is in use) is a conflict.
+            status = 409 if "is not an empty directory" in str(exc) else 400
+            raise ApiError(status, "invalid_backup" if status == 400 else "exists", str(exc)) from None
 
     @app.get("/api/results/export")
     @requires("read")
@@ -675,8 +683,9 @@ def create_app(coord: Coordinator) -> QuartTrio:
 
         from dtf_app.coordinator.backup import BackupError, export_sql
 
-        table = request.args.get("table", "results")
-        fmt = request.args.get("format", "parquet")
+        # An empty value is an absent parameter here, as everywhere in this API.
+        table = request.args.get("table") or "results"
+        fmt = request.args.get("format") or "parquet"
         with tempfile.TemporaryDirectory(prefix="dtf-export-") as tmp:
             path = os.path.join(tmp, f"{table}.{fmt}")
             try:

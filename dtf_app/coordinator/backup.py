@@ -148,7 +148,9 @@ def _finish(coord: Coordinator, directory: Path, snapshot: bytes, index: int, be
                           f"in {directory} is not usable")
     manifest = {
         "format": BACKUP_FORMAT, "dtf_version": __version__, "node_id": coord.node_id,
-        "log_dir": coord.cmdlog.directory.relative_to(coord.data_dir).as_posix(),
+        # A restore writes the snapshot where a coordinator imports a state it did not make itself: the
+        # pre-Raft command log's place (service._import_command_log), starting a fresh Raft log from it.
+        "log_dir": "log",
         "applied_index": index, "begin_index": begin_index, "tasks": task_count,
         "started": started, "finished": time.time(),
         "files": {p.name: _sha256(p) for p in sorted(directory.iterdir()) if p.is_file()},

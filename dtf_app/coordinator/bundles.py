@@ -87,12 +87,13 @@ def register(app: QuartTrio, coord: Coordinator) -> None:
         check_hash(digest)
         data = await request.get_data()
         if not data:
-            raise ApiError(400, "invalid_bundle", "the request body is empty; send the bundle's tar.gz bytes")
+            # Well-formed (any bytes are), but not the bundle the name promises: 422, as a wrong hash is.
+            raise ApiError(422, "invalid_bundle", "the request body is empty; send the bundle's tar.gz bytes")
         if len(data) > MAX_BUNDLE_BYTES:
             raise ApiError(413, "too_large", f"a bundle may be at most {MAX_BUNDLE_BYTES} bytes")
         actual = hashlib.sha256(data).hexdigest()
         if actual != digest:
-            raise ApiError(400, "hash_mismatch", f"the body's SHA-256 is {actual}, not {digest}: the upload "
+            raise ApiError(422, "hash_mismatch", f"the body's SHA-256 is {actual}, not {digest}: the upload "
                                                  "was corrupted or named wrongly")
         path = bundle_dir(coord) / f"{digest}.tar.gz"
         if not path.exists():

@@ -22,6 +22,7 @@ from dtf_app.protocol import (
 )
 from dtf_app.security.keys import ROLES
 from dtf_app.store import queries
+from dtf_app.store.regressions import REGRESSION_METRICS
 
 # Every identifier a client chooses (task ids, worker ids, key names) has this shape (protocol.py).
 _ID = {"type": "string", "pattern": f"^{ID_PATTERN.pattern}$", "description": f"1-128 characters of {ID_ALPHABET}"}
@@ -157,11 +158,35 @@ def _metrics_op() -> dict[str, Any]:
     return op
 
 
+def _export_op() -> dict[str, Any]:
+    from dtf_app.coordinator.backup import EXPORT_TABLES
+
+    op = _op("one table as Parquet (default) or CSV", params=[
+        _query("table", {"type": "string", "enum": list(EXPORT_TABLES)}, "default results"),
+        _query("format", {"type": "string", "enum": ["parquet", "csv"]}, "default parquet")])
+    op["responses"]["200"] = {"description": "the table's rows", "content": {
+        "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
+        "text/csv": {"schema": {"type": "string"}}}}
+    return op
+
+
 def _html_op(summary: str) -> dict[str, Any]:
     op = _op(summary)
     op["responses"]["200"] = {"description": "ok", "content": {"text/html; charset=utf-8": {
         "schema": {"type": "string"}}}}
     return op
+
+
+def _bundle_put_op(sha: dict[str, Any]) -> dict[str, Any]:
+    op = _op("upload a suite bundle (tar.gz named by its SHA-256), fsynced before the 201; 422 when the bytes "
+             "do not hash to the name", "201", params=[sha])
+    op["requestBody"] = {"required": True, "content": {"application/octet-stream": {
+        "schema": {"type": "string", "format": "binary"}}}}
+    return op
+
+
+def _required_query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": True, "schema": schema, "description": description}
 
 
 def _query(name: str, schema: dict[str, Any], description: str | None = None) -> dict[str, Any]:
@@ -286,7 +311,8 @@ def build_spec(version: str) -> dict[str, Any]:
                 _query("since", {"type": "string"}, "unix seconds or an ISO date"),
                 _query("until", {"type": "string"}, "unix seconds or an ISO date")])},
         "/api/results/anomalies": {"get": _op("benchmark rows far from their group's mean (z-score)", params=[
-            _query("metric", {"type": "string"}), _query("z_threshold", {"type": "number"})])},
+            _query("metric", {"type": "string", "enum": list(queries.ANOMALY_METRICS)}, "default throughput"),
+            _query("z_threshold", {"type": "number", "exclusiveMinimum": 0}, "default 2.5")])},
         "/api/results/{result_id}": {"get": _op("one result with per-test and per-benchmark rows",
                                                 params=[result_id])},
         "/api/keys": {
@@ -301,32 +327,36 @@ def build_spec(version: str) -> dict[str, Any]:
         "/api/keys/{name}": {"delete": _op("delete a key (admin)", params=[name])},
         "/api/admin/backup": {"post": _op("write a consistent backup into a new directory on the coordinator's "
                                           "machine (admin)", "201", body={
-            "type": "object", "required": ["to"], "properties": {"to": {"type": "string"}}})},
-        "/api/results/export": {"get": _op("one table as Parquet or CSV (query: table, format)", params=[
-            _query("table", {"type": "string", "default": "results"}),
-            _query("format", {"type": "string", "enum": ["parquet", "csv"]})])},
+            "type": "object", "required": ["to"], "properties": {"to": {
+                "type": "string", "pattern": "^/", "description": "an absolute path of a new or empty directory"}}})},
+        "/api/results/export": {"get": _export_op()},
     }
-    digest, run_id = _path("digest"), _path("run_id")
+    run_id = _path("run_id")
+    sha = {"name": "digest", "in": "path", "required": True,
+           "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}, "description": "SHA-256 of the bundle"}
     paths.update({  # dtf pytest (coordinator/bundles.py) and result analytics (coordinator/results_api.py)
         "/api/bundles/{digest}": {
-            "put": _op("upload a suite bundle (tar.gz named by its SHA-256), fsynced before the 201", "201",
-                       params=[digest]),
-            "get": _op("a suite bundle's bytes (worker or read)", params=[digest]),
+            "put": _bundle_put_op(sha),
+            "get": _op("a suite bundle's bytes (worker or read)", params=[sha]),
         },
         "/api/pytest/runs/{run_id}": {"get": _op("the chunk tasks of a dtf pytest run", params=[run_id])},
         "/api/pytest/reports": {"get": _op("serialized pytest reports of finished chunks", params=[
-            _query("task_ids", {"type": "string"})])},
+            _required_query("task_ids", {"type": "string", "minLength": 1}, "comma-separated task ids")])},
         "/api/pytest/history": {"get": _op("per-test mean durations of a suite's latest collection", params=[
-            _query("suite", {"type": "string"})])},
+            _required_query("suite", {"type": "string", "minLength": 1}, "the key dtf pytest computes")])},
         "/api/results/regressions": {"get": _op("benchmark regressions per hardware class (Welch t-test)", params=[
-            _query("metric", {"type": "string"}), _query("window", {"type": "integer", "minimum": 2}),
-            _query("baseline", {"type": "integer", "minimum": 2}), _query("min_change", {"type": "number"}),
-            _query("alpha", {"type": "number"})])},
+            _query("metric", {"type": "string", "enum": list(REGRESSION_METRICS)}, "default throughput"),
+            _query("window", {"type": "integer", "minimum": 2, "maximum": 10_000}),
+            _query("baseline", {"type": "integer", "minimum": 2, "maximum": 10_000}),
+            _query("min_change", {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}),
+            _query("alpha", {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1})])},
         "/api/results/compare": {"get": _op("two runs or time ranges side by side", params=[
-            _query("a", {"type": "string"}), _query("b", {"type": "string"})])},
+            _required_query(side, {"type": "string", "minLength": 1},
+                            "batch:ID, run:ID, SINCE..UNTIL, or a bare batch or run id") for side in ("a", "b")])},
         "/api/results/flaky": {"get": _op("tests that both passed and failed", params=[
             _query("limit", {"type": "integer", "minimum": 1, "maximum": 10_000})])},
-        "/api/results/tests": {"get": _op("per-test rows of a set of test tasks", params=[
+        "/api/results/tests": {"get": _op("per-test rows of a set of test tasks (give task_ids, run_id or "
+                                          "batch_id)", params=[
             _query("task_ids", {"type": "string"}), _query("run_id", {"type": "string"}),
             _query("batch_id", {"type": "string"})])},
         "/api/report": {"get": _op("everything dtf report draws")},

@@ -46,7 +46,10 @@ class DashWebServer(Server):
     """textual-serve's server with an API-key gate in front of every route."""
 
     def __init__(self, urls: list[str], *, host: str, port: int) -> None:
-        command = shlex.join([sys.executable, "-m", "dtf_app", "dash", "--coordinator", ",".join(urls)])
+        from dtf_app.up import dtf_command
+
+        # The frozen executable itself when frozen (it has no "-m"), this interpreter otherwise.
+        command = shlex.join([*dtf_command(), "dash", "--coordinator", ",".join(urls)])
         super().__init__(command, host=host, port=port, title="DTF dashboard")
         self.urls = urls
         self._valid: dict[str, float] = {}

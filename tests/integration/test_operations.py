@@ -25,7 +25,11 @@ def start(cluster: Cluster, data_dir: Path, log_name: str, *extra: str) -> tuple
         if node.proc.poll() is not None:
             raise AssertionError(f"coordinator exited:\n{node.output()}")
         info = json.loads(node_file.read_text())
-        return info["url"] if info.get("pid") == node.proc.pid else None
+        if info.get("pid") != node.proc.pid:
+            return None
+        # node.json appears before recovery; /status says when the node (and its admin.key) is ready.
+        status = httpx.get(info["url"] + "/status", timeout=5)
+        return info["url"] if status.status_code == 200 and status.json().get("ready") else None
 
     url = wait_for(ready, what="coordinator")
     return node, url, (data_dir / "admin.key").read_text().strip()

@@ -30,8 +30,11 @@ def test_dockerfile_entrypoint_starts_a_coordinator(cluster: Cluster, tmp_path: 
         if node.proc.poll() is not None:
             raise AssertionError(f"entrypoint exited:\n{node.output()}")
         info = json.loads((tmp_path / "data" / "node.json").read_text())
-        return info["url"] if info.get("pid") == node.proc.pid else None
+        if info.get("pid") != node.proc.pid:
+            return None
+        # The HEALTHCHECK's URL: 503 while the node starts, 200 once it is ready.
+        return info["url"] if httpx.get(info["url"] + "/status", timeout=5).status_code == 200 else None
 
     url = wait_for(serving, what="the entrypoint's coordinator")
-    assert httpx.get(url + "/status", timeout=5).status_code == 200  # the HEALTHCHECK's URL
+    assert httpx.get(url + "/status", timeout=5).json()["ready"] is True
     assert any((tmp_path / "logs").glob("*.log"))

@@ -53,12 +53,18 @@ async def test_task_update_carries_the_source_fields_at_top_level(cluster: Clust
 async def test_channels_without_a_publisher_are_refused(cluster: Cluster) -> None:
     await trio.to_thread.run_sync(cluster.start_coordinator)
     async with open_websocket_url(_ws_url(cluster), extra_headers=[(b"X-API-Key", cluster.admin_key.encode())]) as ws:
-        for channel in ("leadership_updates", "orchestrated_task_updates", "cluster_status"):
+        for channel in ("orchestrated_task_updates",):
             await ws.send_message(json.dumps({"type": "subscribe", "channel": channel, "request_id": channel}))
             reply = await _next(ws, "subscribe_response")
             assert reply["request_id"] == channel and reply["status"] == "error"
             assert reply["error"]["code"] == "channel_unavailable"
             assert channel in reply["error"]["message"] and "task_updates" in reply["error"]["message"]
+        # The cluster channels have publishers (the cluster monitor, leadership changes).
+        for channel in ("leadership_updates", "cluster_status"):
+            await ws.send_message(json.dumps({"type": "subscribe", "channel": channel, "request_id": channel}))
+            reply = await _next(ws, "subscribe_response")
+            assert reply["request_id"] == channel and reply["status"] == "ok", reply
+        assert (await _next(ws, "cluster_status_update"))["nodes"][0]["state"] == "leader"
         await ws.send_message(json.dumps({"type": "subscribe", "channel": "nonsense"}))
         reply = await _next(ws, "subscribe_response")
         assert reply["error"]["code"] == "invalid_channel"
