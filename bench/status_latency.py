@@ -106,7 +106,9 @@ def run_bench(tasks: int = MAX_TASKS_PER_REQUEST, interval: float = 0.05, worker
                 "status_p99_ms": round(1000 * _percentile(latencies, 0.99), 1),
                 "status_max_ms": round(1000 * max(latencies), 1),
                 "rss_before_mb": round(rss_before, 1), "rss_after_mb": round(rss_after, 1),
-                "workers_online": sum(1 for w in workers if w["status"] == "online"), "worker_lost_logged": lost,
+                # Connected: online, or busy with every slot taken (a busy worker is not lost).
+                "workers_online": sum(1 for w in workers if w.get("connected", w["status"] == "online")),
+                "worker_lost_logged": lost,
             }
         finally:
             cluster.stop()
