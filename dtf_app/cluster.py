@@ -28,12 +28,20 @@ A single node is a one-member cluster: :func:`resolve` with no peers returns jus
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-__all__ = ["ClusterConfigError", "ClusterSpec", "derive_id", "normalise_url", "parse_peer_entries", "resolve"]
+from dtf_app.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dtf_app.config import Settings
+
+__all__ = ["ClusterConfigError", "ClusterSpec", "derive_id", "from_settings", "normalise_url", "parse_peer_entries",
+           "peer_secret", "resolve"]
 
 
 class ClusterConfigError(ValueError):
@@ -160,3 +168,35 @@ def resolve(entries: list[tuple[str, str]], *, node_id: str | None, advertise_ur
             raise ClusterConfigError(f"{where}: node id {self_id!r} is listed with another URL ({members[self_id]})")
         members[self_id] = advertise
     return ClusterSpec(self_id, dict(sorted(members.items())))
+
+
+def from_settings(settings: Settings) -> ClusterSpec:
+    """This node's cluster membership from its settings (the rule above); ConfigError when it cannot work."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    advertise = settings.advertise_url or f"http://{host}:{settings.port}"
+    node_id = settings.node_id
+    if not settings.peers:
+        return resolve([], node_id=node_id or f"coord-{socket.gethostname()}", advertise_url=advertise)
+    where = "HIGH_AVAILABILITY_PEERS" if settings.peers_include_self else "peers"
+    try:
+        return resolve(list(settings.peers.items()), node_id=node_id, advertise_url=advertise,
+                       includes_self=True if settings.peers_include_self else None, where=where)
+    except ClusterConfigError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def peer_secret(settings: Settings) -> bytes:
+    """The secret that authenticates peer traffic; a cluster member cannot start without one."""
+    secret = settings.cluster_secret
+    if settings.cluster_secret_file:
+        try:
+            secret = Path(settings.cluster_secret_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"--cluster-secret-file {settings.cluster_secret_file}: cannot read it: "
+                              f"{exc.strerror or exc}") from None
+    if not secret:
+        raise ConfigError("a coordinator with peers needs the cluster secret that authenticates peer traffic: "
+                          "set DTF_CLUSTER_SECRET (the same value on every node) or --cluster-secret-file FILE")
+    if len(secret) < 16:
+        raise ConfigError("the cluster secret is too short: use at least 16 characters (e.g. `openssl rand -hex 32`)")
+    return secret.encode()

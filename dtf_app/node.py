@@ -53,7 +53,7 @@ async def _watch_signals(signals: AsyncIterator[int], services: trio.CancelScope
 async def _serve(settings: Settings) -> None:
     async with trio.open_nursery() as nursery:
         if settings.mode in ("coordinator", "peer"):
-            from dtf_app.coordinator.service import serve_coordinator
+            from dtf_app.coordinator.server import serve_coordinator
 
             url = await nursery.start(serve_coordinator, settings)
             if settings.mode == "peer":

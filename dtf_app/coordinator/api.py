@@ -9,126 +9,35 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from functools import wraps
-from typing import Any
 
 import trio
 from quart import Response, g, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from dtf_app import __version__, jsonsafe
+from dtf_app import __version__
 from dtf_app import protocol as proto
-from dtf_app.coordinator import bulk, readiness, scheduler
+from dtf_app.coordinator import bulk, readiness, scheduler, views
 from dtf_app.coordinator.drain import DrainUnreadBody
-from dtf_app.coordinator.service import Coordinator, clean_outcome, task_view
-from dtf_app.coordinator.views import WORKER_STATUSES
+from dtf_app.coordinator.http import (
+    MAX_BODY_BYTES,
+    MAX_TASKS_PER_REQUEST,
+    ApiError,
+    bool_arg,
+    check_url_text,
+    error_response,
+    int_arg,
+    json_body,
+    json_response,
+    requires,
+)
+from dtf_app.coordinator.intake import clean_outcome
+from dtf_app.coordinator.service import Coordinator
+from dtf_app.coordinator.views import WORKER_STATUSES, task_view
 from dtf_app.raft.types import NotLeader, ProposalDropped
 from dtf_app.security import keys as keymod
 
 log = logging.getLogger("dtf.api")
-
-MAX_BODY_BYTES = 64 * 1024 * 1024
-MAX_TASKS_PER_REQUEST = 100_000
-
-
-class ApiError(Exception):
-    """An error answer: status, machine code, human message."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def error_response(status: int, code: str, message: str) -> Response:
-    return Response(jsonsafe.dumps({"error": {"code": code, "message": message}}), status=status,
-                    content_type="application/json")
-
-
-def json_response(data: Any, status: int = 200) -> Response:
-    # Strict JSON always (jsonsafe): a strict client must be able to parse every answer.
-    return Response(jsonsafe.dumps(data), status=status, content_type="application/json")
-
-
-def requires(permission: str) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
-    """Route decorator: authenticate the caller and check the permission (401/403 otherwise)."""
-
-    def decorate(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        @wraps(handler)
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            coord: Coordinator = g.coord
-            key = keymod.key_from_headers(request.headers)
-            if key is None:
-                raise ApiError(401, "unauthorized", "an API key is required (X-API-Key header or "
-                                                    "Authorization: Bearer <key>)")
-            principal = keymod.authenticate(key, coord.state.api_keys)
-            if principal is None:
-                raise ApiError(401, "unauthorized", "the API key is not valid")
-            if not principal.can(permission):
-                raise ApiError(403, "forbidden", f"role {principal.role!r} may not do this; it needs one of "
-                                                 f"the roles {', '.join(keymod.roles_with(permission))}")
-            g.principal = principal
-            return await handler(*args, **kwargs)
-
-        return wrapper
-
-    return decorate
-
-
-async def _json_body(root: str = "body") -> Any:
-    """The request body as strict JSON (dtf_app.jsonsafe): a 400 naming the field for NaN/Infinity, a
-    string that is not valid Unicode, or nesting deeper than jsonsafe.MAX_JSON_DEPTH."""
-    raw = await request.get_data()
-    if not raw:
-        raise ApiError(400, "invalid_json", "the request body is empty; send a JSON document")
-    try:
-        if len(raw) < bulk.SLICED_PARSE_BYTES:
-            return jsonsafe.loads(raw, root=root, what="the request body")
-        # A big body is decoded in slices so the event loop keeps running (bulk.loads), same checks.
-        return await jsonsafe.aloads(raw, bulk.loads, root=root, what="the request body")
-    except jsonsafe.JsonInputError as exc:
-        raise ApiError(400, exc.code, exc.message) from None
-
-
-def _int_arg(name: str, default: int, *, minimum: int = 0, maximum: int = 1_000_000) -> int:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "invalid_parameter", f"query parameter {name} must be an integer, got {raw!r}") from None
-    if not minimum <= value <= maximum:
-        raise ApiError(400, "invalid_parameter", f"query parameter {name} must be from {minimum} to {maximum}")
-    return value
-
-
-def _check_url_text() -> None:
-    """Query parameters and path segments must be valid Unicode too (the body's rule, jsonsafe)."""
-    try:
-        seen: set[str] = set()
-        for key, value in request.args.items(multi=True):
-            jsonsafe.check_text(key, "a query parameter name")
-            jsonsafe.check_text(value, f"query parameter {key}")
-            if key in seen:
-                # Every parameter of this API takes one value: a second one would be silently dropped.
-                raise ApiError(400, "invalid_parameter", f"query parameter {key} is given more than once; "
-                                                         "give it once")
-            seen.add(key)
-        for key, value in (request.view_args or {}).items():
-            if isinstance(value, str):
-                jsonsafe.check_text(value, f"path segment {key}")
-    except jsonsafe.JsonInputError as exc:
-        raise ApiError(400, "invalid_parameter", exc.message) from None
-
-
-def _bool_arg(name: str) -> bool:
-    raw = (request.args.get(name) or "false").lower()
-    if raw not in ("true", "false"):
-        raise ApiError(400, "invalid_parameter", f"query parameter {name} must be true or false, got {raw!r}")
-    return raw == "true"
-
 
 def _not_ready(coord: Coordinator, path: str) -> Response | None:
     """Until the node has started, every route but /status answers 503 ``starting`` (see readiness.py)."""
@@ -155,7 +64,7 @@ def create_app(coord: Coordinator) -> QuartTrio:
     @app.before_request
     async def bind_coordinator() -> Response | None:
         g.coord = coord
-        _check_url_text()
+        check_url_text()
         return _not_ready(coord, request.path) or await _route_to_leader(coord)
 
     @app.before_websocket
@@ -221,14 +130,14 @@ def create_app(coord: Coordinator) -> QuartTrio:
     @app.get("/api/status")
     @requires("read")
     async def api_status() -> Response:
-        return json_response(coord.status())
+        return json_response(views.status(coord))
 
     @app.get("/api/dashboard")
     @requires("read")
     async def dashboard() -> Response:
-        workers = [coord.worker_view(w) for w in coord.state.workers]
+        workers = [views.worker_view(coord, w) for w in coord.state.workers]
         recent = sorted(coord.state.tasks.values(), key=lambda t: t["seq"], reverse=True)[:50]
-        return json_response({"status": coord.status(), "workers": workers,
+        return json_response({"status": views.status(coord), "workers": workers,
                               "recent_tasks": [task_view(t) for t in recent]})
 
     from dtf_app.coordinator import cluster as cluster_views
@@ -296,20 +205,20 @@ def create_app(coord: Coordinator) -> QuartTrio:
     @app.get("/api/workers")
     @requires("read")
     async def list_workers() -> Response:
-        views = [coord.worker_view(w) for w in sorted(coord.state.workers)]
+        docs = [views.worker_view(coord, w) for w in sorted(coord.state.workers)]
         status = request.args.get("status")
         if status and status not in WORKER_STATUSES:
             raise ApiError(400, "invalid_parameter",
                            f"status must be one of {', '.join(WORKER_STATUSES)}, got {status!r}")
         if status:
-            views = [v for v in views if v and v["status"] == status]
-        return json_response({"workers": views, "applied_index": coord.state.applied_index})
+            docs = [v for v in docs if v and v["status"] == status]
+        return json_response({"workers": docs, "applied_index": coord.state.applied_index})
 
     @app.post("/api/workers/register")
     @requires("worker")
     async def register_worker() -> Response:
         """HTTP registration (the websocket hello does the same); the worker shows online once connected."""
-        body = await _json_body()
+        body = await json_body()
         if not isinstance(body, dict):
             raise ApiError(400, "invalid_worker", "the body must be an object with a worker_id")
         problem = proto.id_problem(body.get("worker_id"), "worker_id")
@@ -337,7 +246,7 @@ def create_app(coord: Coordinator) -> QuartTrio:
                 "simulated": bool(caps.get("simulated")), "max_concurrent_tasks": slots, "hardware_metrics": {}}
         issued = await _admit(coord, body["worker_id"])
         await coord.propose([{"op": "RegisterWorker", "worker": info}])
-        view = coord.worker_view(body["worker_id"]) or {}
+        view = views.worker_view(coord, body["worker_id"]) or {}
         if issued:
             view["credential"] = issued  # shown this once: present it as X-Worker-Credential from now on
         return json_response(view, 201)
@@ -357,7 +266,7 @@ def create_app(coord: Coordinator) -> QuartTrio:
             raise ApiError(404, "not_found", f"no worker {worker_id!r}")
         await coord.propose([{"op": "SetWorkerDrain", "worker_id": worker_id, "drained": drained}])
         coord.wake_dispatcher()
-        return json_response(coord.worker_view(worker_id))
+        return json_response(views.worker_view(coord, worker_id))
 
     @app.post("/api/workers/<worker_id>/drain")
     @requires("cancel")
@@ -374,7 +283,7 @@ def create_app(coord: Coordinator) -> QuartTrio:
     @app.get("/api/workers/<worker_id>")
     @requires("read")
     async def get_worker(worker_id: str) -> Response:
-        view = coord.worker_view(worker_id)
+        view = views.worker_view(coord, worker_id)
         if view is None:
             raise ApiError(404, "not_found", f"no worker {worker_id!r}")
         return json_response(view)
@@ -383,7 +292,7 @@ def create_app(coord: Coordinator) -> QuartTrio:
     @app.post("/api/tasks")
     @requires("submit")
     async def submit_tasks() -> Response:
-        body = await _json_body("tasks")
+        body = await json_body("tasks")
         single = isinstance(body, dict)
         if isinstance(body, dict) and isinstance(body.get("tasks"), list) and "type" not in body:
             body, single = body["tasks"], False
@@ -402,7 +311,7 @@ def create_app(coord: Coordinator) -> QuartTrio:
                 lambda i, doc: scheduler.validate_task(doc, "task" if single else f"tasks[{i}]",
                                                        default_max_retries=max_retries), docs)
             del body, docs
-            created = await coord.submit(normalised, allow_unschedulable=_bool_arg("allow_unschedulable"))
+            created = await coord.submit(normalised, allow_unschedulable=bool_arg("allow_unschedulable"))
         except scheduler.TaskConflictError as exc:
             raise ApiError(409, "exists", str(exc)) from None
         except scheduler.TaskUnprocessableError as exc:
@@ -412,16 +321,16 @@ def create_app(coord: Coordinator) -> QuartTrio:
         except scheduler.TaskValidationError as exc:
             raise ApiError(400, "invalid_task", str(exc)) from None
         del normalised
-        views = await bulk.map_yielding(lambda _, task: task_view(task), created)
+        docs = await bulk.map_yielding(lambda _, task: task_view(task), created)
         del created
-        text = await bulk.dumps(views[0] if single else views)
+        text = await bulk.dumps(docs[0] if single else docs)
         return Response(text, status=201, content_type="application/json")
 
     @app.get("/api/tasks")
     @requires("read")
     async def list_tasks() -> Response:
-        limit = _int_arg("limit", 100, minimum=1, maximum=100_000)
-        offset = _int_arg("offset", 0)
+        limit = int_arg("limit", 100, minimum=1, maximum=100_000)
+        offset = int_arg("offset", 0)
         filters = {k: request.args[k] for k in ("status", "type", "worker_id", "batch_id") if request.args.get(k)}
         if "status" in filters and filters["status"] not in scheduler.ALL_STATES:
             raise ApiError(400, "invalid_parameter",
@@ -484,7 +393,7 @@ def create_app(coord: Coordinator) -> QuartTrio:
 
     # ------------------------------------------------------------------ worker HTTP forms
     async def _http_outcome(task_id: str, outcome: str) -> Response:
-        body = await _json_body()
+        body = await json_body()
         if not isinstance(body, dict):
             raise ApiError(400, "invalid_outcome", "the body must be a JSON object")
         task = coord.state.tasks.get(task_id)
@@ -540,7 +449,7 @@ def create_app(coord: Coordinator) -> QuartTrio:
     @app.post("/api/health")
     @requires("worker")
     async def post_health() -> Response:
-        body = await _json_body()
+        body = await json_body()
         if not isinstance(body, dict) or not isinstance(body.get("worker_id"), str):
             raise ApiError(400, "invalid_health", "the body must be an object with a string worker_id")
         if not isinstance(body.get("metrics", {}), dict | None):
@@ -549,7 +458,7 @@ def create_app(coord: Coordinator) -> QuartTrio:
         conn = coord.conns.get(body["worker_id"])
         if conn is None:
             raise ApiError(404, "not_found", f"worker {body['worker_id']!r} is not connected")
-        coord.worker_message(conn, {"type": proto.HEARTBEAT, "metrics": body.get("metrics") or {}})
+        coord.intake.message(conn, {"type": proto.HEARTBEAT, "metrics": body.get("metrics") or {}})
         return json_response({"ok": True})
 
     # ------------------------------------------------------------------ results
@@ -562,7 +471,7 @@ def create_app(coord: Coordinator) -> QuartTrio:
         rows = await queries.list_results(
             coord.store, task_id=request.args.get("task_id"), status=request.args.get("status"),
             result_type=request.args.get("type"), worker_id=request.args.get("worker_id"),
-            limit=_int_arg("limit", 100, minimum=1, maximum=100_000), offset=_int_arg("offset", 0))
+            limit=int_arg("limit", 100, minimum=1, maximum=100_000), offset=int_arg("offset", 0))
         return json_response({"results": rows})
 
     @app.get("/api/results/aggregate")
@@ -622,7 +531,7 @@ def create_app(coord: Coordinator) -> QuartTrio:
     @app.post("/api/keys")
     @requires("admin")
     async def create_key() -> Response:
-        body = await _json_body()
+        body = await json_body()
         if not isinstance(body, dict):
             raise ApiError(400, "invalid_key", "the body must be an object with name and role")
         name, role = body.get("name"), body.get("role")
@@ -653,7 +562,7 @@ def create_app(coord: Coordinator) -> QuartTrio:
     @app.delete("/api/keys")
     @requires("admin")
     async def delete_key_body() -> Response:
-        body = await _json_body()
+        body = await json_body()
         if not isinstance(body, dict) or not isinstance(body.get("name"), str):
             raise ApiError(400, "invalid_key", "the body must be an object with the key's name")
         return await _delete_key(body["name"])
@@ -664,7 +573,7 @@ def create_app(coord: Coordinator) -> QuartTrio:
     async def backup() -> Response:
         from dtf_app.coordinator.backup import BackupError, take_backup
 
-        body = await _json_body()
+        body = await json_body()
         if not isinstance(body, dict) or not isinstance(body.get("to"), str) or not body["to"]:
             raise ApiError(400, "invalid_backup", "the body must be {\"to\": \"/absolute/new/directory\"}")
         try:
@@ -777,20 +686,9 @@ async def _route_to_leader(coord: Coordinator) -> Response | None:
             except (NotLeader, ProposalDropped, trio.TooSlowError):
                 return _not_leader_response(coord)
         return None
-    if request.method not in _WRITE_METHODS and _bool_arg("stale"):
+    if request.method not in _WRITE_METHODS and bool_arg("stale"):
         return None
     return _not_leader_response(coord)
 
 
-def ws_principal(coord: Coordinator, permission: str) -> tuple[keymod.Principal | None, str | None]:
-    """Authenticate a websocket upgrade: (principal, None) or (None, why not)."""
-    key = keymod.key_from_headers(websocket.headers)
-    principal = keymod.authenticate(key, coord.state.api_keys) if key else None
-    if principal is None:
-        return None, "unauthorized: a valid API key is required (X-API-Key header)"
-    if not principal.can(permission):
-        return None, f"forbidden: role {principal.role!r} may not use this socket"
-    return principal, None
-
-
-__all__ = ["ApiError", "create_app", "ws_principal"]
+__all__ = ["ApiError", "create_app"]

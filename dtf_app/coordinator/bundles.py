@@ -25,7 +25,8 @@ import trio
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
-from dtf_app.coordinator.service import Coordinator, task_view
+from dtf_app.coordinator.service import Coordinator
+from dtf_app.coordinator.views import task_view
 from dtf_app.security import keys as keymod
 
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
@@ -60,7 +61,7 @@ def _write_durably(path: Path, data: bytes) -> None:
 
 def register(app: QuartTrio, coord: Coordinator) -> None:
     """Add the routes to the app (one call in api.create_app)."""
-    from dtf_app.coordinator.api import ApiError, json_response
+    from dtf_app.coordinator.http import ApiError, json_response
 
     def authorize(*permissions: str) -> None:
         key = keymod.key_from_headers(request.headers)

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from dtf_app.coordinator import views
+
 if TYPE_CHECKING:
     from dtf_app.coordinator.service import Coordinator
 
@@ -27,9 +29,7 @@ PROBE_TIMEOUT_S = 1.0
 
 
 def _iso(ts: float | None) -> str | None:
-    from dtf_app.coordinator.service import iso
-
-    return iso(ts)
+    return views.iso(ts)
 
 
 class ClusterMonitor:
@@ -57,8 +57,8 @@ class ClusterMonitor:
                 async with trio.open_nursery() as nursery:
                     for node_id, url in members.items():
                         nursery.start_soon(self._probe, client, node_id, url)
-                if coord.subscribers:
-                    coord.publish_cluster(self)
+                if coord.hub:
+                    publish(coord, self)
                 await trio.sleep(PROBE_INTERVAL_S)
 
     def _summary(self, metrics: dict[str, Any], alerts: list[Any]) -> dict[str, Any]:
@@ -150,7 +150,7 @@ def leader_info(coord: Coordinator) -> dict[str, Any]:
 
 def status(coord: Coordinator, monitor: ClusterMonitor | None) -> dict[str, Any]:
     nodes = node_views(coord, monitor)
-    summary = coord.status()
+    summary = views.status(coord)
     return {"node_id": coord.node_id, "role": coord.replicator.role, "term": coord.replicator.term,
             "leader_id": coord.leader_id, "leader_url": coord.leader_url,
             "commit_index": coord.replicator.commit_index, "applied_index": coord.state.applied_index,
@@ -220,3 +220,18 @@ def leader_history(coord: Coordinator) -> list[dict[str, Any]]:
                     "duration_seconds": round(end - start, 3) if isinstance(start, int | float) else None,
                     "since": _iso(start)})
     return list(reversed(out))
+
+
+def publish(coord: Coordinator, monitor: ClusterMonitor) -> None:
+    """``cluster_status_update`` and ``cluster_health_update`` pushes (after each probe round)."""
+    now = _iso(time.time())
+    nodes = node_views(coord, monitor)
+    doc = {"node_id": coord.node_id}
+    coord.hub.publish("cluster_status", lambda: {
+        "type": "cluster_status_update", "timestamp": now, "leader_id": coord.leader_id,
+        "term": coord.replicator.term,
+        "nodes": [{"node_id": n["node_id"], "state": n["state"], "term": n["term"],
+                   "last_heartbeat": n["last_heartbeat"], "uptime_seconds": n["uptime_seconds"]} for n in nodes]},
+        doc)
+    coord.hub.publish("cluster_status", lambda: {"type": "cluster_health_update", "timestamp": now,
+                                                 **health(coord, monitor), "nodes": health_nodes(coord, monitor)}, doc)

@@ -24,8 +24,9 @@ then the payload; it is verified at load (:class:`SnapshotCorruptionError` names
 atomically (temp file, fsync, rename, fsync dir), after which the log restarts empty, which bounds
 replay time. A version-1 snapshot (bare JSON) still loads.
 
-The Raft issue swaps this module for a replicator over the Raft log with the same ``propose`` surface;
-the state machine (state.py) does not change.
+The Raft log (dtf_app/raft/log.py) replaced this log: a coordinator no longer writes it. It stays for
+data dirs of older DTF versions, which :func:`import_into_raft` turns into the Raft log's first snapshot
+once, at start.
 """
 
 from __future__ import annotations
@@ -444,3 +445,41 @@ class Replicator:
         data = await bulk.encode_snapshot(self.state)  # == state.snapshot(), without stalling the loop
         await trio.to_thread.run_sync(self.cmdlog.write_snapshot, data)
         log.info("state snapshot at index %d (%d bytes)", self.state.applied_index, len(data))
+
+
+def import_into_raft(data_dir: Path, node_id: str, *, is_single: bool) -> None:
+    """A data dir of the pre-Raft single-node command log: import it once as the Raft log's snapshot."""
+    from dtf_app.coordinator.state import State
+    from dtf_app.errors import ConfigError
+    from dtf_app.raft.log import DurableStorage
+    from dtf_app.raft.types import HardState, Snapshot
+
+    legacy = data_dir / "log"
+    raft_dir = data_dir / "raft"
+    if not legacy.is_dir():
+        return
+    if raft_dir.exists() and any(raft_dir.glob("wal-*.log")):
+        log.warning("%s holds a pre-Raft command log, but the Raft log in %s exists already: the old log is "
+                    "ignored (move it away to silence this)", legacy, raft_dir)
+        return
+    if not is_single:
+        raise ConfigError(f"{legacy} holds a single-node command log from an older DTF: start this coordinator "
+                          "once without --peers to import it, then add peers")
+    cmdlog = CommandLog(legacy)
+    snapshot, records = cmdlog.open()
+    cmdlog.close()
+    state = State.restore(snapshot) if snapshot is not None else State()
+    for index, command in records:
+        state.apply(command, index)
+    index = state.applied_index
+    if index:
+        storage = DurableStorage(raft_dir)
+        try:
+            storage.apply_snapshot(Snapshot(index=index, term=1, voters=frozenset({node_id}), data=state.snapshot()))
+            storage.set_hard_state(HardState(term=1, vote=node_id, commit=index))
+            storage.sync()
+        finally:
+            storage.close()
+    legacy.rename(data_dir / "log.imported")
+    log.warning("imported the command log of an older DTF (%d entries) into the Raft log; the old files "
+                "are kept in %s", index, data_dir / "log.imported")

@@ -94,7 +94,7 @@ def worker_frame_problem(message: dict[str, Any]) -> str | None:
     if kind == proto.STARTED:
         return _task_refs(message.get("items"), "items", required=True, times=("start_time",))
     if kind == proto.RESULTS:
-        # Each outcome's other fields are cleaned by service.clean_outcome; here only what indexes it.
+        # Each outcome's other fields are cleaned by intake.clean_outcome; here only what indexes it.
         return _task_refs(message.get("items"), "items", required=True)
     if kind == proto.HEARTBEAT:
         return (_optional(message, "metrics", _is_object, "an object")

@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from dtf_app.coordinator import views
+
 if TYPE_CHECKING:
     from dtf_app.coordinator.service import Coordinator
 
@@ -27,7 +29,7 @@ class _CoordinatorCollector(Collector):
             if state != "total":
                 tasks.add_metric([state], count)
         yield tasks
-        status = coord.status()
+        status = views.status(coord)
         workers = GaugeMetricFamily("dtf_workers", "Workers by connection state", labels=["state"])
         workers.add_metric(["online"], status["workers"]["online"])
         workers.add_metric(["offline"], status["workers"]["offline"])
@@ -66,7 +68,7 @@ class _CoordinatorCollector(Collector):
         yield GaugeMetricFamily("dtf_log_buffered_bytes", "Bytes of task log tails held in memory",
                                 value=coord.task_logs.total_bytes())
         yield GaugeMetricFamily("dtf_ws_updates_dropped", "Updates dropped for slow /ws subscribers now connected",
-                                value=sum(sub.dropped for sub in coord.subscribers))
+                                value=coord.hub.dropped_total())
 
 
 def render(coord: Coordinator) -> bytes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from dtf_app.coordinator import scheduler
-from dtf_app.coordinator.api import MAX_TASKS_PER_REQUEST
+from dtf_app.coordinator.http import MAX_TASKS_PER_REQUEST
 from dtf_app.coordinator.views import WORKER_STATUSES
 from dtf_app.jsonsafe import MAX_JSON_DEPTH
 from dtf_app.protocol import (

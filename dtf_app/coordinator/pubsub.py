@@ -15,7 +15,10 @@ when that capability lands.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
+
+import trio
 
 PUBLISHED_CHANNELS: tuple[str, ...] = ("task_updates", "worker_updates", "cluster_status", "leadership_updates")
 """Channels a ``subscribe`` is accepted for: each has a publisher behind it (cluster_status: the cluster
@@ -38,7 +41,7 @@ def now_iso() -> str:
 
 
 def task_update(view: dict[str, Any], index: int) -> dict[str, Any]:
-    """A ``task_update`` push for a task view (as :func:`service.task_view` makes it)."""
+    """A ``task_update`` push for a task view (as :func:`views.task_view` makes it)."""
     return {"type": "task_update", "task_id": view.get("task_id"), "status": view.get("status"),
             "worker_id": view.get("worker_id"), "timestamp": now_iso(), "index": index, "task": view}
 
@@ -71,3 +74,85 @@ def refuse_channel(channel: Any) -> dict[str, str]:
                            f"channels: {', '.join(PUBLISHED_CHANNELS)}"}
     return {"code": "invalid_channel", "message": f"channel must be one of {', '.join(PUBLISHED_CHANNELS)}, "
                                                   f"got {channel!r}"}
+
+
+class Subscriber:
+    """A ``/ws`` client subscribed to push channels.
+
+    A slow reader loses updates rather than stalling the coordinator; ``missed`` counts the ones it has
+    not been told about yet, and its sender tells it (``missed_updates``) as soon as the queue has room,
+    so it resyncs instead of showing stale rows. ``dropped`` is the running total (for /metrics).
+    """
+
+    def __init__(self, send: trio.MemorySendChannel[dict[str, Any]]) -> None:
+        self.send = send
+        self.channels: dict[str, dict[str, Any]] = {}
+        self.dropped = 0
+        self.missed = 0
+
+    def push(self, message: dict[str, Any]) -> None:
+        try:
+            self.send.send_nowait(message)
+        except trio.WouldBlock:
+            self.dropped += 1
+            self.missed += 1
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    def take_missed_notice(self) -> dict[str, Any] | None:
+        """The ``missed_updates`` notice owed to this subscriber (once), or None."""
+        if not self.missed:
+            return None
+        notice = missed_updates(self.missed, sorted(self.channels))
+        self.missed = 0
+        return notice
+
+
+def matches(filter_: dict[str, Any], doc: dict[str, Any]) -> bool:
+    """A subscription filter (field -> value or list of values) against a document."""
+    for key, wanted in filter_.items():
+        value = doc.get(key)
+        if isinstance(wanted, list):
+            if value not in wanted:
+                return False
+        elif value != wanted:
+            return False
+    return True
+
+
+class Hub:
+    """This node's subscribers and the one way to push to them (true while anyone listens)."""
+
+    def __init__(self) -> None:
+        self.subscribers: set[Subscriber] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self.subscribers)
+
+    def add(self, sub: Subscriber) -> None:
+        self.subscribers.add(sub)
+
+    def discard(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+
+    def dropped_total(self) -> int:
+        """Updates dropped for slow readers among the current subscribers (for /metrics)."""
+        return sum(sub.dropped for sub in self.subscribers)
+
+    def publish(self, channel: str, message: dict[str, Any] | Callable[[], dict[str, Any]],
+                doc: dict[str, Any]) -> None:
+        """Push to matching subscribers; a callable message is built once, only if someone wants it."""
+        built: dict[str, Any] | None = None
+        for sub in self.subscribers:
+            filter_ = sub.channels.get(channel)
+            if filter_ is not None and matches(filter_, doc):
+                if built is None:
+                    built = message() if callable(message) else message
+                sub.push(built)
+
+    def close_all(self, error: dict[str, Any]) -> None:
+        """Tell every subscriber why (an ``error`` push) and close them (this node stopped leading)."""
+        for sub in list(self.subscribers):
+            sub.push({"type": "error", "error": error})
+            sub.send.close()
+        self.subscribers.clear()

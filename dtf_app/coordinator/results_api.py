@@ -34,7 +34,7 @@ _STAT_SUFFIXES = {"mean": "mean", "median": "p50", "std": "stddev", "p95": "p95"
 
 def register(app: QuartTrio, coord: Coordinator) -> None:
     """Add the routes to the app (one call in api.create_app)."""
-    from dtf_app.coordinator.api import ApiError, json_response, requires
+    from dtf_app.coordinator.http import ApiError, json_response, requires
 
     @app.get("/api/results/regressions")
     @requires("read")
@@ -63,7 +63,7 @@ def register(app: QuartTrio, coord: Coordinator) -> None:
 
 
 def _register_report(app: QuartTrio, coord: Coordinator) -> None:
-    from dtf_app.coordinator.api import ApiError, json_response, requires
+    from dtf_app.coordinator.http import ApiError, json_response, requires
 
     @app.get("/api/report")
     @requires("read")

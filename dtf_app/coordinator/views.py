@@ -1,4 +1,8 @@
-"""The source design's Worker model fields on top of DTF's worker view (sources' api-shapes.md).
+"""Views: the task, worker and status documents the API, pushes and dashboard show.
+
+They are read-only projections of the replicated state plus this node's connection data; nothing here
+changes state. On top of DTF's own worker view come the source design's Worker model fields
+(sources' api-shapes.md):
 
 ``Worker {worker_id, status: online|offline|busy|error, hardware_id, capabilities, last_seen,
 current_task, performance_metrics, health_status, metadata}``: DTF's own view already has the
@@ -15,9 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
-from dtf_app import health
+from dtf_app import __version__, health
+
+if TYPE_CHECKING:
+    from dtf_app.coordinator.service import Coordinator
 
 WORKER_STATUSES = ("online", "busy", "error", "offline")
 ERROR_METRICS = frozenset({"memory_percent", "disk_percent"})
@@ -74,3 +82,58 @@ def add_source_fields(view: dict[str, Any], worker: dict[str, Any]) -> None:
             view["status"] = "error"
         elif capacity and view.get("running", 0) >= capacity:
             view["status"] = "busy"
+
+
+def iso(ts: float | None) -> str | None:
+    """Unix seconds -> ISO 8601 UTC (the API's time format)."""
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int((ts % 1) * 1000):03d}Z"
+
+
+def task_view(task: dict[str, Any]) -> dict[str, Any]:
+    """A task as the API shows it."""
+    view = {k: v for k, v in task.items() if k != "seq"}
+    for key in ("create_time", "start_time", "end_time"):
+        view[key] = iso(task.get(key))
+    return view
+
+
+def worker_view(coord: Coordinator, worker_id: str) -> dict[str, Any] | None:
+    """A worker as the API shows it: the replicated document plus this node's connection data."""
+    worker = coord.state.workers.get(worker_id)
+    if worker is None:
+        return None
+    conn = coord.conns.get(worker_id)
+    running = len(worker.get("assigned") or {})
+    capacity = int(worker.get("max_concurrent_tasks") or 1)
+    view = {k: v for k, v in worker.items() if k != "assigned"}
+    connected = conn is not None and not conn.closed
+    view.update(
+        status="online" if connected else "offline", connected=connected,
+        running=running, free_slots=max(0, capacity - running),
+        health=conn.health if conn is not None else {},
+        registration_time=iso(worker.get("registration_time")),
+        last_heartbeat=iso(worker.get("last_heartbeat")),
+        enrolled=worker_id in coord.state.enrolments,  # bound to a credential (dtf workers forget frees it)
+    )
+    if conn is not None:
+        view["last_heartbeat"] = iso(time.time() - (time.monotonic() - conn.last_seen))
+    add_source_fields(view, worker)
+    return view
+
+
+def status(coord: Coordinator) -> dict[str, Any]:
+    """``GET /api/status``: this node's role in the cluster, task counts, workers, queue depth."""
+    online = sum(1 for c in coord.conns.values() if not c.closed)
+    rep = coord.replicator
+    return {
+        "node_id": coord.node_id, "role": rep.role, "leader_id": coord.leader_id,
+        "leader_url": coord.leader_url, "term": rep.term,
+        "commit_index": rep.commit_index, "applied_index": coord.state.applied_index,
+        "url": coord.url, "version": __version__, "uptime_seconds": round(time.time() - coord.started_at, 3),
+        "tasks": coord.state.task_counts(),
+        "workers": {"online": online, "offline": len(coord.state.workers) - online,
+                    "total": len(coord.state.workers)},
+        "queue_depth": len(coord.queue),
+    }

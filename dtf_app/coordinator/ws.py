@@ -17,7 +17,10 @@ from dtf_app import jsonsafe
 from dtf_app import protocol as proto
 from dtf_app.coordinator import frames, pubsub
 from dtf_app.coordinator.enrolment import CredentialRefused, credential_from_headers
-from dtf_app.coordinator.service import Coordinator, Subscriber
+from dtf_app.coordinator.pubsub import Subscriber
+from dtf_app.coordinator.service import Coordinator
+from dtf_app.coordinator.views import status as status_view
+from dtf_app.security import keys as keymod
 from dtf_app.security.keys import Principal
 
 log = logging.getLogger("dtf.ws")
@@ -29,6 +32,17 @@ CLOSE_PROTOCOL = 4400
 # A follower sends websocket clients to the leader (websocket clients do not follow an HTTP 307).
 CLOSE_NOT_LEADER = 4307
 WORKER_QUEUE = 100_000
+
+
+def ws_principal(coord: Coordinator, permission: str) -> tuple[Principal | None, str | None]:
+    """Authenticate a websocket upgrade: (principal, None) or (None, why not)."""
+    key = keymod.key_from_headers(websocket.headers)
+    principal = keymod.authenticate(key, coord.state.api_keys) if key else None
+    if principal is None:
+        return None, "unauthorized: a valid API key is required (X-API-Key header)"
+    if not principal.can(permission):
+        return None, f"forbidden: role {principal.role!r} may not use this socket"
+    return principal, None
 
 
 async def _receive() -> str | bytes:
@@ -45,8 +59,6 @@ async def _reject(code: str, message: str, close_code: int) -> None:
 
 async def _authorized(coord: Coordinator, permission: str) -> Principal | None:
     """Check the upgrade's API key; on failure answer with an error frame and close 4401/4403."""
-    from dtf_app.coordinator.api import ws_principal
-
     principal, why = ws_principal(coord, permission)
     if principal is not None:
         return principal
@@ -123,7 +135,7 @@ async def worker_socket() -> None:
         return
     send, receive = trio.open_memory_channel[dict[str, Any]](WORKER_QUEUE)
     try:
-        conn = await coord.worker_hello(hello, send, credential=credential_from_headers(websocket.headers),
+        conn = await coord.intake.hello(hello, send, credential=credential_from_headers(websocket.headers),
                                         key_name=principal.name)
     except CredentialRefused as exc:
         log.warning("refused a hello as worker %.100r: %s", hello["worker_id"], exc)
@@ -155,12 +167,12 @@ async def worker_socket() -> None:
                     log.warning("worker %s sent a malformed frame; ignored: %s", conn.worker_id, problem[:200])
                     conn.push({"type": proto.ERROR, "code": "bad_frame", "message": f"frame ignored: {problem[:500]}"})
                     continue
-                coord.worker_message(conn, message)
+                coord.intake.message(conn, message)
         if conn.close_code:  # the coordinator ended it (enrolment revoked): say why in the close frame
             await websocket.close(conn.close_code, _close_reason(f"{proto.CREDENTIAL_REFUSED}: {conn.close_reason}"))
     finally:
         if coord.conns.get(conn.worker_id) is conn:
-            coord.worker_gone(conn)
+            coord.intake.gone(conn)
         send.close()
 
 
@@ -193,7 +205,7 @@ async def client_socket() -> None:
     send, receive = trio.open_memory_channel[dict[str, Any]](
         coord.settings.subscriber_buffer)
     sub = Subscriber(send)
-    coord.subscribers.add(sub)
+    coord.hub.add(sub)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_subscriber_sender, sub, receive, nursery.cancel_scope)
@@ -215,7 +227,7 @@ async def client_socket() -> None:
                     continue
                 sub.push(_client_request(coord, sub, message, pubsub.PUBLISHED_CHANNELS))
     finally:
-        coord.subscribers.discard(sub)
+        coord.hub.discard(sub)
         send.close()
 
 
@@ -238,34 +250,34 @@ def _client_request(coord: Coordinator, sub: Subscriber, message: dict[str, Any]
         sub.channels.pop(str(message.get("channel")), None)
         return _response("unsubscribe", request_id, status="ok", channel=message.get("channel"))
     if kind in ("get_cluster_status", "get_status"):
-        from dtf_app.coordinator import cluster as views
+        from dtf_app.coordinator import cluster as cluster_views
 
-        doc = views.status(coord, coord.monitor)
+        doc = cluster_views.status(coord, coord.monitor)
         return _response("cluster_status", request_id, leader_id=doc["leader_id"], current_term=doc["term"],
                          nodes=[{"node_id": n["node_id"], "state": n["state"], "term": n["term"],
                                  "last_heartbeat": n["last_heartbeat"], "uptime_seconds": n["uptime_seconds"]}
                                 for n in doc["nodes"]],
-                         quorum_size=doc["quorum_size"], cluster_health=doc["cluster_health"], status=coord.status())
+                         quorum_size=doc["quorum_size"], cluster_health=doc["cluster_health"], status=status_view(coord))
     if kind == "get_leader_info":
-        from dtf_app.coordinator import cluster as views
+        from dtf_app.coordinator import cluster as cluster_views
 
-        info = views.leader_info(coord)
+        info = cluster_views.leader_info(coord)
         uptime = time.time() - coord.leader_since if coord.is_leader and coord.leader_since else None
         return _response("leader_info", request_id, leader_id=info["leader_id"], current_term=info["term"],
                          term=info["term"], url=info["url"], term_start_time=info["term_start_time"],
                          uptime_seconds=round(uptime, 3) if uptime is not None else None,
-                         leadership_history=views.leader_history(coord))
+                         leadership_history=cluster_views.leader_history(coord))
     if kind == "get_cluster_health":
-        from dtf_app.coordinator import cluster as views
+        from dtf_app.coordinator import cluster as cluster_views
 
-        nodes = views.health_nodes(coord, coord.monitor)
+        nodes = cluster_views.health_nodes(coord, coord.monitor)
         wanted = message.get("metrics")
         if isinstance(wanted, list) and all(isinstance(m, str) for m in wanted):
             # The sources' request names metrics ("cpu", "memory", "disk"): keep those (and status).
             keep = {f"{m}_usage" for m in wanted} | set(wanted) | {"status", "last_contact_seconds"}
             nodes = [{**n, "health": {k: v for k, v in n["health"].items() if k in keep}} for n in nodes]
         return _response("cluster_health", request_id, nodes=nodes,
-                         cluster_health=views.health(coord, coord.monitor)["cluster_health"])
+                         cluster_health=cluster_views.health(coord, coord.monitor)["cluster_health"])
     return {"type": "error", "request_id": request_id,
             "error": {"code": "unknown_type", "message": f"unknown message type {repr(kind)[:100]}; known: subscribe, "
                       "unsubscribe, get_cluster_status, get_cluster_health, get_leader_info, "

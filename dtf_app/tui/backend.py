@@ -84,7 +84,7 @@ class EmbeddedBackend(Backend):
 
     async def start(self, host: TrioHost, sink: Callable[[LiveEvent], None]) -> None:
         from dtf_app.config import Settings
-        from dtf_app.coordinator.service import serve_coordinator
+        from dtf_app.coordinator.server import serve_coordinator
 
         settings = Settings(mode="coordinator", host="127.0.0.1", port=0, data_dir=str(self.data_dir))
 

@@ -32,6 +32,7 @@ import trio
 
 from dtf_app import protocol
 from dtf_app.config import Settings
+from dtf_app.worker.errors import WorkerError
 from dtf_app.worker.identity import claim_worker_id, credential_path, load_credential, store_credential
 from dtf_app.worker.outbox import Outbox, OutboxError, OutboxKey
 
@@ -58,18 +59,6 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 AUTH_CLOSE_CODES = frozenset({4401, 4403})
 AUTH_ERROR_CODES = frozenset({"unauthorized", "forbidden"})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-
-
-class WorkerError(Exception):
-    """The worker cannot go on; ``exit_code`` is what ``dtf --mode worker`` exits with.
-
-    3: the coordinator cannot be reached; 4: the coordinator refused the API key or this worker's
-    credential (enrolment, see dtf_app/protocol.py); 2: bad settings.
-    """
-
-    def __init__(self, message: str, *, exit_code: int = 3) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass

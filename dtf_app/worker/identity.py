@@ -13,6 +13,7 @@ from typing import Any
 
 from dtf_app import fsutil
 from dtf_app.config import Settings
+from dtf_app.worker.errors import WorkerError
 
 logger = logging.getLogger("dtf.worker")
 
@@ -35,7 +36,6 @@ def claim_worker_id(settings: Settings) -> tuple[str, Any]:
         lock = open(data_dir / "worker-id.lock", "a+")  # held open: the lock lives as long as the worker
         fsutil.private_file(data_dir / "worker-id.lock")
     except OSError as exc:
-        from dtf_app.worker.agent import WorkerError  # agent imports this module: import at use
 
         raise WorkerError(f"cannot use data dir {data_dir}: {exc}", exit_code=2) from exc
     hostname = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname().split(".")[0].lower()) or "worker"
@@ -54,7 +54,6 @@ def claim_worker_id(settings: Settings) -> tuple[str, Any]:
             handle.write(fresh + "\n")
     except OSError as exc:
         lock.close()
-        from dtf_app.worker.agent import WorkerError
 
         raise WorkerError(f"cannot keep the worker id in {id_file}: {exc}", exit_code=2) from exc
     return fresh, lock
@@ -100,7 +99,6 @@ def load_credential(path: Path) -> str:
                 path.chmod(0o600)  # a secret: never readable by others, whoever copied it here
             credential = path.read_text().strip()
             if len(credential) < 32 or not credential.isascii() or not credential.isprintable():
-                from dtf_app.worker.agent import WorkerError
 
                 raise WorkerError(f"the worker credential in {path} is damaged; remove the file, and ask an admin "
                                   "to run `dtf workers forget <id>` if the id was enrolled with it", exit_code=2)
@@ -109,7 +107,6 @@ def load_credential(path: Path) -> str:
         store_credential(path, credential)
         return credential
     except OSError as exc:
-        from dtf_app.worker.agent import WorkerError
 
         raise WorkerError(f"cannot keep the worker credential in {path}: {exc}", exit_code=2) from exc
 

@@ -12,8 +12,9 @@ import trio
 
 from dtf_app import protocol as proto
 from dtf_app.config import Settings
-from dtf_app.coordinator import bulk, scheduler, service, tasklogs
-from dtf_app.coordinator.service import Coordinator, WorkerConn
+from dtf_app.coordinator import bulk, scheduler, tasklogs
+from dtf_app.coordinator.intake import WorkerConn
+from dtf_app.coordinator.service import Coordinator
 
 
 def test_dependency_order_moves_only_what_must_move() -> None:
@@ -106,7 +107,7 @@ async def test_liveness_does_not_count_a_stalled_loop_against_workers(tmp_path: 
 
     coord.propose = propose  # type: ignore[method-assign]
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(coord.liveness_loop)
+        nursery.start_soon(coord.duties.liveness_loop)
         await trio.sleep(0.3)
         conn.last_seen = time.monotonic()
         time.sleep(4.0)  # the whole process stalls (as a huge batch once did); no heartbeat is read
@@ -134,4 +135,3 @@ def test_task_logs_bounds_per_task_and_per_worker(monkeypatch: pytest.MonkeyPatc
     assert logs.total_bytes() <= tasklogs.LOG_WORKER_MAX_BYTES
     assert logs.pop("t") is not None and logs.pop("u") is not None
     assert logs.total_bytes() == 0 and len(logs) == 0
-    assert service.tasklogs is tasklogs

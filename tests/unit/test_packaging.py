@@ -219,9 +219,9 @@ def test_kubernetes_manifests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert settings.node_id == "dtf-ha-coordinator-0" and settings.high_availability["enabled"] is True
     check_high_availability(settings, sources)
     assert settings.peers_include_self
-    from dtf_app.coordinator.service import resolve_cluster
+    from dtf_app.cluster import from_settings
 
-    spec = resolve_cluster(settings)
+    spec = from_settings(settings)
     assert spec.self_id == "dtf-ha-coordinator-0" and len(spec.members) == 3 and spec.quorum == 2
 
 

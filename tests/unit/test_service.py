@@ -1,24 +1,26 @@
-"""Coordinator service helpers that need no sockets: prefetch depth, outcome sanitising, views."""
+"""Coordinator pieces that need no sockets: prefetch depth (leader.py), outcome sanitising (intake.py), views."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from dtf_app.config import Settings
-from dtf_app.coordinator import service
-from dtf_app.coordinator.service import Coordinator, clean_outcome, iso
+from dtf_app.coordinator import leader
+from dtf_app.coordinator.intake import clean_outcome
+from dtf_app.coordinator.service import Coordinator
+from dtf_app.coordinator.views import iso
 
 
 def test_prefetch_deepens_only_while_tasks_are_short(tmp_path: Path) -> None:
     coord = Coordinator(Settings(data_dir=str(tmp_path)))
-    assert coord.prefetch_per_slot() == service.PREFETCH_PER_SLOT  # nothing known yet: stay shallow
+    assert coord.duties.prefetch_per_slot() == leader.PREFETCH_PER_SLOT  # nothing known yet: stay shallow
     for _ in range(30):
-        coord._note_run_time({"start_time": 10.0, "end_time": 10.001})
-    assert coord.prefetch_per_slot() == service.PREFETCH_PER_SLOT_SHORT
+        coord.duties.note_run_time({"start_time": 10.0, "end_time": 10.001})
+    assert coord.duties.prefetch_per_slot() == leader.PREFETCH_PER_SLOT_SHORT
     for _ in range(30):
-        coord._note_run_time({"start_time": 10.0, "end_time": 14.0})
-    assert coord.prefetch_per_slot() == service.PREFETCH_PER_SLOT
-    coord._note_run_time({"start_time": None, "end_time": 1.0})  # ignored, no crash
+        coord.duties.note_run_time({"start_time": 10.0, "end_time": 14.0})
+    assert coord.duties.prefetch_per_slot() == leader.PREFETCH_PER_SLOT
+    coord.duties.note_run_time({"start_time": None, "end_time": 1.0})  # ignored, no crash
 
 
 def test_clean_outcome_rejects_and_repairs() -> None:
