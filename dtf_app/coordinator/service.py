@@ -428,6 +428,11 @@ class Coordinator:
             conn = self.conns.get(result["worker_id"])
             if conn is not None and result.get("status") == "cancelled":
                 conn.push({"type": proto.CANCEL, "task_id": result["task_id"], "attempt": result["attempts"]})
+        # -- orchestrator (issue 11): cascaded cancel frames, orchestrated_task_update pushes
+        from dtf_app.coordinator import orchestrator
+
+        orchestrator.after_apply(self, index, command, result, events)
+        # -- end orchestrator
         self._dispatch_wakeup.set()
 
     def _apply_enabled(self, enabled: bool) -> None:
