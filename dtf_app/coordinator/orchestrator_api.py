@@ -33,8 +33,13 @@ class OrchestrateRefused(Exception):
 async def orchestrate(coord: Coordinator, body: Any, *, allow_unschedulable: bool = False) -> dict[str, Any]:
     """Plan and commit an orchestrated task; returns its view. Raises OrchestrateRefused."""
     settings = coord.settings
+    if not settings.orchestrator_enabled:
+        raise OrchestrateRefused(403, "orchestrator_disabled", "orchestration is switched off on this cluster "
+                                 "(multi_device_orchestrator.enabled = false); submit tasks with POST /api/tasks")
+    retries = settings.max_retries if settings.subtask_max_retries is None else settings.subtask_max_retries
     try:
-        parsed = orchestrator.parse_request(body, default_max_retries=settings.max_retries)
+        parsed = orchestrator.parse_request(body, default_max_retries=retries, default_timeout=settings.subtask_timeout,
+                                            default_priority=settings.subtask_priority)
         allow_unschedulable = allow_unschedulable or bool(body.get("allow_unschedulable"))
         connected = [wid for wid, conn in coord.conns.items() if not conn.closed]
         workers = orchestrator.available_workers(coord.state.workers, connected)
