@@ -124,14 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
                "elsewhere. Examples:\n"
                "  dtf submit --task-file assets/tasks/demo.json --wait\n"
                "  dtf submit --generate benchmark --model bert --batch-sizes 1,2,4 --precision fp16,fp32\n"
+               "  dtf submit --generate test --model bert-tiny,whisper-tiny --output-dir gen-tests --wait\n"
                "  dtf submit --type test --test-file tests/ --test-args=\"-x -q\" --wait\n"
                "  dtf submit --type custom --wait -- python3 -c \"print('hi')\"")
     source = submit.add_mutually_exclusive_group(required=True)
     source.add_argument("--task-file", metavar="F", help="JSON task file")
-    source.add_argument("--generate", choices=("benchmark",), help="generate tasks from a template")
+    source.add_argument("--generate", choices=("benchmark", "test"),
+                        help="generate tasks from the templates in assets/templates for --model: benchmark "
+                             "(one per model x precision) or test (a pytest file per model family)")
     source.add_argument("--type", choices=("test", "custom", "benchmark"), dest="task_type",
                         help="build one task of this type from the options below")
-    submit.add_argument("--model", help="model family (or several, comma-separated) for --generate benchmark")
+    submit.add_argument("--model", help="model name(s), comma-separated, for --generate (bert, t5-small, "
+                                        "openai/whisper-tiny, ...: the family is detected from the name)")
+    submit.add_argument("--output-dir", default="dtf-generated-tests", metavar="D",
+                        help="--generate test: where the generated pytest files go (default ./dtf-generated-tests; "
+                             "workers must see this path)")
     submit.add_argument("--batch-sizes", default="1,2,4", help="comma-separated batch sizes (default 1,2,4)")
     submit.add_argument("--precision", default="fp32", help="comma-separated: fp32,fp16,bf16,int8 (default fp32)")
     submit.add_argument("--iterations", type=int, help="benchmark iterations per configuration")
@@ -461,7 +468,7 @@ def build_submission(args: argparse.Namespace) -> list[dict]:
     import json
     import shlex
 
-    from dtf_app.client import check_task, generate_benchmark_tasks, load_task_file
+    from dtf_app.client import check_task, generate_benchmark_tasks, generate_test_tasks, load_task_file
 
     command = list(args.command_argv or [])
     if command and command[0] == "--":
@@ -471,7 +478,13 @@ def build_submission(args: argparse.Namespace) -> list[dict]:
     elif args.generate == "benchmark":
         if not args.model:
             raise UsageError("--generate benchmark needs --model (e.g. --model bert)")
-        tasks = generate_benchmark_tasks(args.model, args.batch_sizes, args.precision, iterations=args.iterations)
+        tasks = generate_benchmark_tasks(args.model, args.batch_sizes, args.precision, iterations=args.iterations,
+                                         priority=args.priority, hardware=_split(args.hardware))
+    elif args.generate == "test":
+        if not args.model:
+            raise UsageError("--generate test needs --model (e.g. --model bert-tiny,whisper-tiny)")
+        tasks = generate_test_tasks(args.model, args.output_dir, priority=args.priority,
+                                    hardware=_split(args.hardware))
     elif args.task_type == "test":
         if not args.test_file:
             raise UsageError("--type test needs --test-file PATH (a pytest file, directory or node id)")
@@ -542,7 +555,13 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             while True:
                 round_no += 1
                 started = time.monotonic()
-                code = _submit_round(client, tasks, args, round_no if args.periodic else None)
+                # Generated tasks depend on each other by id: every round gets fresh ids (generate.new_ids).
+                batch = tasks
+                if any((t.get("metadata") or {}).get("generated") for t in tasks):
+                    from dtf_app.generate import new_ids
+
+                    batch = new_ids(tasks)
+                code = _submit_round(client, batch, args, round_no if args.periodic else None)
                 worst = max(worst, code)
                 if args.periodic is None:
                     return code

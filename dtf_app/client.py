@@ -421,14 +421,19 @@ def split_list(text: str, what: str) -> list[str]:
 
 
 def generate_benchmark_tasks(model: str, batch_sizes: str | Sequence[int], precisions: str | Sequence[str], *,
-                             iterations: int | None = None, priority: int | None = None) -> list[dict]:
-    """One benchmark task per (model x precision), each over all batch sizes."""
+                             iterations: int | None = None, priority: int | None = None,
+                             hardware: Sequence[str] | None = None) -> list[dict]:
+    """One benchmark task per (model x precision), each over all batch sizes, from the benchmark template
+    (dtf_app/generate.py: family detection, memory estimate in the requirements, priority and dependency
+    ordering)."""
+    from dtf_app import generate
+
     models = split_list(model, "--model") if isinstance(model, str) else list(model)
     for name in models:
-        family = name.lower().split("-")[0].split("/")[-1]
-        if family not in MODEL_FAMILIES:
-            raise TaskFileError(f"--model {name!r} is not a known model family; choose from "
-                                f"{', '.join(MODEL_FAMILIES)}")
+        try:
+            generate.detect_family(name)
+        except generate.GenerationError as exc:
+            raise TaskFileError(str(exc)) from None
     sizes_text = split_list(batch_sizes, "--batch-sizes") if isinstance(batch_sizes, str) else batch_sizes
     sizes = []
     for size in sizes_text:
@@ -444,17 +449,23 @@ def generate_benchmark_tasks(model: str, batch_sizes: str | Sequence[int], preci
     for prec in precs:
         if prec not in PRECISIONS:
             raise TaskFileError(f"--precision {prec!r} is not supported; choose from {', '.join(PRECISIONS)}")
-    tasks = []
-    for name in models:
-        for prec in precs:
-            config: dict[str, Any] = {"model": name, "batch_sizes": sizes, "precision": prec}
-            if iterations is not None:
-                config["iterations"] = iterations
-            task: dict[str, Any] = {"type": "benchmark", "name": f"{name}-{prec}", "config": config}
-            if priority is not None:
-                task["priority"] = priority
-            tasks.append(task)
-    return tasks
+    try:
+        return generate.benchmark_tasks(models, sizes, precs, iterations=iterations, priority=priority,
+                                        hardware=hardware)
+    except generate.GenerationError as exc:
+        raise TaskFileError(str(exc)) from None
+
+
+def generate_test_tasks(model: str, output_dir: str, *, priority: int | None = None,
+                        hardware: Sequence[str] | None = None) -> list[dict]:
+    """``--generate test``: one pytest file per model family written to ``output_dir``, one test task each."""
+    from dtf_app import generate
+
+    models = split_list(model, "--model")
+    try:
+        return generate.test_tasks(models, output_dir, priority=priority, hardware=hardware)
+    except generate.GenerationError as exc:
+        raise TaskFileError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------- waiting

@@ -58,6 +58,15 @@ class Settings:
     """Coordinator: snapshot the state (and restart the command log) after this many log entries."""
     subscriber_buffer: int = 10_000
     """Coordinator: pushes queued per ``/ws`` subscriber; beyond that a slow reader is told it missed some."""
+    orchestrator_enabled: bool = True
+    """Coordinator: accept orchestrated tasks (``POST /api/orchestrate``; multi_device_orchestrator.enabled)."""
+    subtask_timeout: float | None = None
+    """Coordinator: timeout_seconds of a subtask whose task_data gives none (multi_device_orchestrator)."""
+    subtask_priority: int | None = None
+    """Coordinator: priority of a subtask whose request gives none (multi_device_orchestrator.default_priority)."""
+    subtask_max_retries: int | None = None
+    """Coordinator: max_retries of a subtask whose task_data gives none (multi_device_orchestrator.retry_limit;
+    0 when retry_failed_subtasks is false); default max_retries."""
     token_expiry: int = 3600
     """Lifetime of a JWT in seconds (``security.token_expiry`` in the deployment guide's JSON)."""
     advertise_url: str | None = None
@@ -133,6 +142,8 @@ _KINDS: dict[str, str] = {
     "hardware_id": "optstr", "task_timeout": "optfloat", "workers_port": "optint", "high_availability": "ha",
     "pid_file": "optstr",
     "subscriber_buffer": "int",
+    "orchestrator_enabled": "bool", "subtask_timeout": "optfloat", "subtask_priority": "optint",
+    "subtask_max_retries": "optint",
     "test_python": "optstr",
 }
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Settings) if not f.metadata.get("internal"))
@@ -348,6 +359,7 @@ def _section(section: str, value: Any, where: str, notices: list[tuple[str, str]
         raise ConfigError(f"{where}: key {section!r} must be a table/object, got {type(value).__name__}")
     out: dict[str, Any] = {}
     ignored: dict[str, list[str]] = {}
+    no_subtask_retries = False
     for key, item in value.items():
         dotted = f"{section}.{key}"
         if key not in spec:
@@ -379,8 +391,15 @@ def _section(section: str, value: Any, where: str, notices: list[tuple[str, str]
             notices.append(("warning", f"{where}: {dotted} ignored: there is no web dashboard in this build; "
                                        "the terminal dashboard (dtf dash) uses the API port"))
             continue
+        if target == sources_table.RETRY_SUBTASKS:
+            if not isinstance(item, bool):
+                raise ConfigError(f"{where}: {dotted} must be true or false, got {item!r}")
+            no_subtask_retries = not item
+            continue
         out[target] = _coerce(target, _expand(item, f"{where}: key {dotted!r}", env, defer=True),
                               f"{where}: key {dotted!r}", parse=False)
+    if no_subtask_retries:
+        out["subtask_max_retries"] = 0  # retry_failed_subtasks = false: a failed subtask is not run again
     for reason, keys in ignored.items():
         notices.append(("warning", f"{where}: {', '.join(keys)} ignored: {reason}"))
     return out
@@ -582,6 +601,12 @@ def validate(settings: Settings, sources: Mapping[str, str] | None = None) -> No
     minimums = {"max_concurrent_tasks": 1, "batch_size": 1, "max_retries": 0, "reconnect_attempts": 0,
                 "token_expiry": 1, "snapshot_every": 1, "heartbeat_ms": 1, "election_timeout_ms": 2,
                 "subscriber_buffer": 1}
+    for name, low, high, accepted in (("subtask_timeout", 1e-9, 7 * 24 * 3600, "above 0 and at most 604800"),
+                                      ("subtask_priority", 0, 100, "from 0 to 100"),
+                                      ("subtask_max_retries", 0, 100, "from 0 to 100")):
+        value = getattr(settings, name)
+        if value is not None and not low <= value <= high:
+            raise ConfigError(f"{origin(name)}: {name} must be {accepted}, got {value}")
     for name, minimum in minimums.items():
         if getattr(settings, name) < minimum:
             raise ConfigError(f"{origin(name)}: {name} must be at least {minimum}, got {getattr(settings, name)}")

@@ -29,6 +29,7 @@ DATABASE_TYPE = "<database.type>"
 SECURITY_SWITCH = "<security switch>"
 AUTO_RECOVERY = "<auto_recovery>"
 FOLDED_PORT = "<folded port>"
+RETRY_SUBTASKS = "<retry_failed_subtasks>"
 
 _PG = Ignored("only used by a PostgreSQL server; DTF keeps everything in one DuckDB file "
               "(database.path, default <data-dir>/dtf.duckdb)")
@@ -54,8 +55,13 @@ SECTIONS: dict[str, dict[str, str | Ignored] | Ignored] = {
                                                  "count; every acknowledged task is kept")},
     "dynamic_resource_management": Ignored("the scheduler reserves each task's requirements on the worker it "
                                            "picks; there is no separate scale-up/scale-down evaluator"),
-    "multi_device_orchestrator": Ignored("tasks are not split into subtasks in this build; submit one task "
-                                         "per device or shard"),
+    "multi_device_orchestrator": {
+        "enabled": "orchestrator_enabled", "subtask_timeout": "subtask_timeout",
+        "default_priority": "subtask_priority", "retry_limit": "subtask_max_retries",
+        "retry_failed_subtasks": RETRY_SUBTASKS,
+        "model_parallel_auto_splitting": Ignored("the orchestrator splits by data, function or hardware "
+                                                 "(data_parallel, function_parallel, hardware_parallel); there is "
+                                                 "no model-parallel strategy that would split a model itself")},
     "result_aggregator": Ignored("aggregates are computed on demand from DuckDB (dtf results --aggregate); "
                                  "there is no cache or look-back setting"),
     "health_monitor": Ignored("the coordinator checks each worker's heartbeats against worker_timeout "

@@ -446,6 +446,25 @@ def create_app(coord: Coordinator) -> QuartTrio:
     async def fail_task(task_id: str) -> Response:
         return await _http_outcome(task_id, "failed")
 
+    def _subtask(task_id: str) -> None:
+        task = coord.state.tasks.get(task_id)
+        if task is None or not task.get("parent_id"):
+            raise ApiError(404, "not_found", f"no subtask {task_id!r} (subtasks belong to an orchestrated task; "
+                                             "report other tasks at /api/tasks/{id}/complete|fail)")
+
+    @app.post("/api/subtasks/<task_id>/complete")
+    @requires("worker")
+    async def complete_subtask(task_id: str) -> Response:
+        """The source design's subtask report: a subtask is a task with a parent, reported like one."""
+        _subtask(task_id)
+        return await _http_outcome(task_id, "completed")
+
+    @app.post("/api/subtasks/<task_id>/fail")
+    @requires("worker")
+    async def fail_subtask(task_id: str) -> Response:
+        _subtask(task_id)
+        return await _http_outcome(task_id, "failed")
+
     @app.post("/api/health")
     @requires("worker")
     async def post_health() -> Response:
@@ -626,6 +645,9 @@ def create_app(coord: Coordinator) -> QuartTrio:
     from dtf_app.coordinator import results_api
 
     results_api.register(app, coord)  # regressions
+    from dtf_app.coordinator import orchestrator_api
+
+    orchestrator_api.register(app, coord)  # multi-device orchestration
     return app
 
 

@@ -108,6 +108,65 @@ _TASK_OUT = {"type": "object", "required": ["task_id", "status", "type"], "prope
 }}
 
 
+def _orchestration_paths(task_id: dict[str, Any], outcome: dict[str, Any],
+                         paging: list[dict[str, Any]]) -> dict[str, Any]:
+    """The orchestrator's routes (coordinator/orchestrator_api.py) and the subtask reports (api.py)."""
+    from dtf_app.coordinator import orchestrator
+
+    bench = _CONFIGS["benchmark"]["properties"]
+    task_level = _task_in("benchmark")["properties"]
+    flat = {"type": "object", "required": ["type"], "additionalProperties": False,
+            "description": "the source design's flat form of a benchmark: config keys beside the task's own; "
+                           "model_name (or model) names the model",
+            "oneOf": [{"required": ["model_name"], "not": {"required": ["model"]}},
+                      {"required": ["model"], "not": {"required": ["model_name"]}}],
+            "properties": {**{k: task_level[k] for k in orchestrator.FLAT_TASK_KEYS},
+                           **{k: bench[k] for k in orchestrator.FLAT_CONFIG_KEYS if k in bench},
+                           "model_name": bench["model"]}}
+    body = {"type": "object", "required": ["task_data"], "additionalProperties": False, "properties": {
+        "task_data": {"oneOf": [_TASK_REF, flat], "description": "the task to split: a task document (any type) "
+                      "or the flat benchmark form"},
+        "strategy": {"type": "string", "enum": list(orchestrator.STRATEGIES), "description": "default data_parallel"},
+        "subtask_count": {"type": ["integer", "null"], "minimum": 1, "maximum": orchestrator.MAX_SUBTASKS,
+                          "description": "data_parallel: shards to make (default: one per capable connected worker)"},
+        "task_id": {**_ID, "type": ["string", "null"], "description": "optional; subtasks are <task_id>-<n>"},
+        "name": {"type": ["string", "null"], "maxLength": 400},
+        "priority": {"type": "integer", "minimum": scheduler.PRIORITY_RANGE[0],
+                     "maximum": scheduler.PRIORITY_RANGE[1]},
+        "allow_unschedulable": {"type": "boolean"}}}
+    view = {"type": "object", "required": ["task_id", "status", "strategy", "completion_percentage", "subtasks"],
+            "properties": {"task_id": {"type": "string"},
+                           "status": {"type": "string", "enum": list(orchestrator.STATUSES)},
+                           "strategy": {"type": "string", "enum": list(orchestrator.STRATEGIES)},
+                           "completion_percentage": {"type": "integer", "minimum": 0, "maximum": 100},
+                           "subtasks": {"type": "array", "items": {"type": "object", "required": ["subtask_id"]}},
+                           "result": {"type": ["object", "null"]}}}
+    return {
+        "/api/orchestrate": {"post": _op(
+            "split a task into subtasks (data_parallel: batch sizes or test files; function_parallel: latency, "
+            "throughput, memory; hardware_parallel: one per hardware kind among connected workers), one durable "
+            "commit; 422 when it cannot be split that way or no worker can run a subtask", "201", body=body,
+            params=[_query("allow_unschedulable", {"type": "boolean"})], response=view)},
+        "/api/orchestrated_task/{task_id}": {"get": _op(
+            "an orchestrated task: status, completion_percentage, subtasks, merged result", params=[task_id],
+            response=view)},
+        "/api/orchestrated_tasks": {"get": _op("orchestrated tasks", params=[
+            _query("status", {"type": "string", "enum": list(orchestrator.STATUSES)}),
+            _query("strategy", {"type": "string", "enum": list(orchestrator.STRATEGIES)}), *paging])},
+        "/api/cancel_orchestrated_task": {"post": _op(
+            "cancel an orchestrated task and every unfinished subtask (409 if already finished)", body={
+                "type": "object", "required": ["task_id"], "properties": {
+                    "task_id": {"type": "string"}, "reason": {"type": "string", "maxLength": 1000}}},
+            response=view)},
+        "/api/subtasks/{task_id}/complete": {"post": _op(
+            "worker: report a subtask's result (as /api/tasks/{task_id}/complete; 404 for a task without a "
+            "parent)", params=[task_id, _credential(True)], body=outcome)},
+        "/api/subtasks/{task_id}/fail": {"post": _op(
+            "worker: report a subtask's failure (as /api/tasks/{task_id}/fail)", params=[task_id, _credential(True)],
+            body=outcome)},
+    }
+
+
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
@@ -361,6 +420,7 @@ def build_spec(version: str) -> dict[str, Any]:
             _query("batch_id", {"type": "string"})])},
         "/api/report": {"get": _op("everything dtf report draws")},
     })
+    paths.update(_orchestration_paths(task_id, outcome, paging))
     return {
         "openapi": "3.1.0",
         "info": {"title": "DTF API", "version": version, "description": (

@@ -7,9 +7,9 @@ carries ``index``: the command-log index whose application produced it. A client
 over HTTP (whose answer carries ``applied_index``) applies only pushes with ``index >= applied_index``
 to what it read, so an update that raced the read can never roll a row back.
 
-A channel is accepted only when something publishes on it: the orchestration channel is named here (so
-a client asking for it is told why not, rather than getting silence) and moves to ``PUBLISHED_CHANNELS``
-when that capability lands.
+A channel is accepted only when something publishes on it; a channel of the source design that nothing
+publishes yet would be named in ``PLANNED_CHANNELS`` (so a client asking for it is told why not, rather
+than getting silence) until that capability lands.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from typing import Any
 
 import trio
 
-PUBLISHED_CHANNELS: tuple[str, ...] = ("task_updates", "worker_updates", "cluster_status", "leadership_updates")
+PUBLISHED_CHANNELS: tuple[str, ...] = ("task_updates", "worker_updates", "orchestrated_task_updates",
+                                       "cluster_status", "leadership_updates")
 """Channels a ``subscribe`` is accepted for: each has a publisher behind it (cluster_status: the cluster
 monitor's ``cluster_status_update`` / ``cluster_health_update`` after each probe round; leadership_updates:
-``leadership_update`` on every change of leader this node sees)."""
+``leadership_update`` on every change of leader this node sees; orchestrated_task_updates:
+``orchestrated_task_update`` whenever an orchestrated task or one of its subtasks changes, orchestrator.py)."""
 
-PLANNED_CHANNELS: dict[str, str] = {
-    "orchestrated_task_updates": "multi-device orchestration",
-}
+PLANNED_CHANNELS: dict[str, str] = {}
 """Channels of the source design that nothing publishes yet, with the capability each waits for."""
 
 MISSED_UPDATES = "missed_updates"

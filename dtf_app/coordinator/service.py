@@ -223,6 +223,10 @@ class Coordinator:
             conn = self.conns.get(result["worker_id"])
             if conn is not None and result.get("status") == "cancelled":
                 conn.push({"type": proto.CANCEL, "task_id": result["task_id"], "attempt": result["attempts"]})
+        # Orchestrated tasks: cascaded cancel frames, orchestrated_task_update pushes.
+        from dtf_app.coordinator import orchestrator
+
+        orchestrator.after_apply(self, index, command, result, events)
         self.duties.wake()
 
     def _apply_enabled(self, enabled: bool) -> None:

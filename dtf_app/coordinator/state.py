@@ -22,6 +22,9 @@ Commands (``{"op": ..., "time": float, ...}``):
   takes back the worker's attempts as ``WorkersLost`` does
 - ``LeaderElected`` {node_id, term, reason} (a new leader's first command: replicated leadership history)
 - ``SetNodeEnabled`` {node_id, enabled} (an operator disables a coordinator: it hands over and stops campaigning)
+- ``Orchestrate`` {orchestration: parent record, tasks: [subtask docs with parent_id]} -> the parent and its
+  subtasks, atomically (orchestrator.py); ``CancelOrchestration`` {task_id, reason} -> the parent and every
+  unfinished subtask cancelled. A parent's status and merged result follow its subtasks in every apply.
 
 Outcomes are idempotent on (task_id, attempt): a late or duplicated report for an attempt that is no
 longer current is ignored, which is what makes recording exactly-once while execution is at-least-once.
@@ -32,7 +35,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from dtf_app.coordinator import scheduler
+from dtf_app.coordinator import orchestrator, scheduler
 
 # Keep what the state holds of a run's output bounded: the full document goes to DuckDB.
 MAX_OUTPUT_CHARS = 4000
@@ -62,6 +65,8 @@ class State:
         self.leaders: list[dict[str, Any]] = []
         # Coordinator nodes disabled by an operator (they stop campaigning).
         self.disabled_nodes: list[str] = []
+        # Orchestrated tasks (parent records; their subtasks are tasks with parent_id): orchestrator.py.
+        self.orchestrations: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ helpers
     def _set_status(self, task: TaskDoc, status: str) -> None:
@@ -121,6 +126,8 @@ class State:
                 # A malformed command must not stop the log (replay would stop at it forever). The same
                 # input fails the same way on every node, so skipping it keeps replicas identical.
                 result, events = {"error": f"{op} rejected: {type(exc).__name__}: {exc}"}, []
+        if self.orchestrations and events:
+            self._refresh_orchestrations(events, command.get("time"))
         if index:
             self.applied_index = index
         return result, events
@@ -410,6 +417,56 @@ class State:
     def _delete_api_key(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
         return self.api_keys.pop(cmd["name"], None), []
 
+    # ------------------------------------------------------------------ orchestration
+    def _orchestrate(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        record = dict(cmd["orchestration"])
+        parent_id = record["task_id"]
+        existing = self.orchestrations.get(parent_id)
+        if existing is not None:
+            # A retried proposal: answer with what the first one created.
+            return {"orchestration": existing, "tasks": [self.tasks[i] for i in existing["subtask_ids"]
+                                                         if i in self.tasks]}, []
+        if not isinstance(record.get("subtask_ids"), list) or not record["subtask_ids"]:
+            raise ValueError("an orchestration needs at least one subtask")
+        for doc in cmd["tasks"]:
+            if doc.get("parent_id") != parent_id:
+                raise ValueError(f"subtask {doc.get('task_id')!r} does not name parent {parent_id!r}")
+            if doc["task_id"] in self.tasks:
+                raise ValueError(f"subtask id {doc['task_id']!r} is taken")
+        record.update(status="in_progress", create_time=cmd["time"], end_time=None, completion_percentage=0,
+                      error=None, result=None)
+        self.orchestrations[parent_id] = record
+        created, events = self._submit_tasks({"time": cmd["time"], "tasks": cmd["tasks"]})
+        return {"orchestration": record, "tasks": created}, events
+
+    def _cancel_orchestration(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        parent = self.orchestrations.get(cmd["task_id"])
+        if parent is None or parent["status"] != "in_progress":
+            return {"orchestration": parent, "stopped": []}, []
+        reason = cmd.get("reason") or "orchestrated task cancelled"
+        parent["status"], parent["error"] = "cancelled", reason
+        events: Events = []
+        stopped: list[dict[str, Any]] = []
+        for task_id in parent["subtask_ids"]:
+            task = self.tasks.get(task_id)
+            if task is None or task["status"] in scheduler.TERMINAL_STATES:
+                continue
+            if task["status"] in ("assigned", "running") and task.get("worker_id"):
+                stopped.append({"task_id": task_id, "worker_id": task["worker_id"], "attempts": task["attempts"]})
+            events.extend(self._cancel_task({"task_id": task_id, "reason": reason, "time": cmd["time"]})[1])
+        if not events:  # nothing left to cancel: the parent's end still has to be recorded
+            orchestrator.refresh(parent, self.tasks, cmd["time"])
+        return {"orchestration": parent, "stopped": stopped}, events
+
+    def _refresh_orchestrations(self, events: Events, now: Any) -> None:
+        """Parents follow their subtasks: status, completion_percentage and, once all ended, the merged result."""
+        seen: set[str] = set()
+        for event in events:
+            parent_id = event["task"].get("parent_id") if event.get("kind") == "task" else None
+            if parent_id and parent_id not in seen and parent_id in self.orchestrations:
+                seen.add(parent_id)
+                orchestrator.refresh(self.orchestrations[parent_id], self.tasks, now or 0.0)
+
     # ------------------------------------------------------------------ events
     def _leader_elected(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
         previous = self.leaders[-1]["leader_id"] if self.leaders else None
@@ -465,7 +522,8 @@ class State:
         writes the tasks in slices and then these)."""
         return {"workers": self.workers, "api_keys": self.api_keys, "enrolments": self.enrolments,
                 "next_seq": self.next_seq, "applied_index": self.applied_index, "term": self.term,
-                "leaders": self.leaders, "disabled_nodes": self.disabled_nodes}
+                "leaders": self.leaders, "disabled_nodes": self.disabled_nodes,
+                "orchestrations": self.orchestrations}
 
     @classmethod
     def restore(cls, data: bytes) -> State:
@@ -480,6 +538,7 @@ class State:
         state.term = raw.get("term", 0)
         state.leaders = raw.get("leaders", [])
         state.disabled_nodes = raw.get("disabled_nodes", [])
+        state.orchestrations = raw.get("orchestrations", {})
         for task in raw["tasks"].values():
             state._add_task(task)
             for dep in task.get("dependencies") or []:
@@ -507,4 +566,6 @@ _HANDLERS = {
     "ForgetWorker": State._forget_worker,
     "LeaderElected": State._leader_elected,
     "SetNodeEnabled": State._set_node_enabled,
+    "Orchestrate": State._orchestrate,
+    "CancelOrchestration": State._cancel_orchestration,
 }

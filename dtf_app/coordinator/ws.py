@@ -199,7 +199,8 @@ def _response(kind: str, request_id: Any, **data: Any) -> dict[str, Any]:
 async def client_socket() -> None:
     """``WS /ws``: subscribe to task/worker updates and ask for status."""
     coord: Coordinator = g.coord
-    if not await _authorized(coord, "read") or await _refuse_if_follower(coord):
+    principal = await _authorized(coord, "read")
+    if not principal or await _refuse_if_follower(coord):
         return
     await websocket.accept()
     send, receive = trio.open_memory_channel[dict[str, Any]](
@@ -224,6 +225,11 @@ async def client_socket() -> None:
                     from dtf_app.coordinator.results_api import aggregated_results
 
                     sub.push(await aggregated_results(coord, message))
+                    continue
+                if message.get("type") == "orchestrate_task":  # commits through the log: async
+                    from dtf_app.coordinator.orchestrator_api import ws_orchestrate
+
+                    sub.push(await ws_orchestrate(coord, principal, message))
                     continue
                 sub.push(_client_request(coord, sub, message, pubsub.PUBLISHED_CHANNELS))
     finally:
@@ -281,4 +287,4 @@ def _client_request(coord: Coordinator, sub: Subscriber, message: dict[str, Any]
     return {"type": "error", "request_id": request_id,
             "error": {"code": "unknown_type", "message": f"unknown message type {repr(kind)[:100]}; known: subscribe, "
                       "unsubscribe, get_cluster_status, get_cluster_health, get_leader_info, "
-                      "get_aggregated_results"}}
+                      "get_aggregated_results, orchestrate_task"}}

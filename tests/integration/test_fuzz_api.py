@@ -79,7 +79,8 @@ def _config(cluster: Cluster, key: str, *, viewer: bool) -> SchemathesisConfig:
             # Acting as a worker needs the credential that worker id enrolled with (X-Worker-Credential);
             # a generated one is well-formed but not that one, and 403 credential_refused is the answer.
             "include-path": ["/api/health", "/api/workers/register", "/api/tasks/{task_id}/complete",
-                             "/api/tasks/{task_id}/fail"],
+                             "/api/tasks/{task_id}/fail", "/api/subtasks/{task_id}/complete",
+                             "/api/subtasks/{task_id}/fail"],
             "checks": {"positive_data_acceptance": {"expected-statuses": [*accepted, "403"]}},
         }],
         # A viewer reads exactly what an admin reads, and its writes are refused before the body is

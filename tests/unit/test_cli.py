@@ -180,6 +180,9 @@ def test_submit_options_apply_to_every_task() -> None:
     assert [t["name"] for t in tasks] == ["nightly-1", "nightly-2"]
     for task in tasks:
         assert task["priority"] == 7 and task["timeout_seconds"] == 90
+        # The generator's estimate (on the GPU: --hardware cuda) stays beside what the user asked for.
+        estimate = task["requirements"].pop("min_gpu_memory_gb")
+        assert 0 <= estimate - task["metadata"]["estimated_memory_gb"] < 0.11  # rounded up to 0.1 GB
         assert task["requirements"] == {"min_memory_gb": 8, "hardware": ["cuda"], "tags": ["lab"]}
 
 

@@ -112,9 +112,12 @@ def test_design_coordinator_yaml_with_jwt_secret(monkeypatch: pytest.MonkeyPatch
     assert settings.db_path == "./benchmark_db.duckdb" and settings.token_expiry == 86400
     text = notices_text(settings)
     for ignored in ("server.dashboard_port", "task_scheduler.max_queue_size", "'dynamic_resource_management'",
-                    "'multi_device_orchestrator'", "'result_aggregator'", "'health_monitor'", "'load_balancer'",
-                    "security.jwt_secret"):
+                    "multi_device_orchestrator.model_parallel_auto_splitting", "'result_aggregator'",
+                    "'health_monitor'", "'load_balancer'", "security.jwt_secret"):
         assert text.count(ignored) == 1, ignored
+    # The orchestrator's section is used: subtask defaults (retry_failed_subtasks true keeps retry_limit).
+    assert settings.orchestrator_enabled is True
+    assert (settings.subtask_timeout, settings.subtask_priority, settings.subtask_max_retries) == (3600.0, 5, 3)
     assert "s3cret" not in text  # a secret is never echoed
 
 
@@ -234,3 +237,19 @@ def test_auto_recovery_false_is_reported_not_silently_dropped(tmp_path: Path) ->
     settings = load_settings({"config": str(config)}, mode="coordinator")
     assert "worker_management.auto_recovery ignored: DTF always puts a lost worker's tasks back" in \
         notices_text(settings)
+
+
+def test_orchestrator_section_sets_subtask_defaults_or_switches_it_off(tmp_path: Path) -> None:
+    config = tmp_path / "c.json"
+    config.write_text('{"multi_device_orchestrator": {"enabled": false, "retry_failed_subtasks": false, '
+                      '"retry_limit": 7, "default_priority": 9, "subtask_timeout": 60}}')
+    settings = load_settings({"config": str(config)}, mode="coordinator")
+    assert settings.orchestrator_enabled is False
+    # retry_failed_subtasks = false wins over retry_limit: a failed subtask is not run again.
+    assert (settings.subtask_max_retries, settings.subtask_priority, settings.subtask_timeout) == (0, 9, 60.0)
+    config.write_text('{"multi_device_orchestrator": {"default_priority": 101}}')
+    with pytest.raises(ConfigError, match="subtask_priority must be from 0 to 100"):
+        load_settings({"config": str(config)}, mode="coordinator")
+    config.write_text('{"multi_device_orchestrator": {"retry_failed_subtasks": "no"}}')
+    with pytest.raises(ConfigError, match="retry_failed_subtasks must be true or false"):
+        load_settings({"config": str(config)}, mode="coordinator")
