@@ -7,7 +7,8 @@ in one request and the clock runs from the submit until the last one is recorded
     python bench/throughput_bench.py [--tasks 5000] [--workers 2] [--slots 4,64] [--coordinators 1,3] [--json]
 
 With ``--coordinators 3`` the same workload runs through a 3-coordinator Raft cluster (every commit
-durable on a majority; on one machine mostly a measure of contention), submitted to the leader.
+durable on a majority; on one machine mostly a measure of contention), submitted to the leader. ``elections`` counts the terms that began during the measurement (leadership
+moved: on a loaded machine a stalled event loop can look like a dead leader).
 """
 
 from __future__ import annotations
@@ -73,21 +74,31 @@ def run_cluster(tasks: int, workers: int, slots: int, size: int) -> dict[str, fl
                 return sum(1 for w in found if w["status"] == "online") >= workers
 
             wait_for(online, 60, what="workers online")
+            term_before = cluster.status(leader)["term"]
             started = time.perf_counter()
             response = cluster.api("POST", leader, "/api/tasks", json=[NOOP] * tasks)
             response.raise_for_status()
             submitted = time.perf_counter()
             batch = response.json()[0]["batch_id"]
+            current = [leader]
 
             def finished() -> bool:
-                return cluster.api("GET", leader, "/api/tasks/summary", params={"batch_id": batch}).json()["done"]
+                # Follow the leader: on a loaded machine an election may move it during the run.
+                response = cluster.api("GET", current[0], "/api/tasks/summary", params={"batch_id": batch})
+                if response.status_code != 200:
+                    current[0] = cluster.leader() or current[0]
+                    return False
+                return response.json()["done"]
 
             wait_for(finished, timeout=600, interval=0.02, what="all tasks done")
             elapsed = time.perf_counter() - started
-            counts = cluster.api("GET", leader, "/api/tasks/summary", params={"batch_id": batch}).json()["counts"]
+            counts = cluster.api("GET", current[0], "/api/tasks/summary",
+                                 params={"batch_id": batch}).json()["counts"]
+            elections = max(cluster.status(n)["term"] for n in cluster.ids) - term_before
             return {"tasks": tasks, "workers": workers, "slots_per_worker": slots, "coordinators": size,
                     "submit_seconds": round(submitted - started, 3), "total_seconds": round(elapsed, 3),
-                    "tasks_per_second": round(tasks / elapsed, 1), "completed": counts["completed"]}
+                    "tasks_per_second": round(tasks / elapsed, 1), "completed": counts["completed"],
+                    "elections": elections}
         finally:
             cluster.stop()
 
@@ -106,15 +117,16 @@ def main() -> int:
             row = run_once(args.tasks, args.workers, slots) if size == 1 else \
                 run_cluster(args.tasks, args.workers, slots, size)
             row.setdefault("coordinators", 1)
+            row.setdefault("elections", 0)
             rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         print(f"{'coord':>5} {'tasks':>6} {'workers':>7} {'slots':>5} {'submit s':>9} {'total s':>8} {'tasks/s':>8} "
-              f"{'done':>6}")
+              f"{'done':>6} {'elections':>9}")
         for r in rows:
             print(f"{r['coordinators']:>5} {r['tasks']:>6} {r['workers']:>7} {r['slots_per_worker']:>5} {r['submit_seconds']:>9} "
-                  f"{r['total_seconds']:>8} {r['tasks_per_second']:>8} {r['completed']:>6}")
+                  f"{r['total_seconds']:>8} {r['tasks_per_second']:>8} {r['completed']:>6} {r['elections']:>9}")
     return 0
 
 
