@@ -7,8 +7,9 @@ concurrently and the durable storage is only written by that task's persist step
 1. ticks the core for the wall time that passed (a trio clock, so tests can use ``MockClock``);
 2. steps every message and proposal that arrived, in arrival order;
 3. handles each ``Ready`` strictly in order: persist (entries, hard state, received snapshot; one fsync in
-   a worker thread for everything since the last one, so proposals that arrive meanwhile share the next
-   fsync: group commit), send, apply committed entries to the state machine, ``advance``;
+   a worker thread for everything since the last one, so proposals and appends that arrive meanwhile
+   share the next fsync: group commit), send, apply committed entries to the state machine, ``advance``;
+   a leader sends its appends *before* its own fsync, so followers write in parallel with it;
 4. answers read barriers once their index is applied, reports leadership changes, and takes a snapshot
    of the state machine (then compacts the log) every ``snapshot_entries`` applied entries.
 
@@ -34,6 +35,7 @@ from dtf_app.raft.types import (
     ConfChange,
     Entry,
     Message,
+    MessageType,
     NotLeader,
     ProposalDropped,
     RaftConfig,
@@ -46,6 +48,9 @@ __all__ = ["DriverStatus", "LeadershipChange", "RaftDriver", "StateMachine"]
 # Applying a long run of committed entries (a 100,000-task submit is hundreds) lets the event loop run
 # every APPLY_SLICE_S: between two entries the state is whole, and nothing but this task writes it.
 APPLY_SLICE_S = 0.003
+
+# What a leader may send before its own fsync of the same Ready (see RaftDriver._early_messages).
+_EARLY_TYPES = frozenset({MessageType.APPEND, MessageType.HEARTBEAT})
 
 log = logging.getLogger("dtf.raft")
 
@@ -240,14 +245,19 @@ class RaftDriver:
                     with trio.move_on_at(next_tick):
                         await self._wakeup.wait()
                 self._wakeup = trio.Event()
+                # What peers sent first, then the clock: a heartbeat that waited in the inbox must reset
+                # the election timer before the tick that would otherwise start an election.
+                self._drain_inbox()
                 now = trio.current_time()
                 if now >= next_tick:
-                    behind = int((now - next_tick) / self.tick_seconds) + 1
-                    # After a long stall, tick at most one election timeout's worth: the stall was ours.
-                    for _ in range(min(behind, node.config.election_ticks)):
-                        node.tick()
-                    next_tick += behind * self.tick_seconds
-                self._drain_inbox()
+                    # One tick per round however late it is (missed ticks are dropped, as Go's ticker
+                    # drops them for etcd): when this process was starved of CPU, the peers' messages
+                    # are still unread in our sockets, so a stall must not count as silence. Ticks only
+                    # drive timeouts (liveness); no safety property of the core depends on them.
+                    node.tick()
+                    next_tick += self.tick_seconds
+                    if next_tick <= now:
+                        next_tick = now + self.tick_seconds
                 while node.has_ready():
                     await self._handle_ready(node.ready())
                     # What arrived during the fsync joins the next Ready (group commit).
@@ -309,15 +319,37 @@ class RaftDriver:
         if rd.must_sync and hasattr(storage, "sync"):
             storage.sync()
 
+    def _early_messages(self, rd: Ready) -> list[Message]:
+        """The leader's appends and heartbeats, which may leave before this Ready is durable.
+
+        Raft thesis §10.2.1: the leader writes its log in parallel with replicating it. That is safe here
+        because the driver steps no message while a Ready is being persisted (they wait in the inbox), so a
+        follower's acknowledgement of these entries is only counted once the leader's own copy is durable;
+        and a leader's appends promise nothing about its own disk. Everything else (votes, replies, any
+        message of a Ready that changes term or vote) still waits for the fsync.
+        """
+        if not rd.messages or self.node.role != "leader" or rd.snapshot is not None:
+            return []
+        hs = rd.hard_state
+        stored = getattr(self.storage, "hard_state", None)
+        if stored is None or (hs is not None and (hs.term != stored.term or hs.vote != stored.vote)):
+            return []
+        return [m for m in rd.messages if m.type in _EARLY_TYPES]
+
     async def _handle_ready(self, rd: Ready) -> None:
+        messages = rd.messages
         if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
+            early = self._early_messages(rd) if rd.must_sync else []
+            if early:
+                self._send(early)
+                messages = [m for m in messages if m.type not in _EARLY_TYPES]
             # Only an fsync (or a snapshot file) is worth a thread hop; plain writes are buffered.
             if self._persist_in_thread and (rd.must_sync or rd.snapshot is not None):
                 await trio.to_thread.run_sync(self._persist, rd)
             else:
                 self._persist(rd)
-        if rd.messages:
-            self._send(rd.messages)
+        if messages:
+            self._send(messages)
         if rd.snapshot is not None:
             self.sm.restore_snapshot(rd.snapshot)
             self.applied_index = self.snapshot_index = rd.snapshot.index

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -277,6 +278,91 @@ async def test_single_member_cluster_leads_at_once(autojump_clock: trio.testing.
             await nursery.start(driver.run)
             assert await driver.propose([b"x", b"y"]) == [1, 2]
             assert await driver.read_barrier() >= 3
+            nursery.cancel_scope.cancel()
+
+
+class GatedStorage(MemoryStorage):
+    """MemoryStorage whose fsync (``sync``) blocks while the gate is closed, and counts completed syncs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.syncs = 0
+
+    def sync(self) -> None:
+        self.gate.wait()
+        self.syncs += 1
+
+
+async def test_the_leader_replicates_while_its_own_fsync_runs_and_commits_only_after_it() -> None:
+    # Real clock and real threads (the leader's fsync is blocked in a worker thread); a long election
+    # timeout so nobody campaigns while it is blocked, and an explicit first campaign.
+    net = Net()
+    ids = ("a", "b", "c")
+    nodes: dict[str, tuple[RaftDriver, ListMachine]] = {}
+    for i, node_id in enumerate(ids):
+        machine = ListMachine()
+        driver = RaftDriver(node_id, ids, GatedStorage(), machine, net.sender(node_id), rng=random.Random(i),
+                            tick_seconds=0.05, election_ticks=400)
+        net.drivers[node_id] = driver
+        nodes[node_id] = (driver, machine)
+    leader, machine = nodes["a"]
+    gate = leader.storage.gate
+    try:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for driver, _ in nodes.values():
+                    nursery.start_soon(driver.run)
+                leader.campaign()
+                while not leader.is_leader:
+                    await trio.sleep(0.01)
+                assert await leader.propose([b"warm-up"]) == [1]
+                gate.clear()
+                outcome: list[Any] = []
+
+                async def propose() -> None:
+                    outcome.extend(await leader.propose([b"parallel"]))
+
+                nursery.start_soon(propose)
+                index = leader.status().last_index + 1
+                followers = [nodes[i][0] for i in ("b", "c")]
+                # The followers store (and fsync) the entry while the leader's own fsync is still blocked.
+                while not all(f.storage.last_index() >= index and f.storage.syncs for f in followers):
+                    await trio.sleep(0.01)
+                await trio.sleep(0.2)  # their acknowledgements arrive meanwhile
+                assert not outcome, "committed before the leader's fsync returned"
+                assert machine.items == ["warm-up"]
+                gate.set()
+                while not outcome:
+                    await trio.sleep(0.01)
+                assert outcome == [2]
+                nursery.cancel_scope.cancel()
+    finally:
+        gate.set()
+
+
+async def test_a_stalled_loop_counts_as_one_tick_not_an_election_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    # A follower whose process was starved for longer than an election timeout must not campaign before
+    # it had a chance to read the heartbeats that queued up meanwhile: missed ticks are dropped.
+    net = Net()
+    nodes = _cluster(net, ("a", "b", "c"))
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            for driver, _ in nodes.values():
+                nursery.start_soon(driver.run)
+            drivers = [d for d, _ in nodes.values()]
+            leader = await _wait_leader(drivers)
+            term = leader.term
+            follower = next(d for d in drivers if d is not leader)
+            ticks: list[int] = []
+            real_tick = follower.node.tick
+            follower.node.tick = lambda: (ticks.append(1), real_tick())[1]  # type: ignore[method-assign]
+            autojump_clock.jump(10 * follower.tick_seconds * follower.node.config.election_ticks)
+            await trio.sleep(follower.tick_seconds / 2)
+            assert len(ticks) <= 2, f"{len(ticks)} ticks for one stalled round"
+            await trio.sleep(5)
+            assert leader.is_leader and leader.term == term
             nursery.cancel_scope.cancel()
 
 
