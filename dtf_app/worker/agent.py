@@ -139,9 +139,9 @@ class WorkerAgent:
         outbox: Outbox,
         capabilities: dict[str, Any] | Callable[[], dict[str, Any]],
         *,
-        get_runner: Callable[[str], Any],
-        run_context: Callable[..., Any],
-        task_error: type[BaseException],
+        get_runner: Callable[[str], Any] | None = None,
+        run_context: Callable[..., Any] | None = None,
+        task_error: type[BaseException] | None = None,
         sample_health: Callable[[], dict[str, Any]],
         credential: str | None = None,
     ) -> None:
@@ -156,6 +156,7 @@ class WorkerAgent:
         if self._detect is None:
             self._capabilities_ready.set()
         self._welcomed = trio.Event()
+        # None: dtf_app.worker.runners' own, imported at the first task (it is not needed to register).
         self._get_runner = get_runner
         self._run_context = run_context
         self._task_error = task_error
@@ -628,6 +629,11 @@ class WorkerAgent:
         self, task: dict[str, Any], key: OutboxKey, work_dir: Path, start_time: float
     ) -> dict[str, Any]:
         task_type = task.get("type")
+        if self._get_runner is None or self._run_context is None or self._task_error is None:
+            default_get_runner, run_context, task_error = _default_runner_api()
+            self._get_runner = self._get_runner or default_get_runner
+            self._run_context = self._run_context or run_context
+            self._task_error = self._task_error or task_error
         try:
             runner = self._get_runner(str(task_type))
         except self._task_error as exc:
@@ -794,7 +800,6 @@ async def run_worker(
     for url in settings.coordinator:
         websocket_url(url)  # validate every URL up front: a typo is a config error, not "unreachable"
 
-    default_get_runner, run_context, task_error = _default_runner_api()
     if detect_hardware is None:
         from dtf_app.hardware import detect as detect_hardware
     if sample_health is None:
@@ -828,8 +833,7 @@ async def run_worker(
             raise WorkerError(str(exc), exit_code=2) from exc
         agent = WorkerAgent(
             settings, worker_id, outbox, capabilities,
-            get_runner=get_runner or default_get_runner, run_context=run_context, task_error=task_error,
-            sample_health=sample_health, credential=credential,
+            get_runner=get_runner, sample_health=sample_health, credential=credential,
         )
         try:
             await agent.run(task_status)
