@@ -91,6 +91,8 @@ class Outbox:
         try:
             fsutil.private_dir(path.parent, tighten=False)  # an existing folder may be the user's (--db-path)
             handle = open(path.with_name(path.name + LOCK_SUFFIX), "a+")  # held: the lock lives with the worker
+            # State files are the owner's alone, also when an older run or a restore left them loose.
+            fsutil.private_files(path.parent, path.name + LOCK_SUFFIX, path.name + EMPTY_MARKER_SUFFIX)
         except OSError as exc:
             raise OutboxError(f"cannot open the worker outbox {path}: {exc.strerror or exc}") from exc
         if not try_lock(handle):
@@ -136,7 +138,7 @@ class Outbox:
             fsutil.private_dir(path.parent, tighten=False)
             connection = duckdb.connect(str(path))
             # Unacknowledged outcomes are nobody else's business; later files (.wal): the node's umask.
-            fsutil.private_files(path.parent, path.name, path.name + ".wal")
+            fsutil.private_files(path.parent, path.name, path.name + ".wal", path.name + EMPTY_MARKER_SUFFIX)
         except (OSError, duckdb.Error) as exc:
             # The usual cause is a second worker using the same db file, which DuckDB's file lock refuses.
             raise OutboxError(f"cannot open the worker outbox {path}: {exc} {_IN_USE_HINT}") from exc
