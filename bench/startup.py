@@ -138,7 +138,8 @@ def main() -> int:
         try:
             node_file = root / "coord" / "node.json"
             for _ in range(600):
-                if node_file.exists():
+                # node.json appears once the port is bound, admin.key once the leader bootstrapped its keys.
+                if node_file.exists() and (root / "coord" / "admin.key").exists():
                     break
                 time.sleep(0.1)
             url = json.loads(node_file.read_text())["url"]
