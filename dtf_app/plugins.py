@@ -3,18 +3,24 @@
 Plugins are importlib.metadata entry points in the groups ``dtf.hardware``, ``dtf.runners`` and
 ``dtf.custom_tasks``. The built-in plugins (package ``dtf_plugins``) are declared in pyproject.toml like
 any third-party plugin; :data:`BUILTIN_PLUGINS` repeats them so a frozen build or an uninstalled checkout
-(no package metadata) still finds them. Built-ins travel the same path as third-party plugins: they become
-``EntryPoint`` objects and are loaded by the same code, in the manner of pluggy's eggsample host and
-harlequin's adapter registry.
+(no package metadata) still finds them. Built-ins travel the same path as third-party plugins: both are
+``module:attribute`` values loaded by the same code (what ``EntryPoint.load`` does), in the manner of
+pluggy's eggsample host and harlequin's adapter registry.
 
 Listing never imports a plugin; loading imports each one separately and reports a broken plugin (import
 error, missing attribute, exception at import time) as a message instead of failing the whole group.
+
+A frozen build skips the metadata scan: it can only import what was frozen into it, so no plugin can be
+installed beside it, and scanning (importlib.metadata, email, zipfile, every bundled dist-info) costs a
+frozen worker start-up time for nothing. A source install imports importlib.metadata only when it lists.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
+from typing import Any
 
 HARDWARE_GROUP = "dtf.hardware"
 RUNNERS_GROUP = "dtf.runners"
@@ -101,12 +107,21 @@ def load_plugin(group: str, name: str) -> object:
         raise ImportError(_describe_failure(info, exc)) from exc
 
 
-def _installed_entry_points(group: str) -> list[EntryPoint]:
+def _installed_entry_points(group: str) -> list[Any]:
+    if getattr(sys, "frozen", False):
+        return []
+    from importlib.metadata import entry_points
+
     return list(entry_points(group=group))
 
 
 def _load(info: PluginInfo) -> object:
-    return EntryPoint(name=info.name, value=info.value, group=info.group).load()
+    # What EntryPoint.load does (module, then attributes), without importing importlib.metadata for it.
+    module_name, _, attributes = info.value.partition(":")
+    loaded: object = importlib.import_module(module_name.strip())
+    for attribute in filter(None, attributes.strip().split(".")):
+        loaded = getattr(loaded, attribute)
+    return loaded
 
 
 def _describe_failure(info: PluginInfo, exc: BaseException) -> str:

@@ -50,7 +50,8 @@ tail -12 "$WORK/up.log"
 step "frozen --mode worker against a coordinator run from source"
 "$PY" -m dtf_app --mode coordinator --host 127.0.0.1 --port 0 --data-dir "$WORK/coord" > "$WORK/coordinator.log" 2>&1 &
 PIDS+=($!)
-for _ in $(seq 300); do [ -f "$WORK/coord/node.json" ] && break; sleep 0.1; done
+# node.json appears once the port is bound; admin.key once the new leader has bootstrapped its keys.
+for _ in $(seq 300); do [ -f "$WORK/coord/node.json" ] && [ -f "$WORK/coord/admin.key" ] && break; sleep 0.1; done
 URL=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["url"])' "$WORK/coord/node.json") \
   || fail "the coordinator did not start"
 "$DTF" --mode worker --coordinator "$URL" --worker-id frozen-worker --data-dir "$WORK/w" > "$WORK/worker.log" 2>&1 &

@@ -11,6 +11,13 @@ Shape of the service (all in one trio nursery, so cancelling it is a clean shutd
   transaction per batch; an outcome is queued for sending only once it is on disk;
 * the *connection loop* connects, says hello, waits for welcome, then runs one session (receive loop,
   sender, log sender, heartbeat) until the socket drops, and reconnects with exponential backoff.
+
+Start-up is on the clock (a worker should be registered about a second after it starts, DESIGN.md §11):
+the hardware probes run in a thread while the websocket opens, so the coordinator's side of the upgrade
+overlaps them, and the hello waits for their full result, never a partial one (the scheduler matches
+tasks against it). A fresh or emptied outbox (:meth:`Outbox.known_empty`) is opened only after the first
+welcome, so importing DuckDB is off the path to registration; an outbox that may hold outcomes is read
+before the hello, which must list them.
 """
 
 from __future__ import annotations
@@ -119,18 +126,26 @@ class WorkerAgent:
         settings: Settings,
         worker_id: str,
         outbox: Outbox,
-        capabilities: dict[str, Any],
+        capabilities: dict[str, Any] | Callable[[], dict[str, Any]],
         *,
-        get_runner: Callable[[str], Any],
-        run_context: Callable[..., Any],
-        task_error: type[BaseException],
+        get_runner: Callable[[str], Any] | None = None,
+        run_context: Callable[..., Any] | None = None,
+        task_error: type[BaseException] | None = None,
         sample_health: Callable[[], dict[str, Any]],
         credential: str | None = None,
     ) -> None:
         self.settings = settings
         self.worker_id = worker_id
         self.outbox = outbox
-        self.capabilities = capabilities
+        # A callable is the hardware detection itself: run() starts it in a thread and the first hello
+        # waits for its result, so probing overlaps opening the connection.
+        self._detect = capabilities if callable(capabilities) else None
+        self.capabilities: dict[str, Any] = {} if callable(capabilities) else capabilities
+        self._capabilities_ready = trio.Event()
+        if self._detect is None:
+            self._capabilities_ready.set()
+        self._welcomed = trio.Event()
+        # None: dtf_app.worker.runners' own, imported at the first task (it is not needed to register).
         self._get_runner = get_runner
         self._run_context = run_context
         self._task_error = task_error
@@ -170,16 +185,15 @@ class WorkerAgent:
     async def run(self, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled (clean shutdown) or a fatal :class:`WorkerError`."""
         self._trio_token = trio.lowlevel.current_trio_token()
-        for outcome in await self.outbox.pending():
-            key = _task_key(outcome)
-            if key is not None:
-                self._unacked[key] = outcome
-        if self._unacked:
-            logger.info("outbox holds %d unacknowledged outcome(s); they will be re-sent", len(self._unacked))
         fatal: WorkerError | None = None
         try:
             async with trio.open_nursery() as nursery:
                 self._task_nursery = nursery
+                if self._detect is not None:
+                    nursery.start_soon(self._detect_capabilities)
+                if not self.outbox.known_empty():
+                    # The hello lists what waits in the outbox, so it is read now (while the probes run).
+                    self._take_stored(await self.outbox.connect())
                 nursery.start_soon(self._outbox_writer)
                 nursery.start_soon(self._janitor)
                 try:
@@ -189,15 +203,40 @@ class WorkerAgent:
                 # Stop taking work and cancel running tasks; the runners kill their process groups.
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            # A broken outbox (disk full, file removed) inside a flusher is fatal too, with its own message.
+            # Hardware detection that cannot go on (a bad --simulate-hardware profile) ends the worker with
+            # its own exit code; a broken outbox (disk full, file removed) is fatal too, with its message.
+            detected, _ = group.split(WorkerError)
+            if detected is not None:
+                raise _first_leaf(detected) from group
             match, _ = group.split(OutboxError)
             if match is None:
                 raise
-            raise WorkerError(str(match.exceptions[0]), exit_code=2) from group
+            raise WorkerError(str(_first_leaf(match)), exit_code=2) from group
         finally:
             self._task_nursery = None
         if fatal is not None:
             raise fatal
+
+    async def _detect_capabilities(self) -> None:
+        assert self._detect is not None
+        try:
+            self.capabilities = await trio.to_thread.run_sync(self._detect)
+        except (ValueError, OSError) as exc:  # an unreadable or invalid --simulate-hardware profile
+            raise WorkerError(f"cannot use the hardware profile: {exc}", exit_code=2) from exc
+        self._capabilities_ready.set()
+
+    def _take_stored(self, outcomes: list[dict[str, Any]]) -> None:
+        """Outcomes found in the outbox file: unacknowledged, so they are (re-)sent like any other."""
+        fresh = 0
+        for outcome in outcomes:
+            key = _task_key(outcome)
+            if key is not None and key not in self._unacked:
+                self._unacked[key] = outcome
+                self._to_send[key] = outcome
+                fresh += 1
+        if fresh:
+            logger.info("outbox holds %d unacknowledged outcome(s); they will be re-sent", fresh)
+            self._send_signal.set()
 
     # -------------------------------------------------------------------------------------- connection
     async def _connection_loop(self, task_status: trio.TaskStatus[str]) -> None:
@@ -247,6 +286,7 @@ class WorkerAgent:
                 url, extra_headers=headers, connect_timeout=CONNECT_TIMEOUT, disconnect_timeout=5,
                 max_message_size=MAX_MESSAGE_BYTES,
             ) as ws:
+                await self._capabilities_ready.wait()  # the probes ran while the socket opened
                 await ws.send_message(protocol.dumps(self._hello()))
                 with trio.fail_after(HANDSHAKE_TIMEOUT):
                     reply = protocol.loads(await ws.get_message())
@@ -257,6 +297,7 @@ class WorkerAgent:
                     self._close_reason = f"expected a welcome, got {reply['type']!r}"
                     return False
                 welcomed = True
+                self._welcomed.set()
                 self._on_welcome(reply, url)
                 if self._task_status is not None:
                     self._task_status.started(self.worker_id)  # once: the first welcome
@@ -577,6 +618,11 @@ class WorkerAgent:
         self, task: dict[str, Any], key: OutboxKey, work_dir: Path, start_time: float
     ) -> dict[str, Any]:
         task_type = task.get("type")
+        if self._get_runner is None or self._run_context is None or self._task_error is None:
+            default_get_runner, run_context, task_error = _default_runner_api()
+            self._get_runner = self._get_runner or default_get_runner
+            self._run_context = self._run_context or run_context
+            self._task_error = self._task_error or task_error
         try:
             runner = self._get_runner(str(task_type))
         except self._task_error as exc:
@@ -667,6 +713,11 @@ class WorkerAgent:
     # --------------------------------------------------------------------------------------- outbox
     async def _outbox_writer(self) -> None:
         try:
+            if not self.outbox.is_open:
+                # A fresh or emptied outbox opens once registered: DuckDB's import stays off the path to the
+                # first welcome, and no task (so no outcome to store) can arrive before it.
+                await self._welcomed.wait()
+                self._take_stored(await self.outbox.connect())  # normally nothing: the file was known empty
             while True:
                 await self._outbox_signal.wait()
                 if len(self._finished) < OUTBOX_BATCH:
@@ -691,6 +742,12 @@ class WorkerAgent:
                 raise
             for outcome in batch:
                 self._finished.pop((outcome["task_id"], outcome["attempt"]), None)
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    """The first non-group exception inside a (possibly nested) exception group."""
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _remove_dirs(paths: list[Path]) -> None:
@@ -732,7 +789,6 @@ async def run_worker(
     for url in settings.coordinator:
         websocket_url(url)  # validate every URL up front: a typo is a config error, not "unreachable"
 
-    default_get_runner, run_context, task_error = _default_runner_api()
     if detect_hardware is None:
         from dtf_app.hardware import detect as detect_hardware
     if sample_health is None:
@@ -741,26 +797,32 @@ async def run_worker(
         def sample_health() -> dict[str, Any]:
             return sample(settings.data_dir)
 
+    if settings.simulate_hardware:
+        from dtf_app.hardware import load_profile
+
+        try:  # checked up front (cheap): a bad profile is exit 2 even when no coordinator answers
+            load_profile(settings.simulate_hardware)
+        except ValueError as exc:
+            raise WorkerError(f"cannot use the hardware profile: {exc}", exit_code=2) from exc
+    labels = {k: v for k, v in (("name", settings.worker_name), ("hardware_id", settings.hardware_id)) if v}
+    probe = detect_hardware
+
+    def capabilities() -> dict[str, Any]:
+        found = probe(settings.simulate_hardware)
+        # Labels travel in the capabilities document, so every view of the worker shows them.
+        return {**found, "labels": labels} if labels else found
+
     worker_id, id_lock = claim_worker_id(settings)
     try:
-        try:
-            capabilities = await trio.to_thread.run_sync(detect_hardware, settings.simulate_hardware)
-        except (ValueError, OSError) as exc:  # an unreadable or invalid --simulate-hardware profile
-            raise WorkerError(f"cannot use the hardware profile: {exc}", exit_code=2) from exc
-        # Before the outbox opens, so a damaged credential file is a plain exit 2 with nothing to close.
+        # Before the outbox is claimed, so a damaged credential file is a plain exit 2 with nothing to close.
         credential = load_credential(credential_path(settings, worker_id))
-        labels = {k: v for k, v in (("name", settings.worker_name), ("hardware_id", settings.hardware_id)) if v}
-        if labels:
-            # Labels travel in the capabilities document, so every view of the worker shows them.
-            capabilities = {**capabilities, "labels": labels}
         try:
-            outbox = await Outbox.open(settings.worker_db_path(worker_id))
+            outbox = Outbox.claim(settings.worker_db_path(worker_id))
         except OutboxError as exc:
             raise WorkerError(str(exc), exit_code=2) from exc
         agent = WorkerAgent(
             settings, worker_id, outbox, capabilities,
-            get_runner=get_runner or default_get_runner, run_context=run_context, task_error=task_error,
-            sample_health=sample_health, credential=credential,
+            get_runner=get_runner, sample_health=sample_health, credential=credential,
         )
         try:
             await agent.run(task_status)

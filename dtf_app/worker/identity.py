@@ -40,7 +40,7 @@ def claim_worker_id(settings: Settings) -> tuple[str, Any]:
         raise WorkerError(f"cannot use data dir {data_dir}: {exc}", exit_code=2) from exc
     hostname = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname().split(".")[0].lower()) or "worker"
     fresh = f"{hostname}-{secrets.token_hex(3)}"
-    if not _try_lock(lock):
+    if not try_lock(lock):
         lock.close()
         logger.info("data dir %s is used by another running worker; this one is %s (not persisted)", data_dir, fresh)
         return fresh, None
@@ -59,7 +59,7 @@ def claim_worker_id(settings: Settings) -> tuple[str, Any]:
     return fresh, lock
 
 
-def _try_lock(handle: Any) -> bool:
+def try_lock(handle: Any) -> bool:
     """False when another live process holds the lock (the OS drops it when that process dies)."""
     if os.name == "nt":
         import msvcrt

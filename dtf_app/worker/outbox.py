@@ -9,11 +9,21 @@ DuckDB is built for bulk work, not for many tiny transactions, and its calls blo
 is async, runs in a worker thread (``trio.to_thread.run_sync``) and handles a whole batch in one
 statement — one insert for 500 outcomes, one delete for 500 acks. A ``trio.Lock`` keeps the single
 connection to one thread at a time.
+
+Start-up: importing DuckDB and opening its file is the most expensive step before a worker can say hello
+(about a fifth of its CPU time to registration), and the hello only needs to know which outcomes wait in
+the file. :meth:`Outbox.claim` therefore takes the outbox without opening DuckDB: it locks
+``<file>.lock`` (so a second worker on the same file is still refused at once) and :meth:`known_empty`
+answers from two cheap facts — no file at all (a fresh worker), or the ``<file>.empty`` marker, which
+exists only while the file holds no outcome. The marker is removed (durably) before any insert and created
+after a commit that leaves the table empty, so a crash can only lose the marker (the next start then
+opens the file, the slow but exact path), never leave a wrong one behind.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -27,6 +37,10 @@ OutboxKey = tuple[str, int]
 """``(task_id, attempt)``: what an outcome is acknowledged by."""
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS outbox(task_id VARCHAR, attempt INTEGER, payload JSON, created DOUBLE)"
+EMPTY_MARKER_SUFFIX = ".empty"
+"""``<file>.empty`` exists only while the outbox file holds no outcome (see the module docstring)."""
+LOCK_SUFFIX = ".lock"
+_IN_USE_HINT = "(is another worker using the same --db-path / --worker-id?)"
 
 
 class OutboxError(Exception):
@@ -34,17 +48,22 @@ class OutboxError(Exception):
 
 
 class Outbox:
-    """Unacknowledged task outcomes in a DuckDB file; open with ``await Outbox.open(path)``.
+    """Unacknowledged task outcomes in a DuckDB file; ``await Outbox.open(path)``, or ``Outbox.claim(path)``.
 
     The table has no primary key on purpose: ingest speed matters more than uniqueness here, and a
     duplicate row is harmless (the coordinator records each ``(task_id, attempt)`` once and ``remove_many``
     deletes every copy).
     """
 
-    def __init__(self, connection: Any, path: Path) -> None:
+    def __init__(self, connection: Any, path: Path, *, file_lock: Any = None) -> None:
         self._connection = connection
         self.path = path
         self._lock = trio.Lock()
+        self._file_lock = file_lock
+        self._closed = False
+        self._rows: int | None = None
+        """Rows in the file, counted at open and kept up to date by every statement (None: not open)."""
+        self._marker = path.with_name(path.name + EMPTY_MARKER_SUFFIX)
 
     @classmethod
     async def open(cls, path: str | Path) -> Outbox:
@@ -54,21 +73,93 @@ class Outbox:
     @classmethod
     def open_sync(cls, path: Path) -> Outbox:
         """Blocking form of :meth:`open`, for callers outside trio (tools, tests)."""
-        import duckdb  # heavy import kept out of module import time (dtf --version must stay instant)
+        outbox = cls(None, Path(path))
+        outbox._connect_sync()
+        return outbox
 
+    @classmethod
+    def claim(cls, path: str | Path) -> Outbox:
+        """The outbox at ``path`` for one worker, locked for it but not opened: DuckDB opens on first use.
+
+        Raises OutboxError when the folder is unusable or another running worker holds the outbox. Use
+        :meth:`known_empty` to learn, without opening, whether the file can hold outcomes, and
+        :meth:`connect` to open it.
+        """
+        from dtf_app.worker.identity import try_lock  # identity imports config; keep this module light
+
+        path = Path(path)
         try:
             fsutil.private_dir(path.parent, tighten=False)  # an existing folder may be the user's (--db-path)
+            handle = open(path.with_name(path.name + LOCK_SUFFIX), "a+")  # held: the lock lives with the worker
+            # State files are the owner's alone, also when an older run or a restore left them loose.
+            fsutil.private_files(path.parent, path.name + LOCK_SUFFIX, path.name + EMPTY_MARKER_SUFFIX)
+        except OSError as exc:
+            raise OutboxError(f"cannot open the worker outbox {path}: {exc.strerror or exc}") from exc
+        if not try_lock(handle):
+            handle.close()
+            raise OutboxError(f"cannot open the worker outbox {path}: another running worker holds "
+                              f"{handle.name} {_IN_USE_HINT}")
+        return cls(None, path, file_lock=handle)
+
+    def known_empty(self) -> bool:
+        """True when the outbox certainly holds no outcome, decided without opening DuckDB if it is closed."""
+        if self._connection is not None:
+            return self._rows == 0
+        wal = self.path.with_name(self.path.name + ".wal")
+        return self._marker.exists() or not (self.path.exists() or wal.exists())
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the DuckDB file is open now."""
+        return self._connection is not None
+
+    async def connect(self) -> list[dict[str, Any]]:
+        """Open the DuckDB file if it is not open yet; returns the outcomes found in it by this call.
+
+        Idempotent: a call that finds the file already open returns ``[]``.
+        """
+        async with self._lock:
+            self._check_usable()
+            if self._connection is not None:
+                return []
+
+            def work() -> list[dict[str, Any]]:
+                self._connect_sync()
+                rows = self._connection.execute(_PENDING_SQL).fetchall() if self._rows else []
+                return [json.loads(payload) for (payload,) in rows]
+
+            return await trio.to_thread.run_sync(work)
+
+    def _connect_sync(self) -> None:
+        import duckdb  # heavy import kept out of module import time (dtf --version must stay instant)
+
+        path = self.path
+        try:
+            fsutil.private_dir(path.parent, tighten=False)
             connection = duckdb.connect(str(path))
             # Unacknowledged outcomes are nobody else's business; later files (.wal): the node's umask.
-            fsutil.private_files(path.parent, path.name, path.name + ".wal")
+            fsutil.private_files(path.parent, path.name, path.name + ".wal", path.name + EMPTY_MARKER_SUFFIX)
         except (OSError, duckdb.Error) as exc:
             # The usual cause is a second worker using the same db file, which DuckDB's file lock refuses.
-            raise OutboxError(
-                f"cannot open the worker outbox {path}: {exc} "
-                "(is another worker using the same --db-path / --worker-id?)"
-            ) from exc
-        connection.execute(_SCHEMA)
-        return cls(connection, path)
+            raise OutboxError(f"cannot open the worker outbox {path}: {exc} {_IN_USE_HINT}") from exc
+        try:
+            connection.execute(_SCHEMA)
+            self._rows = int(connection.execute("SELECT count(*) FROM outbox").fetchall()[0][0])
+            self._set_marker(self._rows == 0)
+        except (OSError, duckdb.Error) as exc:
+            connection.close()
+            raise OutboxError(f"cannot use the worker outbox {path}: {exc}") from exc
+        self._connection = connection
+
+    def _set_marker(self, empty: bool) -> None:
+        """Create or remove ``<file>.empty``; a removal is made durable before the caller inserts."""
+        if empty:
+            if not self._marker.exists():
+                # Not synced: a marker lost in a crash only costs the next start the slow path.
+                os.close(fsutil.open_private(self._marker, os.O_WRONLY | os.O_CREAT))
+        elif self._marker.exists():
+            self._marker.unlink(missing_ok=True)
+            _fsync_dir(self._marker.parent)
 
     async def add_many(self, outcomes: Sequence[dict[str, Any]]) -> None:
         """Store outcomes (each with ``task_id`` and ``attempt``) in one insert."""
@@ -103,11 +194,13 @@ class Outbox:
                 [[str(task_id) for task_id, _ in key_list], [int(attempt) for _, attempt in key_list]],
             ))
         if statements:
-            await self._transaction(statements)
+            await self._transaction(statements, inserting=bool(add))
 
     async def pending(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The stored outcomes, oldest first (at most ``limit`` when given)."""
-        sql = "SELECT payload FROM outbox ORDER BY created, task_id, attempt"
+        if self._connection is None and not self._closed and self.known_empty():
+            return []  # nothing to read, and no reason to open DuckDB for it
+        sql = _PENDING_SQL
         params: list[Any] = []
         if limit is not None:
             sql += " LIMIT $1"
@@ -130,41 +223,74 @@ class Outbox:
             self.close_sync()
 
     def close_sync(self) -> None:
-        """Close the connection now (idempotent)."""
+        """Close the connection and release the worker's lock now (idempotent)."""
+        self._closed = True
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+        if self._file_lock is not None:
+            self._file_lock.close()  # closing the file drops the lock
+            self._file_lock = None
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise OutboxError(f"the worker outbox {self.path} is closed")
 
     async def _run(self, sql: str, params: list[Any], *, fetch: bool = False) -> list[tuple[Any, ...]]:
         async with self._lock:
-            connection = self._open_connection()
+            self._check_usable()
 
             def work() -> list[tuple[Any, ...]]:
-                cursor = connection.execute(sql, params)
+                if self._connection is None:
+                    self._connect_sync()
+                cursor = self._connection.execute(sql, params)
                 return cursor.fetchall() if fetch else []
 
             return await trio.to_thread.run_sync(work)
 
-    async def _transaction(self, statements: list[tuple[str, list[Any]]]) -> None:
+    async def _transaction(self, statements: list[tuple[str, list[Any]]], *, inserting: bool) -> None:
         async with self._lock:
-            connection = self._open_connection()
+            self._check_usable()
 
             def work() -> None:
+                if self._connection is None:
+                    self._connect_sync()
+                connection = self._connection
+                if inserting:
+                    self._set_marker(False)  # gone (durably) before any row can be committed
+                counts: list[int] = []
                 if len(statements) == 1:  # a single statement is its own transaction already
-                    connection.execute(*statements[0])
-                    return
-                connection.execute("BEGIN TRANSACTION")
-                try:
-                    for sql, params in statements:
-                        connection.execute(sql, params)
-                except BaseException:
-                    connection.execute("ROLLBACK")
-                    raise
-                connection.execute("COMMIT")
+                    counts.append(int(connection.execute(*statements[0]).fetchall()[0][0]))
+                else:
+                    connection.execute("BEGIN TRANSACTION")
+                    try:
+                        for sql, params in statements:
+                            counts.append(int(connection.execute(sql, params).fetchall()[0][0]))
+                    except BaseException:
+                        connection.execute("ROLLBACK")
+                        raise
+                    connection.execute("COMMIT")
+                # Both statements report their row count: inserted rows first, deleted rows last.
+                inserted = counts[0] if inserting else 0
+                deleted = counts[-1] if len(counts) > int(inserting) else 0
+                if self._rows is not None:
+                    self._rows += inserted - deleted
+                    if self._rows <= 0:
+                        self._rows = 0
+                        self._set_marker(True)
 
             await trio.to_thread.run_sync(work)
 
-    def _open_connection(self) -> Any:
-        if self._connection is None:
-            raise OutboxError(f"the worker outbox {self.path} is closed")
-        return self._connection
+
+_PENDING_SQL = "SELECT payload FROM outbox ORDER BY created, task_id, attempt"
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a removal in ``folder`` durable (POSIX; Windows has no directory handles to sync)."""
+    if os.name == "nt":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -96,8 +96,10 @@ class FakeCoordinator:
     """Accepts /ws/worker connections, checks the API key, says welcome, then runs the next script."""
 
     def __init__(self, scripts: list[Script], *, first_reply: dict | None = None, reject_status: int = 0,
-                 close_code: int = 0, close_reason: str = "key revoked") -> None:
+                 close_code: int = 0, close_reason: str = "key revoked",
+                 on_hello: Callable[[dict], None] | None = None) -> None:
         self.scripts = scripts
+        self.on_hello = on_hello  # called with each hello before the reply goes out
         self.first_reply = first_reply
         self.reject_status = reject_status
         self.close_code = close_code
@@ -115,6 +117,8 @@ class FakeCoordinator:
         ws = await request.accept()
         hello = protocol.loads(await ws.get_message())
         assert hello["type"] == protocol.HELLO
+        if self.on_hello is not None:
+            self.on_hello(hello)
         if self.close_code:
             await ws.aclose(code=self.close_code, reason=self.close_reason)
             return
@@ -680,3 +684,104 @@ async def test_unusable_work_dir_fails_the_task_not_the_worker(tmp_path: Path) -
 
     await run_script(tmp_path, script, StandInRunner())
     assert outcomes[0]["outcome"] == "failed" and outcomes[0]["error"].startswith("worker error: ")
+
+
+async def test_probes_overlap_the_upgrade_and_a_fresh_outbox_opens_only_after_the_welcome(tmp_path: Path) -> None:
+    import threading
+
+    upgraded = threading.Event()
+    probe_saw_upgrade: list[bool] = []
+    at_hello: dict[str, Any] = {}
+
+    def slow_probe(simulate_file: str | None) -> dict:
+        # Finishes only once the coordinator has the upgrade request: detection runs while the socket opens.
+        probe_saw_upgrade.append(upgraded.wait(TEST_TIMEOUT))
+        return fake_hardware(simulate_file)
+
+    def on_hello(hello: dict) -> None:
+        at_hello["hello"] = hello
+        at_hello["outbox_file"] = settings.worker_db_path("w1").exists()
+
+    async def script(conn: Connection) -> None:
+        await conn.send({"type": protocol.ASSIGN, "tasks": [assignment("t1")]})
+        results = await conn.collect(protocol.RESULTS, 1)
+        await conn.send({"type": protocol.ACK, "items": [{"task_id": "t1", "attempt": 1}]})
+        at_hello["results"] = results
+        done.set()
+        await trio.sleep_forever()
+
+    done = trio.Event()
+    fake = FakeCoordinator([script], on_hello=on_hello)
+    handler = fake.handler
+
+    async def noting_handler(request: WebSocketRequest) -> None:
+        upgraded.set()
+        await handler(request)
+
+    fake.handler = noting_handler  # type: ignore[method-assign]
+    settings = make_settings(tmp_path, 0)
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await fake.start(nursery)
+            settings = make_settings(tmp_path, fake.port)
+            await nursery.start(lambda task_status: run_worker(
+                settings, task_status=task_status, get_runner=lambda t: StandInRunner(),
+                detect_hardware=slow_probe, sample_health=fake_health))
+            await done.wait()
+            nursery.cancel_scope.cancel()
+    assert probe_saw_upgrade == [True]
+    # The hello waited for the probe's full document: the scheduler never sees a partial profile.
+    assert at_hello["hello"]["capabilities"] == fake_hardware(None) and at_hello["hello"]["finished"] == []
+    assert at_hello["outbox_file"] is False  # DuckDB was not opened before the hello
+    assert [o["task_id"] for o in at_hello["results"]] == ["t1"]
+    assert await outbox_rows(settings) == []  # the outcome went through the (later opened) outbox and was acked
+    assert settings.worker_db_path("w1").with_name("worker-w1.duckdb.empty").exists()
+
+
+async def test_stored_outcomes_are_listed_in_the_hello_and_a_stale_empty_marker_cannot_hide_them(
+        tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, 0)
+    stored = {"task_id": "old", "attempt": 3, "outcome": "completed", "start_time": 1.0, "end_time": 2.0,
+              "error": None, "result": {"status": "success", "metrics": {}}}
+    outbox = await Outbox.open(settings.worker_db_path("w1"))
+    await outbox.add_many([stored])
+    await outbox.aclose()
+    marker = settings.worker_db_path("w1").with_name("worker-w1.duckdb.empty")
+    hellos: list[dict] = []
+    for stale in (False, True):
+        if stale:
+            marker.touch()  # e.g. an old outbox file copied back under a newer marker
+        got: dict[str, Any] = {}
+
+        async def script(conn: Connection) -> None:
+            got["results"] = await conn.collect(protocol.RESULTS, 1)  # noqa: B023 - awaited in this loop turn
+            done.set()  # noqa: B023
+            await trio.sleep_forever()
+
+        done = trio.Event()
+        fake = FakeCoordinator([script], on_hello=hellos.append)
+        with trio.fail_after(TEST_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                await fake.start(nursery)
+                await start_worker(nursery, make_settings(tmp_path, fake.port), StandInRunner())
+                await done.wait()
+                nursery.cancel_scope.cancel()
+        assert got["results"] == [stored]  # re-sent either way: never lost
+    assert hellos[0]["finished"] == [{"task_id": "old", "attempt": 3}]
+    assert hellos[1]["finished"] == []  # the marker is trusted for the hello, the file for the re-send
+
+
+async def test_a_second_worker_on_the_same_outbox_is_refused_before_it_connects(tmp_path: Path) -> None:
+    fake = FakeCoordinator([])
+    shared = str(tmp_path / "shared.duckdb")
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await fake.start(nursery)
+            await start_worker(nursery, make_settings(tmp_path, fake.port, db_path=shared), StandInRunner())
+            with pytest.raises(WorkerError, match="another running worker holds") as info:
+                await run_worker(make_settings(tmp_path / "b", fake.port, db_path=shared, worker_id="w2"),
+                                 get_runner=lambda t: StandInRunner(), detect_hardware=fake_hardware,
+                                 sample_health=fake_health)
+            assert info.value.exit_code == 2 and shared in str(info.value)
+            assert len(fake.connections) == 1
+            nursery.cancel_scope.cancel()

@@ -81,3 +81,51 @@ async def test_apply_inserts_and_deletes_in_one_call(tmp_path: Path) -> None:
     await outbox.apply()
     assert await outbox.count() == 2
     await outbox.aclose()
+
+
+async def test_a_claimed_outbox_is_locked_but_opens_duckdb_only_when_used(tmp_path: Path) -> None:
+    path = tmp_path / "w" / "outbox.duckdb"
+    outbox = Outbox.claim(path)
+    assert outbox.known_empty() and not outbox.is_open and not path.exists()  # a fresh worker: no file yet
+    assert await outbox.pending() == [] and not path.exists()  # nothing to read: DuckDB stays closed
+    with pytest.raises(OutboxError, match="another running worker holds .*outbox.duckdb.lock"):
+        Outbox.claim(path)
+    assert await outbox.connect() == [] and outbox.is_open and path.exists()
+    assert await outbox.connect() == []  # idempotent
+    await outbox.aclose()
+    again = Outbox.claim(path)  # closing released the lock
+    await again.aclose()
+
+
+async def test_the_empty_marker_follows_the_rows_so_a_restart_knows_without_opening(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.duckdb"
+    marker = tmp_path / "outbox.duckdb.empty"
+    outbox = await Outbox.open(path)
+    assert marker.exists() and outbox.known_empty()
+    await outbox.add_many([outcome("a"), outcome("b")])
+    assert not marker.exists() and not outbox.known_empty()
+    await outbox.remove_many([("a", 1)])
+    assert not marker.exists()  # b is still waiting for its ack
+    await outbox.apply(add=[outcome("c")], remove=[("b", 1), ("c", 1)])  # stored and acked in one batch
+    assert marker.exists() and outbox.known_empty()
+    await outbox.add_many([outcome("d")])
+    await outbox.aclose()
+
+    restarted = Outbox.claim(path)
+    assert not restarted.known_empty()  # d waits: the worker must read it before its hello
+    assert [row["task_id"] for row in await restarted.connect()] == ["d"]
+    await restarted.remove_many([("d", 1)])
+    await restarted.aclose()
+    assert marker.exists() and Outbox.claim(path).known_empty()
+
+
+def test_claiming_and_asking_never_import_duckdb(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from dtf_app.worker.outbox import Outbox; "
+            "o = Outbox.claim(Path(sys.argv[1])); assert o.known_empty(); "
+            "assert 'duckdb' not in sys.modules, 'duckdb imported'; print('ok')")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "outbox.duckdb")], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

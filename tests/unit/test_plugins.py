@@ -55,6 +55,18 @@ def test_builtins_are_listed_without_package_metadata(monkeypatch: pytest.Monkey
         assert all(i.source == "builtin" for i in infos)
 
 
+def test_a_frozen_build_lists_its_builtins_without_scanning_metadata(site: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # Nothing can be installed beside a frozen executable, so a dist-info on its path is not a plugin source.
+    install_fake_distribution(site, "dtf-fake-frozen", {HARDWARE_GROUP: {"extra": "dtf_fake_frozen:probe"}},
+                              {"dtf_fake_frozen": "def probe():\n    return {}\n"})
+    assert "extra" in {i.name for i in list_plugins(HARDWARE_GROUP)}
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    infos = list_plugins(HARDWARE_GROUP)
+    assert {i.name for i in infos} == set(BUILTIN_PLUGINS[HARDWARE_GROUP])
+    assert load_plugin(HARDWARE_GROUP, "cpu")()["cpu"]["threads"] >= 1
+
+
 def test_listing_does_not_import(site: Path) -> None:
     install_fake_distribution(site, "dtf-fake-lazy", {HARDWARE_GROUP: {"lazy": "dtf_fake_lazy:probe"}},
                               {"dtf_fake_lazy": "raise RuntimeError('imported!')\n"})
