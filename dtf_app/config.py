@@ -56,6 +56,9 @@ class Settings:
     log_level: str = "info"
     snapshot_every: int = 20_000
     """Coordinator: snapshot the state (and restart the command log) after this many log entries."""
+    snapshot_keep: int = 5_000
+    """Coordinator: log entries kept behind each snapshot when the log is compacted; a follower further
+    behind catches up by receiving the snapshot (its DuckDB store is then rebuilt from it)."""
     subscriber_buffer: int = 10_000
     """Coordinator: pushes queued per ``/ws`` subscriber; beyond that a slow reader is told it missed some."""
     token_expiry: int = 3600
@@ -127,6 +130,7 @@ _KINDS: dict[str, str] = {
     "max_concurrent_tasks": "int", "tags": "list", "worker_id": "optstr", "heartbeat_interval": "float",
     "worker_timeout": "float", "max_retries": "int", "batch_size": "int", "reconnect_attempts": "int",
     "simulate_hardware": "optstr", "log_level": "str", "token_expiry": "int", "snapshot_every": "int",
+    "snapshot_keep": "int",
     "advertise_url": "optstr", "cluster_secret": "optstr", "cluster_secret_file": "optstr",
     "heartbeat_ms": "int", "election_timeout_ms": "int", "peers_include_self": "bool",
     "log_path": "optstr", "log_format": "str", "hostname": "optstr", "worker_name": "optstr",
@@ -580,7 +584,7 @@ def validate(settings: Settings, sources: Mapping[str, str] | None = None) -> No
                           f"longer than heartbeat_interval ({settings.heartbeat_interval} s), or every worker "
                           "would be declared lost between two heartbeats")
     minimums = {"max_concurrent_tasks": 1, "batch_size": 1, "max_retries": 0, "reconnect_attempts": 0,
-                "token_expiry": 1, "snapshot_every": 1, "heartbeat_ms": 1, "election_timeout_ms": 2,
+                "token_expiry": 1, "snapshot_every": 1, "snapshot_keep": 0, "heartbeat_ms": 1, "election_timeout_ms": 2,
                 "subscriber_buffer": 1}
     for name, minimum in minimums.items():
         if getattr(settings, name) < minimum:

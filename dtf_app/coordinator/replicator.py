@@ -71,6 +71,9 @@ class _Machine:
     def restore_snapshot(self, snapshot: Snapshot) -> None:
         owner = self.owner
         owner.state = State.restore(snapshot.data) if snapshot.data else State()
+        if owner.on_snapshot_installed is not None:
+            # Before on_restored and before any later entry is applied: rows it derives come first.
+            owner.on_snapshot_installed(owner.state, snapshot.index)
         if owner.on_restored is not None:
             owner.on_restored(owner.state)
 
@@ -86,6 +89,8 @@ class Replicator:
         self.state = state
         self.on_applied = on_applied
         self.on_restored: Callable[[State], None] | None = None
+        # (state, snapshot index): a snapshot replaced the state, at start or received from the leader.
+        self.on_snapshot_installed: Callable[[State, int], None] | None = None
         self.on_leadership: Callable[[LeadershipChange], None] | None = None
         self.before_snapshot: Callable[[], Awaitable[Any]] | None = None
         self.node_id = node_id

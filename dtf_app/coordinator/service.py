@@ -36,7 +36,7 @@ import trio
 from dtf_app import __version__, fsutil, jsonsafe, localreg
 from dtf_app import protocol as proto
 from dtf_app.config import Settings
-from dtf_app.coordinator import bulk, pubsub, readiness, scheduler, tasklogs, views
+from dtf_app.coordinator import bulk, pubsub, readiness, scheduler, snapshot_rows, tasklogs, views
 from dtf_app.coordinator.replicator import Replicator
 from dtf_app.coordinator.state import State
 from dtf_app.raft.types import NotLeader, ProposalDropped
@@ -216,8 +216,11 @@ class Coordinator:
             self.data_dir / "raft", State(), self._on_applied, node_id=self.node_id,
             peers=dict(self.cluster.members), secret=cluster_secret(settings) if not self.cluster.is_single else None,
             snapshot_every=max(1, int(settings.snapshot_every)), tick_seconds=heartbeat / 1000,
-            election_ticks=max(2, int(settings.election_timeout_ms) // heartbeat))
+            election_ticks=max(2, int(settings.election_timeout_ms) // heartbeat),
+            keep_entries=max(0, int(settings.snapshot_keep)))  # ha-faults hook
         self.replicator.on_restored = self._on_restored
+        # ha-faults hook: a snapshot that covers entries the store never saw rebuilds their rows.
+        self.replicator.on_snapshot_installed = lambda state, index: snapshot_rows.reconcile(self.store, state, index)
         self.replicator.on_leadership = self._on_leadership
         self.queue = scheduler.ReadyQueue()
         self.conns: dict[str, WorkerConn] = {}
