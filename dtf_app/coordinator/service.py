@@ -36,7 +36,7 @@ import trio
 from dtf_app import __version__, fsutil, jsonsafe, localreg
 from dtf_app import protocol as proto
 from dtf_app.config import Settings
-from dtf_app.coordinator import bulk, pubsub, readiness, scheduler, snapshot_rows, tasklogs, views
+from dtf_app.coordinator import bulk, pubsub, readiness, scheduler, snapshot_rows, tasklogs, tls, views
 from dtf_app.coordinator.replicator import Replicator
 from dtf_app.coordinator.state import State
 from dtf_app.raft.types import NotLeader, ProposalDropped
@@ -217,7 +217,8 @@ class Coordinator:
             peers=dict(self.cluster.members), secret=cluster_secret(settings) if not self.cluster.is_single else None,
             snapshot_every=max(1, int(settings.snapshot_every)), tick_seconds=heartbeat / 1000,
             election_ticks=max(2, int(settings.election_timeout_ms) // heartbeat),
-            keep_entries=max(0, int(settings.snapshot_keep)))  # ha-faults hook
+            keep_entries=max(0, int(settings.snapshot_keep)),  # ha-faults hook
+            ssl_context=tls.peer_context(settings, self.cluster.members, self.node_id))  # ha-faults hook: TLS
         self.replicator.on_restored = self._on_restored
         # ha-faults hook: a snapshot that covers entries the store never saw rebuilds their rows.
         self.replicator.on_snapshot_installed = lambda state, index: snapshot_rows.reconcile(self.store, state, index)
@@ -919,6 +920,7 @@ async def serve_coordinator(settings: Settings, *, task_status: trio.TaskStatus[
         # The design's server.workers_port: a second listener serving the same app, so workers configured
         # for that port connect (the first bind stays the node's advertised URL).
         config.bind.append(f"{settings.host}:{settings.workers_port}")
+    tls.configure_server(config, settings)  # ha-faults hook: HTTPS (and wss:// peers) with a certificate
     config.accesslog = None
     config.errorlog = logging.getLogger("dtf.http")
     config.graceful_timeout = 2.0
@@ -971,9 +973,9 @@ def _pick_url(binds: list[str], settings: Settings) -> str:
         if bind.startswith("http"):
             host, _, port = bind.rpartition(":")
             if settings.host in ("0.0.0.0", "::"):
-                return f"http://127.0.0.1:{port}"
+                return f"{bind.split('://')[0]}://127.0.0.1:{port}"  # ha-faults hook: https too
             return bind
-    return f"http://{settings.host}:{settings.port}"
+    return f"{tls.scheme(settings)}://{settings.host}:{settings.port}"
 
 
 async def _recover_and_report(coord: Coordinator) -> None:
@@ -1005,7 +1007,7 @@ def resolve_cluster(settings: Settings) -> Any:
     from dtf_app.config import ConfigError
 
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    advertise = settings.advertise_url or f"http://{host}:{settings.port}"
+    advertise = settings.advertise_url or f"{tls.scheme(settings)}://{host}:{settings.port}"  # ha-faults hook
     node_id = settings.node_id
     if not settings.peers:
         return resolve([], node_id=node_id or f"coord-{socket.gethostname()}", advertise_url=advertise)
