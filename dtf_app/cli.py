@@ -51,6 +51,10 @@ def _add_node_options(parser: argparse.ArgumentParser) -> None:
                       help="the URL peers, workers and clients reach this coordinator at (default from host/port)")
     node.add_argument("--cluster-secret-file", metavar="F",
                       help="file with the secret that authenticates peer traffic (or DTF_CLUSTER_SECRET)")
+    node.add_argument("--tls-cert", metavar="F", help="coordinator: PEM certificate; serve HTTPS, peers use wss://")
+    node.add_argument("--tls-key", metavar="F", help="coordinator: the PEM private key of --tls-cert")
+    node.add_argument("--peer-ca", metavar="F", help="coordinator: PEM CA bundle that verifies the peers' "
+                      "certificates (default: the system trust store)")
     node.add_argument("--high-availability", action="store_const", const={"enabled": True}, default=None,
                       help="coordinator: run as a Raft cluster member (with no --peers, a one-member cluster)")
     node.add_argument("--heartbeat-ms", type=int, metavar="MS", help="Raft heartbeat interval (default 50)")

@@ -173,7 +173,9 @@ def resolve(entries: list[tuple[str, str]], *, node_id: str | None, advertise_ur
 def from_settings(settings: Settings) -> ClusterSpec:
     """This node's cluster membership from its settings (the rule above); ConfigError when it cannot work."""
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    advertise = settings.advertise_url or f"http://{host}:{settings.port}"
+    # A node with a certificate serves HTTPS (coordinator/tls.py), so its default URL says so.
+    scheme = "https" if settings.tls_cert else "http"
+    advertise = settings.advertise_url or f"{scheme}://{host}:{settings.port}"
     node_id = settings.node_id
     if not settings.peers:
         return resolve([], node_id=node_id or f"coord-{socket.gethostname()}", advertise_url=advertise)

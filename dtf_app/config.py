@@ -56,6 +56,9 @@ class Settings:
     log_level: str = "info"
     snapshot_every: int = 20_000
     """Coordinator: snapshot the state (and restart the command log) after this many log entries."""
+    snapshot_keep: int = 5_000
+    """Coordinator: log entries kept behind each snapshot when the log is compacted; a follower further
+    behind catches up by receiving the snapshot (its DuckDB store is then rebuilt from it)."""
     subscriber_buffer: int = 10_000
     """Coordinator: pushes queued per ``/ws`` subscriber; beyond that a slow reader is told it missed some."""
     orchestrator_enabled: bool = True
@@ -75,6 +78,12 @@ class Settings:
     """Shared secret that authenticates Raft peer traffic (prefer ``DTF_CLUSTER_SECRET`` or a file)."""
     cluster_secret_file: str | None = None
     """A file holding the cluster secret (e.g. a mounted Kubernetes Secret)."""
+    tls_cert: str | None = None
+    """Coordinator: PEM certificate; with ``tls_key`` the node serves HTTPS and peers dial it over wss://."""
+    tls_key: str | None = None
+    """Coordinator: the PEM private key of ``tls_cert``."""
+    peer_ca: str | None = None
+    """Coordinator: PEM CA bundle that peers' certificates are verified against (default: system store)."""
     heartbeat_ms: int = 50
     """Raft heartbeat interval in milliseconds (one tick of the Raft clock)."""
     election_timeout_ms: int = 300
@@ -136,7 +145,9 @@ _KINDS: dict[str, str] = {
     "max_concurrent_tasks": "int", "tags": "list", "worker_id": "optstr", "heartbeat_interval": "float",
     "worker_timeout": "float", "max_retries": "int", "batch_size": "int", "reconnect_attempts": "int",
     "simulate_hardware": "optstr", "log_level": "str", "token_expiry": "int", "snapshot_every": "int",
+    "snapshot_keep": "int",
     "advertise_url": "optstr", "cluster_secret": "optstr", "cluster_secret_file": "optstr",
+    "tls_cert": "optstr", "tls_key": "optstr", "peer_ca": "optstr",
     "heartbeat_ms": "int", "election_timeout_ms": "int", "peers_include_self": "bool",
     "log_path": "optstr", "log_format": "str", "hostname": "optstr", "worker_name": "optstr",
     "hardware_id": "optstr", "task_timeout": "optfloat", "workers_port": "optint", "high_availability": "ha",
@@ -599,7 +610,7 @@ def validate(settings: Settings, sources: Mapping[str, str] | None = None) -> No
                           f"longer than heartbeat_interval ({settings.heartbeat_interval} s), or every worker "
                           "would be declared lost between two heartbeats")
     minimums = {"max_concurrent_tasks": 1, "batch_size": 1, "max_retries": 0, "reconnect_attempts": 0,
-                "token_expiry": 1, "snapshot_every": 1, "heartbeat_ms": 1, "election_timeout_ms": 2,
+                "token_expiry": 1, "snapshot_every": 1, "snapshot_keep": 0, "heartbeat_ms": 1, "election_timeout_ms": 2,
                 "subscriber_buffer": 1}
     for name, low, high, accepted in (("subtask_timeout", 1e-9, 7 * 24 * 3600, "above 0 and at most 604800"),
                                       ("subtask_priority", 0, 100, "from 0 to 100"),
@@ -613,6 +624,11 @@ def validate(settings: Settings, sources: Mapping[str, str] | None = None) -> No
     if settings.election_timeout_ms < 2 * settings.heartbeat_ms:
         raise ConfigError(f"{origin('election_timeout_ms')}: the election timeout ({settings.election_timeout_ms} ms) "
                           f"must be at least twice the heartbeat ({settings.heartbeat_ms} ms)")
+    if settings.mode == "worker":
+        given = [name for name in ("tls_cert", "tls_key", "peer_ca") if getattr(settings, name)]
+        if given:
+            raise ConfigError(f"{origin(given[0])}: TLS certificates are coordinator settings; a worker "
+                              "trusts an https:// coordinator through the system store or SSL_CERT_FILE")
     if settings.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(f"{origin('log_level')}: log level must be one of {', '.join(LOG_LEVELS)}, "
                           f"got {settings.log_level!r}")

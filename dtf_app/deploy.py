@@ -39,7 +39,7 @@ _ROOTS = {
 _ENV_SETTINGS = ("host", "port", "coordinator", "node_id", "worker_id", "max_concurrent_tasks", "tags",
                  "heartbeat_interval", "worker_timeout", "max_retries", "batch_size", "reconnect_attempts",
                  "log_level", "log_format", "hostname", "hardware_id", "worker_name", "task_timeout",
-                 "token_expiry", "snapshot_every", "workers_port")
+                 "token_expiry", "snapshot_every", "snapshot_keep", "workers_port")
 
 
 def convert_path(path: str, platform: str, kind: str = "data") -> str:

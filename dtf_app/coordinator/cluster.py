@@ -49,7 +49,9 @@ class ClusterMonitor:
         from dtf_app import health as health_mod
 
         coord = self.coord
-        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as client:
+        # TLS members are probed with the context peer links use (it trusts --peer-ca).
+        verify = coord.replicator.ssl_context or True
+        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S, verify=verify) as client:
             while True:
                 members = {m: u for m, u in coord.cluster.members.items() if m != coord.node_id}
                 metrics = await trio.to_thread.run_sync(health_mod.sample, str(coord.data_dir))

@@ -71,6 +71,9 @@ class _Machine:
     def restore_snapshot(self, snapshot: Snapshot) -> None:
         owner = self.owner
         owner.state = State.restore(snapshot.data) if snapshot.data else State()
+        if owner.on_snapshot_installed is not None:
+            # Before on_restored and before any later entry is applied: rows it derives come first.
+            owner.on_snapshot_installed(owner.state, snapshot.index)
         if owner.on_restored is not None:
             owner.on_restored(owner.state)
 
@@ -81,11 +84,13 @@ class Replicator:
     def __init__(self, directory: str | Path, state: State, on_applied: Applied, *, node_id: str,
                  peers: dict[str, str] | None = None, secret: bytes | None = None,
                  snapshot_every: int = 20_000, keep_entries: int = 5_000, tick_seconds: float = 0.05,
-                 election_ticks: int = 6, rng: Any = None) -> None:
+                 election_ticks: int = 6, rng: Any = None, ssl_context: Any = None) -> None:
         self.directory = Path(directory)
         self.state = state
         self.on_applied = on_applied
         self.on_restored: Callable[[State], None] | None = None
+        # (state, snapshot index): a snapshot replaced the state, at start or received from the leader.
+        self.on_snapshot_installed: Callable[[State, int], None] | None = None
         self.on_leadership: Callable[[LeadershipChange], None] | None = None
         self.before_snapshot: Callable[[], Awaitable[Any]] | None = None
         self.node_id = node_id
@@ -96,6 +101,8 @@ class Replicator:
         self.tick_seconds = tick_seconds
         self.election_ticks = election_ticks
         self._rng = rng
+        # TLS for the peer links (https:// members are dialled as wss:// and verified with it).
+        self.ssl_context = ssl_context
         self.storage: DurableStorage | None = None
         self.driver: RaftDriver | None = None
         self.transport: Any = None
@@ -112,7 +119,8 @@ class Replicator:
 
             if not self.secret:
                 raise ValueError("a cluster of several coordinators needs a cluster secret")
-            self.transport = Transport(self.node_id, self.peers, self.secret, self._deliver)
+            self.transport = Transport(self.node_id, self.peers, self.secret, self._deliver,
+                                       ssl_context=self.ssl_context)
             send = self.transport.send
         self.driver = RaftDriver(self.node_id, voters, self.storage, _Machine(self), send,
                                  tick_seconds=self.tick_seconds, election_ticks=self.election_ticks,

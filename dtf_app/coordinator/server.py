@@ -18,7 +18,7 @@ import trio
 
 from dtf_app import fsutil, localreg
 from dtf_app.config import Settings
-from dtf_app.coordinator import readiness
+from dtf_app.coordinator import readiness, tls
 from dtf_app.coordinator.service import Coordinator
 
 log = logging.getLogger("dtf.coordinator")
@@ -60,6 +60,7 @@ async def serve_coordinator(settings: Settings, *, task_status: trio.TaskStatus[
         # The design's server.workers_port: a second listener serving the same app, so workers configured
         # for that port connect (the first bind stays the node's advertised URL).
         config.bind.append(f"{settings.host}:{settings.workers_port}")
+    tls.configure_server(config, settings)  # HTTPS (and wss:// peers) with a certificate
     config.accesslog = None
     config.errorlog = logging.getLogger("dtf.http")
     config.graceful_timeout = 2.0
@@ -112,9 +113,9 @@ def _pick_url(binds: list[str], settings: Settings) -> str:
         if bind.startswith("http"):
             host, _, port = bind.rpartition(":")
             if settings.host in ("0.0.0.0", "::"):
-                return f"http://127.0.0.1:{port}"
+                return f"{bind.split('://')[0]}://127.0.0.1:{port}"
             return bind
-    return f"http://{settings.host}:{settings.port}"
+    return f"{tls.scheme(settings)}://{settings.host}:{settings.port}"
 
 
 async def _recover_and_report(coord: Coordinator) -> None:

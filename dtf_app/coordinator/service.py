@@ -27,7 +27,7 @@ from dtf_app import cluster as cluster_rule
 from dtf_app import fsutil
 from dtf_app import protocol as proto
 from dtf_app.config import Settings
-from dtf_app.coordinator import bulk, pubsub, readiness, scheduler, tasklogs, views
+from dtf_app.coordinator import bulk, pubsub, readiness, scheduler, snapshot_rows, tasklogs, tls, views
 from dtf_app.coordinator.intake import WorkerConn, WorkerIntake
 from dtf_app.coordinator.leader import LeaderDuties
 from dtf_app.coordinator.replicator import Replicator
@@ -53,8 +53,12 @@ class Coordinator:
             peers=dict(self.cluster.members),
             secret=cluster_rule.peer_secret(settings) if not self.cluster.is_single else None,
             snapshot_every=max(1, int(settings.snapshot_every)), tick_seconds=heartbeat / 1000,
-            election_ticks=max(2, int(settings.election_timeout_ms) // heartbeat))
+            election_ticks=max(2, int(settings.election_timeout_ms) // heartbeat),
+            keep_entries=max(0, int(settings.snapshot_keep)),
+            ssl_context=tls.peer_context(settings, self.cluster.members, self.node_id))
         self.replicator.on_restored = self._on_restored
+        # A snapshot that covers entries the store never saw rebuilds their rows (snapshot_rows.py).
+        self.replicator.on_snapshot_installed = lambda state, index: snapshot_rows.reconcile(self.store, state, index)
         self.replicator.on_leadership = self._on_leadership
         self.queue = scheduler.ReadyQueue()
         self.conns: dict[str, WorkerConn] = {}

@@ -167,7 +167,7 @@ class PeerSender:
         self._limit = queue_limit
         self._wakeup = trio.Event()
         self.connected = False
-        self._warned = False
+        self._warned: str | None = None  # the failure last logged: a new kind of failure is logged again
         self._fingerprint = fingerprint
         self._on_fatal = on_fatal
 
@@ -195,7 +195,7 @@ class PeerSender:
                                                       f"not {self.peer_id!r}: check the peer list")
                     await ws.send_message(codec.hello_frame(self._secret, challenge, self.node_id, self.peer_id,
                                                             self._fingerprint))
-                    self.connected, self._warned, delay = True, False, RECONNECT_MIN_S
+                    self.connected, self._warned, delay = True, None, RECONNECT_MIN_S
                     log.debug("connected to peer %s at %s", self.peer_id, target)
                     await self._stream(ws, challenge)
             except ConnectionClosed as exc:
@@ -205,10 +205,15 @@ class PeerSender:
                 self._stats.connect_failures += 1
             except (OSError, HandshakeError, trio.TooSlowError, codec.CodecError, PeerAuthError) as exc:
                 self._stats.connect_failures += 1
-                if not self._warned:
-                    log.info("peer %s at %s unreachable (%s); retrying", self.peer_id, target,
-                             getattr(exc, "reason", None) or exc or type(exc).__name__)
-                    self._warned = True
+                why = _describe(exc)
+                if self._ssl is not None and isinstance(exc, HandshakeError | trio.TooSlowError):
+                    # A refused certificate shows up as a stalled websocket handshake: find out why.
+                    why = await self._tls_failure(target) or why
+                if why != self._warned:
+                    # A refused certificate will not cure itself: an operator must see it.
+                    log.log(logging.WARNING if why.startswith("TLS") else logging.INFO,
+                            "peer %s at %s unreachable (%s); retrying", self.peer_id, target, why)
+                    self._warned = why
             finally:
                 self.connected = False
             # Whatever was queued for a dead connection is stale by the time it is back: Raft resends.
@@ -216,6 +221,25 @@ class PeerSender:
             self._queue.clear()
             await trio.sleep(delay)
             delay = min(RECONNECT_MAX_S, delay * 2)
+
+    async def _tls_failure(self, target: str) -> str | None:
+        """The TLS error of a bare handshake with the peer (a certificate it cannot verify), if any."""
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(target)
+        with trio.move_on_after(5):
+            try:
+                stream = await trio.open_ssl_over_tcp_stream(parts.hostname or "", parts.port or 443,
+                                                             ssl_context=self._ssl)
+                try:
+                    await stream.do_handshake()
+                finally:
+                    await stream.aclose()
+            except (OSError, trio.BrokenResourceError) as exc:
+                cause = exc.__cause__ or exc.__context__
+                if isinstance(exc, ssl.SSLError) or isinstance(cause, ssl.SSLError):
+                    return f"TLS: {cause if isinstance(cause, ssl.SSLError) else exc}"
+        return None
 
     async def _stream(self, ws: Any, challenge: bytes) -> None:
         seq = 0
@@ -231,6 +255,19 @@ class PeerSender:
             await ws.send_message(frame)
             self._stats.frames_out += 1
             self._stats.messages_out += len(batch)
+
+
+def _describe(exc: BaseException) -> str:
+    """Why a connection failed, in words: a handshake error's own text is often empty, its cause's is
+    what matters (a refused TLS certificate, a reset connection)."""
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        text = str(getattr(exc, "reason", None) or exc)
+        if text:
+            return f"{type(exc).__name__}: {text}" if len(seen) > 1 else text
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return type(seen[0]).__name__
 
 
 class Transport:

@@ -157,6 +157,21 @@ class _TableWriter:
             con.execute(sql, [value for row in chunk for value in row])
 
 
+def _add_result(result: dict[str, Any], results: list[dict[str, Any]], tests: list[dict[str, Any]],
+                benchmarks: list[dict[str, Any]]) -> None:
+    """A result row, and its per-test and per-benchmark rows, into the batch's lists."""
+    results.append(result)
+    common = {"result_id": result.get("result_id"), "task_id": result.get("task_id"),
+              "worker_id": result.get("worker_id"), "timestamp": result.get("timestamp")}
+    for test in result.get("tests") or []:
+        tests.append({**test, **common})
+    for bench in result.get("benchmarks") or []:
+        row = {**bench, **common}
+        if row.get("hardware") is None:
+            row["hardware"] = result.get("hardware_metrics")
+        benchmarks.append(row)
+
+
 def _quiet_unregister(con: Any, view: str) -> None:
     try:
         con.unregister(view)
@@ -333,6 +348,11 @@ class Store:
         if self._queued_events >= self.max_batch:
             self._urgent.set()
 
+    def covered_index(self) -> int:
+        """The highest log index whose events are committed or queued here (0 for a new store)."""
+        queued = [index for index, _ in self._queue if index is not None]
+        return max([self._last_applied, *queued])
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The single writer loop; on cancellation it writes what is queued (shielded) before returning."""
         if self._con is None:
@@ -505,9 +525,16 @@ class Store:
         tests: list[dict[str, Any]] = []
         benchmarks: list[dict[str, Any]] = []
         leadership: list[dict[str, Any]] = []
+        # Rows rebuilt from a snapshot (``if_absent``): written only where the table lacks them.
+        absent_results: list[dict[str, Any]] = []
+        absent_leadership: list[dict[str, Any]] = []
         next_id = self._next_history_id
         for event in events:
             kind = event["kind"]
+            if event.get("if_absent") and kind in ("result", "leadership"):
+                (absent_results if kind == "result" else absent_leadership).append(
+                    event["result" if kind == "result" else "row"])
+                continue
             if kind == "task":
                 # Collapse: the last state of a task in the batch wins (an upsert may not touch one key
                 # twice in one statement, and the intermediate states are history's job anyway).
@@ -524,19 +551,21 @@ class Store:
             elif kind == "leadership":
                 leadership.append(event["row"])
             else:
-                result = event["result"]
-                results.append(result)
-                common = {"result_id": result.get("result_id"), "task_id": result.get("task_id"),
-                          "worker_id": result.get("worker_id"), "timestamp": result.get("timestamp")}
-                for test in result.get("tests") or []:
-                    tests.append({**test, **common})
-                for bench in result.get("benchmarks") or []:
-                    row = {**bench, **common}
-                    if row.get("hardware") is None:
-                        row["hardware"] = result.get("hardware_metrics")
-                    benchmarks.append(row)
+                _add_result(event["result"], results, tests, benchmarks)
         con.execute("BEGIN TRANSACTION")
         try:
+            if absent_results:
+                ids = [r.get("result_id") for r in absent_results]
+                have = {row[0] for row in con.execute(
+                    "SELECT result_id FROM results WHERE result_id IN (SELECT unnest(CAST(? AS VARCHAR[])))",
+                    [ids]).fetchall()}
+                for result in absent_results:
+                    if result.get("result_id") not in have:
+                        _add_result(result, results, tests, benchmarks)
+            if absent_leadership:
+                have_terms = set(con.execute("SELECT term, leader_id FROM leadership_history").fetchall())
+                leadership.extend(row for row in absent_leadership
+                                  if (row.get("term"), row.get("leader_id")) not in have_terms)
             _WRITERS["distributed_tasks"].write(con, list(tasks.values()))
             _WRITERS["worker_nodes"].write(con, list(workers.values()))
             _WRITERS["task_execution_history"].write(con, history)

@@ -66,6 +66,9 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 AUTH_CLOSE_CODES = frozenset({4401, 4403})
 AUTH_ERROR_CODES = frozenset({"unauthorized", "forbidden"})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+LINK_TIMEOUT_MIN = 5.0
+"""A connection whose coordinator does not answer a ping within its worker_timeout (at least this) is
+dead even if no socket error says so (a network partition black-holes traffic): end it and reconnect."""
 
 
 @dataclass
@@ -155,6 +158,7 @@ class WorkerAgent:
         self._max_slots = max(1, int(settings.max_concurrent_tasks))
         self._slots = trio.CapacityLimiter(self._max_slots)
         self._heartbeat_interval = float(settings.heartbeat_interval)
+        self._link_timeout = max(LINK_TIMEOUT_MIN, float(settings.worker_timeout))
         self._running: dict[OutboxKey, _RunningTask] = {}
         self._finished: dict[OutboxKey, dict[str, Any]] = {}  # outcomes on their way into the outbox
         # Mirror of the outbox (everything not yet acked) and the part not yet sent on this connection.
@@ -380,6 +384,10 @@ class WorkerAgent:
         # The coordinator owns liveness (worker_timeout), so its interval wins over the local setting.
         if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0:
             self._heartbeat_interval = float(interval)
+        timeout = welcome.get("worker_timeout")
+        if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0:
+            # Past the coordinator's worker_timeout without an answer it has given up on us anyway.
+            self._link_timeout = max(LINK_TIMEOUT_MIN, float(timeout))
         logger.info(
             "worker %s connected to %s (node %s); %d slot(s), %d outcome(s) to re-send",
             self.worker_id, url, welcome.get("node_id", "?"), self._max_slots, len(self._unacked),
@@ -429,7 +437,8 @@ class WorkerAgent:
                         self._on_closed(exc, "coordinator")
                         nursery.cancel_scope.cancel()
 
-                for loop in (self._receive_loop, self._sender, self._log_sender, self._heartbeat_loop):
+                for loop in (self._receive_loop, self._sender, self._log_sender, self._heartbeat_loop,
+                             self._link_check):
                     nursery.start_soon(guarded, loop)
         finally:
             self._ws = None
@@ -511,6 +520,24 @@ class WorkerAgent:
                 "free_slots": self._free_slots(),
                 "running": self._running_list(),
             })
+
+    async def _link_check(self) -> None:
+        """Ping the coordinator every heartbeat; a link that stays silent past the link timeout is dead.
+
+        Over a partitioned network nothing fails: writes are buffered and reads just wait, so without this
+        a worker would stay with an unreachable (perhaps deposed) leader until the partition heals, instead
+        of finding the one the majority elected."""
+        ws = self._ws
+        while True:
+            await trio.sleep(self._heartbeat_interval)
+            with trio.move_on_after(self._link_timeout) as scope:
+                await ws.ping()
+            if scope.cancelled_caught:
+                self._close_reason = f"no answer from the coordinator within {self._link_timeout:g} s"
+                logger.warning("coordinator link silent for %.1f s; reconnecting", self._link_timeout)
+                if self._session_scope is not None:
+                    self._session_scope.cancel()
+                return
 
     # ----------------------------------------------------------------------------- message handlers
     def _handle_assign(self, message: dict[str, Any]) -> None:

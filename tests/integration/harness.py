@@ -240,8 +240,13 @@ class HACluster:
     def env(self) -> dict[str, str]:
         return {"DTF_CLUSTER_SECRET": SECRET, "DTF_STATE_DIR": str(self.root / "state")}
 
+    def peers_for(self, node_id: str) -> str:
+        """The ``--peers`` value node ``node_id`` starts with (a fault-injecting mesh gives each its own)."""
+        return self.peers
+
     def start(self, node_id: str, extra: list[str] | None = None) -> Node:
-        node = Node(["--mode", "coordinator", "--node-id", node_id, "--peers", self.peers, "--host", "127.0.0.1",
+        node = Node(["--mode", "coordinator", "--node-id", node_id, "--peers", self.peers_for(node_id),
+                     "--host", "127.0.0.1",
                      "--port", str(self.ports[node_id]), "--data-dir", str(self.root / node_id),
                      "--worker-timeout", "4", "--heartbeat-interval", "1", *(extra or [])],
                     self.root / f"{node_id}.log", env=self.env())
@@ -302,8 +307,9 @@ class HACluster:
 
         return wait_for(attempt, 60, interval=0.2, what="a submit to be accepted")
 
-    def start_worker(self, name: str, worker_key: str, slots: int = 2, heartbeat: float = 1.0) -> Node:
-        node = Node(["--mode", "worker", "--coordinator", self.urls, "--worker-id", name, "--data-dir",
+    def start_worker(self, name: str, worker_key: str, slots: int = 2, heartbeat: float = 1.0,
+                     urls: str | None = None) -> Node:
+        node = Node(["--mode", "worker", "--coordinator", urls or self.urls, "--worker-id", name, "--data-dir",
                      str(self.root / "workers" / name), "--max-concurrent-tasks", str(slots),
                      "--heartbeat-interval", str(heartbeat),
                      "--reconnect-attempts", "100"],
