@@ -379,6 +379,12 @@ def create_app(coord: Coordinator) -> QuartTrio:
             raise ApiError(404, "not_found", f"no worker {worker_id!r}")
         return json_response(view)
 
+    # The sources' worker HTTP API (register alias, long poll, health, capabilities): http_workers.py.
+    from dtf_app.coordinator import http_workers
+
+    app.add_url_rule("/api/register", "register_source_form", register_worker, methods=["POST"])
+    poll_worker_tasks = http_workers.register(app, coord)
+
     # ------------------------------------------------------------------ tasks
     @app.post("/api/tasks")
     @requires("submit")
@@ -418,8 +424,14 @@ def create_app(coord: Coordinator) -> QuartTrio:
         return Response(text, status=201, content_type="application/json")
 
     @app.get("/api/tasks")
-    @requires("read")
     async def list_tasks() -> Response:
+        if request.headers.get(proto.WORKER_CREDENTIAL_HEADER, "").strip():
+            # A worker's long poll for its own assignments (the sources' worker API, http_workers.py).
+            return await poll_worker_tasks()
+        return await _list_tasks()
+
+    @requires("read")
+    async def _list_tasks() -> Response:
         limit = _int_arg("limit", 100, minimum=1, maximum=100_000)
         offset = _int_arg("offset", 0)
         filters = {k: request.args[k] for k in ("status", "type", "worker_id", "batch_id") if request.args.get(k)}
@@ -524,8 +536,13 @@ def create_app(coord: Coordinator) -> QuartTrio:
         else:
             command = {"op": "FailTasks", "items": [dict(item, error=item["error"] or "failed",
                                                          retry=bool(body.get("retry", True)))]}
-        await coord.propose([command])
-        return json_response(task_view(coord.state.tasks[task_id]))
+        (recorded,) = await coord.propose([command])
+        from dtf_app.coordinator import http_workers
+
+        http_workers.note_report(coord, holder, task_id)
+        # recorded: this report is the one the state machine kept (false for a repeat or a stale attempt:
+        # one outcome per attempt, one completion per task).
+        return json_response({**task_view(coord.state.tasks[task_id]), "recorded": bool(recorded)})
 
     @app.post("/api/tasks/<task_id>/complete")
     @requires("worker")
@@ -536,21 +553,6 @@ def create_app(coord: Coordinator) -> QuartTrio:
     @requires("worker")
     async def fail_task(task_id: str) -> Response:
         return await _http_outcome(task_id, "failed")
-
-    @app.post("/api/health")
-    @requires("worker")
-    async def post_health() -> Response:
-        body = await _json_body()
-        if not isinstance(body, dict) or not isinstance(body.get("worker_id"), str):
-            raise ApiError(400, "invalid_health", "the body must be an object with a string worker_id")
-        if not isinstance(body.get("metrics", {}), dict | None):
-            raise ApiError(400, "invalid_health", "metrics must be an object")
-        _act_as(coord, body["worker_id"])
-        conn = coord.conns.get(body["worker_id"])
-        if conn is None:
-            raise ApiError(404, "not_found", f"worker {body['worker_id']!r} is not connected")
-        coord.worker_message(conn, {"type": proto.HEARTBEAT, "metrics": body.get("metrics") or {}})
-        return json_response({"ok": True})
 
     # ------------------------------------------------------------------ results
     @app.get("/api/results")
