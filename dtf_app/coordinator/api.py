@@ -432,6 +432,9 @@ def create_app(coord: Coordinator) -> QuartTrio:
 
     @requires("read")
     async def _list_tasks() -> Response:
+        if request.args.get("wait"):
+            raise ApiError(400, "invalid_parameter", f"wait is for a worker's poll: give the worker's "
+                                                     f"{proto.WORKER_CREDENTIAL_HEADER} with it")
         limit = _int_arg("limit", 100, minimum=1, maximum=100_000)
         offset = _int_arg("offset", 0)
         filters = {k: request.args[k] for k in ("status", "type", "worker_id", "batch_id") if request.args.get(k)}
