@@ -216,6 +216,8 @@ class TasksView(View):
         yield table
 
     def on_resize(self, event: Any) -> None:
+        if not event.size.width:
+            return  # a hidden tab has no width: decide when it is shown, not before
         columns = NARROW_COLUMNS if event.size.width < NARROW_WIDTH else COLUMNS
         if columns is self.columns:
             return
