@@ -67,7 +67,9 @@ ResultDocument (what a runner returns)::
 
 The same outcome document is accepted over HTTP at ``POST /api/tasks/{id}/complete`` (result) and
 ``POST /api/tasks/{id}/fail`` (error), for workers that cannot hold a websocket; the caller must present
-the credential of the worker that holds the task's current attempt.
+the credential of the worker that holds the task's current attempt. Such a worker gets its assignments
+from ``GET /api/tasks`` with its ``X-Worker-Credential`` (a long poll; dtf_app/coordinator/http_workers.py)
+and reports ``running`` / health with ``POST /api/health``; its polls are its heartbeats.
 """
 
 from __future__ import annotations

@@ -23,12 +23,15 @@ from dtf_app.coordinator.http import (
     MAX_BODY_BYTES,
     MAX_TASKS_PER_REQUEST,
     ApiError,
+    act_as,
+    admit_worker,
     bool_arg,
     check_url_text,
     error_response,
     int_arg,
     json_body,
     json_response,
+    not_leader_response,
     requires,
 )
 from dtf_app.coordinator.intake import clean_outcome
@@ -98,7 +101,7 @@ def create_app(coord: Coordinator) -> QuartTrio:
     @app.errorhandler(NotLeader)
     async def on_not_leader(exc: NotLeader) -> Response:
         # Leadership moved while this request waited for its commit.
-        return _not_leader_response(coord)
+        return not_leader_response(coord)
 
     @app.errorhandler(ProposalDropped)
     async def on_dropped(exc: ProposalDropped) -> Response:
@@ -244,7 +247,7 @@ def create_app(coord: Coordinator) -> QuartTrio:
         info = {"worker_id": body["worker_id"], "hostname": str(body.get("hostname") or ""), "capabilities": caps,
                 "hardware": list(caps.get("hardware") or ["cpu"]), "tags": sorted(set(tags) | set(caps.get("tags") or [])),
                 "simulated": bool(caps.get("simulated")), "max_concurrent_tasks": slots, "hardware_metrics": {}}
-        issued = await _admit(coord, body["worker_id"])
+        issued = await admit_worker(coord, body["worker_id"])
         await coord.propose([{"op": "RegisterWorker", "worker": info}])
         view = views.worker_view(coord, body["worker_id"]) or {}
         if issued:
@@ -288,6 +291,12 @@ def create_app(coord: Coordinator) -> QuartTrio:
             raise ApiError(404, "not_found", f"no worker {worker_id!r}")
         return json_response(view)
 
+    # The sources' worker HTTP API (register alias, long poll, health, capabilities): http_workers.py.
+    from dtf_app.coordinator import http_workers
+
+    app.add_url_rule("/api/register", "register_source_form", register_worker, methods=["POST"])
+    poll_worker_tasks = http_workers.register(app, coord)
+
     # ------------------------------------------------------------------ tasks
     @app.post("/api/tasks")
     @requires("submit")
@@ -327,8 +336,17 @@ def create_app(coord: Coordinator) -> QuartTrio:
         return Response(text, status=201, content_type="application/json")
 
     @app.get("/api/tasks")
-    @requires("read")
     async def list_tasks() -> Response:
+        if request.headers.get(proto.WORKER_CREDENTIAL_HEADER, "").strip():
+            # A worker's long poll for its own assignments (the sources' worker API, http_workers.py).
+            return await poll_worker_tasks()
+        return await _list_tasks()
+
+    @requires("read")
+    async def _list_tasks() -> Response:
+        if request.args.get("wait"):
+            raise ApiError(400, "invalid_parameter", f"wait is for a worker's poll: give the worker's "
+                                                     f"{proto.WORKER_CREDENTIAL_HEADER} with it")
         limit = int_arg("limit", 100, minimum=1, maximum=100_000)
         offset = int_arg("offset", 0)
         filters = {k: request.args[k] for k in ("status", "type", "worker_id", "batch_id") if request.args.get(k)}
@@ -425,7 +443,7 @@ def create_app(coord: Coordinator) -> QuartTrio:
         if not holder:
             raise ApiError(409, "not_assigned", f"task {task_id} is {task['status']} and was never assigned to a "
                                                 "worker; there is no attempt to report")
-        _act_as(coord, holder, f"task {task_id} is held by worker {holder!r}: ")
+        act_as(coord, holder, f"task {task_id} is held by worker {holder!r}: ")
         item["worker_id"] = holder
         item["end_time"] = item["end_time"] or time.time()
         if outcome == "completed":
@@ -433,8 +451,13 @@ def create_app(coord: Coordinator) -> QuartTrio:
         else:
             command = {"op": "FailTasks", "items": [dict(item, error=item["error"] or "failed",
                                                          retry=bool(body.get("retry", True)))]}
-        await coord.propose([command])
-        return json_response(task_view(coord.state.tasks[task_id]))
+        (recorded,) = await coord.propose([command])
+        from dtf_app.coordinator import http_workers
+
+        http_workers.note_report(coord, holder, task_id)
+        # recorded: this report is the one the state machine kept (false for a repeat or a stale attempt:
+        # one outcome per attempt, one completion per task).
+        return json_response({**task_view(coord.state.tasks[task_id]), "recorded": bool(recorded)})
 
     @app.post("/api/tasks/<task_id>/complete")
     @requires("worker")
@@ -464,21 +487,6 @@ def create_app(coord: Coordinator) -> QuartTrio:
     async def fail_subtask(task_id: str) -> Response:
         _subtask(task_id)
         return await _http_outcome(task_id, "failed")
-
-    @app.post("/api/health")
-    @requires("worker")
-    async def post_health() -> Response:
-        body = await json_body()
-        if not isinstance(body, dict) or not isinstance(body.get("worker_id"), str):
-            raise ApiError(400, "invalid_health", "the body must be an object with a string worker_id")
-        if not isinstance(body.get("metrics", {}), dict | None):
-            raise ApiError(400, "invalid_health", "metrics must be an object")
-        _act_as(coord, body["worker_id"])
-        conn = coord.conns.get(body["worker_id"])
-        if conn is None:
-            raise ApiError(404, "not_found", f"worker {body['worker_id']!r} is not connected")
-        coord.intake.message(conn, {"type": proto.HEARTBEAT, "metrics": body.get("metrics") or {}})
-        return json_response({"ok": True})
 
     # ------------------------------------------------------------------ results
     @app.get("/api/results")
@@ -651,47 +659,9 @@ def create_app(coord: Coordinator) -> QuartTrio:
     return app
 
 
-def _act_as(coord: Coordinator, worker_id: str, context: str = "") -> None:
-    """403 unless the request carries ``worker_id``'s credential (X-Worker-Credential), whatever the role."""
-    from dtf_app.coordinator import enrolment
-
-    try:
-        enrolment.verify(coord.state.enrolments, worker_id, enrolment.credential_from_headers(request.headers))
-    except enrolment.CredentialRefused as exc:
-        raise ApiError(403, exc.code, context + str(exc)) from None
-
-
-async def _admit(coord: Coordinator, worker_id: str) -> str | None:
-    """Enrol or check the caller as ``worker_id`` (403 when refused); the issued credential, if any."""
-    from dtf_app.coordinator import enrolment
-
-    try:
-        return await enrolment.admit(coord, worker_id, enrolment.credential_from_headers(request.headers),
-                                     g.principal.name)
-    except enrolment.CredentialRefused as exc:
-        raise ApiError(403, exc.code, str(exc)) from None
-
-
 # Answered by every node itself, leader or not: health checks, metrics, the cluster views, the schema.
 _NODE_LOCAL_PREFIXES = ("/api/cluster/", "/status", "/metrics", "/openapi.json")
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-
-def _not_leader_response(coord: Coordinator) -> Response:
-    """A follower's answer to a request only the leader serves: 307 to the leader, or 503 if none."""
-    leader_url = coord.leader_url
-    if leader_url is None or coord.leader_id == coord.node_id:
-        response = error_response(503, "no_leader", "no leader is known yet (an election is under way or a "
-                                  "majority of the coordinators is unreachable); retry shortly")
-        response.headers["Retry-After"] = "1"
-        return response
-    body = {"error": {"code": "not_leader", "message": f"this coordinator ({coord.node_id}) is a follower; "
-                      f"send this request to the leader {coord.leader_id} at {leader_url}",
-                      "leader_id": coord.leader_id, "leader_url": leader_url}}
-    response = json_response(body, 307)
-    query = request.query_string.decode("latin-1")
-    response.headers["Location"] = leader_url + request.path + (f"?{query}" if query else "")
-    return response
 
 
 async def _route_to_leader(coord: Coordinator) -> Response | None:
@@ -706,11 +676,11 @@ async def _route_to_leader(coord: Coordinator) -> Response | None:
                 with trio.fail_after(10):
                     await coord.read_barrier()
             except (NotLeader, ProposalDropped, trio.TooSlowError):
-                return _not_leader_response(coord)
+                return not_leader_response(coord)
         return None
     if request.method not in _WRITE_METHODS and bool_arg("stale"):
         return None
-    return _not_leader_response(coord)
+    return not_leader_response(coord)
 
 
 __all__ = ["ApiError", "create_app"]

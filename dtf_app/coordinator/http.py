@@ -118,3 +118,41 @@ def bool_arg(name: str) -> bool:
     if raw not in ("true", "false"):
         raise ApiError(400, "invalid_parameter", f"query parameter {name} must be true or false, got {raw!r}")
     return raw == "true"
+
+
+def act_as(coord: Coordinator, worker_id: str, context: str = "") -> None:
+    """403 unless the request carries ``worker_id``'s credential (X-Worker-Credential), whatever the role."""
+    from dtf_app.coordinator import enrolment
+
+    try:
+        enrolment.verify(coord.state.enrolments, worker_id, enrolment.credential_from_headers(request.headers))
+    except enrolment.CredentialRefused as exc:
+        raise ApiError(403, exc.code, context + str(exc)) from None
+
+
+async def admit_worker(coord: Coordinator, worker_id: str) -> str | None:
+    """Enrol or check the caller as ``worker_id`` (403 when refused); the issued credential, if any."""
+    from dtf_app.coordinator import enrolment
+
+    try:
+        return await enrolment.admit(coord, worker_id, enrolment.credential_from_headers(request.headers),
+                                     g.principal.name)
+    except enrolment.CredentialRefused as exc:
+        raise ApiError(403, exc.code, str(exc)) from None
+
+
+def not_leader_response(coord: Coordinator) -> Response:
+    """A follower's answer to a request only the leader serves: 307 to the leader, or 503 if none."""
+    leader_url = coord.leader_url
+    if leader_url is None or coord.leader_id == coord.node_id:
+        response = error_response(503, "no_leader", "no leader is known yet (an election is under way or a "
+                                  "majority of the coordinators is unreachable); retry shortly")
+        response.headers["Retry-After"] = "1"
+        return response
+    body = {"error": {"code": "not_leader", "message": f"this coordinator ({coord.node_id}) is a follower; "
+                      f"send this request to the leader {coord.leader_id} at {leader_url}",
+                      "leader_id": coord.leader_id, "leader_url": leader_url}}
+    response = json_response(body, 307)
+    query = request.query_string.decode("latin-1")
+    response.headers["Location"] = leader_url + request.path + (f"?{query}" if query else "")
+    return response

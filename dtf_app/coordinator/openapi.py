@@ -10,6 +10,7 @@ from typing import Any
 
 from dtf_app.coordinator import scheduler
 from dtf_app.coordinator.http import MAX_TASKS_PER_REQUEST
+from dtf_app.coordinator.http_workers import POLL_WAIT_MAX_S
 from dtf_app.coordinator.views import WORKER_STATUSES
 from dtf_app.jsonsafe import MAX_JSON_DEPTH
 from dtf_app.protocol import (
@@ -167,6 +168,21 @@ def _orchestration_paths(task_id: dict[str, Any], outcome: dict[str, Any],
     }
 
 
+_TASK_PAGE = {"type": "object", "required": ["tasks", "total"], "properties": {
+    "tasks": {"type": "array", "items": _TASK_OUT}, "total": {"type": "integer"}}}
+_POLL = {"type": "object", "required": ["worker_id", "tasks", "new", "cancel"], "properties": {
+    "worker_id": {"type": "string"},
+    "tasks": {"type": "array", "items": {"type": "object", "required": ["task_id", "attempt", "type", "config"],
+                                         "properties": {"task_id": {"type": "string"}, "attempt": {"type": "integer"},
+                                                        "type": {"type": "string"}, "config": {"type": "object"},
+                                                        "parameters": {"type": "object"},
+                                                        "timeout_seconds": {"type": "number"}}}},
+    "new": {"type": "array", "items": {"type": "string"}},
+    "cancel": {"type": "array", "items": {"type": "object"}},
+    "heartbeat_interval": {"type": "number"}, "worker_timeout": {"type": "number"},
+    "poll_wait_max": {"type": "number"}}}
+
+
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
@@ -282,6 +298,21 @@ def build_spec(version: str) -> dict[str, Any]:
                                                  "end_time": {"type": ["number", "null"]}}}
     paging = [_query("limit", {"type": "integer", "minimum": 1, "maximum": 100_000}),
               _query("offset", {"type": "integer", "minimum": 0, "maximum": 1_000_000})]
+    register = _op(
+        "register a worker over HTTP (role worker). A new id is enrolled with the X-Worker-Credential "
+        "presented, or with a generated credential returned once as `credential`; an enrolled id needs "
+        "its credential (403 otherwise)", "201", params=[_credential(False)], body={
+            "type": "object", "required": ["worker_id"], "properties": {
+                "worker_id": _ID, "hostname": {"type": ["string", "null"]},
+                "capabilities": {"type": ["object", "null"], "properties": {
+                    "hardware": {**_STR_LIST, "type": ["array", "null"], "description": "hardware kinds; cpu when empty"},
+                    "tags": {**_STR_LIST, "type": ["array", "null"]}, "simulated": {"type": ["boolean", "null"]}}},
+                "tags": {"type": ["array", "null"], "items": {"type": "string"}},
+                "max_concurrent_tasks": {"type": "integer", "minimum": 1, "maximum": 10_000}}},
+        response={"type": "object", "required": ["worker_id"], "properties": {
+            "worker_id": {"type": "string"},
+            "credential": {"type": "string", "description": "only when the coordinator generated it"}}})
+    source_register = {**register, "summary": "the sources' name for POST /api/workers/register: " + register["summary"]}
     paths: dict[str, Any] = {
         "/status": {"get": _status_op()},
         "/api/status": {"get": _op("node, leader, task and worker counts")},
@@ -299,20 +330,7 @@ def build_spec(version: str) -> dict[str, Any]:
                                                            params=[_path("node_id")])},
         "/api/workers": {"get": _op("workers", params=[_query("status", {"type": "string",
                                                                           "enum": list(WORKER_STATUSES)})])},
-        "/api/workers/register": {"post": _op(
-            "register a worker over HTTP (role worker). A new id is enrolled with the X-Worker-Credential "
-            "presented, or with a generated credential returned once as `credential`; an enrolled id needs "
-            "its credential (403 otherwise)", "201", params=[_credential(False)], body={
-                "type": "object", "required": ["worker_id"], "properties": {
-                    "worker_id": _ID, "hostname": {"type": ["string", "null"]},
-                    "capabilities": {"type": ["object", "null"], "properties": {
-                        "hardware": {**_STR_LIST, "type": ["array", "null"], "description": "hardware kinds; cpu when empty"},
-                        "tags": {**_STR_LIST, "type": ["array", "null"]}, "simulated": {"type": ["boolean", "null"]}}},
-                    "tags": {"type": ["array", "null"], "items": {"type": "string"}},
-                    "max_concurrent_tasks": {"type": "integer", "minimum": 1, "maximum": 10_000}}},
-            response={"type": "object", "required": ["worker_id"], "properties": {
-                "worker_id": {"type": "string"},
-                "credential": {"type": "string", "description": "only when the coordinator generated it"}}}),
+        "/api/workers/register": {"post": register,
             # The path also matches /api/workers/{worker_id}: a worker may be named "register".
             "get": _op("the worker named 'register' (see /api/workers/{worker_id})")},
         "/api/workers/{worker_id}": {"get": _op("one worker", params=[worker_id])},
@@ -328,10 +346,21 @@ def build_spec(version: str) -> dict[str, Any]:
                             "properties": {"tasks": _TASK_LIST}}]},
                         params=[_query("allow_unschedulable", {"type": "boolean"})],
                         response={"oneOf": [_TASK_OUT, {"type": "array", "items": _TASK_OUT}]}),
-            "get": _op("tasks", params=[
+            "get": _op("tasks; with X-Worker-Credential, a worker's long poll for its own assignments", params=[
                 _query("status", {"type": "string", "enum": list(scheduler.ALL_STATES)}),
                 _query("type", {"type": "string"}), _query("worker_id", {"type": "string"}),
-                _query("batch_id", {"type": "string"}), *paging]),
+                _query("batch_id", {"type": "string"}), *paging,
+                _query("wait", {"type": "number", "minimum": 0, "maximum": POLL_WAIT_MAX_S},
+                       "a worker's poll only: seconds to wait for news (default and cap: half the worker "
+                       "timeout); 0 answers at once"),
+                _credential(False)], description=(
+                "Without X-Worker-Credential: the task list (filters status, type, worker_id, batch_id, "
+                "limit, offset; role read). With it (role worker): that worker's poll, which takes only "
+                "worker_id (its own; default: the credential's) and wait, and answers when an attempt it "
+                "was not told about or a cancellation is there, else after wait seconds: `tasks` lists "
+                "every attempt it holds now (an attempt it runs that is not listed was taken back), `new` "
+                "the ids it was not told about, `cancel` the attempts to stop. A follower answers 307 "
+                "not_leader."), response={"anyOf": [_TASK_PAGE, _POLL]}),
         },
         "/api/tasks/summary": {"get": _op("counts by state for a batch or ids", params=[
             _query("batch_id", {"type": "string"}), _query("ids", {"type": "string"})])},
@@ -348,10 +377,23 @@ def build_spec(version: str) -> dict[str, Any]:
         "/api/tasks/{task_id}/fail": {"post": _op(
             "worker: report a failure; only the worker holding the attempt (its X-Worker-Credential)",
             params=[task_id, _credential(True)], body=outcome)},
-        "/api/health": {"post": _op("worker: health metrics (the worker's X-Worker-Credential)",
-                                    params=[_credential(True)], body={
-            "type": "object", "required": ["worker_id"], "properties": {
-                "worker_id": {"type": "string"}, "metrics": {"type": ["object", "null"]}}})},
+        "/api/health": {"post": _op(
+            "worker: health metrics and the attempts it runs (the worker's X-Worker-Credential); for a worker "
+            "without a websocket it is a sign of life, and an attempt listed in running for the first time "
+            "is recorded as started", params=[_credential(True)], body={
+                "type": "object", "required": ["worker_id"], "properties": {
+                    "worker_id": {"type": "string"}, "metrics": {"type": ["object", "null"]},
+                    "running": {"type": ["array", "null"], "items": {
+                        "type": "object", "required": ["task_id", "attempt"], "properties": {
+                            "task_id": {"type": "string"}, "attempt": {"type": "integer"},
+                            "start_time": {"type": ["number", "null"]}}}}}})},
+        "/api/register": {"post": source_register},
+        "/api/capabilities": {"get": _op(
+            "with X-Worker-Credential (role worker): the profile the coordinator matches tasks against for "
+            "that worker; without it (role read): per hardware kind the workers and slots, and each worker's "
+            "hardware", params=[_credential(False)], response={"anyOf": [{
+                "type": "object", "required": ["worker_id", "hardware", "capabilities", "max_concurrent_tasks"]},
+                {"type": "object", "required": ["hardware", "task_types", "workers"]}]})},
         "/api/results": {"get": _op("results", params=[
             _query("task_id", {"type": "string"}), _query("status", {"type": "string"}),
             _query("type", {"type": "string"}), _query("worker_id", {"type": "string"}), *paging])},

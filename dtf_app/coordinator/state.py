@@ -262,13 +262,15 @@ class State:
     def _fail_tasks(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
         now = cmd["time"]
         events: Events = []
+        recorded = 0
         for item in cmd["items"]:
             task = self.tasks.get(item["task_id"])
             if not self._is_current(task, item):
                 continue
             events.extend(self._fail_attempt(task, item.get("error") or "failed", now, item,
                                              retry=bool(item.get("retry", True))))
-        return None, events
+            recorded += 1
+        return recorded, events
 
     def _fail_attempt(self, task: TaskDoc, error: str, now: float, item: dict[str, Any] | None,
                       *, retry: bool) -> Events:

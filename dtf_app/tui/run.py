@@ -63,4 +63,40 @@ def run_remote(urls: list[str], api_key: str | None, log_dir: Path | None = None
             pass  # logging is a help, not a requirement
     from dtf_app.tui.app import DashApp
 
-    return int(DashApp(RemoteBackend(urls, api_key)).run() or 0)
+    app = DashApp(RemoteBackend(urls, api_key))
+    _quit_with_web_server(app)
+    return int(app.run() or 0)
+
+
+def _quit_with_web_server(app: object) -> None:
+    """A browser session of ``dtf dash --web`` (web.py names its server's pid) ends with that server.
+
+    textual-serve's pipes closing does not stop a Textual app (its input thread just ends), so without
+    this a killed or stopped web server leaves its sessions running, orphaned, at full CPU. A thread, so
+    that it acts whatever the app's loop is doing; a hard exit if the app does not quit in time.
+    """
+    import threading
+    import time
+
+    raw = os.environ.get("DTF_WEB_SERVER_PID", "")
+    if not raw.isdigit():
+        return
+    server_pid = int(raw)
+
+    def watch() -> None:
+        while True:
+            time.sleep(2.0)
+            try:
+                os.kill(server_pid, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:
+                continue  # exists (another user's pid now would be odd, but it is not gone)
+        try:
+            app.call_from_thread(app.exit)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - the app may already be closing
+            pass
+        time.sleep(10.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="dtf-web-server-watch", daemon=True).start()

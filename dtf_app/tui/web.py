@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import shlex
 import sys
 import time
@@ -25,6 +26,7 @@ from textual_serve.app_service import AppService
 from textual_serve.server import Server, to_int
 
 COOKIE = "dtf_api_key"
+WEB_SERVER_PID_ENV = "DTF_WEB_SERVER_PID"
 KEY_CACHE_SECONDS = 30.0
 DEFAULT_WEB_PORT = 8050
 
@@ -39,6 +41,9 @@ class _KeyedAppService(AppService):
     def _build_environment(self, width: int = 80, height: int = 24) -> dict[str, str]:
         environment = super()._build_environment(width, height)
         environment["DTF_API_KEY"] = self.api_key
+        # The session's dtf dash quits when this server is gone (run.py): killed or stopped, it would
+        # otherwise leave the session process behind, spinning on its closed pipes.
+        environment[WEB_SERVER_PID_ENV] = str(os.getpid())
         return environment
 
 

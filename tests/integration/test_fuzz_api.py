@@ -78,10 +78,17 @@ def _config(cluster: Cluster, key: str, *, viewer: bool) -> SchemathesisConfig:
         }, {
             # Acting as a worker needs the credential that worker id enrolled with (X-Worker-Credential);
             # a generated one is well-formed but not that one, and 403 credential_refused is the answer.
-            "include-path": ["/api/health", "/api/workers/register", "/api/tasks/{task_id}/complete",
-                             "/api/tasks/{task_id}/fail", "/api/subtasks/{task_id}/complete",
-                             "/api/subtasks/{task_id}/fail"],
+            "include-path": ["/api/health", "/api/workers/register", "/api/register", "/api/capabilities",
+                             "/api/tasks/{task_id}/complete", "/api/tasks/{task_id}/fail",
+                             "/api/subtasks/{task_id}/complete", "/api/subtasks/{task_id}/fail"],
             "checks": {"positive_data_acceptance": {"expected-statuses": [*accepted, "403"]}},
+        }, {
+            # GET /api/tasks with an X-Worker-Credential is a worker's poll, which takes only worker_id and
+            # wait (and wait only with the credential): a constraint between parameters that OpenAPI
+            # cannot state (the description says it; the API answers 400 naming what is accepted), and a
+            # generated credential is not a worker's (403).
+            "include-path": "/api/tasks", "include-method": "GET",
+            "checks": {"positive_data_acceptance": {"expected-statuses": [*accepted, "400", "403"]}},
         }],
         # A viewer reads exactly what an admin reads, and its writes are refused before the body is
         # looked at: the coverage phase's ~2000 boundary requests would only prove that again, so the

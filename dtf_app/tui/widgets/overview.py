@@ -46,9 +46,10 @@ class OverviewView(View):
         # Two columns (active states | finished states), so the box fits an 80x24 terminal too.
         left, right = ("running", "assigned", "pending", "blocked"), ("completed", "failed", "cancelled", "unschedulable")
         for a, b in zip(left, right, strict=True):
-            line += Text(f"{a:<9}", style="grey70") + Text(f"{counts.get(a, 0):>7,}", style=fmt.STATE_STYLES[a])
-            line += Text(f"  {b:<13}", style="grey70") + Text(f"{counts.get(b, 0):>7,}\n", style=fmt.STATE_STYLES[b])
-        line += Text(f"{'total':<9}", style="bold") + Text(f"{counts.get('total', 0):>7,}", style="bold")
+            # 8 + 7 + 1 + 13 + 7 = 36 cells: one line per pair even in the half-width box of 80 columns.
+            line += Text(f"{a:<8}", style="grey70") + Text(f"{counts.get(a, 0):>7,}", style=fmt.STATE_STYLES[a])
+            line += Text(f" {b:<13}", style="grey70") + Text(f"{counts.get(b, 0):>7,}\n", style=fmt.STATE_STYLES[b])
+        line += Text(f"{'total':<8}", style="bold") + Text(f"{counts.get('total', 0):>7,}", style="bold")
         self.query_one("#counts", Static).update(line)
 
         by_status: dict[str, int] = {}

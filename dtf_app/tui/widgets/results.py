@@ -36,6 +36,7 @@ def bar_chart(groups: list[dict[str, Any]], metric: str, unit: str, width: int =
             continue
         filled = max(1, round(value / top * width))
         text += Text("█" * filled, style="cyan") + Text(f" {value:,.2f} {unit}\n")
+    text.rstrip()  # no blank last line inside the box
     return text or Text("no benchmark results yet", style="grey50")
 
 
@@ -69,7 +70,7 @@ class ResultsView(View):
                 yield Static(id="anomalies")
             with Vertical(classes="box"):
                 yield Label("Test results by status", classes="box-title")
-                yield Static(id="tests")
+                yield Static(id="test-status")
 
     def action_cycle_level(self) -> None:
         self.level = LEVELS[(LEVELS.index(self.level) + 1) % len(LEVELS)]
@@ -102,15 +103,16 @@ class ResultsView(View):
                           num(g.get("throughput_p50")), num(g.get("throughput_stddev")), num(g.get("latency_ms_mean"), 3),
                           num(g.get("latency_ms_p50"), 3), num(g.get("latency_ms_min"), 3),
                           num(g.get("latency_ms_max"), 3), num(g.get("memory_peak_mb_max"), 1), key=f"g{i}")
-        self.query_one("#throughput-chart", Static).update(bar_chart(groups, "throughput_mean", "/s"))
-        self.query_one("#latency-chart", Static).update(bar_chart(groups, "latency_ms_mean", "ms"))
+        self._pair("#throughput-chart", bar_chart(groups, "throughput_mean", "/s"),
+                   "#latency-chart", bar_chart(groups, "latency_ms_mean", "ms"))
         anomalies = [a for a in info.get("anomalies") or [] if isinstance(a, dict)]
         text = Text()
         for a in anomalies[:12]:
             text += Text(f"{a.get('model')} bs={a.get('batch_size')} {a.get('precision')}: ", style="bold")
             text += Text(f"{a.get('metric')} {num(a.get('value'))} z={num(a.get('z_score'))} ({a.get('direction')})\n",
                          style="red" if a.get("direction") == "low" else "yellow")
-        self.query_one("#anomalies", Static).update(text or Text("none", style="green"))
+        text.rstrip()
+        anomalies_text = text or Text("none", style="green")
         tests = info.get("tests") if isinstance(info.get("tests"), dict) else {}
         text = Text()
         for g in tests.get("groups") or []:
@@ -118,4 +120,13 @@ class ResultsView(View):
                 text += Text(f"{str(g.get('key')):>10} ", style="grey70") + Text(
                     f"{g.get('passed', 0)} passed  {g.get('failed', 0)} failed  {g.get('error', 0)} error  "
                     f"{g.get('skipped', 0)} skipped\n")
-        self.query_one("#tests", Static).update(text or Text("no test results yet", style="grey50"))
+        text.rstrip()
+        self._pair("#anomalies", anomalies_text, "#test-status", text or Text("no test results yet", style="grey50"))
+
+    def _pair(self, left_id: str, left: Text, right_id: str, right: Text) -> None:
+        """Fill two boxes side by side, both as tall as the taller one (a ragged row looks broken)."""
+        lines = max(len(left.plain.splitlines()) or 1, len(right.plain.splitlines()) or 1)
+        for widget_id, text in ((left_id, left), (right_id, right)):
+            widget = self.query_one(widget_id, Static)
+            widget.styles.height = lines
+            widget.update(text)

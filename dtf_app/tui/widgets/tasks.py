@@ -26,6 +26,12 @@ SORTS = ("newest", "oldest", "status", "priority", "name")
 COLUMNS = (("id", "id", 12), ("name", "name", 26), ("type", "type", 9), ("status", "status", 13),
            ("prio", "priority", 4), ("worker", "worker_id", 10), ("att", "attempts", 3),
            ("created", "create_time", 8), ("took", "took", 7), ("result / error", "error", None))
+# Below NARROW_WIDTH columns (an 80-column terminal) the table keeps what matters most, narrower, so
+# nothing scrolls sideways (widths + 2 cells of padding each fit 78): priority, attempts and creation
+# time are in the task's detail.
+NARROW_WIDTH = 120
+NARROW_COLUMNS = (("id", "id", 8), ("name", "name", 14), ("type", "type", 9), ("status", "status", 10),
+                  ("worker", "worker_id", 6), ("took", "took", 6), ("result/error", "error", 10))
 
 
 class FilterSpec:
@@ -159,7 +165,13 @@ def visible_tasks(store: LiveStore, spec: FilterSpec, sort: str, page: int,
     return [store.tasks[t] for t in index.page(page, rows)], len(index)
 
 
-def _cells(task: dict[str, Any]) -> tuple[Any, ...]:
+def _cells(task: dict[str, Any], columns: tuple[tuple[str, str, int | None], ...] = COLUMNS) -> tuple[Any, ...]:
+    """The cells of a task's row for these columns."""
+    values = dict(zip([key for _, key, _ in COLUMNS], _all_cells(task), strict=True))
+    return tuple(values[key] for _, key, _ in columns)
+
+
+def _all_cells(task: dict[str, Any]) -> tuple[Any, ...]:
     result = task.get("result") if isinstance(task.get("result"), dict) else None
     if task.get("error"):
         tail = str(task["error"]).splitlines()[0][:80] if str(task["error"]) else "-"
@@ -192,15 +204,29 @@ class TasksView(View):
         self._shown: list[str] = []
         self._store: LiveStore | None = None
         self._index: TaskIndex | None = None
+        self.columns = COLUMNS
 
     def compose(self) -> ComposeResult:
-        yield Input(placeholder="filter: words, status:failed,running  type:test   (/ to focus, esc to leave)",
+        yield Input(placeholder="filter: words status:failed,running type:test  (/ focus, esc leave)",
                     id="task-filter")
         yield Static(id="task-summary")
         table: DataTable = DataTable(id="task-table", cursor_type="row", zebra_stripes=True)
-        for label, key, width in COLUMNS:
+        for label, key, width in self.columns:
             table.add_column(label, key=key, width=width)
         yield table
+
+    def on_resize(self, event: Any) -> None:
+        if not event.size.width:
+            return  # a hidden tab has no width: decide when it is shown, not before
+        columns = NARROW_COLUMNS if event.size.width < NARROW_WIDTH else COLUMNS
+        if columns is self.columns:
+            return
+        self.columns = columns
+        table = self.query_one("#task-table", DataTable)
+        table.clear(columns=True)
+        for label, key, width in columns:
+            table.add_column(label, key=key, width=width)
+        self._changed()
 
     # -------------------------------------------------------------- refresh
     def refresh_view(self, store: LiveStore, changes: Changes) -> None:
@@ -224,23 +250,27 @@ class TasksView(View):
             follow = table.cursor_row == 0 and self.sort == "newest" and self.page == 0
             table.clear()
             for task, task_id in zip(page, ids, strict=True):
-                table.add_row(*_cells(task), key=task_id)
+                table.add_row(*_cells(task, self.columns), key=task_id)
             self._shown = ids
             if selected in ids and not follow:
                 table.move_cursor(row=ids.index(selected), animate=False, scroll=False)
         else:
-            keys = [c for _, c, _ in COLUMNS]
+            keys = [c for _, c, _ in self.columns]
             changed = changes.tasks & set(ids)
             for task_id in changed:
-                for key, value in zip(keys, _cells(store.tasks[task_id]), strict=True):
+                for key, value in zip(keys, _cells(store.tasks[task_id], self.columns), strict=True):
                     table.update_cell(task_id, key, value)
             for task in page:  # running durations move with the clock
                 if task.get("status") == "running" and task.get("task_id") not in changed:
                     table.update_cell(str(task["task_id"]), "took", fmt.duration(task))
         first = self.page * PAGE_ROWS + (1 if page else 0)
-        summary = (f"{first:,}-{self.page * PAGE_ROWS + len(page):,} of {total:,} matching"
-                   f" ({len(store.tasks):,} in view, {store.total_tasks:,} in the cluster) · order: {self.sort}"
-                   f" · page {self.page + 1} ([ ])")
+        if self.columns is NARROW_COLUMNS:
+            summary = (f"{first:,}-{self.page * PAGE_ROWS + len(page):,} of {total:,} ({store.total_tasks:,} in "
+                       f"the cluster) · {self.sort} · page {self.page + 1} ([ ])")
+        else:
+            summary = (f"{first:,}-{self.page * PAGE_ROWS + len(page):,} of {total:,} matching"
+                       f" ({len(store.tasks):,} in view, {store.total_tasks:,} in the cluster) · order: {self.sort}"
+                       f" · page {self.page + 1} ([ ])")
         if self.spec.problems:
             summary += " · " + "; ".join(self.spec.problems)
         self.query_one("#task-summary", Static).update(summary)
