@@ -17,7 +17,7 @@ API key and, once enrolled, its own ``X-Worker-Credential`` (dtf_app/protocol.py
 - ``GET /api/capabilities``: with a credential, the profile the coordinator matches tasks against for that
   worker; without one (role read), the cluster's hardware kinds, slots and workers.
 
-Such a worker is a :class:`~dtf_app.coordinator.service.WorkerConn` like a websocket one, so dispatch,
+Such a worker is a :class:`~dtf_app.coordinator.intake.WorkerConn` like a websocket one, so dispatch,
 cancellation, step-down and the liveness rules are the same code: the frames pushed to it wait in a
 queue that its polls drain, and each poll (or report) counts as a heartbeat. Its first poll opens the
 session (``worker_hello``, as a websocket hello would); a session closed by the coordinator (worker
@@ -37,7 +37,8 @@ from quart_trio import QuartTrio
 
 from dtf_app import protocol as proto
 from dtf_app.coordinator import enrolment
-from dtf_app.coordinator.service import Coordinator, WorkerConn
+from dtf_app.coordinator.intake import WorkerConn
+from dtf_app.coordinator.service import Coordinator
 from dtf_app.security import keys as keymod
 
 POLL_WAIT_MAX_S = 60.0
