@@ -142,6 +142,30 @@ def test_odd_and_missing_fields_never_crash_a_view() -> None:
     asyncio.run(run())
 
 
+def test_a_detail_refresh_while_the_screen_is_mounting_or_closing_is_harmless() -> None:
+    """A refresh tick or an HTTP answer can land while the detail screen is not (or no longer) composed:
+    it must not raise (it once took the whole TUI down with NoMatches on '#attempts')."""
+
+    async def run() -> None:
+        app = static_app()
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            task_id = max(app.store.tasks)
+            closed = TaskDetailScreen(task_id, app.store)  # never mounted: no widgets at all
+            closed.refresh_detail()
+            closed.set_fetched({"task_id": task_id, "log_tail": ["a line"]}, [{"attempt": 1}], {"status": "success"})
+            screen = TaskDetailScreen(task_id, app.store)
+            app.push_screen(screen)
+            await pilot.pause()
+            app.pop_screen()
+            screen.refresh_detail()  # during/after the pop
+            screen.set_fetched({"task_id": task_id, "log_tail": ["late"]}, [], None)
+            await pilot.pause()
+            assert not isinstance(app.screen, TaskDetailScreen)
+
+    asyncio.run(run())
+
+
 def test_the_banner_shows_a_lost_connection_and_hides_when_back() -> None:
     async def run() -> None:
         app = static_app()

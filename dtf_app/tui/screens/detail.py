@@ -9,6 +9,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label, RichLog, Static
 
@@ -75,7 +76,10 @@ class TaskDetailScreen(Screen[None]):
             lines = [str(x) for x in detail.get("log_tail") or []]
             known = self.store.logs.get(self.task_id)
             if lines and not known:
-                log = self.query_one("#log", RichLog)
+                try:
+                    log = self.query_one("#log", RichLog)
+                except NoMatches:  # the screen was closed while the read was on its way
+                    return
                 for line in lines:
                     log.write(line)
         if isinstance(attempts, list):
@@ -85,6 +89,15 @@ class TaskDetailScreen(Screen[None]):
         self.refresh_detail()
 
     def refresh_detail(self) -> None:
+        """Redraw from the live store; a no-op while the screen is being mounted or taken down."""
+        try:
+            self._refresh_detail()
+        except NoMatches:
+            # A refresh tick can land between a push and its compose, or during the pop: the widgets
+            # are not (or no longer) there, and the next tick draws the whole screen anyway.
+            pass
+
+    def _refresh_detail(self) -> None:
         task = self.task
         if task.get("status") != self._status:
             # A new state means new attempts or a result to read (e.g. it just finished or was requeued).

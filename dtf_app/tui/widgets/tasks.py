@@ -173,7 +173,10 @@ def _cells(task: dict[str, Any], columns: tuple[tuple[str, str, int | None], ...
 
 def _all_cells(task: dict[str, Any]) -> tuple[Any, ...]:
     result = task.get("result") if isinstance(task.get("result"), dict) else None
-    if task.get("error"):
+    if task.get("status") == "completed" and result is not None:
+        # An earlier attempt's error (e.g. "worker lost") stays on the task; the row shows how it ended.
+        tail = fmt.state(result.get("status"))
+    elif task.get("error"):
         tail = str(task["error"]).splitlines()[0][:80] if str(task["error"]) else "-"
     elif result is not None:
         tail = fmt.state(result.get("status"))
