@@ -285,7 +285,8 @@ class DistPlugin:
         durations: dict[str, float] = dict(history.get("tests") or {})
         marks: dict[str, str] = dict(history.get("groups") or {})
         lastfailed = self._lastfailed(config)
-        self._base = {"run_id": self.run_id, "suite": suite, "args": args, "bundle": bundle_hash, "workdir": ""}
+        self._base = {"run_id": self.run_id, "suite": suite, "args": args, "bundle": bundle_hash, "workdir": "",
+                      "verbose": _verbosity(config)}
         complete = durations and int(history.get("collected") or 0) == len(durations)
         if lastfailed is not None:
             nodeids = sorted(lastfailed)
@@ -350,6 +351,7 @@ class DistPlugin:
         tasks = run["tasks"]
         spec = tasks[0]["config"]["pytest_dist"]
         self._base = {k: spec.get(k) for k in ("run_id", "suite", "args", "bundle", "workdir")}
+        self._base["verbose"] = _verbosity(session.config)
         self._chunk_no = max(t["config"]["pytest_dist"].get("chunk", 0) for t in tasks)
         for task in tasks:
             self._planned.update(task["config"]["pytest_dist"].get("nodeids") or [])
@@ -511,6 +513,12 @@ class DistPlugin:
             reporter.write_line(text)
         else:
             print(text, file=sys.stderr)
+
+
+def _verbosity(config: Any) -> int:
+    """The client's -v/-q level, for the workers' assertion explanations (clamped to what a chunk takes)."""
+    level = config.getoption("verbose", 0)
+    return max(-5, min(5, int(level))) if isinstance(level, int) else 0
 
 
 class _Deselected:

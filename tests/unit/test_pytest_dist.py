@@ -44,7 +44,8 @@ def test_validate_chunk_accepts_nodeids_or_shard_and_names_what_is_wrong() -> No
     bad = [(chunk(nodeids=None), "exactly one of nodeids"), (chunk(shard=[0, 2]), "exactly one of nodeids"),
            (chunk(nodeids=None, shard=[3, 3]), "shard must be"), (chunk(bundle="xyz"), "bundle must be"),
            (chunk(workdir="../up"), "workdir"), (chunk(run_id=""), "run_id"), (chunk(extra=1), "unknown keys"),
-           (chunk(args="-q"), "args must be an array")]
+           (chunk(args="-q"), "args must be an array"), (chunk(verbose=9), "verbose must be"),
+           (chunk(verbose=True), "verbose must be")]
     for doc, message in bad:
         with pytest.raises(ChunkError, match=message):
             validate_chunk(doc)
@@ -219,6 +220,37 @@ def test_remote_session_collects_once_and_runs_what_it_is_fed(tmp_path: Path) ->
     assert [e["reports"][0]["outcome"] for e in second] == ["passed", "passed", "skipped"]
     assert [e["group"] for e in second] == [None, None, "db"]
     assert "to stdout" in proc.stderr  # prints went to stderr (the worker's task log)
+
+
+def test_remote_failed_comparison_carries_pytest_s_explanation_at_the_client_s_verbosity(tmp_path: Path) -> None:
+    # Regression: the session once unregistered the terminal reporter, and since pytest 8.4 a failing
+    # rewritten comparison asks config.get_terminal_writer() for its highlighter: the report's crash
+    # message was then an internal bare "AssertionError" instead of the assertion's explanation.
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "pytest.ini").write_text("[pytest]\n")
+    (suite / "test_cmp.py").write_text(textwrap.dedent("""
+        def test_lists():
+            assert [1, 2, 3, 4] == [1, 2, 5, 4], "lists differ"
+    """))
+    (tmp_path / "plugin").mkdir()
+    shutil.copy(REMOTE, tmp_path / "plugin" / "dtf_pytest_remote.py")
+    commands = [{"cmd": "run", "id": "c1", "nodeids": ["test_cmp.py::test_lists"]},
+                {"cmd": "run", "id": "c2", "nodeids": ["test_cmp.py::test_lists"], "verbose": 2},
+                {"cmd": "exit"}]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "dtf_pytest_remote", "-p", "no:cacheprovider"],
+                          cwd=suite, input="".join(json.dumps(c) + "\n" for c in commands), capture_output=True,
+                          text=True, timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(tmp_path / "plugin")})
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    calls = [r for e in events if e["ev"] == "test" for r in e["reports"] if r["when"] == "call"]
+    assert len(calls) == 2, proc.stderr
+    quiet, verbose = (c["longrepr"]["reprcrash"]["message"] for c in calls)
+    assert quiet.startswith("AssertionError: lists differ\nassert [1, 2, 3, 4] == [1, 2, 5, 4]"), quiet
+    assert "Use -v to get more diff" in quiet
+    assert "Use -v to get more diff" not in verbose and "Full diff:" in verbose, verbose
+    assert calls[0]["longrepr"]["reprcrash"]["path"].endswith("test_cmp.py")
+    # The silenced reporter writes nothing on the worker's stderr (its task log).
+    assert "test session starts" not in proc.stderr and "1 failed" not in proc.stderr
 
 
 def test_junit_of_plain_test_rows_is_pytest_s_format_and_valid(tmp_path: Path) -> None:
