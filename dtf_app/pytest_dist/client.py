@@ -42,7 +42,7 @@ from dtf_app.pytest_dist.chunks import expand_reports, suite_key
 from dtf_app.pytest_dist.schedule import GROUPS, plan_chunks
 
 POLL_INITIAL = 0.05
-POLL_MAX = 0.5
+POLL_MAX = 0.25
 SHARDS_PER_SLOT = 3
 DEFAULT_CHUNK_TIMEOUT = 3600
 # pytest options that only concern reporting: they stay on the client and are not sent to workers, so
@@ -570,7 +570,11 @@ def main(argv: list[str]) -> int:
     target = resolve_target(argparse.Namespace(coordinator=opts.coordinator, api_key=opts.api_key,
                                                data_dir=opts.data_dir, config=opts.config))
     plugin = DistPlugin(opts, target, pytest_args)
-    code = pytest.main(pytest_args, plugins=[plugin])
+    # The client runs no test code, so it needs no assertion rewriting: without --assert=plain pytest
+    # rewrites (and, with no writable bytecode cache, recompiles from source) every installed plugin's
+    # modules at each start, seconds of CPU before the first chunk is submitted. It goes first, so an
+    # explicit --assert of the user's still wins here, and it is not among what workers get.
+    code = pytest.main(["--assert=plain", *pytest_args], plugins=[plugin])
     if plugin.exit_code is not None:
         return plugin.exit_code
     return int(code)
