@@ -39,7 +39,7 @@ import pytest
 
 from dtf_app.pytest_dist import bundle as bundlemod
 from dtf_app.pytest_dist.chunks import expand_reports, suite_key
-from dtf_app.pytest_dist.schedule import GROUPS, plan_chunks
+from dtf_app.pytest_dist.schedule import GROUPS, capacity, plan_chunks
 
 POLL_INITIAL = 0.05
 POLL_MAX = 0.25
@@ -278,11 +278,17 @@ class DistPlugin:
             from dtf_app.client import ClientError
 
             raise ClientError("no worker is online to run the suite (start some: dtf up --workers 2)", 3)
-        slots = sum(int(w.get("max_concurrent_tasks") or 1) for w in workers)
+        slot_counts = [(w["worker_id"], int(w.get("max_concurrent_tasks") or 1)) for w in workers]
+        slots = sum(n for _, n in slot_counts)
         self._worker_ids = [w["worker_id"] for w in workers]
         history = {} if self.opts.dtf_no_history else self.client.request(
             "GET", "/api/pytest/history", params={"suite": suite})
+        # Durations come normalised to an average worker; the capacity counts each slot by its worker's
+        # measured speed factor (1.0 for a worker without enough history), see schedule.worker_speeds.
         durations: dict[str, float] = dict(history.get("tests") or {})
+        speeds: dict[str, float] = {w: float(f) for w, f in (history.get("worker_speeds") or {}).items()
+                                    if isinstance(f, int | float) and f > 0}
+        effective = capacity(slot_counts, speeds)
         marks: dict[str, str] = dict(history.get("groups") or {})
         lastfailed = self._lastfailed(config)
         self._base = {"run_id": self.run_id, "suite": suite, "args": args, "bundle": bundle_hash, "workdir": "",
@@ -291,16 +297,19 @@ class DistPlugin:
         if lastfailed is not None:
             nodeids = sorted(lastfailed)
             chunks = [self._chunk(nodeids=c, digest=history.get("digest") if complete else None)
-                      for c in plan_chunks(nodeids, durations, slots, self.opts.dtf_group, marks)]
+                      for c in plan_chunks(nodeids, durations, effective, self.opts.dtf_group, marks)]
             self._planned = set(nodeids)
             how = f"{len(nodeids)} last-failed tests"
             session.testscollected = len(nodeids)
         elif complete:
             nodeids = list(durations)
             chunks = [self._chunk(nodeids=c, digest=history["digest"])
-                      for c in plan_chunks(nodeids, durations, slots, self.opts.dtf_group, marks)]
+                      for c in plan_chunks(nodeids, durations, effective, self.opts.dtf_group, marks)]
             self._planned = set(nodeids)
             how = f"{len(nodeids)} tests planned from history, longest first"
+            known = {w: speeds[w] for w in self._worker_ids if w in speeds}
+            if known:
+                how += " (worker speed factors " + ", ".join(f"{w} {f:.2f}" for w, f in sorted(known.items())) + ")"
             session.testscollected = len(nodeids)
         else:
             count = max(1, slots * SHARDS_PER_SLOT)

@@ -27,7 +27,7 @@ from dtf_app.pytest_dist.chunks import (
     validate_chunk,
 )
 from dtf_app.pytest_dist.client import DistUsageError, _rewrite_paths, parse_args, worker_args
-from dtf_app.pytest_dist.schedule import plan_chunks
+from dtf_app.pytest_dist.schedule import capacity, normalised_durations, plan_chunks, worker_speeds
 
 REMOTE = Path(__file__).resolve().parents[2] / "dtf_app" / "pytest_dist" / "remote.py"
 
@@ -105,6 +105,35 @@ def test_plan_is_longest_first_keeps_files_together_and_shrinks() -> None:
 
 
 # ------------------------------------------------------------------------------------------- arguments
+def test_worker_speed_factors_come_from_the_same_tests_on_different_workers() -> None:
+    # "slow" takes 2x as long as "fast" on every shared test (and one outlier); "new" shares too few.
+    rows = [(f"t.py::t{i}", w, base * f) for i, base in enumerate([0.1, 0.2, 0.4, 0.8, 1.6, 3.2])
+            for w, f in (("fast", 1.0), ("slow", 2.0))]
+    rows += [("t.py::t0", "new", 0.3), ("t.py::outlier", "fast", 0.1), ("t.py::outlier", "slow", 5.0)]
+    rows += [("t.py::only_slow", "slow", 4.0), ("t.py::tiny", "fast", 0.0001), ("t.py::tiny", "slow", 0.01)]
+    speeds = worker_speeds(rows)
+    assert set(speeds) == {"fast", "slow"}  # "new" has one shared test: no factor
+    assert speeds["slow"] / speeds["fast"] == pytest.approx(2.0, rel=1e-3)  # the outlier moves nothing
+    durations = normalised_durations(rows, speeds)
+    # A test only ever run on the slow worker counts as what an average worker would take.
+    assert durations["t.py::only_slow"] == pytest.approx(4.0 / speeds["slow"])
+    assert durations["t.py::t3"] == pytest.approx(0.8 / speeds["fast"], rel=1e-3)
+    # Two slots on a worker twice as slow as average do the work of one average slot.
+    assert capacity([("slow", 2), ("unknown", 1)], {"slow": 2.0}) == pytest.approx(2.0)
+    assert worker_speeds([]) == {} and normalised_durations([], {}) == {}
+
+
+def test_plan_chunk_sizes_follow_the_capacity_in_average_worker_slots() -> None:
+    nodeids = [f"f{i}.py::t" for i in range(64)]
+    durations = dict.fromkeys(nodeids, 1.0)
+    few = plan_chunks(nodeids, durations, 1.0)
+    many = plan_chunks(nodeids, durations, 4.0)
+    assert sorted(n for c in many for n in c) == sorted(nodeids)
+    # More capacity: smaller first chunks, more of them; never a chunk under the minimum at the end.
+    assert len(many[0]) < len(few[0]) and len(many) > len(few)
+    assert all(len(c) >= 1 for c in many)
+
+
 def test_reporting_options_stay_on_the_client() -> None:
     args = ["-v", "-x", "--junitxml", "out.xml", "--maxfail=3", "-rA", "-xs", "-k", "foo", "--lf", "tests",
             "--tb=short", "-p", "no:cacheprovider"]
