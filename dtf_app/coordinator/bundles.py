@@ -8,7 +8,9 @@
 - ``GET /api/pytest/reports?task_ids=a,b`` (read): the serialized pytest reports of finished chunks,
   from DuckDB (``test_results.report``), in the order each chunk ran them.
 - ``GET /api/pytest/history?suite=KEY`` (read): per-test mean durations of the suite's latest
-  collection (the same digest), and their ``xdist_group`` marks, which the client schedules from.
+  collection (the same digest), normalised to an average worker by each worker's speed factor
+  (``worker_speeds``, measured on the same tests), and their ``xdist_group`` marks, which the client
+  schedules from.
 
 Bundles are not replicated: with several coordinators a bundle lives on the one it was uploaded to,
 which is the leader the chunks were submitted to (workers fetch from the coordinator URLs they know).
@@ -27,6 +29,7 @@ from quart_trio import QuartTrio
 
 from dtf_app.coordinator.service import Coordinator
 from dtf_app.coordinator.views import task_view
+from dtf_app.pytest_dist.schedule import normalised_durations, worker_speeds
 from dtf_app.security import keys as keymod
 
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
@@ -171,8 +174,12 @@ async def _history(coord: Coordinator, suite: str) -> dict[str, Any]:
         "ranked AS (SELECT t.nodeid, t.duration, r.worker_id, json_extract_string(t.report, '$.g') AS grp, "
         "  row_number() OVER (PARTITION BY t.nodeid ORDER BY r.timestamp DESC) AS n "
         "  FROM test_results t JOIN runs r USING (result_id)) "
-        "SELECT nodeid, avg(duration) AS duration, any_value(grp) AS grp FROM ranked WHERE n <= ? GROUP BY nodeid",
+        "SELECT nodeid, worker_id, avg(duration) AS duration, any_value(grp) AS grp FROM ranked WHERE n <= ? "
+        "GROUP BY nodeid, worker_id",
         [suite, digest, HISTORY_RUNS])
+    timed = [(r["nodeid"], r["worker_id"], float(r["duration"] or 0.0)) for r in rows]
+    # Speeds from this suite's own history: the same tests timed on different workers.
+    speeds = worker_speeds(timed)
     return {"suite": suite, "digest": digest, "collected": collected,
-            "tests": {r["nodeid"]: float(r["duration"] or 0.0) for r in rows},
+            "tests": normalised_durations(timed, speeds), "worker_speeds": speeds,
             "groups": {r["nodeid"]: r["grp"] for r in rows if r["grp"]}}

@@ -10,7 +10,8 @@ A chunk is an ordinary ``test`` task whose config carries ``pytest_dist`` instea
      "workdir": str,           # directory inside the bundle to start pytest in ("" = the bundle root)
      "nodeids": [str] | null,  # the tests to run, in order ...
      "shard": [i, n] | null,   # ... or the i-th of n shards of the collection (first run, no history)
-     "digest": str | null}     # digest of the collection the client planned from (see remote.py)
+     "digest": str | null,     # digest of the collection the client planned from (see remote.py)
+     "verbose": int}           # the client's -v/-q level (assertion explanations depend on it); optional
 
 Reports travel back in the result's ``tests`` rows (one per test, kept in DuckDB, not in the replicated
 state): ``{"nodeid", "outcome", "duration", "message", "report": {"i": n, "r": [report, ...]}}`` where a
@@ -26,7 +27,7 @@ from typing import Any
 
 MAX_NODEIDS_PER_CHUNK = 100_000
 MAX_ARGS = 500
-_KEYS = ("run_id", "chunk", "suite", "args", "bundle", "workdir", "nodeids", "shard", "digest")
+_KEYS = ("run_id", "chunk", "suite", "args", "bundle", "workdir", "nodeids", "shard", "digest", "verbose")
 
 
 class ChunkError(ValueError):
@@ -74,6 +75,9 @@ def validate_chunk(doc: Any, where: str = "pytest_dist") -> dict[str, Any]:
     digest = doc.get("digest")
     if digest is not None and not isinstance(digest, str):
         raise ChunkError(f"{where}.digest must be a string or null")
+    verbose = doc.get("verbose", 0)
+    if not isinstance(verbose, int) or isinstance(verbose, bool) or not -5 <= verbose <= 5:
+        raise ChunkError(f"{where}.verbose must be an integer from -5 to 5 (pytest's -q/-v level), got {verbose!r}")
     return doc
 
 

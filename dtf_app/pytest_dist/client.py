@@ -39,10 +39,10 @@ import pytest
 
 from dtf_app.pytest_dist import bundle as bundlemod
 from dtf_app.pytest_dist.chunks import expand_reports, suite_key
-from dtf_app.pytest_dist.schedule import GROUPS, plan_chunks
+from dtf_app.pytest_dist.schedule import GROUPS, capacity, plan_chunks
 
 POLL_INITIAL = 0.05
-POLL_MAX = 0.5
+POLL_MAX = 0.25
 SHARDS_PER_SLOT = 3
 DEFAULT_CHUNK_TIMEOUT = 3600
 # pytest options that only concern reporting: they stay on the client and are not sent to workers, so
@@ -278,28 +278,38 @@ class DistPlugin:
             from dtf_app.client import ClientError
 
             raise ClientError("no worker is online to run the suite (start some: dtf up --workers 2)", 3)
-        slots = sum(int(w.get("max_concurrent_tasks") or 1) for w in workers)
+        slot_counts = [(w["worker_id"], int(w.get("max_concurrent_tasks") or 1)) for w in workers]
+        slots = sum(n for _, n in slot_counts)
         self._worker_ids = [w["worker_id"] for w in workers]
         history = {} if self.opts.dtf_no_history else self.client.request(
             "GET", "/api/pytest/history", params={"suite": suite})
+        # Durations come normalised to an average worker; the capacity counts each slot by its worker's
+        # measured speed factor (1.0 for a worker without enough history), see schedule.worker_speeds.
         durations: dict[str, float] = dict(history.get("tests") or {})
+        speeds: dict[str, float] = {w: float(f) for w, f in (history.get("worker_speeds") or {}).items()
+                                    if isinstance(f, int | float) and f > 0}
+        effective = capacity(slot_counts, speeds)
         marks: dict[str, str] = dict(history.get("groups") or {})
         lastfailed = self._lastfailed(config)
-        self._base = {"run_id": self.run_id, "suite": suite, "args": args, "bundle": bundle_hash, "workdir": ""}
+        self._base = {"run_id": self.run_id, "suite": suite, "args": args, "bundle": bundle_hash, "workdir": "",
+                      "verbose": _verbosity(config)}
         complete = durations and int(history.get("collected") or 0) == len(durations)
         if lastfailed is not None:
             nodeids = sorted(lastfailed)
             chunks = [self._chunk(nodeids=c, digest=history.get("digest") if complete else None)
-                      for c in plan_chunks(nodeids, durations, slots, self.opts.dtf_group, marks)]
+                      for c in plan_chunks(nodeids, durations, effective, self.opts.dtf_group, marks)]
             self._planned = set(nodeids)
             how = f"{len(nodeids)} last-failed tests"
             session.testscollected = len(nodeids)
         elif complete:
             nodeids = list(durations)
             chunks = [self._chunk(nodeids=c, digest=history["digest"])
-                      for c in plan_chunks(nodeids, durations, slots, self.opts.dtf_group, marks)]
+                      for c in plan_chunks(nodeids, durations, effective, self.opts.dtf_group, marks)]
             self._planned = set(nodeids)
             how = f"{len(nodeids)} tests planned from history, longest first"
+            known = {w: speeds[w] for w in self._worker_ids if w in speeds}
+            if known:
+                how += " (worker speed factors " + ", ".join(f"{w} {f:.2f}" for w, f in sorted(known.items())) + ")"
             session.testscollected = len(nodeids)
         else:
             count = max(1, slots * SHARDS_PER_SLOT)
@@ -350,6 +360,7 @@ class DistPlugin:
         tasks = run["tasks"]
         spec = tasks[0]["config"]["pytest_dist"]
         self._base = {k: spec.get(k) for k in ("run_id", "suite", "args", "bundle", "workdir")}
+        self._base["verbose"] = _verbosity(session.config)
         self._chunk_no = max(t["config"]["pytest_dist"].get("chunk", 0) for t in tasks)
         for task in tasks:
             self._planned.update(task["config"]["pytest_dist"].get("nodeids") or [])
@@ -513,6 +524,12 @@ class DistPlugin:
             print(text, file=sys.stderr)
 
 
+def _verbosity(config: Any) -> int:
+    """The client's -v/-q level, for the workers' assertion explanations (clamped to what a chunk takes)."""
+    level = config.getoption("verbose", 0)
+    return max(-5, min(5, int(level))) if isinstance(level, int) else 0
+
+
 class _Deselected:
     """Stands for a test deselected on a worker (-k/-m): the terminal reporter only counts them."""
 
@@ -562,7 +579,11 @@ def main(argv: list[str]) -> int:
     target = resolve_target(argparse.Namespace(coordinator=opts.coordinator, api_key=opts.api_key,
                                                data_dir=opts.data_dir, config=opts.config))
     plugin = DistPlugin(opts, target, pytest_args)
-    code = pytest.main(pytest_args, plugins=[plugin])
+    # The client runs no test code, so it needs no assertion rewriting: without --assert=plain pytest
+    # rewrites (and, with no writable bytecode cache, recompiles from source) every installed plugin's
+    # modules at each start, seconds of CPU before the first chunk is submitted. It goes first, so an
+    # explicit --assert of the user's still wins here, and it is not among what workers get.
+    code = pytest.main(["--assert=plain", *pytest_args], plugins=[plugin])
     if plugin.exit_code is not None:
         return plugin.exit_code
     return int(code)

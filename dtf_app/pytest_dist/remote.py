@@ -8,7 +8,8 @@ worker's configured test Python, which has the suite's dependencies but need not
 The session collects once (the suite is imported once per process), then replaces
 ``pytest_runtestloop`` with a loop over commands read from stdin, one JSON object per line:
 
-    {"cmd": "run", "id": str, "nodeids": [str] | null, "shard": [i, n] | null, "digest": str | null}
+    {"cmd": "run", "id": str, "nodeids": [str] | null, "shard": [i, n] | null, "digest": str | null,
+     "verbose": int}   # the client's -v/-q level: a failed assertion's explanation depends on it
     {"cmd": "exit"}
 
 and answers on a private copy of the original stdout (fd 1 itself is pointed at stderr, so whatever a
@@ -102,11 +103,23 @@ class _Remote:
         config.option.usepdb = False
 
     @pytest.hookimpl(trylast=True)
-    def pytest_sessionstart(self, session: pytest.Session) -> None:
-        # The terminal output of a worker is noise (the client prints pytest's own): drop the reporter.
-        reporter = self.config.pluginmanager.getplugin("terminalreporter")
+    def pytest_configure(self, config: pytest.Config) -> None:
+        # The terminal output of a worker is noise (the client prints pytest's own), but the reporter
+        # must stay registered: since pytest 8.4 the assertion comparison (``assert a == b``) asks
+        # ``config.get_terminal_writer()`` for its highlighter, which asserts the reporter exists, so
+        # without it every rewritten comparison that fails raised an internal AssertionError and the
+        # report's message was the bare "AssertionError" instead of the assertion's explanation.
+        # Its writer goes to /dev/null instead (never a terminal: no markup, as in plain pytest's
+        # JUnit messages when output is not a tty).
+        reporter = config.pluginmanager.getplugin("terminalreporter")
         if reporter is not None:
-            self.config.pluginmanager.unregister(reporter)
+            from _pytest.config import create_terminal_writer
+
+            reporter._tw = create_terminal_writer(config, open(os.devnull, "w", encoding="utf-8"))
+            reporter.hasmarkup = False
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
         self.collect_started = time.perf_counter()
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
@@ -148,6 +161,9 @@ class _Remote:
             if command.get("cmd") == "exit":
                 break
             wanted, missing = self._select(command, items, nodeids)
+            # -v/-q stay off the session's arguments (they would start a new session), but the assertion
+            # explanation reads the verbosity when an assertion fails: set it for this chunk.
+            self.config.option.verbose = int(command.get("verbose") or 0)
             for index, item in enumerate(wanted):
                 nextitem = wanted[index + 1] if index + 1 < len(wanted) else None
                 self.current, self.current_nodeid = [], item.nodeid

@@ -282,7 +282,8 @@ async def run_chunk(task: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     ok = False
     try:
         command = {"cmd": "run", "id": f"{chunk['run_id']}/{chunk.get('chunk', 0)}",
-                   "nodeids": chunk.get("nodeids"), "shard": chunk.get("shard"), "digest": chunk.get("digest")}
+                   "nodeids": chunk.get("nodeids"), "shard": chunk.get("shard"), "digest": chunk.get("digest"),
+                   "verbose": chunk.get("verbose", 0)}
         assert session.proc.stdin is not None
         await session.proc.stdin.send_all(json.dumps(command).encode() + b"\n")
         while True:

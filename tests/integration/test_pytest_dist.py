@@ -140,9 +140,6 @@ def two_workers(cluster: Cluster) -> Cluster:
     return cluster
 
 
-@pytest.mark.xfail(strict=True, reason="known open defect (issue 10): since the merge with the hardening and "
-                   "HA branches the replayed JUnit <failure message> is the bare exception type ('AssertionError') "
-                   "where plain pytest has the assertion text; counts and exit codes still match")
 def test_same_counts_exit_code_and_junit_as_plain_pytest(two_workers: Cluster, tmp_path: Path) -> None:
     suite = write_suite(tmp_path / "suite")
     plain = plain_pytest(suite, "-rA", f"--junitxml={tmp_path / 'plain.xml'}")
@@ -156,14 +153,18 @@ def test_same_counts_exit_code_and_junit_as_plain_pytest(two_workers: Cluster, t
     # pytest's own reporting: the failure's assertion detail and the captured output of -rA.
     assert "lists differ" in first.stdout and "some output" in first.stdout
 
-    # The second run plans from the history in DuckDB and reuses the workers' sessions.
-    second = dtf_pytest(two_workers, suite, "-rA", f"--junitxml={tmp_path / 'dtf2.xml'}")
+    # The second run plans from the history in DuckDB and reuses the workers' sessions; with -v, which
+    # stays on the client but still reaches the assertion explanations (a longer diff in the message).
+    plain_v = plain_pytest(suite, "-rA", "-v", f"--junitxml={tmp_path / 'plain-v.xml'}")
+    assert junit_cases(tmp_path / "plain-v.xml") != junit_cases(tmp_path / "plain.xml")
+    assert plain_v.returncode == plain.returncode, plain_v.stdout
+    second = dtf_pytest(two_workers, suite, "-rA", "-v", f"--junitxml={tmp_path / 'dtf2.xml'}")
     assert second.returncode == plain.returncode, second.stdout + second.stderr
     assert summary(second.stdout) == summary(plain.stdout)
     assert "planned from history" in second.stdout
-    assert junit_cases(tmp_path / "dtf2.xml") == junit_cases(tmp_path / "plain.xml")
+    assert junit_cases(tmp_path / "dtf2.xml") == junit_cases(tmp_path / "plain-v.xml")
     schema = xmlschema.XMLSchema(str(XSD))
-    for name in ("plain.xml", "dtf1.xml", "dtf2.xml"):
+    for name in ("plain.xml", "plain-v.xml", "dtf1.xml", "dtf2.xml"):
         schema.validate(str(tmp_path / name))  # the XSD pytest's own tests validate against
     # The same file again, later, from the results stored in DuckDB.
     again = two_workers.cli("results", "--junitxml", str(tmp_path / "stored.xml"), "--run", run_ids(second.stdout),
@@ -172,7 +173,7 @@ def test_same_counts_exit_code_and_junit_as_plain_pytest(two_workers: Cluster, t
     schema.validate(str(tmp_path / "stored.xml"))
     # (Collection reports are not test rows; an error's text names the file where the worker had it.)
     stored = junit_cases(tmp_path / "stored.xml")
-    expected = [c for c in junit_cases(tmp_path / "plain.xml") if c[0]]
+    expected = [c for c in junit_cases(tmp_path / "plain-v.xml") if c[0]]
     assert [c[:3] for c in stored] == [c[:3] for c in expected]
     assert [c for c in stored if c[2] != "error"] == [c for c in expected if c[2] != "error"]
     run = two_workers.api("GET", f"/api/pytest/runs/{run_ids(second.stdout)}").json()

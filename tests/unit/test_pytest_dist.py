@@ -27,7 +27,7 @@ from dtf_app.pytest_dist.chunks import (
     validate_chunk,
 )
 from dtf_app.pytest_dist.client import DistUsageError, _rewrite_paths, parse_args, worker_args
-from dtf_app.pytest_dist.schedule import plan_chunks
+from dtf_app.pytest_dist.schedule import capacity, normalised_durations, plan_chunks, worker_speeds
 
 REMOTE = Path(__file__).resolve().parents[2] / "dtf_app" / "pytest_dist" / "remote.py"
 
@@ -44,7 +44,8 @@ def test_validate_chunk_accepts_nodeids_or_shard_and_names_what_is_wrong() -> No
     bad = [(chunk(nodeids=None), "exactly one of nodeids"), (chunk(shard=[0, 2]), "exactly one of nodeids"),
            (chunk(nodeids=None, shard=[3, 3]), "shard must be"), (chunk(bundle="xyz"), "bundle must be"),
            (chunk(workdir="../up"), "workdir"), (chunk(run_id=""), "run_id"), (chunk(extra=1), "unknown keys"),
-           (chunk(args="-q"), "args must be an array")]
+           (chunk(args="-q"), "args must be an array"), (chunk(verbose=9), "verbose must be"),
+           (chunk(verbose=True), "verbose must be")]
     for doc, message in bad:
         with pytest.raises(ChunkError, match=message):
             validate_chunk(doc)
@@ -104,6 +105,35 @@ def test_plan_is_longest_first_keeps_files_together_and_shrinks() -> None:
 
 
 # ------------------------------------------------------------------------------------------- arguments
+def test_worker_speed_factors_come_from_the_same_tests_on_different_workers() -> None:
+    # "slow" takes 2x as long as "fast" on every shared test (and one outlier); "new" shares too few.
+    rows = [(f"t.py::t{i}", w, base * f) for i, base in enumerate([0.1, 0.2, 0.4, 0.8, 1.6, 3.2])
+            for w, f in (("fast", 1.0), ("slow", 2.0))]
+    rows += [("t.py::t0", "new", 0.3), ("t.py::outlier", "fast", 0.1), ("t.py::outlier", "slow", 5.0)]
+    rows += [("t.py::only_slow", "slow", 4.0), ("t.py::tiny", "fast", 0.0001), ("t.py::tiny", "slow", 0.01)]
+    speeds = worker_speeds(rows)
+    assert set(speeds) == {"fast", "slow"}  # "new" has one shared test: no factor
+    assert speeds["slow"] / speeds["fast"] == pytest.approx(2.0, rel=1e-3)  # the outlier moves nothing
+    durations = normalised_durations(rows, speeds)
+    # A test only ever run on the slow worker counts as what an average worker would take.
+    assert durations["t.py::only_slow"] == pytest.approx(4.0 / speeds["slow"])
+    assert durations["t.py::t3"] == pytest.approx(0.8 / speeds["fast"], rel=1e-3)
+    # Two slots on a worker twice as slow as average do the work of one average slot.
+    assert capacity([("slow", 2), ("unknown", 1)], {"slow": 2.0}) == pytest.approx(2.0)
+    assert worker_speeds([]) == {} and normalised_durations([], {}) == {}
+
+
+def test_plan_chunk_sizes_follow_the_capacity_in_average_worker_slots() -> None:
+    nodeids = [f"f{i}.py::t" for i in range(64)]
+    durations = dict.fromkeys(nodeids, 1.0)
+    few = plan_chunks(nodeids, durations, 1.0)
+    many = plan_chunks(nodeids, durations, 4.0)
+    assert sorted(n for c in many for n in c) == sorted(nodeids)
+    # More capacity: smaller first chunks, more of them; never a chunk under the minimum at the end.
+    assert len(many[0]) < len(few[0]) and len(many) > len(few)
+    assert all(len(c) >= 1 for c in many)
+
+
 def test_reporting_options_stay_on_the_client() -> None:
     args = ["-v", "-x", "--junitxml", "out.xml", "--maxfail=3", "-rA", "-xs", "-k", "foo", "--lf", "tests",
             "--tb=short", "-p", "no:cacheprovider"]
@@ -219,6 +249,37 @@ def test_remote_session_collects_once_and_runs_what_it_is_fed(tmp_path: Path) ->
     assert [e["reports"][0]["outcome"] for e in second] == ["passed", "passed", "skipped"]
     assert [e["group"] for e in second] == [None, None, "db"]
     assert "to stdout" in proc.stderr  # prints went to stderr (the worker's task log)
+
+
+def test_remote_failed_comparison_carries_pytest_s_explanation_at_the_client_s_verbosity(tmp_path: Path) -> None:
+    # Regression: the session once unregistered the terminal reporter, and since pytest 8.4 a failing
+    # rewritten comparison asks config.get_terminal_writer() for its highlighter: the report's crash
+    # message was then an internal bare "AssertionError" instead of the assertion's explanation.
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "pytest.ini").write_text("[pytest]\n")
+    (suite / "test_cmp.py").write_text(textwrap.dedent("""
+        def test_lists():
+            assert [1, 2, 3, 4] == [1, 2, 5, 4], "lists differ"
+    """))
+    (tmp_path / "plugin").mkdir()
+    shutil.copy(REMOTE, tmp_path / "plugin" / "dtf_pytest_remote.py")
+    commands = [{"cmd": "run", "id": "c1", "nodeids": ["test_cmp.py::test_lists"]},
+                {"cmd": "run", "id": "c2", "nodeids": ["test_cmp.py::test_lists"], "verbose": 2},
+                {"cmd": "exit"}]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "dtf_pytest_remote", "-p", "no:cacheprovider"],
+                          cwd=suite, input="".join(json.dumps(c) + "\n" for c in commands), capture_output=True,
+                          text=True, timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(tmp_path / "plugin")})
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    calls = [r for e in events if e["ev"] == "test" for r in e["reports"] if r["when"] == "call"]
+    assert len(calls) == 2, proc.stderr
+    quiet, verbose = (c["longrepr"]["reprcrash"]["message"] for c in calls)
+    assert quiet.startswith("AssertionError: lists differ\nassert [1, 2, 3, 4] == [1, 2, 5, 4]"), quiet
+    assert "Use -v to get more diff" in quiet
+    assert "Use -v to get more diff" not in verbose and "Full diff:" in verbose, verbose
+    assert calls[0]["longrepr"]["reprcrash"]["path"].endswith("test_cmp.py")
+    # The silenced reporter writes nothing on the worker's stderr (its task log).
+    assert "test session starts" not in proc.stderr and "1 failed" not in proc.stderr
 
 
 def test_junit_of_plain_test_rows_is_pytest_s_format_and_valid(tmp_path: Path) -> None:
