@@ -93,6 +93,11 @@ class ResultsView(View):
             f"aggregation level: {info.get('level', self.level)} (l: next) · {len(groups)} group(s)")
         table = self.query_one("#aggregates", DataTable)
         table.clear()
+        for column in table.columns.values():
+            # clear() keeps each column as wide as the widest value it ever held; size to what is shown now,
+            # so the same data always draws the same way (whatever a refresh showed before).
+            if column.auto_width:
+                column.content_width = column.label.cell_len
 
         def num(value: Any, digits: int = 2) -> str:
             v = fmt.number(value)
