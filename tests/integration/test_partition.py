@@ -91,7 +91,15 @@ def test_an_isolated_leader_steps_down_and_the_majority_carries_on(mesh_cluster:
     # leader_url, which is the follower's peer link to the leader (a proxy that the partition cuts).
     ha.start_worker("direct", worker_key, urls=",".join(ha.url(i) for i in [old, *others]))
     ha.start_worker("relayed", worker_key, urls=",".join(ha.url(i) for i in [*others, old]))
-    wait_for(lambda: connected_workers(ha, old) == {"direct", "relayed"}, 90, what="both workers on the leader")
+
+    def both_on_the_leader() -> str | None:
+        # On a loaded machine leadership may move before the workers settle: whichever node leads once
+        # both workers are connected to it is the leader the partition cuts off.
+        leader = ha.leader()
+        return leader if leader is not None and connected_workers(ha, leader) == {"direct", "relayed"} else None
+
+    old = wait_for(both_on_the_leader, 180, what="both workers on the leader")
+    others = [i for i in ha.ids if i != old]
     before = submit(ha, old, "before", 10, ["sleep", "0.3"])
 
     mesh.isolate(old)

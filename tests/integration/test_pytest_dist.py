@@ -6,6 +6,7 @@ only get it from the bundle. Every comparison is against plain pytest run on the
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -156,7 +157,9 @@ def test_same_counts_exit_code_and_junit_as_plain_pytest(two_workers: Cluster, t
     # The second run plans from the history in DuckDB and reuses the workers' sessions; with -v, which
     # stays on the client but still reaches the assertion explanations (a longer diff in the message).
     plain_v = plain_pytest(suite, "-rA", "-v", f"--junitxml={tmp_path / 'plain-v.xml'}")
-    assert junit_cases(tmp_path / "plain-v.xml") != junit_cases(tmp_path / "plain.xml")
+    if not (os.environ.get("CI") or os.environ.get("BUILD_NUMBER")):
+        # Plain pytest itself gives -v a fuller assertion text (on a CI it never truncates, so both agree).
+        assert junit_cases(tmp_path / "plain-v.xml") != junit_cases(tmp_path / "plain.xml")
     assert plain_v.returncode == plain.returncode, plain_v.stdout
     second = dtf_pytest(two_workers, suite, "-rA", "-v", f"--junitxml={tmp_path / 'dtf2.xml'}")
     assert second.returncode == plain.returncode, second.stdout + second.stderr

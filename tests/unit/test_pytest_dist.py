@@ -267,9 +267,12 @@ def test_remote_failed_comparison_carries_pytest_s_explanation_at_the_client_s_v
     commands = [{"cmd": "run", "id": "c1", "nodeids": ["test_cmp.py::test_lists"]},
                 {"cmd": "run", "id": "c2", "nodeids": ["test_cmp.py::test_lists"], "verbose": 2},
                 {"cmd": "exit"}]
+    # pytest never truncates assertion text when it sees a CI (CI or BUILD_NUMBER set): this checks the
+    # verbosity's effect, so run the session as on a developer's machine.
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("CI", "BUILD_NUMBER")}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "dtf_pytest_remote", "-p", "no:cacheprovider"],
                           cwd=suite, input="".join(json.dumps(c) + "\n" for c in commands), capture_output=True,
-                          text=True, timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(tmp_path / "plugin")})
+                          text=True, timeout=120, env={**env, "PYTHONPATH": str(tmp_path / "plugin")})
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     calls = [r for e in events if e["ev"] == "test" for r in e["reports"] if r["when"] == "call"]
     assert len(calls) == 2, proc.stderr
