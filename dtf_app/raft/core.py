@@ -139,6 +139,11 @@ class RaftNode:
         return self._voters
 
     @property
+    def pending_conf_index(self) -> int:
+        """Index of the newest config entry this leader appended (a change is pending while above commit)."""
+        return self._pending_conf_index
+
+    @property
     def lead_transferee(self) -> str | None:
         return self._lead_transferee
 
