@@ -290,7 +290,16 @@ def build_spec(version: str) -> dict[str, Any]:
         "/openapi.json": {"get": _op("this document")},
         "/api/cluster/status": {"get": _op("cluster status")},
         "/api/cluster/leader": {"get": _op("leader id, term and URL")},
-        "/api/cluster/nodes": {"get": _op("coordinator nodes")},
+        "/api/cluster/nodes": {
+            "get": _op("coordinator nodes"),
+            "post": _op("add one coordinator (admin, leader; one change at a time, 409 while one is in progress): it "
+                        "must already answer at url as node_id; returns once the change is committed",
+                        body={"type": "object", "required": ["node_id", "url"], "additionalProperties": False,
+                              "properties": {"node_id": _ID, "url": {
+                                  "type": "string", "description": "its advertised URL, http(s)://HOST:PORT"}}})},
+        "/api/cluster/nodes/{node_id}": {"delete": _op(
+            "remove one coordinator (admin, leader; removing the leader hands leadership over first and "
+            "answers 307 at the new leader)", params=[_path("node_id")])},
         "/api/cluster/health": {"get": _op("health metrics and alerts per node")},
         "/api/cluster/visualize": {"get": _html_op("HTML page with an SVG of the nodes and the leadership history")},
         "/api/cluster/node/{node_id}/disable": {"post": _op(

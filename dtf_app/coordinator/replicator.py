@@ -68,6 +68,8 @@ class _Machine:
             return {"error": f"undecodable command: {exc}"}
         result, events = owner.state.apply(command, entry.index, term=entry.term)
         owner.on_applied(entry.index, command, result, events)
+        if command.get("op") == "SetMembers":
+            owner._members_changed()
         return result
 
     def snapshot_bytes(self) -> bytes:
