@@ -137,6 +137,9 @@ class State:
                 result, events = {"error": f"{op} rejected: {type(exc).__name__}: {exc}"}, []
         if self.orchestrations and events:
             self._refresh_orchestrations(events, command.get("time"))
+        if op in ("SetMembers", "ChangeMembers") and isinstance(result, dict) and result.get("changed", True) \
+                and "error" not in result:
+            self.members_index = index
         if index:
             self.applied_index = index
         return result, events
@@ -500,7 +503,6 @@ class State:
         if self.members:
             return {"members": dict(self.members), "changed": False}, []
         self.members = _members_map(cmd["members"])
-        self.members_index = self.applied_index + 1
         return {"members": dict(self.members), "changed": True}, []
 
     def _change_members(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
@@ -508,7 +510,6 @@ class State:
         if change not in ("add", "remove"):
             raise ValueError(f"change must be 'add' or 'remove', not {change!r}")
         self.members = _members_map(cmd["members"])
-        self.members_index = self.applied_index + 1
         if change == "remove" and node_id in self.disabled_nodes:
             self.disabled_nodes = [n for n in self.disabled_nodes if n != node_id]
         return {"change": change, "node_id": node_id, "members": dict(self.members)}, []

@@ -163,8 +163,8 @@ class RaftNode:
         if self._role == "leader":
             self._tick_leader()
         elif self._election_elapsed >= self._randomized_timeout:
-            self._election_elapsed = 0
             if self._promotable() and self.can_campaign:
+                self._election_elapsed = 0
                 self._start_campaign(transfer=False)
             elif self._role != "follower":
                 # Removed or disabled while campaigning: the election it started is over for it.
