@@ -238,9 +238,9 @@ class Coordinator:
         if not rep.is_leader:
             raise NotLeader(rep.leader_id)
         if rep.transport is None:
-            raise MembershipRefused(409, "single_node", "this coordinator was started without peers, so it has no "
-                                    "cluster transport: restart it with --peers (this node's id=URL is enough) and "
-                                    "DTF_CLUSTER_SECRET to grow it into a cluster")
+            raise MembershipRefused(409, "single_node", "this coordinator is a one-member cluster (started without "
+                                    "peers), which has no peer transport and cannot grow at run time; start a "
+                                    "cluster of several coordinators (--peers, DTF_CLUSTER_SECRET) to change it later")
         if self._membership_lock.locked() or rep.change_pending:
             raise MembershipRefused(409, "change_in_progress", "a membership change is in progress: the cluster "
                                     "changes one node at a time; retry once it is done (dtf cluster nodes)")
