@@ -33,6 +33,11 @@ _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
 
 _HARDWARE = {"type": "string", "enum": list(scheduler.HARDWARE_KINDS)}
 
+# A coordinator's advertised URL as POST /api/cluster/nodes documents it (cluster.normalise_url accepts
+# a little more: HOST:PORT, IPv6 literals).
+_PORT = "(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+_NODE_URL = f"^https?://[A-Za-z0-9.-]+(?::{_PORT})?/?$"
+
 
 def _any_case(words: tuple[str, ...]) -> str:
     """A pattern for these words in any letter case (JSON Schema patterns have no (?i) flag)."""
@@ -296,7 +301,9 @@ def build_spec(version: str) -> dict[str, Any]:
                         "must already answer at url as node_id; returns once the change is committed",
                         body={"type": "object", "required": ["node_id", "url"], "additionalProperties": False,
                               "properties": {"node_id": _ID, "url": {
-                                  "type": "string", "description": "its advertised URL, http(s)://HOST:PORT"}}})},
+                                  "type": "string", "pattern": _NODE_URL,
+                                  "description": "its advertised URL, http(s)://HOST:PORT (HOST:PORT is "
+                                                 "accepted too)"}}})},
         "/api/cluster/nodes/{node_id}": {"delete": _op(
             "remove one coordinator (admin, leader; removing the leader hands leadership over first and "
             "answers 307 at the new leader)", params=[_path("node_id")])},
