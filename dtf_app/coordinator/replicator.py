@@ -142,7 +142,9 @@ class Replicator:
                 raise ValueError("a cluster of several coordinators needs a cluster secret")
             self.transport = Transport(self.node_id, self._peer_urls(members), self.secret, self._deliver)
             self.transport.on_not_member = self._not_member
-            if replicated:
+            if replicated or self.storage.last_index() > 0:
+                # A node that has been part of an elected cluster no longer judges others by its startup
+                # list (a lagging member must not stop because a new node joined meanwhile).
                 self.transport.set_replicated()
         if self.node_id not in self.driver.node.voters:
             self._say_removed(f"the replicated configuration ({', '.join(sorted(self.driver.node.voters))}) "
@@ -317,6 +319,8 @@ class Replicator:
             self.driver.deliver(messages)
 
     def _leadership(self, change: LeadershipChange) -> None:
+        if change.leader_id is not None and self.transport is not None:
+            self.transport.set_replicated()  # a majority agreed on a leader: the cluster is formed
         if self.on_leadership is not None:
             self.on_leadership(change)
 

@@ -22,8 +22,9 @@ every data frame over (challenge, sequence number, payload). The receiver refuse
   refused (close code 4410), never fatal: the refused side learns that it is not a member.
 
 The members fingerprint in the hello expresses an *opinion* only while a node knows nothing but its
-static ``--peers`` list. Once the cluster has replicated its membership (``set_replicated``; the
-coordinator replicates it at the first election and with every ``dtf cluster add|remove``), the node
+static ``--peers`` list. Once the cluster has formed (``set_replicated``: the coordinator calls it when
+it first sees a leader or starts over a non-empty log, and the membership is then replicated at the first
+election and with every ``dtf cluster add|remove``), the node
 sends an all-zero fingerprint and compares none: membership changes one node at a time, so members
 legitimately hold different lists while a change is in progress, and the replicated configuration, not
 the startup list, decides who is a member. ``add_peer``/``remove_peer`` follow the configuration at

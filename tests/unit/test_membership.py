@@ -161,3 +161,19 @@ def test_a_restart_uses_the_replicated_membership_over_stale_peers(tmp_path: Pat
         assert "was removed from the cluster" in caplog.text
     finally:
         gone.close()
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["cluster", "add", "bad id", "http://127.0.0.1:1"], "ID must be 1-128 characters"),
+    (["cluster", "add", "c4", "ftp://127.0.0.1:1"], "must be an http:// or https:// URL"),
+    (["cluster", "add", "c4", "http://127.0.0.1:1", "--wait", "-1"], "--wait must be 0 or more"),
+    (["cluster", "remove", "bad/id"], "ID must be 1-128 characters"),
+])
+def test_cluster_add_and_remove_refuse_bad_input_with_exit_2(args: list[str], fragment: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "dtf_app", *args, "--coordinator", "http://127.0.0.1:9",
+                           "--api-key", "k"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert fragment in done.stderr and "Traceback" not in done.stderr
