@@ -119,6 +119,10 @@ ERROR_CLASSES = ("bad_config", "missing_file", "unknown_runner", "timeout", "cra
 NON_RETRYABLE_ERRORS = frozenset({"bad_config", "missing_file", "unknown_runner"})
 
 
+# The load balancer's strategies (``load_balancer.strategy``; dtf_app/coordinator/balancer.py).
+BALANCER_STRATEGIES = ("fair_share", "least_loaded", "performance_aware", "packed")
+
+
 def is_retryable(error_class: str | None) -> bool:
     """Whether an attempt that failed with ``error_class`` may run again (unknown/None: yes, as before)."""
     return error_class not in NON_RETRYABLE_ERRORS

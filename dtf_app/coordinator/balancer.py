@@ -29,7 +29,8 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
-STRATEGIES = ("fair_share", "least_loaded", "performance_aware", "packed")
+from dtf_app.protocol import BALANCER_STRATEGIES as STRATEGIES
+
 DEFAULT_STRATEGY = "fair_share"
 EMA_WEIGHT = 0.3
 """Weight of the newest execution time in the moving average (a worker that slows down shows within a few tasks)."""
