@@ -133,24 +133,20 @@ class Placement:
         self.remaining = sum(n for n in free_slots.values() if n > 0)
         self._order = sorted(w for w, n in free_slots.items() if n > 0 and w in workers)
         self._rank = {w: i for i, w in enumerate(self._order)}
-        self._held: dict[str, int] = {}
+        self._cap = {w: max(1, int(workers[w].get("max_concurrent_tasks") or 1)) for w in self._order}
+        self._held: dict[str, int] = {w: len(workers[w].get("assigned") or ()) for w in self._order}
         self._by_submitter: dict[str, Counter[str]] = {}
         self._classes: dict[str, str] = {}
         self._candidates: dict[str, _Candidates] = {}
 
     # ------------------------------------------------------------------ load
-    def capacity(self, worker_id: str) -> int:
-        return max(1, int(self.workers[worker_id].get("max_concurrent_tasks") or 1))
-
     def held(self, worker_id: str) -> int:
         """Tasks the worker holds (assigned or running), this pass's placements included."""
-        held = self._held.get(worker_id)
-        if held is None:
-            held = self._held[worker_id] = len(self.workers[worker_id].get("assigned") or ())
-        return held
+        return self._held[worker_id]
 
     def load(self, worker_id: str) -> float:
-        return self.held(worker_id) / self.capacity(worker_id)
+        """Tasks held per slot."""
+        return self._held[worker_id] / self._cap[worker_id]
 
     def _submitters(self, worker_id: str) -> Counter[str]:
         counts = self._by_submitter.get(worker_id)
@@ -209,26 +205,27 @@ class Placement:
         if not window:
             return None
         cands.offset = i
-        return min(window, key=self._scorer(task, window))
-
-    def _scorer(self, task: Mapping[str, Any], window: list[str]) -> Callable[[str], tuple[float, ...]]:
-        rank, free = self._rank, self.free
+        if len(window) == 1:
+            return window[0]
+        held, cap, rank = self._held, self._cap, self._rank
         if self.strategy == "fair_share":
             submitter = submitter_of(task)
-            return lambda w: (self._submitters(w)[submitter], self.load(w), -free[w], rank[w])
+            return min(window, key=lambda w: (self._submitters(w)[submitter], held[w] / cap[w], -free[w], rank[w]))
         if self.strategy == "performance_aware" and self.history is not None:
             kind = perf_kind(task)
-            expected = {w: self.history.expected(w, self._class(w), kind) for w in window}
+            history = self.history
+            expected = {w: history.expected(w, self._class(w), kind) for w in window}
             known = [v for v in expected.values() if v is not None]
             if known:
                 mean = sum(known) / len(known)
-                return lambda w: (expected[w] if expected[w] is not None else mean, self.load(w), rank[w])
-        return lambda w: (self.load(w), -free[w], rank[w])
+                return min(window, key=lambda w: (mean if expected[w] is None else expected[w], held[w] / cap[w],
+                                                  rank[w]))
+        return min(window, key=lambda w: (held[w] / cap[w], -free[w], rank[w]))
 
     def take(self, task: Mapping[str, Any], worker_id: str) -> None:
         """Record that ``task`` was placed on ``worker_id``."""
         self.free[worker_id] -= 1
         self.remaining -= 1
-        self._held[worker_id] = self.held(worker_id) + 1
+        self._held[worker_id] += 1
         if self.strategy == "fair_share":
             self._submitters(worker_id)[submitter_of(task)] += 1

@@ -584,12 +584,19 @@ class ReadyQueue:
                     self._enqueue(task, token)
             self._delayed = []
 
-        def sort_key(key: _QueueKey, entry: _Entry) -> tuple[Any, ...]:
+        groups, submitters = usage.groups, usage.submitters
+
+        def group_key(key: _QueueKey, entry: _Entry) -> tuple[Any, ...]:
+            # Order within one submitter: effective priority, then its group's share, then age.
             since = max(entry[0], last_served.get(key, -math.inf))
             level = rate_policy.level(key[0], now - since) if now is not None else key[0]
-            return (-level, usage.submitters[key[1]], usage.groups[key[2]], entry[0], entry[1])
+            return (-level, groups[key[2]], entry[0], entry[1])
 
-        heads: list[tuple[tuple[Any, ...], _QueueKey, _Entry]] = []
+        # Two levels of lazily re-evaluated heaps: the queues of each submitter, and the submitters by
+        # their best head. Placing a task makes only its submitter's entry and its group's queues stale
+        # (keys only get worse during a pass: usage grows, a served queue's wait restarts), so a stored
+        # key is a lower bound and re-filing a stale head on sight keeps the order exact.
+        by_submitter: dict[str, list[tuple[tuple[Any, ...], _QueueKey, _Entry]]] = {}
         cursors: dict[_QueueKey, Iterator[_Entry]] = {}
         for key, heap in list(self._queues.items()):
             cursor = self._live_entries(heap)
@@ -597,22 +604,37 @@ class ReadyQueue:
             if first is None:
                 continue
             cursors[key] = cursor
-            heads.append((sort_key(key, first), key, first))
-        heapq.heapify(heads)
-        while heads:
-            stored, key, entry = heads[0]
-            fresh = sort_key(key, entry)
-            if fresh > stored:
-                # Keys only get worse during a pass (usage grows, a served queue's wait restarts): the
-                # stored key is a lower bound, so re-filing this head is enough (lazy re-evaluation).
+            by_submitter.setdefault(key[1], []).append((group_key(key, first), key, first))
+        top: list[tuple[tuple[Any, ...], str]] = []
+        for submitter, heads in by_submitter.items():
+            heapq.heapify(heads)
+            best = heads[0][0]
+            top.append(((best[0], submitters[submitter], *best[1:]), submitter))
+        heapq.heapify(top)
+        while top:
+            stored_top, submitter = top[0]
+            heads = by_submitter[submitter]
+            while heads:
+                stored, key, entry = heads[0]
+                fresh = group_key(key, entry)
+                if fresh <= stored:
+                    break
                 heapq.heapreplace(heads, (fresh, key, entry))
+            if not heads:
+                heapq.heappop(top)
                 continue
-            heapq.heappop(heads)
+            best = heads[0][0]
+            fresh_top = (best[0], submitters[submitter], *best[1:])
+            if fresh_top > stored_top:
+                heapq.heapreplace(top, (fresh_top, submitter))
+                continue
+            _, key, entry = heapq.heappop(heads)
             if self._live.get(entry[3]) == entry[2]:
                 yield entry[3]
             following = next(cursors[key], None)
             if following is not None:
-                heapq.heappush(heads, (sort_key(key, following), key, following))
+                heapq.heappush(heads, (group_key(key, following), key, following))
+            # The submitter's top entry is now a lower bound of its next head: refreshed on sight.
 
     def members(self) -> Iterable[str]:
         return self._live.keys()
