@@ -4,7 +4,7 @@
 - aging: a priority-0 task starts while a flood of priority-100 tasks is still arriving;
 - preemption: a running low-priority task is given back for an urgent one and runs again without
   spending a retry (max_retries 0);
-- error classes: a missing test file fails at once with its reason; a crash is retried (with backoff);
+- error classes: a missing test file fails at once with its reason; a timeout is retried (with backoff);
 - balancer strategies: each one's placement on a fixed scenario.
 """
 
@@ -31,7 +31,6 @@ def test_low_priority_task_starts_under_a_flood_of_high_priority_ones(cluster: C
     _start(cluster, aging_rate="20")
     cluster.start_worker("w1", slots=1, simulate="cpu-only.json")
     cluster.wait_workers(1)
-    low = cluster.submit({**SLEEP, "priority": 0, "name": "low"}).json()
     stop = threading.Event()
     submitted: list[str] = []
 
@@ -47,9 +46,13 @@ def test_low_priority_task_starts_under_a_flood_of_high_priority_ones(cluster: C
     thread = threading.Thread(target=flood, daemon=True)
     thread.start()
     try:
+        # The flood is on (the slot busy, a backlog queued) before the priority-0 task arrives.
+        wait_for(lambda: len(submitted) >= 9 and cluster.api("GET", "/api/status").json()["queue_depth"] >= 3,
+                 60, what="a backlog of priority-100 tasks")
+        low = cluster.submit({**SLEEP, "priority": 0, "name": "low"}).json()
         # While it waits, the API and `dtf tasks show` say why.
         waiting = wait_for(lambda: (t := cluster.task(low["task_id"]))["status"] == "pending"
-                           and t.get("wait_reason") and len(submitted) > 3 and t, 60, what="a wait reason")
+                           and t.get("wait_reason") and t, 60, what="a wait reason")
         assert waiting["wait"]["code"] in ("no_capable_worker_free", "behind"), waiting["wait"]
         shown = cluster.cli("tasks", "show", low["task_id"], "--coordinator", cluster.url,
                             env={"DTF_API_KEY": cluster.admin_key})
@@ -59,12 +62,13 @@ def test_low_priority_task_starts_under_a_flood_of_high_priority_ones(cluster: C
     finally:
         stop.set()
         thread.join(timeout=30)
-    # It started while the flood was still queued: top-priority tasks submitted before it started were
-    # still waiting behind it.
+    # It started while the flood was still queued: top-priority tasks submitted after it but before it
+    # started were still waiting behind it.
     assert started["wait_reason"] is None
     start = started["start_time"]
     later = [cluster.task(t) for t in submitted]
-    overtaken = [t for t in later if t["create_time"] < start and (t["start_time"] is None or t["start_time"] > start)]
+    overtaken = [t for t in later if low["create_time"] < t["create_time"] < start
+                 and (t["start_time"] is None or t["start_time"] > start)]
     assert overtaken, "no priority-100 task was waiting when the priority-0 one started"
     assert cluster.wait_task(low["task_id"], timeout=120)["status"] == "completed"
 
@@ -97,15 +101,15 @@ def test_non_retryable_error_fails_once_with_its_reason(cluster: Cluster, tmp_pa
     cluster.wait_workers(1)
     missing = cluster.submit({"type": "test", "max_retries": 3,
                               "config": {"test_file": "no/such/test_file.py"}}).json()
-    crash = cluster.submit({"type": "custom", "max_retries": 1,
-                            "config": {"callable": "dtf_plugins.runners.builtin_tasks:fail"}}).json()
+    slow = cluster.submit({"type": "custom", "max_retries": 1, "timeout_seconds": 0.5,
+                           "config": {"command": ["sleep", "30"]}}).json()
     failed = cluster.wait_task(missing["task_id"], timeout=120)
     assert failed["status"] == "failed" and failed["attempts"] == 1 and failed["error_class"] == "missing_file"
     assert "does not exist on this worker" in failed["error"] and "not retried" in failed["error"]
-    # A crash is another matter: retried (after its backoff) until max_retries is spent.
-    crashed = cluster.wait_task(crash["task_id"], timeout=120)
-    assert crashed["status"] == "failed" and crashed["attempts"] == 2 and crashed["error_class"] == "crash"
-    assert "gave up after 2 attempts" in crashed["error"]
+    # A timeout is another matter: retried (after its backoff) until max_retries is spent.
+    timed_out = cluster.wait_task(slow["task_id"], timeout=120)
+    assert timed_out["status"] == "failed" and timed_out["attempts"] == 2 and timed_out["error_class"] == "timeout"
+    assert "timed out" in timed_out["error"] and "gave up after 2 attempts" in timed_out["error"]
 
 
 def _run_and_place(cluster: Cluster, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
