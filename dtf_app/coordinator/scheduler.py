@@ -584,6 +584,12 @@ class ReadyQueue:
                     self._enqueue(task, token)
             self._delayed = []
 
+        if len(self._queues) == 1:
+            # One queue (one priority, submitter and group: the common bulk case): its own order is the order.
+            (heap,) = self._queues.values()
+            for entry in self._live_entries(heap):
+                yield entry[3]
+            return
         groups, submitters = usage.groups, usage.submitters
 
         def group_key(key: _QueueKey, entry: _Entry) -> tuple[Any, ...]:
@@ -702,6 +708,8 @@ def plan_assignments(queue: ReadyQueue, tasks: Mapping[str, Mapping[str, Any]],
         usage.add(task)
         queue.served(task, now)
         plan.append((task_id, worker_id))
+        if placement.exhausted:
+            break  # before asking the queue for one more
     return plan
 
 

@@ -369,3 +369,12 @@ def test_usage_counts_held_tasks() -> None:
     workers, tasks = _scenario()
     usage = Usage.of(tasks, workers)
     assert usage.submitters == {"alice": 2, "bob": 1}
+
+
+def test_submitter_and_group_are_validated_in_one_place() -> None:
+    doc = scheduler.validate_task({"type": "custom", "config": {"command": ["x"]}, "submitter": "ci@team",
+                                   "group": "nightly-1"})
+    assert (doc["submitter"], doc["group"]) == ("ci@team", "nightly-1")
+    assert scheduler.validate_task({"type": "custom", "config": {"command": ["x"]}})["submitter"] is None
+    with pytest.raises(scheduler.TaskValidationError, match="task.submitter must be 1-128 characters"):
+        scheduler.validate_task({"type": "custom", "config": {"command": ["x"]}, "submitter": "two words"})
