@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from dtf_app.coordinator import resources as resmod
 from dtf_app.protocol import (
     BATCH_SIZE_RANGE,
     BENCH_BACKENDS,
@@ -32,7 +33,7 @@ from dtf_app.protocol import TERMINAL_STATES as TERMINAL_STATES  # re-exported f
 
 ALL_STATES = TASK_STATES
 TASK_KEYS = ("type", "priority", "config", "requirements", "dependencies", "timeout_seconds", "max_retries",
-             "name", "task_id", "metadata")
+             "name", "task_id", "metadata", "resources")
 # Also accepted: "parameters", the source design's name for "config" (see validate_task).
 REQUIREMENT_KEYS = ("hardware", "min_memory_gb", "min_cuda_compute", "min_gpu_memory_gb", "tags", "os",
                     "min_cpu_cores", "exclude_workers")
@@ -250,13 +251,20 @@ def validate_task(doc: Any, where: str = "task", *, default_max_retries: int = 3
     metadata = doc.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise TaskValidationError(f"{where}.metadata must be an object")
-    return {
+    try:
+        reserve = resmod.validate(doc.get("resources"), f"{where}.resources")
+    except resmod.ResourceError as exc:
+        raise TaskValidationError(str(exc)) from None
+    out = {
         "type": kind, "priority": priority, "name": name or None,
         "config": _validate_config(kind, _copy(doc.get("config", {})), f"{where}.config"),
         "requirements": _validate_requirements(doc.get("requirements"), f"{where}.requirements"),
         "dependencies": list(deps), "timeout_seconds": timeout, "max_retries": max_retries,
         "task_id": task_id, "metadata": metadata or {},
     }
+    if reserve:  # only tasks that reserve carry the key: the common task document stays as it was
+        out["resources"] = reserve
+    return out
 
 
 def find_cycle(graph: Mapping[str, Iterable[str]]) -> list[str] | None:
@@ -303,10 +311,11 @@ def _worker_os(caps: Mapping[str, Any]) -> str:
     return "macos" if name == "darwin" else name
 
 
-def unmet_requirements(worker: Mapping[str, Any], req: Mapping[str, Any]) -> list[str]:
-    """Which requirements this worker does not meet (empty list: it can run the task)."""
+def unmet_requirements(worker: Mapping[str, Any], req: Mapping[str, Any],
+                       reserve: Mapping[str, Any] | None = None) -> list[str]:
+    """Which requirements (and reservations that could never fit) this worker does not meet (empty: it can)."""
     caps = worker.get("capabilities") or {}
-    missing: list[str] = []
+    missing: list[str] = resmod.unmet_capacity(worker, reserve, req) if reserve else []
     kinds = set(worker.get("hardware") or caps.get("hardware") or ["cpu"])
     for kind in req.get("hardware") or ():
         if kind not in kinds:
@@ -341,22 +350,24 @@ def unmet_requirements(worker: Mapping[str, Any], req: Mapping[str, Any]) -> lis
     return missing
 
 
-def worker_satisfies(worker: Mapping[str, Any], req: Mapping[str, Any]) -> bool:
-    """True when the worker meets every requirement."""
-    return not req or not unmet_requirements(worker, req)
+def worker_satisfies(worker: Mapping[str, Any], req: Mapping[str, Any],
+                     reserve: Mapping[str, Any] | None = None) -> bool:
+    """True when the worker meets every requirement (and could hold the reservation when idle)."""
+    return (not req and not reserve) or not unmet_requirements(worker, req, reserve)
 
 
-def infeasibility_reason(workers: Iterable[Mapping[str, Any]], req: Mapping[str, Any]) -> str | None:
+def infeasibility_reason(workers: Iterable[Mapping[str, Any]], req: Mapping[str, Any],
+                         reserve: Mapping[str, Any] | None = None) -> str | None:
     """None when some known worker could run a task with these requirements, else why none can.
 
     With no worker known at all nothing can be judged yet, so the task is accepted.
     """
     known = list(workers)
-    if not known or not req:
+    if not known or (not req and not reserve):
         return None
     closest: list[str] | None = None
     for worker in known:
-        missing = unmet_requirements(worker, req)
+        missing = unmet_requirements(worker, req, reserve)
         if not missing:
             return None
         if closest is None or len(missing) < len(closest):
@@ -433,6 +444,9 @@ def plan_assignments(queue: ReadyQueue, tasks: Mapping[str, Mapping[str, Any]],
     """
     plan: list[tuple[str, str]] = []
     open_workers = {w: n for w, n in free_slots.items() if n > 0}
+    # Reservations planned this round on top of the committed ones (resources.py): a task whose
+    # resources fit on no open worker now waits, like one without a free slot.
+    ledger = resmod.Ledger()
     scanned = 0
     for task_id in queue.ordered():
         if not open_workers or scanned >= scan_limit:
@@ -447,10 +461,12 @@ def plan_assignments(queue: ReadyQueue, tasks: Mapping[str, Mapping[str, Any]],
         best: str | None = None
         best_free = -1
         for worker_id, free in open_workers.items():
-            if free > best_free and worker_satisfies(workers[worker_id], req):
+            if free > best_free and worker_satisfies(workers[worker_id], req) and \
+                    ledger.fits(worker_id, workers[worker_id], task):
                 best, best_free = worker_id, free
         if best is None:
             continue
+        ledger.try_reserve(best, workers[best], task)
         plan.append((task_id, best))
         open_workers[best] -= 1
         free_slots[best] -= 1

@@ -41,7 +41,7 @@ from dtf_app.store import schema
 log = logging.getLogger(__name__)
 
 EVENT_KINDS: dict[str, str] = {"task": "task", "worker": "worker", "history": "row", "result": "result",
-                               "leadership": "row"}
+                               "leadership": "row", "health_alert": "row", "scaling": "row"}
 """Event kind -> the key that holds its payload."""
 
 
@@ -193,6 +193,8 @@ _WRITERS = {
     "test_results": _TableWriter("test_results", upsert=False),
     "benchmark_results": _TableWriter("benchmark_results", upsert=False),
     "leadership_history": _TableWriter("leadership_history", upsert=False),
+    "health_alerts": _TableWriter("health_alerts", upsert=False),
+    "scaling_recommendations": _TableWriter("scaling_recommendations", upsert=False),
 }
 
 Batch = list[tuple[int | None, list[dict[str, Any]]]]
@@ -496,6 +498,8 @@ class Store:
         tests: list[dict[str, Any]] = []
         benchmarks: list[dict[str, Any]] = []
         leadership: list[dict[str, Any]] = []
+        alerts: list[dict[str, Any]] = []
+        scaling: list[dict[str, Any]] = []
         next_id = self._next_history_id
         for event in events:
             kind = event["kind"]
@@ -514,6 +518,10 @@ class Store:
                 next_id += 1
             elif kind == "leadership":
                 leadership.append(event["row"])
+            elif kind == "health_alert":
+                alerts.append(event["row"])
+            elif kind == "scaling":
+                scaling.append(event["row"])
             else:
                 result = event["result"]
                 results.append(result)
@@ -535,6 +543,8 @@ class Store:
             _WRITERS["test_results"].write(con, tests)
             _WRITERS["benchmark_results"].write(con, benchmarks)
             _WRITERS["leadership_history"].write(con, leadership)
+            _WRITERS["health_alerts"].write(con, alerts)
+            _WRITERS["scaling_recommendations"].write(con, scaling)
             if last_index != self._last_applied:
                 con.execute("INSERT OR REPLACE INTO store_meta VALUES ('last_applied_index', ?)", [str(last_index)])
             con.execute("COMMIT")

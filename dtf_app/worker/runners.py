@@ -28,6 +28,7 @@ import trio
 
 from dtf_app.fsutil import task_umask
 from dtf_app.plugins import RUNNERS_GROUP, load_plugin
+from dtf_app.protocol import DEVICE_ENV_VARS
 
 TAIL_LINES = 200
 TAIL_BYTES = 8 * 1024
@@ -184,7 +185,11 @@ def unfrozen_environ() -> dict[str, str]:
 
 
 def build_env(ctx: RunContext, task_env: object, where: str = "config.env") -> dict[str, str]:
-    """The subprocess environment: the worker's, then ``ctx.env``, then the task's ``env`` (validated)."""
+    """The subprocess environment: the worker's, then ``ctx.env``, then the task's ``env`` (validated).
+
+    The device variables of a reservation (protocol.DEVICE_ENV_VARS, set in ``ctx.env`` by the agent)
+    win over the task's own ``env``: a task runs on exactly the devices it reserved.
+    """
     if task_env is None:
         task_env = {}
     if not isinstance(task_env, Mapping) or not all(
@@ -195,6 +200,10 @@ def build_env(ctx: RunContext, task_env: object, where: str = "config.env") -> d
     env = unfrozen_environ()
     env.update(ctx.env)
     env.update({k: str(v) for k, v in task_env.items()})
+    for names in DEVICE_ENV_VARS.values():
+        for name in names:
+            if name in ctx.env:
+                env[name] = ctx.env[name]
     # Children are often Python; unbuffered output makes log lines arrive as they happen.
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
