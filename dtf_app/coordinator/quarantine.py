@@ -54,7 +54,7 @@ def canary_tasks(worker_id: str, worker: Mapping[str, Any], attempt: int) -> lis
     for kind in canary_kinds(worker):
         doc: dict[str, Any] = {
             "type": "custom", "priority": 100, "name": f"canary {kind} for {worker_id}",
-            "config": {"name": "cpu_burn", "args": {"seconds": 0.2}},
+            "config": {"name": "cpu_burn", "args": [], "kwargs": {"seconds": 0.2}},
             "timeout_seconds": 120, "max_retries": 0,
             "task_id": f"canary-{worker_id}-{attempt}-{kind}",
             "metadata": {"canary_for": worker_id, "canary_kind": kind, "canary_round": attempt},

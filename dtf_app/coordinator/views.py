@@ -23,6 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from dtf_app import __version__, health
+from dtf_app.coordinator import resources
 
 if TYPE_CHECKING:
     from dtf_app.coordinator.service import Coordinator
@@ -116,6 +117,10 @@ def worker_view(coord: Coordinator, worker_id: str) -> dict[str, Any] | None:
         registration_time=iso(worker.get("registration_time")),
         last_heartbeat=iso(worker.get("last_heartbeat")),
         enrolled=worker_id in coord.state.enrolments,  # bound to a credential (dtf workers forget frees it)
+        # Reserved vs capacity per resource (task ``resources``; coordinator/resources.py).
+        resources=resources.worker_usage(worker),
+        alerts=conn.alerts if conn is not None else [],
+        quarantine=worker.get("quarantine"),
     )
     if conn is not None:
         view["last_heartbeat"] = iso(time.time() - (time.monotonic() - conn.last_seen))
