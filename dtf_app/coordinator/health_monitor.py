@@ -77,7 +77,8 @@ class HealthMonitor:
                 "timestamp": time.time(), "source_kind": kind, "source_id": source, "metric": alert.get("metric"),
                 "value": alert.get("value"), "threshold": alert.get("threshold"), "level": alert.get("severity"),
                 "message": alert.get("message"), "node_id": coord.node_id}})
-            log.warning("health %s on %s %s: %s", alert.get("severity"), kind, source, alert.get("message"))
+            log.log(logging.WARNING if alert.get("severity") == "critical" else logging.INFO,
+                    "health %s on %s %s: %s", alert.get("severity"), kind, source, alert.get("message"))
         del self.recent[:-RECENT_ALERTS]
         if coord.store is not None:
             coord.store.put(None, rows)

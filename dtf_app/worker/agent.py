@@ -515,7 +515,8 @@ class WorkerAgent:
         before = {a["metric"]: a["severity"] for a in self._health_alerts}
         for alert in alerts:
             if before.get(alert["metric"]) != alert["severity"]:
-                logger.warning("health %s: %s", alert["severity"], alert["message"])
+                logger.log(logging.WARNING if alert["severity"] == "critical" else logging.INFO,
+                           "health %s: %s", alert["severity"], alert["message"])
         return alerts
 
     # ----------------------------------------------------------------------------- message handlers

@@ -153,7 +153,8 @@ class Cluster:
     # -------------------------------------------------------------- workers
     def start_worker(self, name: str, *, slots: int = 2, simulate: str | None = None,
                      tags: str | None = None, python_args: tuple[str, ...] = (),
-                     data_dir: Path | None = None, api_key: str | None = None) -> Node:
+                     data_dir: Path | None = None, api_key: str | None = None,
+                     env: dict[str, str] | None = None) -> Node:
         """A worker process; its data dir (default ``workers/<name>``) keeps its credential across restarts."""
         args = ["--mode", "worker", "--coordinator", self.url, "--worker-id", name, "--data-dir",
                 str(data_dir or self.worker_dir(name)), "--max-concurrent-tasks", str(slots),
@@ -162,7 +163,8 @@ class Cluster:
             args += ["--simulate-hardware", str(ASSETS / "hardware" / simulate)]
         if tags:
             args += ["--tags", tags]
-        node = self.node(args, self.root / f"worker-{name}.log", env={"DTF_API_KEY": api_key or self.worker_key},
+        node = self.node(args, self.root / f"worker-{name}.log", env={"DTF_API_KEY": api_key or self.worker_key,
+                                                                    **(env or {})},
                          python_args=python_args)
         self.workers.append(node)
         return node
