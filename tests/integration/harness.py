@@ -304,11 +304,13 @@ class HACluster:
 
         return wait_for(attempt, 60, interval=0.2, what="a submit to be accepted")
 
-    def start_worker(self, name: str, worker_key: str, slots: int = 2, heartbeat: float = 1.0) -> Node:
+    def start_worker(self, name: str, worker_key: str, slots: int = 2, heartbeat: float = 1.0,
+                     simulate: str | None = None) -> Node:
         node = Node(["--mode", "worker", "--coordinator", self.urls, "--worker-id", name, "--data-dir",
                      str(self.root / "workers" / name), "--max-concurrent-tasks", str(slots),
                      "--heartbeat-interval", str(heartbeat),
-                     "--reconnect-attempts", "100"],
+                     "--reconnect-attempts", "100",
+                     *(["--simulate-hardware", str(ASSETS / "hardware" / simulate)] if simulate else [])],
                     self.root / f"worker-{name}.log", env={**self.env(), "DTF_API_KEY": worker_key})
         self.workers.append(node)
         return node

@@ -9,22 +9,37 @@ processes, the autoscale hook's process and the DuckDB file.
 from __future__ import annotations
 
 import json
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from tests.integration.harness import Cluster, wait_for
+from tests.integration.harness import Cluster, HACluster, wait_for
 
-PRINT_DEVICES = ("import os, time; print('DEVICES', os.environ.get('CUDA_VISIBLE_DEVICES'), "
-                 "os.environ.get('HIP_VISIBLE_DEVICES'), flush=True); time.sleep(1.0)")
+PRINT_DEVICES = ("import os, sys, time; print('DEVICES', os.environ.get('CUDA_VISIBLE_DEVICES'), "
+                 "os.environ.get('HIP_VISIBLE_DEVICES'), flush=True); time.sleep(float(sys.argv[1]))")
 
 
-def _gpu_task(i: int, kind: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "custom", "task_id": f"gpu-{kind}-{i}", "config": {"command": [sys.executable, "-c", PRINT_DEVICES],
+@pytest.fixture
+def ha(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[HACluster]:
+    cluster = HACluster(tmp_path)
+    yield cluster
+    cluster.stop()
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        for log in sorted(tmp_path.glob("*.log")):
+            print(f"----- {log.name} -----\n{log.read_text(errors='replace')[-5000:]}")
+
+
+def _gpu_task(i: int, kind: str, seconds: float = 1.0, **extra: Any) -> dict[str, Any]:
+    return {"type": "custom", "task_id": f"gpu-{kind}-{i}", "config": {
+            "command": [sys.executable, "-c", PRINT_DEVICES, str(seconds)],
             # The reservation wins over what the task's own env says.
             "env": {"CUDA_VISIBLE_DEVICES" if kind == "cuda" else "HIP_VISIBLE_DEVICES": "7"}},
             "requirements": {"hardware": [kind]}, "resources": {"gpus": 1}, **extra}
@@ -82,6 +97,40 @@ def test_a_burst_never_oversubscribes_memory_or_gpus(cluster: Cluster) -> None:
     # A task that could never fit is refused with the reason.
     refused = cluster.submit({"type": "custom", "config": {"command": ["true"]}, "resources": {"memory_gb": 4096}})
     assert refused.status_code == 422 and "4096 GB of memory to reserve" in refused.text
+
+
+def _device_spans(tasks: list[dict[str, Any]]) -> dict[tuple[str, int], list[tuple[float, float]]]:
+    spans: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for task in tasks:
+        (device,) = task["reservation"]["gpus"]
+        spans.setdefault((task["worker_id"], device), []).append((_epoch(task["start_time"]), _epoch(task["end_time"])))
+        assert f"DEVICES None {device}" in task["result"]["output"], (task["task_id"], task["result"]["output"])
+    return spans
+
+
+def test_reservations_hold_across_a_leader_failover(ha: HACluster) -> None:
+    for node_id in ha.ids:
+        ha.start(node_id)
+    leader = ha.wait_leader()
+    ha.load_key()
+    worker_key = ha.api("POST", leader, "/api/keys", json={"name": "gpu-workers", "role": "worker"}).json()["key"]
+    ha.start_worker("amd", worker_key, slots=6, simulate="amd-mi250.json")
+    wait_for(lambda: any(w["connected"] for w in ha.api("GET", ha.leader() or leader, "/api/workers").json()["workers"]),
+             90, what="the worker online")
+    ids = [t["task_id"] for t in ha.submit_anywhere([_gpu_task(i, "rocm", seconds=4) for i in range(5)])]
+    # Two run (one per device), three wait for a device although four slots are free.
+    wait_for(lambda: sum(1 for i in ids if (ha.task(i) or {}).get("status") == "running") == 2, 90,
+             what="two GPU tasks running")
+    ha.nodes[leader].kill(signal.SIGKILL)
+    ha.nodes[leader].wait()
+    survivors = [i for i in ha.ids if i != leader]
+    ha.wait_leader(survivors, timeout=90)
+    tasks = [wait_for(lambda i=i: (t := ha.task(i)) and t["status"] in ("completed", "failed") and t, 240,
+                      what=f"{i} to finish after the failover") for i in ids]
+    assert all(t["status"] == "completed" for t in tasks), [(t["task_id"], t.get("error")) for t in tasks]
+    # The new leader knew which devices were held: never two tasks on one device at a time.
+    for device, spans in _device_spans(tasks).items():
+        assert _overlaps(spans) == 1, (device, spans)
 
 
 def _epoch(iso: str) -> float:
