@@ -166,7 +166,8 @@ def create_app(coord: Coordinator) -> QuartTrio:
         metrics = await trio.to_thread.run_sync(health.sample, str(coord.data_dir))
         for node in doc["nodes"]:
             if node["node_id"] == coord.node_id:
-                node.update(metrics=metrics, alerts=health.evaluate(metrics))
+                node.update(metrics=metrics, alerts=health.evaluate(
+                    metrics, coord.health_monitor.warning, coord.health_monitor.critical))
         return json_response(doc)
 
     @app.get("/api/cluster/visualize")
