@@ -9,6 +9,7 @@ processes, the autoscale hook's process and the DuckDB file.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sys
 from collections.abc import Iterator
@@ -149,8 +150,10 @@ with open(sys.argv[1], "a") as out:
 def test_autoscale_hook_gets_the_recommendation_when_utilisation_crosses(cluster: Cluster, tmp_path: Path) -> None:
     hook, calls = tmp_path / "hook.py", tmp_path / "calls.jsonl"
     hook.write_text(HOOK)
+    # Also a test-only threshold for the coordinator's own health: any memory use is critical.
     cluster.start_coordinator(env={"DTF_EVALUATION_INTERVAL": "0.5",
-                                   "DTF_AUTOSCALE_HOOK": f"{sys.executable} {hook} {calls}"})
+                                   "DTF_AUTOSCALE_HOOK": f"{sys.executable} {hook} {calls}",
+                                   "DTF_HEALTH_CHECK_INTERVAL": "0.5", "DTF_HEALTH_MEMORY_CRITICAL": "0"})
     cluster.start_worker("w1", slots=2)
     cluster.wait_workers(1)
     ids = [cluster.submit({"type": "custom", "config": {"name": "sleep", "kwargs": {"seconds": 4}}}).json()["task_id"]
@@ -172,10 +175,15 @@ def test_autoscale_hook_gets_the_recommendation_when_utilisation_crosses(cluster
     assert len(api["recommendations"]) > len(recommendations()) and api["hook_calls"] == len(recommendations())
     assert [r["recommendation"] for r in recommendations()].count("scale_up") == 1 and down
     assert "dtf_scaling_recommendation" in cluster.api("GET", "/metrics").text
+    node_alerts = [a for a in cluster.api("GET", "/api/health/alerts").json()["recent"] if a.get("source") == "node"]
+    assert any(a["metric"] == "memory_percent" and a["level"] == "critical" and a["threshold"] == 0
+               for a in node_alerts), node_alerts
     cluster.coordinator.stop()
     with duckdb.connect(str(cluster.data_dir / "dtf.duckdb"), read_only=True) as con:
         rows = con.execute("SELECT recommendation, hook_called FROM scaling_recommendations ORDER BY timestamp").fetchall()
+        alert_rows = con.execute("SELECT source_kind, metric, level FROM health_alerts").fetchall()
     assert ("scale_up", True) in rows and len(rows) >= len(api["recommendations"])
+    assert ("node", "memory_percent", "critical") in alert_rows
 
 
 async def _health_alert(cluster: Cluster, got: list[dict[str, Any]]) -> None:
@@ -257,3 +265,28 @@ def test_workers_restart_and_stop_from_the_cli(cluster: Cluster) -> None:
     assert node.wait(timeout=60) == 0  # finished, left cleanly
     unknown = cluster.cli("workers", "stop", "nobody", *auth)
     assert unknown.returncode != 0 and "no worker 'nobody'" in unknown.stderr
+
+
+def test_infrastructure_failures_in_a_row_quarantine_a_worker(cluster: Cluster) -> None:
+    url = cluster.start_coordinator(env={"DTF_HEALTH_FAILURE_THRESHOLD": "2", "DTF_HEALTH_RECOVERY_ATTEMPTS": "0"})
+    cluster.start_worker("w1", slots=1)
+    cluster.wait_workers(1)
+    # The worker's own disk layout breaks: its work directory is a file, so no task can get a directory.
+    work = cluster.worker_dir("w1") / "work"
+    if work.is_dir():
+        shutil.rmtree(work)
+    work.write_text("not a directory")
+    ids = [cluster.submit({"type": "custom", "config": {"command": ["true"]}, "max_retries": 0}).json()["task_id"]
+           for _ in range(2)]
+    for task_id in ids:
+        assert "worker error: NotADirectoryError" in cluster.wait_task(task_id)["error"]
+    worker = wait_for(lambda: (w := cluster.api("GET", "/api/workers/w1").json())["quarantine"] and w, 60,
+                      what="w1 quarantined")
+    assert worker["quarantine"]["reason"] == "2 infrastructure failures in a row" and worker["drained"]
+    # recovery_attempts 0: no canary round; it stays out until an operator resumes it.
+    assert cluster.api("GET", "/api/workers/w1").json()["quarantine"]["attempts"] == 0
+    resumed = cluster.cli("workers", "resume", "w1", "--coordinator", url, "--api-key", cluster.admin_key, "--json")
+    assert resumed.returncode == 0 and json.loads(resumed.stdout)["quarantine"] is None
+    work.unlink()  # repaired
+    task = cluster.submit({"type": "custom", "config": {"command": ["true"]}}).json()
+    assert cluster.wait_task(task["task_id"])["status"] == "completed"
