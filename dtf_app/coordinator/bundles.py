@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from quart import Response, g, request
+from quart import Response, request
 from quart_trio import QuartTrio
 
 from dtf_app.coordinator.service import Coordinator
 from dtf_app.coordinator.views import task_view
 from dtf_app.pytest_dist.schedule import normalised_durations, worker_speeds
-from dtf_app.security import keys as keymod
 
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 MAX_IDS_PER_QUERY = 10_000
@@ -64,21 +63,11 @@ def _write_durably(path: Path, data: bytes) -> None:
 
 def register(app: QuartTrio, coord: Coordinator) -> None:
     """Add the routes to the app (one call in api.create_app)."""
+    from dtf_app.coordinator import http
     from dtf_app.coordinator.http import ApiError, json_response
 
     def authorize(*permissions: str) -> None:
-        key = keymod.key_from_headers(request.headers)
-        if key is None:
-            raise ApiError(401, "unauthorized", "an API key is required (X-API-Key header or "
-                                                "Authorization: Bearer <key>)")
-        principal = keymod.authenticate(key, coord.state.api_keys)
-        if principal is None:
-            raise ApiError(401, "unauthorized", "the API key is not valid")
-        if not any(principal.can(p) for p in permissions):
-            roles = sorted({r for p in permissions for r in keymod.roles_with(p)})
-            raise ApiError(403, "forbidden", f"role {principal.role!r} may not do this; it needs one of "
-                                             f"the roles {', '.join(roles)}")
-        g.principal = principal
+        http.authorize(coord, *permissions)
 
     def check_hash(digest: str) -> None:
         if not _is_hash(digest):

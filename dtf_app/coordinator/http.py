@@ -41,24 +41,32 @@ def json_response(data: Any, status: int = 200) -> Response:
     return Response(jsonsafe.dumps(data), status=status, content_type="application/json")
 
 
+def authorize(coord: Coordinator, *permissions: str) -> keymod.Principal:
+    """Authenticate the request's API key and check it holds one of ``permissions`` (401/403 otherwise);
+    the principal is also kept in ``g.principal``."""
+    key = keymod.key_from_headers(request.headers)
+    if key is None:
+        raise ApiError(401, "unauthorized", "an API key is required (X-API-Key header or "
+                                            "Authorization: Bearer <key>)")
+    principal = keymod.authenticate(key, coord.state.api_keys)
+    if principal is None:
+        raise ApiError(401, "unauthorized", "the API key is not valid")
+    if not any(principal.can(p) for p in permissions):
+        roles = keymod.roles_with(permissions[0]) if len(permissions) == 1 else \
+            sorted({r for p in permissions for r in keymod.roles_with(p)})
+        raise ApiError(403, "forbidden", f"role {principal.role!r} may not do this; it needs one of "
+                                         f"the roles {', '.join(roles)}")
+    g.principal = principal
+    return principal
+
+
 def requires(permission: str) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
     """Route decorator: authenticate the caller and check the permission (401/403 otherwise)."""
 
     def decorate(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         @wraps(handler)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            coord: Coordinator = g.coord
-            key = keymod.key_from_headers(request.headers)
-            if key is None:
-                raise ApiError(401, "unauthorized", "an API key is required (X-API-Key header or "
-                                                    "Authorization: Bearer <key>)")
-            principal = keymod.authenticate(key, coord.state.api_keys)
-            if principal is None:
-                raise ApiError(401, "unauthorized", "the API key is not valid")
-            if not principal.can(permission):
-                raise ApiError(403, "forbidden", f"role {principal.role!r} may not do this; it needs one of "
-                                                 f"the roles {', '.join(keymod.roles_with(permission))}")
-            g.principal = principal
+            authorize(g.coord, permission)
             return await handler(*args, **kwargs)
 
         return wrapper

@@ -247,20 +247,6 @@ class Coordinator:
                 log.warning("disabled by an operator: handing leadership to %s", best)
                 driver.transfer_leadership(best)
 
-    def _apply_enabled(self, enabled: bool) -> None:
-        """An operator enabled/disabled this node: a disabled node hands leadership over, never campaigns."""
-        driver = self.replicator.driver
-        if driver is None:
-            return
-        driver.node.can_campaign = enabled
-        if not enabled and self.is_leader:
-            others = [m for m in self.cluster.members if m != self.node_id and m not in self.state.disabled_nodes]
-            if others:
-                # The most caught-up peer takes over fastest.
-                best = max(others, key=lambda m: getattr(driver.node.progress(m), "match", 0))
-                log.warning("disabled by an operator: handing leadership to %s", best)
-                driver.transfer_leadership(best)
-
     def wake_dispatcher(self) -> None:
         """Ask the dispatch loop for a round (new work or new free slots)."""
         self.duties.wake()
