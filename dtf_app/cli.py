@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="cluster status: task and worker counts")
     _add_client_options(status)
 
-    cluster = sub.add_parser("cluster", help="the coordinator cluster: status, nodes, leader, health, disable/enable")
+    cluster = sub.add_parser("cluster", help="the coordinator cluster: status, nodes, leader, health, disable/enable, "
+                                             "add/remove")
     cluster_sub = cluster.add_subparsers(dest="action", metavar="ACTION", required=True)
     for action, text in (("status", "role, term, leader and every node"), ("nodes", "the coordinator nodes"),
                          ("leader", "the leader, its term and the leadership history"),
@@ -233,6 +234,22 @@ def build_parser() -> argparse.ArgumentParser:
         parser_ = cluster_sub.add_parser(action, help=text)
         parser_.add_argument("node_id", metavar="NODE")
         _add_client_options(parser_)
+    add = cluster_sub.add_parser(
+        "add", help="add one coordinator to the cluster (admin); prints how to start it",
+        description="Add one coordinator (membership changes one node at a time). Prints what the new node needs "
+                    "to start (its --node-id, the --peers value, the cluster secret); the new node must answer at "
+                    "URL before it is added (--wait waits for it).")
+    add.add_argument("node_id", metavar="ID", help="the new coordinator's node id")
+    add.add_argument("url", metavar="URL", help="its advertised URL, http(s)://HOST:PORT")
+    add.add_argument("--wait", type=float, default=0.0, metavar="S",
+                     help="wait up to S seconds for the new node to answer (default: do not wait)")
+    _add_client_options(add)
+    remove = cluster_sub.add_parser(
+        "remove", help="remove one coordinator from the cluster (admin); the leader hands over first",
+        description="Remove one coordinator. Removing the leader hands leadership over first. The removed node "
+                    "stops campaigning; stop its process afterwards.")
+    remove.add_argument("node_id", metavar="ID")
+    _add_client_options(remove)
 
     hardware = sub.add_parser("hardware", help="detect this machine's hardware")
     hardware.add_argument("--json", action="store_true", help="the capabilities document as JSON")
@@ -779,6 +796,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_cluster(args: argparse.Namespace) -> int:
     from dtf_app import output
 
+    if args.action in ("add", "remove"):
+        return _cluster_membership(args)
     with make_client(args) as client:
         if args.action in ("disable", "enable"):
             data = client.request("POST", f"/api/cluster/node/{args.node_id}/{args.action}", needs="admin")
@@ -814,6 +833,69 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
                          "yes" if n.get("enabled", True) else "no",
                          "-" if n.get("last_contact_seconds") is None else f"{n['last_contact_seconds']:.1f} s ago")
                         for n in nodes], ("node", "role", "term", "url", "enabled", "last contact")))
+    return EXIT_OK
+
+
+def _cluster_membership(args: argparse.Namespace) -> int:
+    """``dtf cluster add ID URL`` / ``dtf cluster remove ID``."""
+    import time
+
+    from dtf_app import cluster as cluster_rule
+    from dtf_app import output
+    from dtf_app.client import ClientError
+    from dtf_app.protocol import id_problem
+
+    problem = id_problem(args.node_id, "ID")
+    if problem:
+        return _fail(problem, EXIT_USAGE)
+    with make_client(args) as client:
+        if args.action == "remove":
+            data = client.request("DELETE", f"/api/cluster/nodes/{args.node_id}", needs="admin")
+            if args.json:
+                output.print_json(data)
+            else:
+                print(f"removed {args.node_id}; voters now {', '.join(data.get('voters') or [])} (quorum "
+                      f"{data.get('quorum_size')}). Stop its process: it no longer takes part.")
+            return EXIT_OK
+        if args.wait < 0:
+            return _fail("--wait must be 0 or more seconds", EXIT_USAGE)
+        try:
+            url = cluster_rule.normalise_url(args.url, "URL")
+        except cluster_rule.ClusterConfigError as exc:
+            return _fail(str(exc), EXIT_USAGE)
+        nodes = client.request("GET", "/api/cluster/nodes").get("nodes") or []
+        peers = {n["node_id"]: n["url"] for n in nodes if n.get("node_id") and n.get("url")}
+        peers[args.node_id] = url
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        peers_value = ",".join(f"{k}={v}" for k, v in sorted(peers.items()))
+        lines = [
+            f"Start coordinator {args.node_id} with the cluster's secret (the same DTF_CLUSTER_SECRET, or "
+            "--cluster-secret-file FILE, as every member) and these options:",
+            f"  DTF_CLUSTER_SECRET=<the cluster secret> dtf --mode coordinator --node-id {args.node_id} "
+            f"--host {parts.hostname} --port {parts.port} --peers {peers_value} --data-dir DIR",
+            f"  (or the environment: DTF_NODE_ID={args.node_id} DTF_PEERS={peers_value}; add --advertise-url {url} "
+            "when it listens on another address)",
+            "  Its --peers only bootstraps it: once added, the cluster's replicated membership is what it uses.",
+        ]
+        print("\n".join(lines), file=sys.stderr if args.json else sys.stdout, flush=True)
+        deadline = time.monotonic() + args.wait
+        while True:
+            try:
+                data = client.request("POST", "/api/cluster/nodes", body={"node_id": args.node_id, "url": url},
+                                      needs="admin")
+                break
+            except ClientError as exc:
+                if exc.code not in ("node_unreachable", "change_in_progress") or time.monotonic() >= deadline:
+                    raise
+                time.sleep(1.0)
+    if args.json:
+        output.print_json(data)
+    else:
+        state = "caught up" if data.get("caught_up") else "still catching up (see dtf cluster nodes)"
+        print(f"added {args.node_id} at {url}, {state}; voters now {', '.join(data.get('voters') or [])} (quorum "
+              f"{data.get('quorum_size')})")
     return EXIT_OK
 
 

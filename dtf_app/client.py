@@ -38,11 +38,12 @@ PRECISIONS = BENCH_PRECISIONS
 class ClientError(Exception):
     """A failed API call: ``exit_code`` is 3 (unreachable), 4 (auth refused) or 2 (bad request)."""
 
-    def __init__(self, message: str, exit_code: int = 2, status: int | None = None) -> None:
+    def __init__(self, message: str, exit_code: int = 2, status: int | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.exit_code = exit_code
         self.status = status
+        self.code = code  # the API's error code, when it sent one
 
 
 @dataclass
@@ -207,7 +208,8 @@ class Client:
             raise ClientError(f"{method} {path}: {message}", 3, status)
         if status >= 500:
             raise ClientError(f"{method} {path}: the coordinator failed ({status}): {message}", 3, status)
-        raise ClientError(f"{message}" if message else f"{method} {path}: HTTP {status}", 2, status)
+        raise ClientError(f"{message}" if message else f"{method} {path}: HTTP {status}", 2, status,
+                          _error_code(response))
 
     # ------------------------------------------------------------------ endpoints
     def open_status(self) -> dict:

@@ -71,7 +71,10 @@ def normalise_url(text: str, where: str = "peer") -> str:
         raise ClusterConfigError(f"{where}: empty address")
     if "://" not in raw:
         raw = "http://" + raw
-    parts = urlsplit(raw)
+    try:
+        parts = urlsplit(raw)
+    except ValueError:  # e.g. a bracketed host that is no IPv6 address
+        raise ClusterConfigError(f"{where}: {text!r} is not a URL; expected http(s)://HOST:PORT or HOST:PORT") from None
     if parts.scheme not in ("http", "https"):
         raise ClusterConfigError(f"{where}: {text!r} must be an http:// or https:// URL or host:port")
     try:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable
+from typing import Any
 
 import trio
 from quart import Response, g, request, websocket
@@ -35,7 +37,7 @@ from dtf_app.coordinator.http import (
     requires,
 )
 from dtf_app.coordinator.intake import clean_outcome
-from dtf_app.coordinator.service import Coordinator
+from dtf_app.coordinator.service import Coordinator, MembershipRefused
 from dtf_app.coordinator.views import WORKER_STATUSES, task_view
 from dtf_app.raft.types import NotLeader, ProposalDropped
 from dtf_app.security import keys as keymod
@@ -125,6 +127,7 @@ def create_app(coord: Coordinator) -> QuartTrio:
                                   "leader_id": coord.leader_id, "leader_url": coord.leader_url, "term": rep.term,
                                   "commit_index": rep.commit_index, "applied_index": coord.state.applied_index,
                                   "uptime_seconds": round(time.time() - coord.started_at, 3),
+                                  "voters": sorted(rep.voters), "removed": rep.removed,
                                   "version": __version__}, 200 if coord.readiness.ready else 503)
         if not coord.readiness.ready:
             response.headers["Retry-After"] = "1"
@@ -186,6 +189,42 @@ def create_app(coord: Coordinator) -> QuartTrio:
             raise ApiError(409, "last_enabled", "at least one coordinator must stay enabled to lead the cluster")
         (result,) = await coord.propose([{"op": "SetNodeEnabled", "node_id": node_id, "enabled": enabled}])
         return json_response(result)
+
+    async def _membership(change: Awaitable[dict[str, Any]]) -> Response:
+        try:
+            return json_response(await change)
+        except MembershipRefused as exc:
+            raise ApiError(exc.status, exc.code, str(exc)) from None
+
+    @app.post("/api/cluster/nodes")
+    @requires("admin")
+    async def cluster_add_node() -> Response:
+        from dtf_app import cluster as cluster_rule
+
+        body = await json_body()
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid_node", "the body must be an object {node_id, url}")
+        unknown = sorted(set(body) - {"node_id", "url"})
+        if unknown:
+            raise ApiError(400, "invalid_node", f"unknown field(s) {', '.join(map(repr, unknown))}; accepted: node_id, url")
+        problem = proto.id_problem(body.get("node_id"), "node_id")
+        if problem:
+            raise ApiError(400, "invalid_node", problem)
+        if not isinstance(body.get("url"), str):
+            raise ApiError(400, "invalid_node", "url must be the new coordinator's advertised URL, http(s)://HOST:PORT")
+        try:
+            url = cluster_rule.normalise_url(body["url"], "url")
+        except cluster_rule.ClusterConfigError as exc:
+            raise ApiError(400, "invalid_node", str(exc)) from None
+        return await _membership(coord.add_member(body["node_id"], url))
+
+    @app.delete("/api/cluster/nodes/<node_id>")
+    @requires("admin")
+    async def cluster_remove_node(node_id: str) -> Response:
+        problem = proto.id_problem(node_id, "node id")
+        if problem:
+            raise ApiError(400, "invalid_node", problem)
+        return await _membership(coord.remove_member(node_id))
 
     @app.post("/api/cluster/node/<node_id>/disable")
     @requires("admin")
@@ -668,7 +707,9 @@ async def _route_to_leader(coord: Coordinator) -> Response | None:
     """Writes go to the leader; reads too (linearizable, after a read barrier), unless ``?stale=true``
     asks a follower for its own, possibly stale, view. Node-local routes are answered here."""
     path = request.path
-    if path.startswith(_NODE_LOCAL_PREFIXES) and not (path.startswith("/api/cluster/node/")):
+    if path.startswith(_NODE_LOCAL_PREFIXES) and not (
+            path.startswith("/api/cluster/node/")
+            or (path.startswith("/api/cluster/nodes") and request.method in _WRITE_METHODS)):
         return None
     if coord.is_leader:
         if request.method not in _WRITE_METHODS and not coord.cluster.is_single:

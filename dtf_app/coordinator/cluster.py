@@ -119,6 +119,7 @@ def node_views(coord: Coordinator, monitor: ClusterMonitor | None) -> list[dict[
                     view["match_index"] = progress.match
         view["enabled"] = enabled
         view["is_leader"] = node_id == coord.leader_id
+        view["voter"] = node_id in rep.voters
         views.append(view)
     return views
 

@@ -125,6 +125,7 @@ class LeaderDuties:
                 self._scope = scope
                 try:
                     await coord.propose([{"op": "LeaderElected", "node_id": coord.node_id, "reason": "election"}])
+                    await coord.bootstrap_members()
                     await ensure_bootstrap_key(coord)
                     coord.readiness.done(readiness.BOOTSTRAP_KEY)
                     self.running = True

@@ -34,6 +34,11 @@ _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
 
 _HARDWARE = {"type": "string", "enum": list(scheduler.HARDWARE_KINDS)}
 
+# A coordinator's advertised URL as POST /api/cluster/nodes documents it (cluster.normalise_url accepts
+# a little more: HOST:PORT, IPv6 literals).
+_PORT = "(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+_NODE_URL = f"^https?://[A-Za-z0-9.-]+(?::{_PORT})?/?$"
+
 
 def _any_case(words: tuple[str, ...]) -> str:
     """A pattern for these words in any letter case (JSON Schema patterns have no (?i) flag)."""
@@ -321,7 +326,18 @@ def build_spec(version: str) -> dict[str, Any]:
         "/openapi.json": {"get": _op("this document")},
         "/api/cluster/status": {"get": _op("cluster status")},
         "/api/cluster/leader": {"get": _op("leader id, term and URL")},
-        "/api/cluster/nodes": {"get": _op("coordinator nodes")},
+        "/api/cluster/nodes": {
+            "get": _op("coordinator nodes"),
+            "post": _op("add one coordinator (admin, leader; one change at a time, 409 while one is in progress): it "
+                        "must already answer at url as node_id; returns once the change is committed",
+                        body={"type": "object", "required": ["node_id", "url"], "additionalProperties": False,
+                              "properties": {"node_id": _ID, "url": {
+                                  "type": "string", "pattern": _NODE_URL,
+                                  "description": "its advertised URL, http(s)://HOST:PORT (HOST:PORT is "
+                                                 "accepted too)"}}})},
+        "/api/cluster/nodes/{node_id}": {"delete": _op(
+            "remove one coordinator (admin, leader; removing the leader hands leadership over first and "
+            "answers 307 at the new leader)", params=[_path("node_id")])},
         "/api/cluster/health": {"get": _op("health metrics and alerts per node")},
         "/api/cluster/visualize": {"get": _html_op("HTML page with an SVG of the nodes and the leadership history")},
         "/api/cluster/node/{node_id}/disable": {"post": _op(

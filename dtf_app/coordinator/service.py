@@ -32,8 +32,22 @@ from dtf_app.coordinator.intake import WorkerConn, WorkerIntake
 from dtf_app.coordinator.leader import LeaderDuties
 from dtf_app.coordinator.replicator import Replicator
 from dtf_app.coordinator.state import State
+from dtf_app.raft.types import NotLeader, ProposalDropped
 
 log = logging.getLogger("dtf.coordinator")
+
+# How long an added member may take to catch up before `dtf cluster add` answers without waiting more.
+CATCH_UP_WAIT_S = 30.0
+PROBE_TIMEOUT_S = 3.0
+
+
+class MembershipRefused(Exception):
+    """A membership change that cannot be made now; ``status`` and ``code`` for the API's answer."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
 
 SUBSCRIBER_BUFFER = 10_000  # the default of Settings.subscriber_buffer
 
@@ -60,6 +74,10 @@ class Coordinator:
         # A snapshot that covers entries the store never saw rebuilds their rows (snapshot_rows.py).
         self.replicator.on_snapshot_installed = lambda state, index: snapshot_rows.reconcile(self.store, state, index)
         self.replicator.on_leadership = self._on_leadership
+        self.replicator.on_members = self._on_members
+        # What the settings said (the bootstrap membership); self.cluster follows the replicated one.
+        self.static_cluster = self.cluster
+        self._membership_lock = trio.Lock()
         self.queue = scheduler.ReadyQueue()
         self.conns: dict[str, WorkerConn] = {}
         self.hub = pubsub.Hub()
@@ -144,8 +162,145 @@ class Coordinator:
             if task["status"] == "pending":
                 self.queue.push(task)
         if self.replicator.driver is not None:
-            self.replicator.driver.node.can_campaign = self.node_id not in state.disabled_nodes
+            self.replicator.driver.node.can_campaign = (self.node_id not in state.disabled_nodes
+                                                        and not self.replicator.removed)
         self.duties.wake()
+
+    # ------------------------------------------------------------------ membership
+    def _on_members(self, members: dict[str, str]) -> None:
+        """The replicated membership changed (or this node learnt it was removed): views follow it.
+
+        A member this node's own ``--peers`` names keeps that URL (the replicator dials it there too):
+        it is how this node's network reaches it, so it is also the ``leader_url`` this node hands out."""
+        static = {k: v for k, v in self.replicator.peers.items() if v and k != self.node_id}
+        merged = {k: static.get(k, v) for k, v in members.items()}
+        self.cluster = cluster_rule.ClusterSpec(self.node_id, dict(sorted(merged.items())))
+        driver = self.replicator.driver
+        if driver is not None and self.replicator.removed:
+            driver.node.can_campaign = False
+
+    async def bootstrap_members(self) -> None:
+        """A leader of a cluster whose membership is not yet replicated replicates the static list (every
+        node then follows the replicated membership: a change in progress is no misconfiguration)."""
+        if self.replicator.transport is None or self.state.members:
+            return
+        voters = self.replicator.voters
+        members = {m: u for m, u in self.replicator.members().items() if m in voters}
+        if set(members) != set(voters):
+            log.error("cannot replicate the membership: no URL known for %s",
+                      ", ".join(sorted(set(voters) - set(members))))
+            return
+        members[self.node_id] = self.url or members[self.node_id]
+        await self.propose([{"op": "SetMembers", "members": members}])
+
+    async def add_member(self, node_id: str, url: str) -> dict[str, Any]:
+        """Add one coordinator (leader only): it must answer at ``url`` as ``node_id`` first; it joins as
+        a voter (the Raft core has no learners), then this waits (bounded) for it to catch up."""
+        rep = self.replicator
+        self._check_can_change()
+        members = rep.members()
+        if node_id in rep.voters or node_id in members:
+            raise MembershipRefused(409, "already_member", f"{node_id} is already a member of the cluster (at "
+                                    f"{members.get(node_id, 'an unknown URL')}); remove it first to change its URL")
+        clash = next((m for m, u in members.items() if u == url), None)
+        if clash is not None:
+            raise MembershipRefused(409, "url_taken", f"{url} is the URL of member {clash}")
+        async with self._membership_lock:
+            await self._probe_new_member(node_id, url)
+            log.warning("adding coordinator %s at %s to the cluster (%s)", node_id, url, ", ".join(sorted(members)))
+            try:
+                await rep.change_members("add", node_id, url)
+            except ProposalDropped as exc:
+                raise self._busy_or(exc) from None
+            commit = rep.commit_index
+            caught_up = await self._wait_caught_up(node_id, commit)
+        return {**self._membership_doc(), "node_id": node_id, "url": url, "change": "add", "caught_up": caught_up}
+
+    async def remove_member(self, node_id: str) -> dict[str, Any]:
+        """Remove one coordinator (leader only). Removing the leader itself hands leadership over first:
+        NotLeader then sends the caller to the new leader, which makes the change."""
+        rep = self.replicator
+        self._check_can_change()
+        if node_id not in rep.voters and node_id not in rep.members():
+            raise MembershipRefused(404, "not_found", f"no coordinator {node_id!r}; members: "
+                                    f"{', '.join(sorted(rep.voters))}")
+        if len(rep.voters) == 1:
+            raise MembershipRefused(409, "last_member", "cannot remove the last member of the cluster")
+        async with self._membership_lock:
+            if node_id == self.node_id:
+                await self._hand_over_for_removal()
+            log.warning("removing coordinator %s from the cluster", node_id)
+            try:
+                await rep.change_members("remove", node_id)
+            except ProposalDropped as exc:
+                raise self._busy_or(exc) from None
+        return {**self._membership_doc(), "node_id": node_id, "change": "remove"}
+
+    def _membership_doc(self) -> dict[str, Any]:
+        rep = self.replicator
+        return {"members": [{"node_id": m, "url": u} for m, u in sorted(rep.members().items())],
+                "voters": sorted(rep.voters), "quorum_size": len(rep.voters) // 2 + 1,
+                "members_index": self.state.members_index}
+
+    def _check_can_change(self) -> None:
+        rep = self.replicator
+        if not rep.is_leader:
+            raise NotLeader(rep.leader_id)
+        if rep.transport is None:
+            raise MembershipRefused(409, "single_node", "this coordinator is a one-member cluster (started without "
+                                    "peers), which has no peer transport and cannot grow at run time; start a "
+                                    "cluster of several coordinators (--peers, DTF_CLUSTER_SECRET) to change it later")
+        if self._membership_lock.locked() or rep.change_pending:
+            raise MembershipRefused(409, "change_in_progress", "a membership change is in progress: the cluster "
+                                    "changes one node at a time; retry once it is done (dtf cluster nodes)")
+
+    def _busy_or(self, exc: ProposalDropped) -> Exception:
+        if "pending" in str(exc):
+            return MembershipRefused(409, "change_in_progress", f"{exc}: retry once it is done")
+        return exc
+
+    async def _probe_new_member(self, node_id: str, url: str) -> None:
+        """The new node must answer at its URL, as that node id, before it counts for the quorum."""
+        import httpx
+
+        try:
+            async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as client:
+                response = await client.get(url + "/status")
+            data = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise MembershipRefused(409, "node_unreachable", f"{node_id} does not answer at {url} ({type(exc).__name__}"
+                                    f"): start it first (dtf cluster add prints how), then add it") from None
+        seen = data.get("node_id") if isinstance(data, dict) else None
+        if seen != node_id:
+            raise MembershipRefused(409, "node_id_mismatch", f"the coordinator at {url} is {seen!r}, not {node_id!r}: "
+                                    "start it with --node-id " + node_id)
+
+    async def _wait_caught_up(self, node_id: str, index: int) -> bool:
+        """Until the new member's log holds ``index`` (bounded: it may still be starting)."""
+        driver = self.replicator.driver
+        with trio.move_on_after(CATCH_UP_WAIT_S):
+            while driver is not None and self.is_leader:
+                progress = driver.node.progress(node_id)
+                if progress is not None and progress.match >= index:
+                    return True
+                await trio.sleep(0.1)
+        return False
+
+    async def _hand_over_for_removal(self) -> None:
+        """This leader is being removed: transfer leadership to the most caught-up other member first."""
+        driver = self.replicator.driver
+        best = self._best_successor()
+        if driver is None or best is None:
+            raise MembershipRefused(409, "no_successor", "no other enabled member can take over leadership")
+        log.warning("removing this leader: handing leadership to %s first", best)
+        driver.transfer_leadership(best)
+        with trio.move_on_after(max(5.0, 3 * driver.tick_seconds * driver.node.config.election_ticks)):
+            while self.is_leader:
+                await trio.sleep(0.05)
+        if self.is_leader:
+            raise ProposalDropped(f"leadership transfer to {best} did not complete; retry the removal")
+        raise NotLeader(self.leader_id)
+
 
     # ------------------------------------------------------------------ leadership
     def _on_leadership(self, change: Any) -> None:
@@ -221,6 +376,9 @@ class Coordinator:
             conn = self.conns.pop(command["worker_id"], None)
             if conn is not None:
                 conn.refuse(f"the enrolment of worker {command['worker_id']!r} was revoked by an admin")
+        if op == "ChangeMembers" and isinstance(result, dict) and "members" in result:
+            log.warning("cluster membership changed (%s %s at log index %d): %s", result.get("change"),
+                        result.get("node_id"), index, ", ".join(f"{k}={v}" for k, v in result["members"].items()))
         if op == "SetNodeEnabled" and isinstance(result, dict) and result.get("node_id") == self.node_id:
             self._apply_enabled(bool(result.get("enabled")))
         if op == "CancelTask" and isinstance(result, dict) and result.get("worker_id"):
@@ -238,14 +396,22 @@ class Coordinator:
         driver = self.replicator.driver
         if driver is None:
             return
-        driver.node.can_campaign = enabled
+        driver.node.can_campaign = enabled and not self.replicator.removed
         if not enabled and self.is_leader:
-            others = [m for m in self.cluster.members if m != self.node_id and m not in self.state.disabled_nodes]
-            if others:
-                # The most caught-up peer takes over fastest.
-                best = max(others, key=lambda m: getattr(driver.node.progress(m), "match", 0))
+            best = self._best_successor()
+            if best is not None:
                 log.warning("disabled by an operator: handing leadership to %s", best)
                 driver.transfer_leadership(best)
+
+    def _best_successor(self) -> str | None:
+        """The enabled voter other than this node that is most caught up (it takes over fastest)."""
+        driver = self.replicator.driver
+        if driver is None:
+            return None
+        others = [m for m in driver.node.voters if m != self.node_id and m not in self.state.disabled_nodes]
+        if not others:
+            return None
+        return max(others, key=lambda m: getattr(driver.node.progress(m), "match", 0))
 
     def wake_dispatcher(self) -> None:
         """Ask the dispatch loop for a round (new work or new free slots)."""

@@ -22,6 +22,11 @@ Commands (``{"op": ..., "time": float, ...}``):
   takes back the worker's attempts as ``WorkersLost`` does
 - ``LeaderElected`` {node_id, term, reason} (a new leader's first command: replicated leadership history)
 - ``SetNodeEnabled`` {node_id, enabled} (an operator disables a coordinator: it hands over and stops campaigning)
+- ``SetMembers`` {members: {node_id: url}}: the bootstrap membership (the static ``--peers`` list), proposed by
+  the first leader while no membership is replicated yet; ignored once one is
+- ``ChangeMembers`` {change: "add"|"remove", node_id, members: {node_id: url}}: not a normal log entry but
+  the application half of a Raft config entry (``dtf cluster add|remove``), applied from it by the
+  replicator, so the member URLs change atomically with the voters; ``members`` is the full map after
 - ``Orchestrate`` {orchestration: parent record, tasks: [subtask docs with parent_id]} -> the parent and its
   subtasks, atomically (orchestrator.py); ``CancelOrchestration`` {task_id, reason} -> the parent and every
   unfinished subtask cancelled. A parent's status and merged result follow its subtasks in every apply.
@@ -67,6 +72,10 @@ class State:
         self.disabled_nodes: list[str] = []
         # Orchestrated tasks (parent records; their subtasks are tasks with parent_id): orchestrator.py.
         self.orchestrations: dict[str, dict[str, Any]] = {}
+        # The coordinator cluster's members (node id -> advertised URL), replicated; empty until the first
+        # leader replicates the bootstrap list. ``members_index``: the log index of the last change.
+        self.members: dict[str, str] = {}
+        self.members_index = 0
 
     # ------------------------------------------------------------------ helpers
     def _set_status(self, task: TaskDoc, status: str) -> None:
@@ -128,6 +137,9 @@ class State:
                 result, events = {"error": f"{op} rejected: {type(exc).__name__}: {exc}"}, []
         if self.orchestrations and events:
             self._refresh_orchestrations(events, command.get("time"))
+        if op in ("SetMembers", "ChangeMembers") and isinstance(result, dict) and result.get("changed", True) \
+                and "error" not in result:
+            self.members_index = index
         if index:
             self.applied_index = index
         return result, events
@@ -489,6 +501,21 @@ class State:
         self.disabled_nodes = sorted(disabled)
         return {"node_id": node_id, "enabled": node_id not in disabled}, []
 
+    def _set_members(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        if self.members:
+            return {"members": dict(self.members), "changed": False}, []
+        self.members = _members_map(cmd["members"])
+        return {"members": dict(self.members), "changed": True}, []
+
+    def _change_members(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        change, node_id = cmd["change"], str(cmd["node_id"])
+        if change not in ("add", "remove"):
+            raise ValueError(f"change must be 'add' or 'remove', not {change!r}")
+        self.members = _members_map(cmd["members"])
+        if change == "remove" and node_id in self.disabled_nodes:
+            self.disabled_nodes = [n for n in self.disabled_nodes if n != node_id]
+        return {"change": change, "node_id": node_id, "members": dict(self.members)}, []
+
     @staticmethod
     def _history_event(task: TaskDoc, status: str, error: str | None, item: dict[str, Any]) -> dict[str, Any]:
         start = item.get("start_time") or task.get("start_time")
@@ -525,7 +552,8 @@ class State:
         return {"workers": self.workers, "api_keys": self.api_keys, "enrolments": self.enrolments,
                 "next_seq": self.next_seq, "applied_index": self.applied_index, "term": self.term,
                 "leaders": self.leaders, "disabled_nodes": self.disabled_nodes,
-                "orchestrations": self.orchestrations}
+                "orchestrations": self.orchestrations, "members": self.members,
+                "members_index": self.members_index}
 
     @classmethod
     def restore(cls, data: bytes) -> State:
@@ -541,11 +569,20 @@ class State:
         state.leaders = raw.get("leaders", [])
         state.disabled_nodes = raw.get("disabled_nodes", [])
         state.orchestrations = raw.get("orchestrations", {})
+        state.members = raw.get("members", {})
+        state.members_index = raw.get("members_index", 0)
         for task in raw["tasks"].values():
             state._add_task(task)
             for dep in task.get("dependencies") or []:
                 state.dependents.setdefault(dep, []).append(task["task_id"])
         return state
+
+
+def _members_map(raw: Any) -> dict[str, str]:
+    if not isinstance(raw, dict) or not raw or not all(isinstance(k, str) and isinstance(v, str) and k and v
+                                                       for k, v in raw.items()):
+        raise ValueError("members must be a non-empty map of node id to URL")
+    return dict(sorted(raw.items()))
 
 
 def _worker_event(worker: dict[str, Any]) -> dict[str, Any]:
@@ -568,6 +605,8 @@ _HANDLERS = {
     "ForgetWorker": State._forget_worker,
     "LeaderElected": State._leader_elected,
     "SetNodeEnabled": State._set_node_enabled,
+    "SetMembers": State._set_members,
+    "ChangeMembers": State._change_members,
     "Orchestrate": State._orchestrate,
     "CancelOrchestration": State._cancel_orchestration,
 }

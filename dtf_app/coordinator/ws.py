@@ -96,10 +96,9 @@ async def raft_socket() -> None:
         return
     reason = await transport.serve_connection(websocket.receive, websocket.send)
     if reason is not None:
-        from dtf_app.raft.transport import CLOSE_MISCONFIGURED
+        from dtf_app.raft.transport import close_code
 
-        await websocket.close(CLOSE_MISCONFIGURED if reason.startswith("misconfigured") else CLOSE_FORBIDDEN,
-                              reason[:120])
+        await websocket.close(close_code(reason), reason[:120])
 
 
 async def _sender(receive: trio.MemoryReceiveChannel[dict[str, Any]], done: trio.CancelScope) -> None:

@@ -139,6 +139,11 @@ class RaftNode:
         return self._voters
 
     @property
+    def pending_conf_index(self) -> int:
+        """Index of the newest config entry this leader appended (a change is pending while above commit)."""
+        return self._pending_conf_index
+
+    @property
     def lead_transferee(self) -> str | None:
         return self._lead_transferee
 
@@ -157,9 +162,13 @@ class RaftNode:
         self._election_elapsed += 1
         if self._role == "leader":
             self._tick_leader()
-        elif self._promotable() and self.can_campaign and self._election_elapsed >= self._randomized_timeout:
-            self._election_elapsed = 0
-            self._start_campaign(transfer=False)
+        elif self._election_elapsed >= self._randomized_timeout:
+            if self._promotable() and self.can_campaign:
+                self._election_elapsed = 0
+                self._start_campaign(transfer=False)
+            elif self._role != "follower":
+                # Removed or disabled while campaigning: the election it started is over for it.
+                self._become_follower(self._term, None)
 
     def campaign(self) -> None:
         """Start an election now (with a pre-vote round when configured)."""

@@ -168,6 +168,9 @@ class RaftDriver:
         # Awaited before each snapshot, with applies paused (the coordinator flushes its store there, so
         # no store row of an entry the snapshot covers can be lost with the compacted log).
         self.before_snapshot: Callable[[], Awaitable[Any]] | None = None
+        # Called with the config entries of each Ready once they are durable and before its messages go
+        # out (a change takes effect when appended): the transport learns a new member's address in time.
+        self.on_config_entries: Callable[[list[Entry]], None] | None = None
 
     # ------------------------------------------------------------------ views
     def status(self) -> DriverStatus:
@@ -220,12 +223,13 @@ class RaftDriver:
         self._wakeup.set()
         return await waiter.wait(timeout, "the read barrier")
 
-    async def change_membership(self, change: ConfChange, *, timeout: float = 30.0) -> None:
-        """Add or remove one voter; returns once the change is committed."""
+    async def change_membership(self, change: ConfChange, *, timeout: float = 30.0) -> Any:
+        """Add or remove one voter; returns (the state machine's result for the config entry) once the
+        change is committed and applied. Raises ProposalDropped while another change is pending."""
         waiter = _Waiter()
         self._inbox.append(("conf", (change, waiter)))
         self._wakeup.set()
-        await waiter.wait(timeout, "the membership change")
+        return await waiter.wait(timeout, "the membership change")
 
     async def wait_applied(self, index: int) -> None:
         while self.applied_index < index:
@@ -348,6 +352,10 @@ class RaftDriver:
                 await trio.to_thread.run_sync(self._persist, rd)
             else:
                 self._persist(rd)
+        if rd.entries and self.on_config_entries is not None:
+            configs = [e for e in rd.entries if e.kind == "config"]
+            if configs:
+                self.on_config_entries(configs)
         if messages:
             self._send(messages)
         if rd.snapshot is not None:

@@ -14,9 +14,21 @@ every data frame over (challenge, sequence number, payload). The receiver refuse
 * ``replayed``: a frame whose sequence number is not the next one (a captured frame re-sent on the same
   connection; on any other connection its MAC is wrong, so it counts as forged);
 * ``malformed``: frames that do not decode;
-* ``misconfigured``: a correctly authenticated peer whose member list differs from ours. Both sides then
-  stop (:class:`ClusterMisconfigured`, exit code 2): two nodes that disagree on the membership must not
-  each count votes in a different cluster.
+* ``misconfigured``: a correctly authenticated peer whose *bootstrap* member list differs from ours. Both
+  sides then stop (:class:`ClusterMisconfigured`, exit code 2): two fresh nodes that disagree on the
+  membership must not each count votes in a different cluster;
+* ``not_member``: a correctly authenticated peer that is not (or no longer) a member, once the membership
+  is replicated: a node removed at runtime, or one started before ``dtf cluster add`` named it. It is
+  refused (close code 4410), never fatal: the refused side learns that it is not a member.
+
+The members fingerprint in the hello expresses an *opinion* only while a node knows nothing but its
+static ``--peers`` list. Once the cluster has formed (``set_replicated``: the coordinator calls it when
+it first sees a leader or starts over a non-empty log, and the membership is then replicated at the first
+election and with every ``dtf cluster add|remove``), the node
+sends an all-zero fingerprint and compares none: membership changes one node at a time, so members
+legitimately hold different lists while a change is in progress, and the replicated configuration, not
+the startup list, decides who is a member. ``add_peer``/``remove_peer`` follow the configuration at
+runtime.
 
 Messages are best-effort, as Raft expects: a full queue or a broken connection drops them (counted), and
 the core's retries (heartbeats, append probes) recover. TLS: a peer URL with ``https://`` is dialled as
@@ -39,7 +51,8 @@ import trio
 from dtf_app.raft import codec
 from dtf_app.raft.types import Message
 
-__all__ = ["InboundSession", "PeerAuthError", "PeerSender", "Transport", "TransportStats", "raft_url"]
+__all__ = ["CLOSE_MISCONFIGURED", "CLOSE_NOT_MEMBER", "InboundSession", "PeerAuthError", "PeerSender", "Transport",
+           "TransportStats", "close_code", "raft_url"]
 
 log = logging.getLogger("dtf.raft.transport")
 
@@ -51,6 +64,8 @@ RECONNECT_MAX_S = 1.0
 
 
 CLOSE_MISCONFIGURED = 4409
+CLOSE_NOT_MEMBER = 4410
+NO_OPINION = b"\x00" * 32
 
 
 class ClusterMisconfigured(Exception):
@@ -60,7 +75,8 @@ class ClusterMisconfigured(Exception):
 
 
 class PeerAuthError(Exception):
-    """A peer frame refused; ``kind`` is ``forged``, ``replayed``, ``malformed`` or ``misconfigured``."""
+    """A peer frame refused; ``kind`` is ``forged``, ``replayed``, ``malformed``, ``misconfigured`` or
+    ``not_member``."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -76,7 +92,7 @@ class TransportStats:
     frames_out: int = 0
     messages_out: int = 0
     dropped_in: dict[str, int] = field(default_factory=lambda: {"forged": 0, "replayed": 0, "malformed": 0,
-                                                                  "misconfigured": 0})
+                                                                  "misconfigured": 0, "not_member": 0})
     dropped_out: int = 0
     connect_failures: int = 0
 
@@ -99,12 +115,14 @@ class InboundSession:
 
     def __init__(self, secret: bytes, node_id: str, members: Callable[[], Collection[str]],
                  fingerprint: bytes | None = None) -> None:
+        # ``fingerprint``: this node's bootstrap opinion, or None once its membership is replicated.
         self._secret = secret
         self._node_id = node_id
         self._members = members
         self._fingerprint = fingerprint
         self.challenge = secrets.token_bytes(codec.CHALLENGE_BYTES)
         self.peer: str | None = None
+        self.claimed: str | None = None  # the hello's sender once its MAC checked out
         self._next_seq = 1
 
     def opening_frame(self) -> bytes:
@@ -124,13 +142,19 @@ class InboundSession:
                                  fingerprint)
             if not secrets.compare_digest(tag, expected):
                 raise PeerAuthError("forged", f"hello from {sender!r} has a bad MAC (wrong cluster secret?)")
+            self.claimed = sender
             if receiver != self._node_id:
                 raise PeerAuthError("forged", f"hello for node {receiver!r} reached node {self._node_id!r}")
+            both_bootstrap = self._fingerprint is not None and fingerprint != NO_OPINION
             if sender not in self._members():
-                raise PeerAuthError("misconfigured" if self._fingerprint is not None else "forged",
-                                    f"{sender!r}, which holds the cluster secret, is not in this node's member list "
-                                    f"({', '.join(sorted(self._members()))}): the nodes were given different peers")
-            if self._fingerprint is not None and fingerprint != self._fingerprint:
+                if both_bootstrap:
+                    raise PeerAuthError("misconfigured", f"{sender!r}, which holds the cluster secret, is not in this "
+                                        f"node's member list ({', '.join(sorted(self._members()))}): the nodes were "
+                                        "given different peers")
+                raise PeerAuthError("not_member", f"{sender!r} is not in this node's member list "
+                                    f"({', '.join(sorted([self._node_id, *self._members()]))}): not a member (yet, "
+                                    "or any more)")
+            if both_bootstrap and fingerprint != self._fingerprint:
                 raise PeerAuthError("misconfigured", f"{sender!r} was given a different member list than this "
                                                      f"node ({', '.join(sorted(self._members()))}): the peers disagree")
             self.peer = sender
@@ -138,6 +162,9 @@ class InboundSession:
         expected = codec.mac(self._secret, b"data", self.challenge, codec._U64.pack(seq), payload)
         if not secrets.compare_digest(tag, expected):
             raise PeerAuthError("forged", f"frame from {self.peer!r} has a bad MAC")
+        if self.peer not in self._members():
+            # Removed while connected: its next frame ends the connection.
+            raise PeerAuthError("not_member", f"{self.peer!r} is no longer a member of this cluster")
         if seq != self._next_seq:
             raise PeerAuthError("replayed", f"frame from {self.peer!r} has sequence {seq}, expected {self._next_seq}")
         self._next_seq += 1
@@ -156,7 +183,9 @@ class PeerSender:
 
     def __init__(self, node_id: str, peer_id: str, url: str, secret: bytes, stats: TransportStats, *,
                  ssl_context: ssl.SSLContext | None = None, queue_limit: int = QUEUE_LIMIT,
-                 fingerprint: bytes = b"\x00" * 32, on_fatal: Callable[[str], None] | None = None) -> None:
+                 fingerprint: bytes | Callable[[], bytes] = NO_OPINION,
+                 on_fatal: Callable[[str], None] | None = None,
+                 on_not_member: Callable[[str, str], None] | None = None) -> None:
         self.node_id = node_id
         self.peer_id = peer_id
         self.url = url
@@ -170,8 +199,18 @@ class PeerSender:
         self._warned: str | None = None  # the failure last logged: a new kind of failure is logged again
         self._fingerprint = fingerprint
         self._on_fatal = on_fatal
+        self._on_not_member = on_not_member
+        self._stopped = False
+
+    def stop(self) -> None:
+        """End this stream (the peer left the cluster); its task returns at its next wake-up."""
+        self._stopped = True
+        self._queue.clear()
+        self._wakeup.set()
 
     def send(self, messages: list[Message]) -> None:
+        if self._stopped:
+            return
         room = self._limit - len(self._queue)
         if room < len(messages):
             self._stats.dropped_out += len(messages) - max(room, 0)
@@ -184,7 +223,7 @@ class PeerSender:
 
         delay = RECONNECT_MIN_S
         target = raft_url(self.url)
-        while True:
+        while not self._stopped:
             try:
                 async with open_websocket_url(target, ssl_context=self._ssl, connect_timeout=5,
                                               disconnect_timeout=1,
@@ -193,8 +232,9 @@ class PeerSender:
                     if receiver != self.peer_id:
                         raise PeerAuthError("forged", f"{target} answers as node {receiver!r}, "
                                                       f"not {self.peer_id!r}: check the peer list")
+                    fingerprint = self._fingerprint() if callable(self._fingerprint) else self._fingerprint
                     await ws.send_message(codec.hello_frame(self._secret, challenge, self.node_id, self.peer_id,
-                                                            self._fingerprint))
+                                                            fingerprint))
                     self.connected, self._warned, delay = True, None, RECONNECT_MIN_S
                     log.debug("connected to peer %s at %s", self.peer_id, target)
                     await self._stream(ws, challenge)
@@ -202,6 +242,10 @@ class PeerSender:
                 reason = exc.reason
                 if reason is not None and reason.code == CLOSE_MISCONFIGURED and self._on_fatal is not None:
                     self._on_fatal(f"peer {self.peer_id} at {target} refused this node: {reason.reason}")
+                if reason is not None and reason.code == CLOSE_NOT_MEMBER:
+                    delay = RECONNECT_MAX_S  # it will not change its mind soon
+                    if self._on_not_member is not None:
+                        self._on_not_member(self.peer_id, reason.reason or "not a member")
                 self._stats.connect_failures += 1
             except (OSError, HandshakeError, trio.TooSlowError, codec.CodecError, PeerAuthError) as exc:
                 self._stats.connect_failures += 1
@@ -243,7 +287,7 @@ class PeerSender:
 
     async def _stream(self, ws: Any, challenge: bytes) -> None:
         seq = 0
-        while True:
+        while not self._stopped:
             if not self._queue:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
@@ -283,15 +327,31 @@ class Transport:
         self.stats = TransportStats()
         self._ssl = ssl_context
         self.peers = {pid: url for pid, url in peers.items() if pid != node_id}
-        self.fingerprint = codec.members_fingerprint([node_id, *self.peers])
+        # This node's bootstrap opinion of the membership; None once the membership is replicated.
+        self.fingerprint: bytes | None = codec.members_fingerprint([node_id, *self.peers])
         self.fatal: str | None = None
+        # Called with (peer id, reason) when a peer refuses this node as not a member.
+        self.on_not_member: Callable[[str, str], None] | None = None
         self._fatal_event = trio.Event()
         self.senders = {pid: self._sender(pid, url) for pid, url in self.peers.items()}
         self._nursery: trio.Nursery | None = None
+        self._told_not_member: set[str] = set()
 
     def _sender(self, peer_id: str, url: str) -> PeerSender:
         return PeerSender(self.node_id, peer_id, url, self.secret, self.stats, ssl_context=self._ssl,
-                          fingerprint=self.fingerprint, on_fatal=self._set_fatal)
+                          fingerprint=self._hello_fingerprint, on_fatal=self._set_fatal,
+                          on_not_member=self._not_member)
+
+    def _hello_fingerprint(self) -> bytes:
+        return self.fingerprint if self.fingerprint is not None else NO_OPINION
+
+    def _not_member(self, peer_id: str, reason: str) -> None:
+        if self.on_not_member is not None:
+            self.on_not_member(peer_id, reason)
+
+    def set_replicated(self) -> None:
+        """The membership is now replicated: stop holding (and comparing) the bootstrap opinion."""
+        self.fingerprint = None
 
     def _set_fatal(self, message: str) -> None:
         if self.fatal is None:
@@ -314,14 +374,26 @@ class Transport:
                 sender.send(msgs)
 
     def add_peer(self, peer_id: str, url: str) -> None:
-        """Start streaming to a new member (after a membership change)."""
-        if peer_id == self.node_id or peer_id in self.senders:
+        """Start streaming to a new member (after a membership change); a new URL replaces the old stream."""
+        if peer_id == self.node_id:
             return
+        old = self.senders.get(peer_id)
+        if old is not None:
+            if old.url == url:
+                return
+            old.stop()
         self.peers[peer_id] = url
         sender = self._sender(peer_id, url)
         self.senders[peer_id] = sender
         if self._nursery is not None:
             self._nursery.start_soon(sender.run)
+
+    def remove_peer(self, peer_id: str) -> None:
+        """Stop streaming to a member that left; its inbound connection is refused from its next frame."""
+        self.peers.pop(peer_id, None)
+        sender = self.senders.pop(peer_id, None)
+        if sender is not None:
+            sender.stop()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -350,15 +422,31 @@ class Transport:
                 messages = session.accept(frame)
             except PeerAuthError as exc:
                 self.stats.refused(exc.kind)
-                log.warning("refused peer traffic (%s): %s", exc.kind, exc)
+                who = session.peer or session.claimed or ""
+                if exc.kind != "not_member" or who not in self._told_not_member:
+                    # A removed node keeps dialling: say so once per node, count every time.
+                    log.warning("refused peer traffic (%s): %s", exc.kind, exc)
+                    if exc.kind == "not_member":
+                        self._told_not_member.add(who)
                 if exc.kind == "misconfigured":
                     self._set_fatal(str(exc))
                     return "misconfigured: " + str(exc)
+                if exc.kind == "not_member":
+                    return "not_member: " + str(exc)
                 return str(exc)
             if messages:
                 self.stats.frames_in += 1
                 self.stats.messages_in += len(messages)
                 self.deliver(messages)
+
+
+def close_code(reason: str) -> int:
+    """The websocket close code for a refusal returned by :meth:`Transport.serve_connection`."""
+    if reason.startswith("misconfigured"):
+        return CLOSE_MISCONFIGURED
+    if reason.startswith("not_member"):
+        return CLOSE_NOT_MEMBER
+    return 4403
 
 
 async def serve_websocket_listener(transport: Transport, host: str = "127.0.0.1", port: int = 0, *,
@@ -371,7 +459,7 @@ async def serve_websocket_listener(transport: Transport, host: str = "127.0.0.1"
         try:
             reason = await transport.serve_connection(ws.get_message, ws.send_message)
             if reason is not None:
-                code = CLOSE_MISCONFIGURED if reason.startswith("misconfigured") else 4403
+                code = close_code(reason)
                 await ws.aclose(code=code, reason=reason[:120])
         except ConnectionClosed:
             pass

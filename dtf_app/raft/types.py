@@ -10,7 +10,8 @@ Voter-set encoding (read by both storages through :func:`voters_from_entry`):
   UTF-8 JSON ``{"voters": ["a", "b", ...]}`` -- the leader's full voter set at that point (sorted).
 * ``Entry.kind == 'config'``: a single-server membership change. Its ``data`` is UTF-8 JSON
   ``{"op": "add"|"remove", "node_id": "x", "voters": [...]}`` where ``voters`` is the full voter set
-  *after* the change (sorted).
+  *after* the change (sorted), plus ``"context"`` when the change carries one: opaque application text
+  committed atomically with the change (DTF puts the members' URLs there, like etcd's ConfChange.Context).
 * ``Entry.kind == 'normal'``: application bytes, carries no configuration.
 
 A storage therefore knows the voter set as of any index by scanning back to the latest noop/config entry
@@ -61,10 +62,11 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class ConfChange:
-    """Add or remove one voter."""
+    """Add or remove one voter; ``context`` is the application's, carried verbatim in the config entry."""
 
     op: Literal["add", "remove"]
     node_id: str
+    context: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +185,9 @@ def encode_noop(voters: frozenset[str] | set[str]) -> bytes:
 
 def encode_conf_change(change: ConfChange, voters_after: frozenset[str] | set[str]) -> bytes:
     """Data of a config entry: the change and the full voter set after it."""
-    body = {"op": change.op, "node_id": change.node_id, "voters": sorted(voters_after)}
+    body: dict[str, object] = {"op": change.op, "node_id": change.node_id, "voters": sorted(voters_after)}
+    if change.context:
+        body["context"] = change.context
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -192,7 +196,7 @@ def conf_change_from_entry(entry: Entry) -> ConfChange | None:
     if entry.kind != "config":
         return None
     body = json.loads(entry.data.decode())
-    return ConfChange(op=body["op"], node_id=body["node_id"])
+    return ConfChange(op=body["op"], node_id=body["node_id"], context=body.get("context") or "")
 
 
 def voters_from_entry(entry: Entry) -> frozenset[str] | None:

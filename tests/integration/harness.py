@@ -244,14 +244,21 @@ class HACluster:
         """The ``--peers`` value node ``node_id`` starts with (a fault-injecting mesh gives each its own)."""
         return self.peers
 
-    def start(self, node_id: str, extra: list[str] | None = None) -> Node:
-        node = Node(["--mode", "coordinator", "--node-id", node_id, "--peers", self.peers_for(node_id),
+    def start(self, node_id: str, extra: list[str] | None = None, *, peers: str | None = None) -> Node:
+        node = Node(["--mode", "coordinator", "--node-id", node_id, "--peers", peers or self.peers_for(node_id),
                      "--host", "127.0.0.1",
                      "--port", str(self.ports[node_id]), "--data-dir", str(self.root / node_id),
                      "--worker-timeout", "4", "--heartbeat-interval", "1", *(extra or [])],
                     self.root / f"{node_id}.log", env=self.env())
         self.nodes[node_id] = node
         return node
+
+    def new_node_id(self) -> str:
+        """A further coordinator id with a free port (to add at runtime); not in ``peers``."""
+        node_id = f"c{len(self.ids) + 1}"
+        self.ids.append(node_id)
+        self.ports[node_id] = _free_ports(1)[0]
+        return node_id
 
     def status(self, node_id: str) -> dict[str, Any]:
         return httpx.get(self.url(node_id) + "/status", timeout=2).json()
