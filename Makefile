@@ -35,7 +35,6 @@ bench: $(STAMP)
 	$(BIN)/python bench/throughput_bench.py
 	$(BIN)/python bench/raft_bench.py
 	$(BIN)/python bench/store_bench.py
-	$(BIN)/python bench/cmdlog_bench.py
 
 # The frozen executable: dist/dtf/dtf (one-dir). binary-onefile: dist/dtf-onefile. See dtf.spec.
 FREEZE_STAMP := $(VENV)/.freeze-installed

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from dtf_app import __version__
-from dtf_app.coordinator.cmdlog import LOG_NAME, SNAPSHOT_NAME
+from dtf_app.coordinator.legacy_log import LOG_NAME, SNAPSHOT_NAME
 
 if TYPE_CHECKING:
     from dtf_app.coordinator.service import Coordinator
@@ -149,7 +149,7 @@ def _finish(coord: Coordinator, directory: Path, snapshot: bytes, index: int, be
     manifest = {
         "format": BACKUP_FORMAT, "dtf_version": __version__, "node_id": coord.node_id,
         # A restore writes the snapshot where a coordinator imports a state it did not make itself: the
-        # pre-Raft command log's place (cmdlog.import_into_raft), starting a fresh Raft log from it.
+        # pre-Raft command log's place (legacy_log.import_into_raft), starting a fresh Raft log from it.
         "log_dir": "log",
         "applied_index": index, "begin_index": begin_index, "tasks": task_count,
         "started": started, "finished": time.time(),

@@ -141,7 +141,7 @@ class Coordinator:
         """Open the Raft log and restore the newest snapshot (blocking). Committed entries after the
         snapshot are applied again once the replicator runs (:meth:`recover`); a data dir written by the
         pre-Raft command log is imported first."""
-        from dtf_app.coordinator.cmdlog import import_into_raft
+        from dtf_app.coordinator.legacy_log import import_into_raft
 
         import_into_raft(self.data_dir, self.node_id, is_single=self.cluster.is_single)
         self.replicator.open()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from dtf_app.coordinator.cmdlog import FILE_MAGIC, encode_record
+from dtf_app.coordinator.legacy_log import FILE_MAGIC, encode_record
 from dtf_app.raft.log import SEGMENT_MAGIC
 from tests.integration.harness import Cluster, wait_for
 
