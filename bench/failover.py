@@ -270,6 +270,39 @@ class Dtf:
             self.acked.append(response.json()["task_id"])
         return True
 
+    def replicas_agree(self, timeout: float = 120.0) -> dict[str, Any]:
+        """Every replica's DuckDB file holds the same completed tasks and results: wait until each node
+        has applied the leader's commit index, stop the workers and then the coordinators gracefully
+        (their stores flush), and compare the files."""
+        import duckdb
+
+        leader = wait(self.leader, 60, "a DTF leader")
+        commit = httpx.get(self.url(leader) + "/status", timeout=5).json()["commit_index"]
+        wait(lambda: all(httpx.get(self.url(n) + "/status", timeout=2).json().get("applied_index", 0) >= commit
+                         for n in self.names), timeout, "every replica to apply the leader's commit index")
+        for proc in [*self.workers, *self.procs.values()]:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        views = {}
+        for name in self.names:
+            con = duckdb.connect(str(self.root / name / "dtf.duckdb"), read_only=True)
+            try:
+                completed = con.execute("SELECT task_id FROM distributed_tasks WHERE status = 'completed' "
+                                        "ORDER BY task_id").fetchall()
+                results = con.execute("SELECT task_id, count(*) FROM results GROUP BY task_id "
+                                      "ORDER BY task_id").fetchall()
+            finally:
+                con.close()
+            views[name] = (completed, results)
+        first = views[self.names[0]]
+        return {"replicas_agree": all(v == first for v in views.values()),
+                "completed_rows": {n: len(v[0]) for n, v in views.items()}}
+
     def stop(self) -> None:
         for proc in [*self.procs.values(), *self.workers]:
             if proc.poll() is None:
@@ -277,7 +310,7 @@ class Dtf:
                 proc.wait()
 
 
-def trial_dtf(trials: int, poll_s: float) -> tuple[list[float], dict[str, int]]:
+def trial_dtf(trials: int, poll_s: float) -> tuple[list[float], dict[str, Any]]:
     root = Path(tempfile.mkdtemp(prefix="dtf-failover-"))
     cluster = Dtf(root)
     times: list[float] = []
@@ -301,7 +334,8 @@ def trial_dtf(trials: int, poll_s: float) -> tuple[list[float], dict[str, int]]:
                  "the restarted coordinator to be ready")
         stop.set()
         streamer.join(timeout=30)
-        counts = cluster.check()
+        counts: dict[str, Any] = dict(cluster.check())
+        counts.update(cluster.replicas_agree())
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -330,7 +364,8 @@ def main() -> None:
         times, counts = trial_dtf(args.trials, poll_s)
         out["dtf"] = {"times_s": times, **counts}
         print(summary("dtf", times), f"acknowledged={counts['acknowledged']} lost={counts['lost']} "
-              f"duplicated={counts['duplicated']} (-1: not settled in time)", flush=True)
+              f"duplicated={counts['duplicated']} (-1: not settled in time) replicas_agree={counts['replicas_agree']} "
+              f"completed_rows={counts['completed_rows']}", flush=True)
     if args.only in (None, "etcd"):
         if shutil.which("etcd") is None:
             print("etcd: not installed (apt-get install etcd-server etcd-client)")
