@@ -7,18 +7,25 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Cluster
+from tests.integration.harness import Cluster, HACluster, print_logs_if_failed
 
 
 @pytest.fixture
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """One coordinator (started by the test) and the workers it starts."""
     c = Cluster(tmp_path)
     yield c
     c.stop()
-    failed = getattr(request.node, "rep_call", None)
-    if failed is not None and failed.failed:
-        for log in sorted(tmp_path.glob("*.log")):
-            print(f"----- {log.name} -----\n{log.read_text(errors='replace')[-6000:]}")
+    print_logs_if_failed(request, tmp_path)
+
+
+@pytest.fixture
+def ha(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[HACluster]:
+    """Three coordinators that share a cluster secret (each started by the test) and their workers."""
+    c = HACluster(tmp_path)
+    yield c
+    c.stop()
+    print_logs_if_failed(request, tmp_path)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -336,3 +336,40 @@ class HACluster:
             node.stop()
 
 
+def print_logs_if_failed(request: Any, root: Path, tail: int = 6000) -> None:
+    """After a test: print the tail of every process log under ``root`` if the test's call failed
+    (pytest shows it with the failure; the conftest's makereport hook records ``rep_call``)."""
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for log in sorted(root.glob("*.log")):
+            print(f"----- {log.name} -----\n{log.read_text(errors='replace')[-tail:]}")
+
+
+def store_rows(path: Path) -> dict[str, Any]:
+    """What the replicas must agree on: completed tasks and their result rows (one per task)."""
+    import duckdb
+
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return {
+            "completed": con.execute("SELECT task_id, attempts, worker_id FROM distributed_tasks "
+                                     "WHERE status = 'completed' ORDER BY task_id").fetchall(),
+            "results": con.execute("SELECT result_id, task_id, worker_id, status, execution_time, "
+                                   "CAST(metrics AS VARCHAR), CAST(raw_data AS VARCHAR) FROM results "
+                                   "ORDER BY result_id").fetchall(),
+        }
+    finally:
+        con.close()
+
+
+def assert_replicas_agree(paths: list[Path], acknowledged: list[str]) -> None:
+    """Every replica's DuckDB file holds the same completed tasks and results, each acknowledged task
+    completed, and no task with two results (exactly-once completion)."""
+    rows = [store_rows(path) for path in paths]
+    for path, got in zip(paths, rows, strict=True):
+        assert {r[0] for r in got["completed"]} >= set(acknowledged), f"{path}: an acknowledged task is missing"
+        per_task: dict[str, int] = {}
+        for result in got["results"]:
+            per_task[result[1]] = per_task.get(result[1], 0) + 1
+        assert all(count == 1 for count in per_task.values()), f"{path}: a task has more than one result"
+    assert all(got == rows[0] for got in rows), "the replicas' DuckDB files disagree"

@@ -10,23 +10,18 @@ import json
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
-import pytest
 
-from tests.integration.harness import SECRET, HACluster, Node, _env, _free_ports, wait_for
-
-
-@pytest.fixture
-def ha(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
-    cluster = HACluster(tmp_path)
-    yield cluster
-    cluster.stop()
-    failed = getattr(request.node, "rep_call", None)
-    if failed is not None and failed.failed:
-        for log in sorted(tmp_path.glob("*.log")):
-            print(f"----- {log.name} -----\n{log.read_text(errors='replace')[-5000:]}")
+from tests.integration.harness import (
+    SECRET,
+    HACluster,
+    Node,
+    _env,
+    _free_ports,
+    assert_replicas_agree,
+    wait_for,
+)
 
 
 def _done(cluster: HACluster, ids: list[str]) -> bool:
@@ -73,21 +68,7 @@ def test_three_coordinators_fail_over_without_losing_or_duplicating_work(ha: HAC
     assert page.status_code == 200 and "<svg" in page.text and new_leader in page.text
     ha.stop()
 
-    import duckdb
-
-    rows = []
-    for node_id in ha.ids:
-        con = duckdb.connect(str(ha.root / node_id / "dtf.duckdb"), read_only=True)
-        try:
-            completed = con.execute("SELECT task_id FROM distributed_tasks WHERE status = 'completed' "
-                                    "ORDER BY task_id").fetchall()
-            results = con.execute("SELECT task_id, count(*) FROM results GROUP BY task_id ORDER BY task_id").fetchall()
-        finally:
-            con.close()
-        rows.append((completed, results))
-        assert {r[0] for r in completed} >= set(before + after)
-        assert all(count == 1 for _, count in results), f"{node_id}: a task has more than one result"
-    assert rows[0] == rows[1] == rows[2], "the replicas' DuckDB files disagree"
+    assert_replicas_agree([ha.root / node_id / "dtf.duckdb" for node_id in ha.ids], before + after)
 
 
 def test_a_partitioned_minority_accepts_no_writes(ha: HACluster) -> None:

@@ -12,24 +12,11 @@ import json
 import signal
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from tests.integration.harness import HACluster, _env, wait_for
-
-
-@pytest.fixture
-def ha(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
-    cluster = HACluster(tmp_path)
-    yield cluster
-    cluster.stop()
-    failed = getattr(request.node, "rep_call", None)
-    if failed is not None and failed.failed:
-        for log in sorted(tmp_path.glob("*.log")):
-            print(f"----- {log.name} -----\n{log.read_text(errors='replace')[-6000:]}")
+from tests.integration.harness import HACluster, _env, assert_replicas_agree, wait_for
 
 
 def _dtf(ha: HACluster, *args: str, urls: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -119,18 +106,4 @@ def test_add_a_coordinator_remove_the_leader_and_lose_another_without_losing_wor
     assert {n["node_id"] for n in listed} == set(members)
     ha.stop()
 
-    import duckdb
-
-    rows = []
-    for node_id in (survivor, new):
-        con = duckdb.connect(str(ha.root / node_id / "dtf.duckdb"), read_only=True)
-        try:
-            completed = con.execute("SELECT task_id FROM distributed_tasks WHERE status = 'completed' "
-                                    "ORDER BY task_id").fetchall()
-            results = con.execute("SELECT task_id, count(*) FROM results GROUP BY task_id ORDER BY task_id").fetchall()
-        finally:
-            con.close()
-        rows.append((completed, results))
-        assert {r[0] for r in completed} >= set(acked)
-        assert all(count == 1 for _, count in results), f"{node_id}: a task has more than one result"
-    assert rows[0] == rows[1], "the survivors' DuckDB files disagree"
+    assert_replicas_agree([ha.root / node_id / "dtf.duckdb" for node_id in (survivor, new)], acked)

@@ -13,7 +13,6 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 from trio_websocket import open_websocket_url
 
@@ -147,16 +146,6 @@ def test_cancel_cascades_to_every_subtask_and_stops_their_processes(cluster: Clu
         "task_data": {"type": "custom", "config": {"command": ["true"]}}, "strategy": "function_parallel"})
     assert custom.status_code == 422 and custom.json()["error"]["code"] == "cannot_split"
 
-
-@pytest.fixture
-def ha(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
-    cluster = HACluster(tmp_path)
-    yield cluster
-    cluster.stop()
-    failed = getattr(request.node, "rep_call", None)
-    if failed is not None and failed.failed:
-        for log in sorted(tmp_path.glob("*.log")):
-            print(f"----- {log.name} -----\n{log.read_text(errors='replace')[-5000:]}")
 
 
 def _orchestrated(ha: HACluster, parent_id: str) -> dict[str, Any] | None:

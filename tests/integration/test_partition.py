@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.integration.faultproxy import ProxyMesh
-from tests.integration.harness import HACluster, wait_for
+from tests.integration.harness import HACluster, store_rows, wait_for
 
 
 @pytest.fixture
@@ -32,23 +32,6 @@ def mesh_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
     if failed is not None and failed.failed:
         for log in sorted(tmp_path.glob("*.log")):
             print(f"----- {log.name} -----\n{log.read_text(errors='replace')[-6000:]}")
-
-
-def store_rows(path: Path) -> dict[str, Any]:
-    """What the replicas must agree on: completed tasks and their result rows (one per task)."""
-    import duckdb
-
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        return {
-            "completed": con.execute("SELECT task_id, attempts, worker_id FROM distributed_tasks "
-                                     "WHERE status = 'completed' ORDER BY task_id").fetchall(),
-            "results": con.execute("SELECT result_id, task_id, worker_id, status, execution_time, "
-                                   "CAST(metrics AS VARCHAR), CAST(raw_data AS VARCHAR) FROM results "
-                                   "ORDER BY result_id").fetchall(),
-        }
-    finally:
-        con.close()
 
 
 def connected_workers(cluster: HACluster, node_id: str) -> set[str]:

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import HACluster, wait_for
-from tests.integration.test_partition import completed, store_rows
+from tests.integration.harness import HACluster, print_logs_if_failed, store_rows, wait_for
+from tests.integration.test_partition import completed
 
 
 @pytest.fixture
@@ -21,10 +21,7 @@ def small_snapshots(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
     cluster.env = lambda: {**base(), "DTF_SNAPSHOT_EVERY": "20", "DTF_SNAPSHOT_KEEP": "0"}  # type: ignore[method-assign]
     yield cluster
     cluster.stop()
-    failed = getattr(request.node, "rep_call", None)
-    if failed is not None and failed.failed:
-        for log in sorted(tmp_path.glob("*.log")):
-            print(f"----- {log.name} -----\n{log.read_text(errors='replace')[-6000:]}")
+    print_logs_if_failed(request, tmp_path)
 
 
 def test_a_follower_caught_up_by_snapshot_has_every_result_row(small_snapshots: HACluster) -> None:

@@ -173,15 +173,6 @@ def test_cancel_reaches_a_polling_worker_and_silence_makes_it_lost(cluster: Clus
     assert cluster.task(kept["task_id"])["status"] == "completed"
 
 
-@pytest.fixture
-def ha(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
-    cluster = HACluster(tmp_path)
-    yield cluster
-    cluster.stop()
-    if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
-        for log in sorted(tmp_path.glob("*.log")):
-            print(f"----- {log.name} -----\n{log.read_text(errors='replace')[-4000:]}")
-
 
 def test_followers_send_an_http_worker_to_the_leader_and_it_follows_a_failover(ha: HACluster) -> None:
     for node_id in ha.ids:

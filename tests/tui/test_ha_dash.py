@@ -17,7 +17,7 @@ from textual.widgets import Static
 
 from dtf_app.tui.app import DashApp
 from dtf_app.tui.backend import RemoteBackend
-from tests.integration.harness import HACluster, wait_for
+from tests.integration.harness import HACluster, print_logs_if_failed, wait_for
 from tests.tui.test_pilot import SIZE, until
 
 
@@ -26,9 +26,7 @@ def ha(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
     cluster = HACluster(tmp_path)
     yield cluster
     cluster.stop()
-    if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
-        for log in sorted(tmp_path.glob("*.log")):
-            print(f"----- {log.name} -----\n{log.read_text(errors='replace')[-4000:]}")
+    print_logs_if_failed(request, tmp_path)
 
 
 def _leader_statuses(ha: HACluster) -> dict[str, str] | None:
