@@ -163,6 +163,25 @@ def test_a_restart_uses_the_replicated_membership_over_stale_peers(tmp_path: Pat
         gone.close()
 
 
+def test_a_peer_named_in_this_node_s_own_peers_is_dialed_at_that_url(tmp_path: Path) -> None:
+    # The replicated map (the first leader's view) decides who is a member; this node's own --peers say
+    # how it reaches them (here through proxies), and a member added at run time is dialed as replicated.
+    state = State()
+    state.apply({"op": "SetMembers", "members": {k: URLS[k] for k in "abc"}}, 1)
+    state.apply({"op": "ChangeMembers", "change": "add", "node_id": "d", "members": URLS}, 2)
+    storage = DurableStorage(tmp_path / "raft")
+    storage.apply_snapshot(Snapshot(2, 1, frozenset("abcd"), state.snapshot()))
+    storage.close()
+    proxies = {"a": URLS["a"], "b": "http://127.0.0.1:9002", "c": "http://127.0.0.1:9003"}
+    rep = Replicator(tmp_path / "raft", State(), lambda *a: None, node_id="a", peers=proxies, secret=SECRET)
+    rep.open()
+    try:
+        assert rep.members() == URLS
+        assert rep.transport.peers == {"b": proxies["b"], "c": proxies["c"], "d": URLS["d"]}
+    finally:
+        rep.close()
+
+
 @pytest.mark.parametrize(("args", "fragment"), [
     (["cluster", "add", "bad id", "http://127.0.0.1:1"], "ID must be 1-128 characters"),
     (["cluster", "add", "c4", "ftp://127.0.0.1:1"], "must be an http:// or https:// URL"),
