@@ -13,7 +13,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 import trio
-from quart import Response, g, request, websocket
+from quart import Response, g, has_request_context, has_websocket_context, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -115,7 +115,13 @@ def create_app(coord: Coordinator) -> QuartTrio:
 
     @app.errorhandler(Exception)
     async def on_unexpected(exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.path)
+        # Quart routes websocket handlers' exceptions here too, where there is no request context.
+        if has_request_context():
+            log.exception("unexpected error on %s %s", request.method, request.path)
+        elif has_websocket_context():
+            log.exception("unexpected error on websocket %s", websocket.path)
+        else:
+            log.exception("unexpected error")
         return error_response(500, "internal_error", f"internal error: {type(exc).__name__}")
 
     # ------------------------------------------------------------------ status

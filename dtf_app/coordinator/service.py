@@ -39,6 +39,8 @@ log = logging.getLogger("dtf.coordinator")
 # How long an added member may take to catch up before `dtf cluster add` answers without waiting more.
 CATCH_UP_WAIT_S = 30.0
 PROBE_TIMEOUT_S = 3.0
+# How long a membership change waits for the previous one (or a new leader's first entry) to commit.
+CHANGE_SLOT_WAIT_S = 10.0
 
 
 class MembershipRefused(Exception):
@@ -197,7 +199,7 @@ class Coordinator:
         """Add one coordinator (leader only): it must answer at ``url`` as ``node_id`` first; it joins as
         a voter (the Raft core has no learners), then this waits (bounded) for it to catch up."""
         rep = self.replicator
-        self._check_can_change()
+        await self._await_change_slot()
         members = rep.members()
         if node_id in rep.voters or node_id in members:
             raise MembershipRefused(409, "already_member", f"{node_id} is already a member of the cluster (at "
@@ -220,7 +222,7 @@ class Coordinator:
         """Remove one coordinator (leader only). Removing the leader itself hands leadership over first:
         NotLeader then sends the caller to the new leader, which makes the change."""
         rep = self.replicator
-        self._check_can_change()
+        await self._await_change_slot()
         if node_id not in rep.voters and node_id not in rep.members():
             raise MembershipRefused(404, "not_found", f"no coordinator {node_id!r}; members: "
                                     f"{', '.join(sorted(rep.voters))}")
@@ -242,14 +244,24 @@ class Coordinator:
                 "voters": sorted(rep.voters), "quorum_size": len(rep.voters) // 2 + 1,
                 "members_index": self.state.members_index}
 
-    def _check_can_change(self) -> None:
+    async def _await_change_slot(self) -> None:
+        """Refuse what can never work at once; wait (bounded) for a change that is only committing.
+
+        A leader counts the tail of its log as a pending configuration until its first entry of the term
+        commits (the Raft rule that keeps two changes from overlapping), so right after an election -- a
+        removed leader's hand-over included -- a change would be refused for a few heartbeats. Waiting
+        for that slot makes back-to-back `dtf cluster add` / `remove` work; a change that stays pending
+        (no quorum for it) is still refused with 409 after CHANGE_SLOT_WAIT_S."""
         rep = self.replicator
-        if not rep.is_leader:
-            raise NotLeader(rep.leader_id)
         if rep.transport is None:
             raise MembershipRefused(409, "single_node", "this coordinator is a one-member cluster (started without "
                                     "peers), which has no peer transport and cannot grow at run time; start a "
                                     "cluster of several coordinators (--peers, DTF_CLUSTER_SECRET) to change it later")
+        with trio.move_on_after(CHANGE_SLOT_WAIT_S):
+            while rep.is_leader and (self._membership_lock.locked() or rep.change_pending):
+                await trio.sleep(0.05)
+        if not rep.is_leader:
+            raise NotLeader(rep.leader_id)
         if self._membership_lock.locked() or rep.change_pending:
             raise MembershipRefused(409, "change_in_progress", "a membership change is in progress: the cluster "
                                     "changes one node at a time; retry once it is done (dtf cluster nodes)")

@@ -20,6 +20,7 @@ from dtf_app.coordinator.enrolment import CredentialRefused, credential_from_hea
 from dtf_app.coordinator.pubsub import Subscriber
 from dtf_app.coordinator.service import Coordinator
 from dtf_app.coordinator.views import status as status_view
+from dtf_app.raft.types import NotLeader, ProposalDropped
 from dtf_app.security import keys as keymod
 from dtf_app.security.keys import Principal
 
@@ -78,12 +79,17 @@ async def _refuse_if_follower(coord: Coordinator) -> bool:
     if coord.is_leader:
         return False
     await websocket.accept()
+    await _send_to_leader(coord, "is not the leader")
+    return True
+
+
+async def _send_to_leader(coord: Coordinator, what: str) -> None:
+    """The not_leader (or no_leader) error frame with the leader's URL, then close (4307)."""
     await websocket.send(proto.dumps({
         "type": proto.ERROR, "code": "not_leader" if coord.leader_url else "no_leader",
-        "message": f"this coordinator ({coord.node_id}) is not the leader; connect to the leader",
+        "message": f"this coordinator ({coord.node_id}) {what}; connect to the leader",
         "leader_id": coord.leader_id, "leader_url": coord.leader_url}))
     await websocket.close(CLOSE_NOT_LEADER, "not the leader")
-    return True
 
 
 async def raft_socket() -> None:
@@ -140,6 +146,11 @@ async def worker_socket() -> None:
         log.warning("refused a hello as worker %.100r: %s", hello["worker_id"], exc)
         await websocket.send(proto.dumps({"type": proto.ERROR, "code": exc.code, "message": str(exc)}))
         await websocket.close(CLOSE_FORBIDDEN, _close_reason(f"{exc.code}: {exc}"))
+        return
+    except (NotLeader, ProposalDropped):
+        # Leadership moved while the registration waited for its commit: send the worker on, as a
+        # follower would have at the door (it reconnects to the leader and says hello again).
+        await _send_to_leader(coord, "stopped being the leader")
         return
     welcome = {"type": proto.WELCOME, "worker_id": conn.worker_id, "node_id": coord.node_id,
                "heartbeat_interval": coord.settings.heartbeat_interval,
