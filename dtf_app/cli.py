@@ -153,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("command_argv", nargs="*", metavar="CMD", help="for --type custom: the command after --")
     submit.add_argument("--priority", type=int, help="higher runs first")
     submit.add_argument("--name", help="task name (numbered when there are several tasks)")
+    submit.add_argument("--submitter", metavar="NAME",
+                        help="who the tasks count against for fair share (default: the API key's name; set it "
+                             "when several people share one key, e.g. dtf up's)")
+    submit.add_argument("--group", metavar="NAME",
+                        help="task group: fair share spreads a submitter's slots across groups (default: the batch)")
     submit.add_argument("--requirements", metavar="JSON", help="requirements object, e.g. '{\"min_memory_gb\": 8}'")
     submit.add_argument("--hardware", metavar="KINDS", help="required hardware kinds, e.g. cuda or cpu,openvino")
     submit.add_argument("--tags", dest="req_tags", metavar="a,b", default=None, help="worker tags required")
@@ -543,6 +548,10 @@ def build_submission(args: argparse.Namespace) -> list[dict]:
             task["max_retries"] = args.task_max_retries
         if args.name:
             task["name"] = args.name if len(tasks) == 1 else f"{args.name}-{i + 1}"
+        # Checked by the coordinator's validation (one place): a bad name is a 400 with the reason.
+        for key in ("submitter", "group"):
+            if getattr(args, key, None):
+                task[key] = getattr(args, key)
     return tasks
 
 

@@ -70,6 +70,23 @@ class Settings:
     subtask_max_retries: int | None = None
     """Coordinator: max_retries of a subtask whose task_data gives none (multi_device_orchestrator.retry_limit;
     0 when retry_failed_subtasks is false); default max_retries."""
+    aging_rate: float = 1 / 6
+    """Coordinator: priority points a waiting task gains per second (task_scheduler.aging_rate); a priority-0
+    task reaches the top after 100 / aging_rate seconds (600 s by default). 0 turns aging off."""
+    preemption_threshold: int = 0
+    """Coordinator: a ready task this many priority points above a running one may preempt it when no slot
+    is free (task_scheduler.preemption_threshold); 0 = never preempt."""
+    retry_backoff: float = 1.0
+    """Coordinator: seconds before the first retry of a failed attempt, doubling per retry (0 = none)."""
+    retry_backoff_max: float = 60.0
+    """Coordinator: the longest retry backoff, in seconds."""
+    balancer_strategy: str = "fair_share"
+    """Coordinator: load_balancer.strategy: fair_share | least_loaded | performance_aware | packed."""
+    worker_cap: int = 10
+    """Coordinator: load_balancer.worker_cap: how many capable free workers each placement compares."""
+    task_cap_per_worker: int | None = None
+    """Coordinator: load_balancer.task_cap_per_worker: the most tasks one worker holds at once (running and
+    queued on it); default its slots plus the prefetch depth."""
     token_expiry: int = 3600
     """Lifetime of a JWT in seconds (``security.token_expiry`` in the deployment guide's JSON)."""
     advertise_url: str | None = None
@@ -156,6 +173,8 @@ _KINDS: dict[str, str] = {
     "orchestrator_enabled": "bool", "subtask_timeout": "optfloat", "subtask_priority": "optint",
     "subtask_max_retries": "optint",
     "test_python": "optstr",
+    "aging_rate": "float", "preemption_threshold": "int", "retry_backoff": "float", "retry_backoff_max": "float",
+    "balancer_strategy": "str", "worker_cap": "int", "task_cap_per_worker": "optint",
 }
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Settings) if not f.metadata.get("internal"))
 assert set(_KINDS) == set(FIELD_NAMES), "every Settings field needs a kind"
@@ -621,6 +640,20 @@ def validate(settings: Settings, sources: Mapping[str, str] | None = None) -> No
     for name, minimum in minimums.items():
         if getattr(settings, name) < minimum:
             raise ConfigError(f"{origin(name)}: {name} must be at least {minimum}, got {getattr(settings, name)}")
+    from dtf_app.protocol import BALANCER_STRATEGIES as STRATEGIES
+
+    if settings.balancer_strategy not in STRATEGIES:
+        raise ConfigError(f"{origin('balancer_strategy')}: load_balancer.strategy must be one of "
+                          f"{', '.join(STRATEGIES)}, got {settings.balancer_strategy!r}")
+    for name, low, high, accepted in (("aging_rate", 0, 1e6, "a number of priority points per second, 0 or more"),
+                                      ("preemption_threshold", 0, 100, "an integer from 0 (off) to 100"),
+                                      ("retry_backoff", 0, 86400, "0 (none) to 86400 seconds"),
+                                      ("retry_backoff_max", 0, 86400, "0 to 86400 seconds"),
+                                      ("worker_cap", 1, 1_000_000, "at least 1"),
+                                      ("task_cap_per_worker", 1, 1_000_000, "at least 1")):
+        value = getattr(settings, name)
+        if value is not None and not low <= value <= high:
+            raise ConfigError(f"{origin(name)}: {name} must be {accepted}, got {value}")
     if settings.election_timeout_ms < 2 * settings.heartbeat_ms:
         raise ConfigError(f"{origin('election_timeout_ms')}: the election timeout ({settings.election_timeout_ms} ms) "
                           f"must be at least twice the heartbeat ({settings.heartbeat_ms} ms)")

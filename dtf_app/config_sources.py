@@ -52,7 +52,9 @@ SECTIONS: dict[str, dict[str, str | Ignored] | Ignored] = {
     # -- the design's coordinator.yaml
     "server": {"host": "host", "port": "port", "workers_port": "workers_port", "dashboard_port": FOLDED_PORT},
     "task_scheduler": {"max_queue_size": Ignored("DTF bounds the queue by request size limits, not by a "
-                                                 "count; every acknowledged task is kept")},
+                                                 "count; every acknowledged task is kept"),
+                       "aging_rate": "aging_rate", "preemption_threshold": "preemption_threshold",
+                       "retry_backoff": "retry_backoff", "retry_backoff_max": "retry_backoff_max"},
     "dynamic_resource_management": Ignored("the scheduler reserves each task's requirements on the worker it "
                                            "picks; there is no separate scale-up/scale-down evaluator"),
     "multi_device_orchestrator": {
@@ -66,8 +68,8 @@ SECTIONS: dict[str, dict[str, str | Ignored] | Ignored] = {
                                  "there is no cache or look-back setting"),
     "health_monitor": Ignored("the coordinator checks each worker's heartbeats against worker_timeout "
                               "(worker_management.worker_timeout); there is no separate health checker"),
-    "load_balancer": Ignored("the scheduler balances by free slots and priority with aging; the strategy "
-                             "is not configurable"),
+    "load_balancer": {"strategy": "balancer_strategy", "worker_cap": "worker_cap",
+                      "task_cap_per_worker": "task_cap_per_worker"},
     # -- the design's worker.yaml (`worker` / `coordinator` as tables of these keys)
     "worker": {"id": "worker_id", "name": "worker_name", "hardware_id": "hardware_id", "hostname": "hostname"},
     "coordinator": {"url": "coordinator", "urls": "coordinator", "api_key": "api_key"},

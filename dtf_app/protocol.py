@@ -50,6 +50,7 @@ TaskOutcome::
      "outcome": "completed" | "failed",   # completed: the runner ran and reported (tests may have failed)
      "start_time": float, "end_time": float,            # unix seconds
      "error": str | None,                               # why it could not run, for "failed"
+     "error_class": str | None,                         # ERROR_CLASSES: retryable or not, for "failed"
      "result": ResultDocument | None}
 
 ResultDocument (what a runner returns)::
@@ -112,6 +113,21 @@ TASK_TYPES = ("test", "benchmark", "custom")
 TASK_STATES = ("pending", "blocked", "unschedulable", "assigned", "running", "completed", "failed", "cancelled")
 TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 RESULT_STATUSES = ("success", "failure", "partial")
+
+# Why an attempt failed, as the worker (or the coordinator, for lost workers and timeouts) classifies it:
+# the ``error_class`` of a TaskOutcome. The first three can never succeed by running the same task again
+# (the task fails at once, with its reason); the others are retried (with backoff) up to max_retries.
+ERROR_CLASSES = ("bad_config", "missing_file", "unknown_runner", "timeout", "crash", "worker_lost", "cancelled")
+NON_RETRYABLE_ERRORS = frozenset({"bad_config", "missing_file", "unknown_runner"})
+
+
+# The load balancer's strategies (``load_balancer.strategy``; dtf_app/coordinator/balancer.py).
+BALANCER_STRATEGIES = ("fair_share", "least_loaded", "performance_aware", "packed")
+
+
+def is_retryable(error_class: str | None) -> bool:
+    """Whether an attempt that failed with ``error_class`` may run again (unknown/None: yes, as before)."""
+    return error_class not in NON_RETRYABLE_ERRORS
 
 # The hardware vocabulary of the source project (DESIGN.md §8).
 HARDWARE_KINDS = ("cpu", "cuda", "rocm", "mps", "openvino", "qualcomm", "webgpu", "webnn")

@@ -320,7 +320,8 @@ def create_app(coord: Coordinator) -> QuartTrio:
                 lambda i, doc: scheduler.validate_task(doc, "task" if single else f"tasks[{i}]",
                                                        default_max_retries=max_retries), docs)
             del body, docs
-            created = await coord.submit(normalised, allow_unschedulable=bool_arg("allow_unschedulable"))
+            created = await coord.submit(normalised, allow_unschedulable=bool_arg("allow_unschedulable"),
+                                         submitter=g.principal.name)
         except scheduler.TaskConflictError as exc:
             raise ApiError(409, "exists", str(exc)) from None
         except scheduler.TaskUnprocessableError as exc:
@@ -385,6 +386,10 @@ def create_app(coord: Coordinator) -> QuartTrio:
             raise ApiError(404, "not_found", f"no task {task_id!r}")
         view = task_view(task)
         view["log_tail"] = list(coord.task_logs.get(task_id, ()))
+        # Why it has not started yet (blocked, backoff, no capable worker free, behind N tasks), or null.
+        wait = views.wait_reason(coord, task)
+        view["wait_reason"] = wait["message"] if wait else None
+        view["wait"] = wait
         return json_response(view)
 
     @app.get("/api/tasks/<task_id>/attempts")
@@ -449,8 +454,8 @@ def create_app(coord: Coordinator) -> QuartTrio:
         if outcome == "completed":
             command = {"op": "CompleteTasks", "items": [item]}
         else:
-            command = {"op": "FailTasks", "items": [dict(item, error=item["error"] or "failed",
-                                                         retry=bool(body.get("retry", True)))]}
+            command = {"op": "FailTasks", "backoff": coord.duties.backoff,
+                       "items": [dict(item, error=item["error"] or "failed", retry=bool(body.get("retry", True)))]}
         (recorded,) = await coord.propose([command])
         from dtf_app.coordinator import http_workers
 

@@ -129,6 +129,9 @@ def clean_outcome(raw: Any) -> dict[str, Any] | None:
         item["result"] = jsonsafe.sanitise(result)
     if item["error"] is not None:
         item["error"] = jsonsafe.sanitise(item["error"])
+        # Only the shared vocabulary; anything else (an older or foreign worker) is retried as before.
+        error_class = raw.get("error_class")
+        item["error_class"] = error_class if error_class in proto.ERROR_CLASSES else None
     return item
 
 

@@ -35,6 +35,19 @@ class _CoordinatorCollector(Collector):
         workers.add_metric(["offline"], status["workers"]["offline"])
         yield workers
         yield GaugeMetricFamily("dtf_queue_depth", "Ready tasks waiting for a slot", value=len(coord.queue))
+        load = GaugeMetricFamily("dtf_worker_load", "Tasks a connected worker holds per slot (the balancer's load)",
+                                 labels=["worker_id"])
+        held = GaugeMetricFamily("dtf_worker_tasks", "Tasks a connected worker holds (running or queued on it)",
+                                 labels=["worker_id"])
+        for worker_id, conn in sorted(coord.conns.items()):
+            worker = coord.state.workers.get(worker_id)
+            if worker is None or conn.closed:
+                continue
+            count = len(worker.get("assigned") or ())
+            load.add_metric([worker_id], round(count / max(1, int(worker.get("max_concurrent_tasks") or 1)), 3))
+            held.add_metric([worker_id], count)
+        yield load
+        yield held
         yield GaugeMetricFamily("dtf_log_index", "Last applied command index", value=coord.state.applied_index)
         for name, value in coord.stats.items():
             yield CounterMetricFamily(f"dtf_tasks_{name}", f"Tasks {name} since start", value=value)

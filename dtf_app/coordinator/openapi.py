@@ -17,6 +17,7 @@ from dtf_app.protocol import (
     BATCH_SIZE_RANGE,
     BENCH_BACKENDS,
     BENCH_INT_RANGES,
+    ERROR_CLASSES,
     ID_ALPHABET,
     ID_PATTERN,
     WORKER_CREDENTIAL_HEADER,
@@ -95,6 +96,10 @@ def _task_in(kind: str) -> dict[str, Any]:
         "name": {"type": ["string", "null"], "maxLength": 500},
         "task_id": {**_ID, "type": ["string", "null"], "description": "optional; generated when absent or null"},
         "metadata": {"type": ["object", "null"]},
+        "submitter": {**_ID, "type": ["string", "null"],
+                      "description": "who the task counts against for fair share; default the API key's name"},
+        "group": {**_ID, "type": ["string", "null"],
+                  "description": "fair share spreads a submitter's slots across groups; default the batch"},
     }}
 
 
@@ -294,6 +299,8 @@ def build_spec(version: str) -> dict[str, Any]:
     task_id, worker_id, result_id, name = _path("task_id"), _path("worker_id"), _path("result_id"), _path("name")
     outcome = {"type": "object", "properties": {"attempt": {"type": "integer"}, "result": {"type": "object"},
                                                  "error": {"type": "string"}, "retry": {"type": "boolean"},
+                                                 "error_class": {"type": ["string", "null"],
+                                                                 "enum": [*ERROR_CLASSES, None]},
                                                  "start_time": {"type": ["number", "null"]},
                                                  "end_time": {"type": ["number", "null"]}}}
     paging = [_query("limit", {"type": "integer", "minimum": 1, "maximum": 100_000}),

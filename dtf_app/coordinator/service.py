@@ -259,17 +259,20 @@ class Coordinator:
             command.setdefault("time", now)
         return await self.replicator.propose(commands)
 
-    async def submit(self, docs: list[dict[str, Any]], *, allow_unschedulable: bool = False) -> list[dict[str, Any]]:
+    async def submit(self, docs: list[dict[str, Any]], *, allow_unschedulable: bool = False,
+                     submitter: str | None = None) -> list[dict[str, Any]]:
         """Validate-then-commit a batch of normalised task docs (filled in place); returns the created tasks.
 
-        Raises scheduler.TaskUnprocessableError for dependency/feasibility problems (-> 422).
+        ``submitter`` (the caller's API key name) is what fair share counts a task against unless the
+        task names its own. Raises scheduler.TaskUnprocessableError for dependency/feasibility problems (-> 422).
         """
         # One submit at a time: the checks below yield to the event loop, and no other submit may add
         # the same task ids between them and the commit.
         async with self._submit_lock:
-            return await self._submit(docs, allow_unschedulable)
+            return await self._submit(docs, allow_unschedulable, submitter)
 
-    async def _submit(self, docs: list[dict[str, Any]], allow_unschedulable: bool) -> list[dict[str, Any]]:
+    async def _submit(self, docs: list[dict[str, Any]], allow_unschedulable: bool,
+                      submitter: str | None = None) -> list[dict[str, Any]]:
         batch_id = uuid.uuid4().hex[:12]
         many = len(docs) > 1
         in_batch: dict[str, dict[str, Any]] = {}
@@ -295,6 +298,8 @@ class Coordinator:
             # batch would otherwise exist once more in memory).
             task = doc
             task["task_id"], task["batch_id"] = task_id, batch_id
+            if not task.get("submitter") and submitter:
+                task["submitter"] = submitter
             reason = scheduler.infeasibility_reason(workers, doc["requirements"])
             if reason is not None:
                 if not allow_unschedulable:

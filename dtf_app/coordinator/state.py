@@ -12,9 +12,15 @@ Commands (``{"op": ..., "time": float, ...}``):
 - ``AssignTasks`` {assignments: [{task_id, worker_id, attempt}]} -> assigned (attempts = attempt)
 - ``StartTasks`` {items: [{task_id, attempt, start_time}]} -> running
 - ``CompleteTasks`` {items: [TaskOutcome with outcome "completed"]} -> completed (+ result)
-- ``FailTasks`` {items: [{task_id, attempt, error, retry: bool}]} -> pending again or failed
+- ``FailTasks`` {items: [{task_id, attempt, error, error_class?, retry: bool}], backoff?: [base, max]}
+  -> pending again (with ``not_before`` = time + min(max, base * 2^(retries spent - 1)) when the attempt
+  ran and a backoff is given) or failed; a non-retryable ``error_class`` (protocol.NON_RETRYABLE_ERRORS)
+  fails the task at once with its reason
+- ``PreemptTasks`` {items: [{task_id, attempt, worker_id, by, by_priority}]} -> pending again, without
+  spending a retry (``preemptions`` + 1; retries spent = attempts - preemptions); the proposer then sends
+  the worker a cancel frame
 - ``CancelTask`` {task_id, reason} -> cancelled
-- ``RegisterWorker`` {worker: {...}} ; ``WorkersLost`` {worker_ids: [...], reason}
+- ``RegisterWorker`` {worker: {...}} ; ``WorkersLost`` {worker_ids: [...], reason, backoff?}
 - ``CreateApiKey`` {name, role, key_hash} ; ``DeleteApiKey`` {name}
 - ``EnrollWorker`` {worker_id, credential_hash, key_name} -> {"enrolled": bool}: binds a worker id to the
   hash of its per-worker credential, first come first served (the commit order decides a race)
@@ -35,6 +41,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from dtf_app import protocol
 from dtf_app.coordinator import orchestrator, scheduler
 
 # Keep what the state holds of a run's output bounded: the full document goes to DuckDB.
@@ -159,6 +166,8 @@ class State:
         for task in fresh:
             if task["status"] != "unschedulable":
                 task["status"] = self._initial_status(task)
+            if task["status"] == "pending":
+                task["ready_since"] = now
             self.counts[task["status"]] = self.counts.get(task["status"], 0) + 1
         for task in fresh:
             events.append(self._task_event(task))
@@ -192,6 +201,7 @@ class State:
             task["attempts"] = item["attempt"]
             task["worker_id"] = item["worker_id"]
             task["start_time"] = None
+            task.pop("not_before", None)
             self._set_status(task, "assigned")
             worker.setdefault("assigned", {})[task["task_id"]] = item["attempt"]
             accepted.append(item)
@@ -267,13 +277,15 @@ class State:
             task = self.tasks.get(item["task_id"])
             if not self._is_current(task, item):
                 continue
-            events.extend(self._fail_attempt(task, item.get("error") or "failed", now, item,
-                                             retry=bool(item.get("retry", True))))
+            error_class = item.get("error_class")
+            retry = bool(item.get("retry", True)) and protocol.is_retryable(error_class)
+            events.extend(self._fail_attempt(task, item.get("error") or "failed", now, item, retry=retry,
+                                             backoff=cmd.get("backoff"), error_class=error_class))
             recorded += 1
         return recorded, events
 
     def _fail_attempt(self, task: TaskDoc, error: str, now: float, item: dict[str, Any] | None,
-                      *, retry: bool) -> Events:
+                      *, retry: bool, backoff: Any = None, error_class: str | None = None) -> Events:
         # An attempt that never started (assigned, perhaps queued on the worker, when the worker or the
         # coordinator went away) was no execution: it neither counts against max_retries nor appears in
         # the execution history.
@@ -281,21 +293,52 @@ class State:
         events: Events = [] if never_started else [self._history_event(task, "failed", error, item or {})]
         self._release(task)
         task["error"] = error
+        task["error_class"] = error_class if isinstance(error_class, str) else None
         if never_started:
             task["attempts"] -= 1
-        if retry and task["attempts"] <= task.get("max_retries", 3):
+        # Preempted runs were given back, not failed: they spend no retry.
+        spent = task["attempts"] - int(task.get("preemptions") or 0)
+        if retry and spent <= task.get("max_retries", 3):
             task["last_worker_id"] = task["worker_id"]
             task["worker_id"] = None
             task["start_time"] = None
+            if not never_started and isinstance(backoff, list | tuple) and len(backoff) == 2 and backoff[0] > 0:
+                task["not_before"] = now + min(float(backoff[1]), float(backoff[0]) * 2 ** max(0, spent - 1))
             self._set_status(task, "pending")
             events.append(self._task_event(task))
             return events
         task["end_time"] = now
-        task["error"] = error if not retry else f"{error} (gave up after {task['attempts']} attempts)"
+        if not retry and not protocol.is_retryable(error_class):
+            task["error"] = f"{error} (not retried: {error_class} errors cannot succeed by running again)"
+        elif retry:
+            task["error"] = f"{error} (gave up after {spent} attempts)"
         self._set_status(task, "failed")
         events.append(self._task_event(task))
         events.extend(self._cascade_dependents(task, now))
         return events
+
+    def _preempt_tasks(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        """Give running attempts back for higher-priority tasks: pending again, no retry spent."""
+        events: Events = []
+        accepted: list[dict[str, Any]] = []
+        for item in cmd["items"]:
+            task = self.tasks.get(item["task_id"])
+            if not item.get("worker_id") or not self._is_current(task, item):
+                continue
+            reason = (f"preempted by task {item.get('by')} (priority {item.get('by_priority')}); "
+                      "requeued without spending a retry")
+            events.append(self._history_event(task, "preempted", reason, {**item, "end_time": cmd["time"]}))
+            self._release(task)
+            task["preemptions"] = int(task.get("preemptions") or 0) + 1
+            # A completion that raced the cancel is still recorded (late_ok: the attempt did run).
+            task["last_worker_id"] = task["worker_id"]
+            task["worker_id"] = None
+            task["start_time"] = None
+            task["error"] = reason
+            self._set_status(task, "pending")
+            events.append(self._task_event(task))
+            accepted.append(item)
+        return accepted, events
 
     def _release_dependents(self, task: TaskDoc, now: float) -> Events:
         events: Events = []
@@ -308,6 +351,8 @@ class State:
                 self._set_status(waiting, status)
                 if status == "failed":
                     waiting["end_time"] = now
+                else:
+                    waiting["ready_since"] = now
                 events.append(self._task_event(waiting))
         return events
 
@@ -359,16 +404,19 @@ class State:
             if task["status"] == "unschedulable" and scheduler.worker_satisfies(worker, task["requirements"]):
                 task["error"] = None
                 self._set_status(task, self._initial_status(task))
+                if task["status"] == "pending":
+                    task["ready_since"] = now
                 events.append(self._task_event(task))
         return worker, events
 
     def _workers_lost(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
         events: Events = []
         for worker_id in cmd["worker_ids"]:
-            events.extend(self._take_back(worker_id, cmd.get("reason") or f"worker {worker_id} lost", cmd["time"]))
+            events.extend(self._take_back(worker_id, cmd.get("reason") or f"worker {worker_id} lost", cmd["time"],
+                                          backoff=cmd.get("backoff")))
         return None, events
 
-    def _take_back(self, worker_id: str, reason: str, now: float) -> Events:
+    def _take_back(self, worker_id: str, reason: str, now: float, *, backoff: Any = None) -> Events:
         """Mark a worker offline and put its live attempts back (pending again, or failed)."""
         worker = self.workers.get(worker_id)
         if worker is None:
@@ -379,7 +427,8 @@ class State:
             task = self.tasks.get(task_id)
             if task is None or task["attempts"] != attempt or task["status"] not in ("assigned", "running"):
                 continue
-            events.extend(self._fail_attempt(task, reason, now, {"worker_id": worker_id}, retry=True))
+            events.extend(self._fail_attempt(task, reason, now, {"worker_id": worker_id}, retry=True,
+                                             backoff=backoff, error_class="worker_lost"))
         worker["assigned"] = {}
         return events
 
@@ -558,6 +607,7 @@ _HANDLERS = {
     "StartTasks": State._start_tasks,
     "CompleteTasks": State._complete_tasks,
     "FailTasks": State._fail_tasks,
+    "PreemptTasks": State._preempt_tasks,
     "CancelTask": State._cancel_task,
     "RegisterWorker": State._register_worker,
     "WorkersLost": State._workers_lost,

@@ -84,6 +84,20 @@ def add_source_fields(view: dict[str, Any], worker: dict[str, Any]) -> None:
             view["status"] = "busy"
 
 
+def wait_reason(coord: Coordinator, task: dict[str, Any]) -> dict[str, Any] | None:
+    """Why a task that has not started waits (scheduler.wait_reason), with times in the API's format."""
+    from dtf_app.coordinator import scheduler
+
+    # The leader knows which workers are connected to it; a follower judges by the replicated status.
+    connected = [w for w, c in coord.conns.items() if not c.closed] if coord.is_leader else None
+    reason = scheduler.wait_reason(task, coord.state.tasks, coord.state.workers, coord.queue, now=time.time(),
+                                   policy=coord.duties.policy, connected=connected)
+    if reason is not None and reason["code"] == "backoff":
+        reason["message"] = f"{reason['message']}; retry after {iso(reason['until'])}"
+        reason["until"] = iso(reason["until"])
+    return reason
+
+
 def iso(ts: float | None) -> str | None:
     """Unix seconds -> ISO 8601 UTC (the API's time format)."""
     if ts is None:
@@ -112,6 +126,8 @@ def worker_view(coord: Coordinator, worker_id: str) -> dict[str, Any] | None:
     view.update(
         status="online" if connected else "offline", connected=connected,
         running=running, free_slots=max(0, capacity - running),
+        # Tasks held (running or queued on it) per slot: the balancer's load (above 1: prefetched extras).
+        load=round(running / capacity, 3) if capacity else 0.0,
         health=conn.health if conn is not None else {},
         registration_time=iso(worker.get("registration_time")),
         last_heartbeat=iso(worker.get("last_heartbeat")),

@@ -613,11 +613,11 @@ class WorkerAgent:
                     except Exception as exc:  # a full disk or a bug here fails the task, never the worker
                         logger.exception("task %s attempt %d: worker error", task_id, attempt)
                         outcome = self._outcome(
-                            record.key, start_time, "failed", error=f"worker error: {type(exc).__name__}: {exc}"
-                        )
+                            record.key, start_time, "failed", error=f"worker error: {type(exc).__name__}: {exc}",
+                            error_class="crash")
             if outcome is None or record.cancel_requested:
                 # Only a "cancel" message cancels record.scope; whatever the runner made of it, say so.
-                outcome = self._outcome(record.key, start_time, "failed", error="cancelled")
+                outcome = self._outcome(record.key, start_time, "failed", error="cancelled", error_class="cancelled")
         finally:
             self._running.pop(record.key, None)
             buffer = self._logs.get(record.key)
@@ -653,9 +653,11 @@ class WorkerAgent:
         try:
             runner = self._get_runner(str(task_type))
         except self._task_error as exc:
-            return self._outcome(key, start_time, "failed", error=str(exc))
+            return self._outcome(key, start_time, "failed", error=str(exc),
+                                 error_class=getattr(exc, "error_class", "unknown_runner"))
         except Exception as exc:
-            return self._outcome(key, start_time, "failed", error=f"no runner for task type {task_type!r}: {exc}")
+            return self._outcome(key, start_time, "failed", error=f"no runner for task type {task_type!r}: {exc}",
+                                 error_class="unknown_runner")
         # A task without its own limit gets the worker's (execution.timeout), if one is set.
         timeout = task.get("timeout_seconds") or self.settings.task_timeout
         limit = float(timeout) if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0 else math.inf
@@ -666,32 +668,35 @@ class WorkerAgent:
         )
         result: Any = None
         error: str | None = None
+        error_class = "crash"
         with trio.move_on_after(limit) as timeout_scope:
             try:
                 result = await runner.run(task, context)
             except self._task_error as exc:
                 error = str(exc) or type(exc).__name__
+                error_class = getattr(exc, "error_class", "bad_config")
             except Exception as exc:  # a runner bug fails the task, never the worker
                 logger.debug("runner for task %s raised", key[0], exc_info=True)
                 error = f"{type(exc).__name__}: {exc}"
         if timeout_scope.cancelled_caught or (error is not None and timeout_scope.cancel_called):
-            return self._outcome(key, start_time, "failed", error=f"timed out after {limit:g} s")
+            return self._outcome(key, start_time, "failed", error=f"timed out after {limit:g} s", error_class="timeout")
         if error is not None:
-            return self._outcome(key, start_time, "failed", error=error)
+            return self._outcome(key, start_time, "failed", error=error, error_class=error_class)
         if not isinstance(result, dict):
             return self._outcome(
-                key, start_time, "failed", error=f"runner returned {type(result).__name__}, not a result document"
-            )
+                key, start_time, "failed", error=f"runner returned {type(result).__name__}, not a result document",
+                error_class="crash")
         return self._outcome(key, start_time, "completed", result=result)
 
     @staticmethod
     def _outcome(
         key: OutboxKey, start_time: float, outcome: str, *, error: str | None = None,
-        result: dict[str, Any] | None = None,
+        result: dict[str, Any] | None = None, error_class: str | None = None,
     ) -> dict[str, Any]:
         return {
             "task_id": key[0], "attempt": key[1], "outcome": outcome, "start_time": start_time,
             "end_time": time.time(), "error": error, "result": result,
+            "error_class": error_class if error is not None else None,
         }
 
     def _log_callback(self, key: OutboxKey) -> Callable[[str], None]:

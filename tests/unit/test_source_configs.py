@@ -113,8 +113,11 @@ def test_design_coordinator_yaml_with_jwt_secret(monkeypatch: pytest.MonkeyPatch
     text = notices_text(settings)
     for ignored in ("server.dashboard_port", "task_scheduler.max_queue_size", "'dynamic_resource_management'",
                     "multi_device_orchestrator.model_parallel_auto_splitting", "'result_aggregator'",
-                    "'health_monitor'", "'load_balancer'", "security.jwt_secret"):
+                    "'health_monitor'", "security.jwt_secret"):
         assert text.count(ignored) == 1, ignored
+    # The load balancer's section is used as written.
+    assert "load_balancer" not in text
+    assert (settings.balancer_strategy, settings.worker_cap, settings.task_cap_per_worker) == ("fair_share", 10, 5)
     # The orchestrator's section is used: subtask defaults (retry_failed_subtasks true keeps retry_limit).
     assert settings.orchestrator_enabled is True
     assert (settings.subtask_timeout, settings.subtask_priority, settings.subtask_max_retries) == (3600.0, 5, 3)
