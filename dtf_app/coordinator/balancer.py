@@ -36,6 +36,8 @@ EMA_WEIGHT = 0.3
 """Weight of the newest execution time in the moving average (a worker that slows down shows within a few tasks)."""
 
 Satisfies = Callable[[Mapping[str, Any], Mapping[str, Any]], bool]
+Fits = Callable[[str, Mapping[str, Any]], bool]
+"""(worker_id, task) -> do the task's ``resources`` fit in what the worker has left unreserved this pass."""
 
 
 def submitter_of(task: Mapping[str, Any]) -> str:
@@ -120,7 +122,8 @@ class Placement:
 
     def __init__(self, strategy: str, workers: Mapping[str, Mapping[str, Any]], free_slots: dict[str, int], *,
                  satisfies: Satisfies, tasks: Mapping[str, Mapping[str, Any]] | None = None,
-                 worker_cap: int | None = None, history: PerfHistory | None = None) -> None:
+                 worker_cap: int | None = None, history: PerfHistory | None = None,
+                 fits: Fits | None = None) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"load_balancer.strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
         self.strategy = strategy
@@ -130,6 +133,7 @@ class Placement:
         self.tasks = tasks or {}
         self.worker_cap = worker_cap if worker_cap and worker_cap > 0 else None
         self.history = history
+        self.fits = fits
         self.remaining = sum(n for n in free_slots.values() if n > 0)
         self._order = sorted(w for w, n in free_slots.items() if n > 0 and w in workers)
         self._rank = {w: i for i, w in enumerate(self._order)}
@@ -176,14 +180,20 @@ class Placement:
         return found
 
     def choose(self, task: Mapping[str, Any]) -> str | None:
-        """The worker this task should go to, or None when no capable worker has a free slot."""
+        """The worker this task should go to, or None when no capable worker has a free slot (or, for a
+        task that reserves ``resources``, none whose unreserved capacity fits them)."""
         cands = self._for(task.get("requirements") or {})
         ids = cands.ids
         free = self.free
+        # Only tasks that reserve pay for the capacity check; a worker that cannot fit this one stays a
+        # candidate for the next (smaller) task.
+        fits = self.fits if self.fits is not None and task.get("resources") else None
         if self.strategy == "packed":
             while cands.start < len(ids) and free.get(ids[cands.start], 0) <= 0:
                 cands.start += 1
-            return ids[cands.start] if cands.start < len(ids) else None
+            if fits is None:
+                return ids[cands.start] if cands.start < len(ids) else None
+            return next((w for w in ids[cands.start:] if free.get(w, 0) > 0 and fits(w, task)), None)
         window: list[str] = []
         seen: set[str] = set()
         i = cands.offset
@@ -200,8 +210,10 @@ class Placement:
             if worker_id in seen:
                 break
             seen.add(worker_id)
-            window.append(worker_id)
             i += 1
+            if fits is not None and not fits(worker_id, task):
+                continue
+            window.append(worker_id)
         if not window:
             return None
         cands.offset = i

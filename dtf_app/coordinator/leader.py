@@ -6,7 +6,8 @@
 - results: batch the outcomes that workers stream in into one ``CompleteTasks``/``FailTasks`` commit,
   then ``ack`` them (the worker drops its outbox rows only then);
 - liveness: workers silent for ``worker_timeout`` are committed as ``WorkersLost`` and their tasks
-  go back to pending (attempt + 1) or fail after ``max_retries``.
+  go back to pending (attempt + 1) or fail after ``max_retries``;
+- scaling advice (scaling.py) and the health monitor's quarantine decisions (health_monitor.py).
 
 :meth:`LeaderDuties.supervise` starts the loops once this node has applied its own term's first entry
 (so the state it acts on is complete) and the loops die with the cancel scope when it steps down. Every
@@ -27,7 +28,7 @@ import trio
 
 from dtf_app import fsutil
 from dtf_app import protocol as proto
-from dtf_app.coordinator import balancer, readiness, scheduler
+from dtf_app.coordinator import balancer, quarantine, readiness, scheduler
 from dtf_app.raft.types import NotLeader, ProposalDropped
 from dtf_app.security import keys as keymod
 
@@ -151,6 +152,8 @@ class LeaderDuties:
                         nursery.start_soon(self.dispatch_loop)
                         nursery.start_soon(self.results_loop)
                         nursery.start_soon(self.liveness_loop)
+                        nursery.start_soon(coord.scaling.loop)
+                        nursery.start_soon(coord.health_monitor.leader_loop)
                 except* (NotLeader, ProposalDropped) as group:
                     log.warning("leader duties of term %d stopped: %s", term, group.exceptions[0])
             self.running = False
@@ -167,8 +170,8 @@ class LeaderDuties:
         depth = 1 + self.prefetch_per_slot()
         for worker_id, conn in coord.conns.items():
             worker = state.workers.get(worker_id)
-            if conn.closed or worker is None or worker.get("drained"):
-                continue  # a drained worker finishes what it holds and gets nothing new
+            if conn.closed or worker is None or worker.get("drained") or worker.get("stopping"):
+                continue  # a drained (or stopping) worker finishes what it holds and gets nothing new
             held = len(worker.get("assigned") or {})
             room = conn.capacity * depth - held
             if cap is not None:
@@ -191,7 +194,9 @@ class LeaderDuties:
             state, queue = coord.state, coord.queue
             idle, prefetch = self._free_slots()
             preempting = policy.preemption_threshold > 0
-            if not len(queue) or not (preempting or any(n > 0 for n in (*idle.values(), *prefetch.values()))):
+            canaries = self._plan_canaries()
+            if not canaries and (not len(queue) or
+                                 not (preempting or any(n > 0 for n in (*idle.values(), *prefetch.values())))):
                 continue
             now = time.time()
             options = {"now": now, "policy": policy, "strategy": self.strategy,
@@ -202,7 +207,8 @@ class LeaderDuties:
             # A reconnecting worker's finished-but-unrecorded tasks wait for their results, not a re-run.
             reported = {task_id for conn in coord.conns.values() for task_id in conn.finished}
             plan = scheduler.plan_assignments(queue, state.tasks, state.workers, idle, skip=reported, usage=usage,
-                                              **options)
+                                              **options) if idle else []
+            plan += canaries
             placed = {task_id for task_id, _ in plan}
             preempt: list[dict[str, Any]] = []
             if preempting:
@@ -237,11 +243,18 @@ class LeaderDuties:
             mono = time.monotonic()
             for item in accepted:
                 task = coord.state.tasks[item["task_id"]]
-                per_worker.setdefault(item["worker_id"], []).append({
+                frame = {
                     "task_id": task["task_id"], "attempt": item["attempt"], "type": task["type"],
                     "name": task.get("name"), "config": task["config"],
                     "timeout_seconds": task["timeout_seconds"], "priority": task["priority"],
-                })
+                }
+                reservation = item.get("reservation")
+                if reservation:
+                    # The devices apply chose (the same on every replica): the worker pins the task to them.
+                    frame["resources"] = task.get("resources")
+                    frame["devices"] = [{"index": i, "type": reservation.get("gpu_type")}
+                                        for i in reservation.get("gpus") or ()]
+                per_worker.setdefault(item["worker_id"], []).append(frame)
             for worker_id, items in per_worker.items():
                 conn = coord.conns.get(worker_id)
                 if conn is not None:
@@ -250,6 +263,24 @@ class LeaderDuties:
                     conn.push({"type": proto.ASSIGN, "tasks": items})
             coord.stats["assigned"] += len(accepted)
             self._dispatch_wakeup.set()  # there may be more to place
+
+    def _plan_canaries(self) -> list[tuple[str, str]]:
+        """Pending canary tasks of connected quarantined workers, each to its own worker (one at a time)."""
+        coord = self.coord
+        state = coord.state
+        plan: list[tuple[str, str]] = []
+        for worker_id in sorted(state.canary_workers):
+            conn = coord.conns.get(worker_id)
+            worker = state.workers.get(worker_id)
+            if conn is None or conn.closed or worker is None or worker.get("assigned"):
+                continue
+            record = worker.get("quarantine") or {}
+            for task_id in record.get("canary_ids") or ():
+                task = state.tasks.get(task_id)
+                if task is not None and task["status"] == "pending" and quarantine.canary_for(task) == worker_id:
+                    plan.append((task_id, worker_id))
+                    break
+        return plan
 
     async def results_loop(self) -> None:
         """Commit batches of started/finished reports, then ack each worker."""

@@ -20,6 +20,7 @@ from dtf_app.protocol import (
     ERROR_CLASSES,
     ID_ALPHABET,
     ID_PATTERN,
+    MAX_RESOURCE_GPUS,
     WORKER_CREDENTIAL_HEADER,
 )
 from dtf_app.security.keys import ROLES
@@ -50,6 +51,17 @@ _REQUIREMENTS = {"type": ["object", "null"], "additionalProperties": False, "pro
     "tags": {"type": "array", "items": {"type": "string"}},
     "os": {"type": "string", "pattern": _any_case(scheduler.OS_NAMES),
            "description": "linux, windows or macos (darwin is macos), in any letter case"},
+}}
+
+_RESOURCES = {"type": ["object", "null"], "additionalProperties": False, "description": (
+    "quantities reserved on the worker from assignment until the attempt ends (never oversubscribed); "
+    "gpus: whole devices held exclusively, the task runs with CUDA_VISIBLE_DEVICES / HIP_VISIBLE_DEVICES "
+    "set to exactly them"), "properties": {
+    "cpu_cores": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6},
+    "memory_gb": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6},
+    "gpu_memory_gb": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6,
+                      "description": "alone: a share of one device; with gpus: what each device must have"},
+    "gpus": {"type": "integer", "minimum": 1, "maximum": MAX_RESOURCE_GPUS},
 }}
 
 _STR_LIST = {"type": "array", "items": {"type": "string"}}
@@ -88,6 +100,7 @@ def _task_in(kind: str) -> dict[str, Any]:
                      "maximum": scheduler.PRIORITY_RANGE[1], "description": "higher runs first"},
         "config": _CONFIGS[kind],
         "requirements": _REQUIREMENTS,
+        "resources": _RESOURCES,
         "dependencies": {"type": ["array", "null"], "items": {"type": "string"},
                          "description": "ids of tasks that must complete first: existing ones or ones in the "
                                         "same request (422 otherwise, or for a cycle)"},
@@ -376,6 +389,16 @@ def build_spec(version: str) -> dict[str, Any]:
                                                         params=[worker_id])},
         "/api/workers/{worker_id}/enable": {"post": _op("give a drained worker tasks again",
                                                          params=[worker_id])},
+        "/api/workers/{worker_id}/resume": {"post": _op(
+            "give a drained or quarantined worker tasks again (ends a quarantine)", params=[worker_id])},
+        "/api/workers/{worker_id}/stop": {"post": _op(
+            "the worker takes no new task, finishes what it runs and exits (409 if it is not connected)",
+            params=[worker_id])},
+        "/api/workers/{worker_id}/restart": {"post": _op(
+            "the worker finishes what it runs and starts again (409 if it is not connected)", params=[worker_id])},
+        "/api/scaling/recommendations": {"get": _op(
+            "utilisation and scaling advice: the latest evaluation and the recent ones (leader)")},
+        "/api/health/alerts": {"get": _op("current health alert levels of this node and the workers, recent alerts")},
         "/api/tasks/{task_id}/attempts": {"get": _op("recorded attempts: worker, status, times, error", params=[task_id])},
         "/api/tasks/{task_id}/cancel": {"post": _op("cancel (409 if already finished)", params=[task_id])},
         "/api/tasks/{task_id}/complete": {"post": _op(

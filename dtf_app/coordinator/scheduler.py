@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dtf_app.coordinator import balancer
+from dtf_app.coordinator import resources as resmod
 from dtf_app.coordinator.balancer import group_of, submitter_of
 from dtf_app.protocol import (
     BATCH_SIZE_RANGE,
@@ -59,7 +60,7 @@ from dtf_app.protocol import TERMINAL_STATES as TERMINAL_STATES  # re-exported f
 
 ALL_STATES = TASK_STATES
 TASK_KEYS = ("type", "priority", "config", "requirements", "dependencies", "timeout_seconds", "max_retries",
-             "name", "task_id", "metadata", "submitter", "group")
+             "name", "task_id", "metadata", "submitter", "group", "resources")
 # Also accepted: "parameters", the source design's name for "config" (see validate_task).
 REQUIREMENT_KEYS = ("hardware", "min_memory_gb", "min_cuda_compute", "min_gpu_memory_gb", "tags", "os",
                     "min_cpu_cores", "exclude_workers")
@@ -284,7 +285,11 @@ def validate_task(doc: Any, where: str = "task", *, default_max_retries: int = 3
             problem = id_problem(doc[key], f"{where}.{key}")
             if problem:
                 raise TaskValidationError(problem)
-    return {
+    try:
+        reserve = resmod.validate(doc.get("resources"), f"{where}.resources")
+    except resmod.ResourceError as exc:
+        raise TaskValidationError(str(exc)) from None
+    out = {
         "submitter": doc.get("submitter"), "group": doc.get("group"),
         "type": kind, "priority": priority, "name": name or None,
         "config": _validate_config(kind, _copy(doc.get("config", {})), f"{where}.config"),
@@ -292,6 +297,9 @@ def validate_task(doc: Any, where: str = "task", *, default_max_retries: int = 3
         "dependencies": list(deps), "timeout_seconds": timeout, "max_retries": max_retries,
         "task_id": task_id, "metadata": metadata or {},
     }
+    if reserve:  # only tasks that reserve carry the key: the common task document stays as it was
+        out["resources"] = reserve
+    return out
 
 
 def find_cycle(graph: Mapping[str, Iterable[str]]) -> list[str] | None:
@@ -338,10 +346,11 @@ def _worker_os(caps: Mapping[str, Any]) -> str:
     return "macos" if name == "darwin" else name
 
 
-def unmet_requirements(worker: Mapping[str, Any], req: Mapping[str, Any]) -> list[str]:
-    """Which requirements this worker does not meet (empty list: it can run the task)."""
+def unmet_requirements(worker: Mapping[str, Any], req: Mapping[str, Any],
+                       reserve: Mapping[str, Any] | None = None) -> list[str]:
+    """Which requirements (and reservations that could never fit) this worker does not meet (empty: it can)."""
     caps = worker.get("capabilities") or {}
-    missing: list[str] = []
+    missing: list[str] = resmod.unmet_capacity(worker, reserve, req) if reserve else []
     kinds = set(worker.get("hardware") or caps.get("hardware") or ["cpu"])
     for kind in req.get("hardware") or ():
         if kind not in kinds:
@@ -376,22 +385,24 @@ def unmet_requirements(worker: Mapping[str, Any], req: Mapping[str, Any]) -> lis
     return missing
 
 
-def worker_satisfies(worker: Mapping[str, Any], req: Mapping[str, Any]) -> bool:
-    """True when the worker meets every requirement."""
-    return not req or not unmet_requirements(worker, req)
+def worker_satisfies(worker: Mapping[str, Any], req: Mapping[str, Any],
+                     reserve: Mapping[str, Any] | None = None) -> bool:
+    """True when the worker meets every requirement (and could hold the reservation when idle)."""
+    return (not req and not reserve) or not unmet_requirements(worker, req, reserve)
 
 
-def infeasibility_reason(workers: Iterable[Mapping[str, Any]], req: Mapping[str, Any]) -> str | None:
+def infeasibility_reason(workers: Iterable[Mapping[str, Any]], req: Mapping[str, Any],
+                         reserve: Mapping[str, Any] | None = None) -> str | None:
     """None when some known worker could run a task with these requirements, else why none can.
 
     With no worker known at all nothing can be judged yet, so the task is accepted.
     """
     known = list(workers)
-    if not known or not req:
+    if not known or (not req and not reserve):
         return None
     closest: list[str] | None = None
     for worker in known:
-        missing = unmet_requirements(worker, req)
+        missing = unmet_requirements(worker, req, reserve)
         if not missing:
             return None
         if closest is None or len(missing) < len(closest):
@@ -686,8 +697,13 @@ def plan_assignments(queue: ReadyQueue, tasks: Mapping[str, Mapping[str, Any]],
     so a second pass of the same round continues where the first left off.
     """
     plan: list[tuple[str, str]] = []
+    # Reservations planned this round on top of the committed ones (resources.py): the balancer chooses
+    # only among workers whose free reservable capacity fits the task, so a task whose resources fit on
+    # no open worker now waits, like one without a free slot.
+    ledger = resmod.Ledger()
     placement = balancer.Placement(strategy, workers, free_slots, satisfies=worker_satisfies, tasks=tasks,
-                                   worker_cap=worker_cap, history=history)
+                                   worker_cap=worker_cap, history=history,
+                                   fits=lambda worker_id, task: ledger.fits(worker_id, workers[worker_id], task))
     if placement.exhausted:
         return plan
     usage = usage if usage is not None else Usage()
@@ -704,6 +720,8 @@ def plan_assignments(queue: ReadyQueue, tasks: Mapping[str, Mapping[str, Any]],
         worker_id = placement.choose(task)
         if worker_id is None:
             continue
+        if task.get("resources"):
+            ledger.try_reserve(worker_id, workers[worker_id], task)
         placement.take(task, worker_id)
         usage.add(task)
         queue.served(task, now)
@@ -711,6 +729,16 @@ def plan_assignments(queue: ReadyQueue, tasks: Mapping[str, Mapping[str, Any]],
         if placement.exhausted:
             break  # before asking the queue for one more
     return plan
+
+
+def _fits_after(worker: Mapping[str, Any], task: Mapping[str, Any], victim_id: str) -> bool:
+    """Would the task's reservation fit on the worker once the victim's is released? (Preempting a task
+    that frees a slot but not the memory or the GPU the preemptor needs would only cost the victim.)"""
+    resources = task.get("resources")
+    if not resources:
+        return True
+    reserved = {k: v for k, v in (worker.get("reserved") or {}).items() if k != victim_id}
+    return resmod.allocate(worker, resources, task.get("requirements"), reserved) is not None
 
 
 def plan_preemptions(queue: ReadyQueue, tasks: Mapping[str, Mapping[str, Any]],
@@ -762,7 +790,7 @@ def plan_preemptions(queue: ReadyQueue, tasks: Mapping[str, Mapping[str, Any]],
         for i, (priority, _, victim_id, worker_id) in enumerate(victims):
             if priority > task["priority"] - threshold:
                 break  # sorted: every later victim is of higher priority too
-            if worker_satisfies(workers[worker_id], req):
+            if worker_satisfies(workers[worker_id], req) and _fits_after(workers[worker_id], task, victim_id):
                 out.append({"task_id": victim_id, "attempt": tasks[victim_id]["attempts"], "worker_id": worker_id,
                             "by": task_id, "by_priority": task["priority"]})
                 del victims[i]

@@ -76,6 +76,11 @@ class Coordinator:
         from dtf_app.coordinator.cluster import ClusterMonitor
 
         self.monitor = ClusterMonitor(self)
+        from dtf_app.coordinator.health_monitor import HealthMonitor
+        from dtf_app.coordinator.scaling import ScalingAdvisor
+
+        self.health_monitor = HealthMonitor(self)
+        self.scaling = ScalingAdvisor(self)
         self.stats = {"submitted": 0, "assigned": 0, "recorded": 0}
         # A single node waits for recovery, its bootstrap key and its loops; a cluster member for
         # recovery, a known leader and having applied what is committed (plus its loops while it leads).
@@ -223,6 +228,18 @@ class Coordinator:
                 conn.refuse(f"the enrolment of worker {command['worker_id']!r} was revoked by an admin")
         if op == "SetNodeEnabled" and isinstance(result, dict) and result.get("node_id") == self.node_id:
             self._apply_enabled(bool(result.get("enabled")))
+        if op in ("SetWorkerDrain", "StopWorker") and isinstance(result, dict):
+            # Tell the worker (drain/resume are informational; stop and restart it acts on).
+            conn = self.conns.get(result["worker_id"])
+            if conn is not None:
+                action = ((result.get("stopping") or "stop") if op == "StopWorker"
+                          else "drain" if result.get("drained") else "resume")
+                conn.push({"type": proto.CONTROL, "action": action, "reason": command.get("reason") or "operator"})
+        if op == "QuarantineWorker" and isinstance(result, dict):
+            conn = self.conns.get(result["worker_id"])
+            if conn is not None:
+                conn.push({"type": proto.CONTROL, "action": "drain",
+                           "reason": (result.get("quarantine") or {}).get("reason") or "quarantined"})
         if op == "CancelTask" and isinstance(result, dict) and result.get("worker_id"):
             conn = self.conns.get(result["worker_id"])
             if conn is not None and result.get("status") == "cancelled":
@@ -300,7 +317,7 @@ class Coordinator:
             task["task_id"], task["batch_id"] = task_id, batch_id
             if not task.get("submitter") and submitter:
                 task["submitter"] = submitter
-            reason = scheduler.infeasibility_reason(workers, doc["requirements"])
+            reason = scheduler.infeasibility_reason(workers, doc["requirements"], doc.get("resources"))
             if reason is not None:
                 if not allow_unschedulable:
                     raise scheduler.TaskUnprocessableError(

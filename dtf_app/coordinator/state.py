@@ -9,7 +9,9 @@ the command's result for the proposer and a list of store events for the DuckDB 
 Commands (``{"op": ..., "time": float, ...}``):
 
 - ``SubmitTasks`` {tasks: [task docs with task_id, batch_id, seq]} -> pending / blocked / unschedulable
-- ``AssignTasks`` {assignments: [{task_id, worker_id, attempt}]} -> assigned (attempts = attempt)
+- ``AssignTasks`` {assignments: [{task_id, worker_id, attempt}]} -> assigned (attempts = attempt); a task
+  with ``resources`` reserves them on the worker (resources.allocate: devices chosen here, identically on
+  every replica; an assignment that no longer fits is refused); every end of the attempt releases them
 - ``StartTasks`` {items: [{task_id, attempt, start_time}]} -> running
 - ``CompleteTasks`` {items: [TaskOutcome with outcome "completed"]} -> completed (+ result)
 - ``FailTasks`` {items: [{task_id, attempt, error, error_class?, retry: bool}], backoff?: [base, max]}
@@ -28,6 +30,11 @@ Commands (``{"op": ..., "time": float, ...}``):
   takes back the worker's attempts as ``WorkersLost`` does
 - ``LeaderElected`` {node_id, term, reason} (a new leader's first command: replicated leadership history)
 - ``SetNodeEnabled`` {node_id, enabled} (an operator disables a coordinator: it hands over and stops campaigning)
+- ``SetWorkerDrain`` {worker_id, drained} (an operator drains or resumes a worker; resume also ends a quarantine)
+- ``QuarantineWorker`` {worker_id, reason, max_attempts} -> drained and quarantined (quarantine.py);
+  ``StartCanary`` {worker_id, tasks} -> the canary round's tasks submitted; the worker is let back in when
+  they all succeed, or retired after ``max_attempts`` failed rounds
+- ``StopWorker`` {worker_id, restart} -> no new tasks until the worker registers again (it finishes, exits)
 - ``Orchestrate`` {orchestration: parent record, tasks: [subtask docs with parent_id]} -> the parent and its
   subtasks, atomically (orchestrator.py); ``CancelOrchestration`` {task_id, reason} -> the parent and every
   unfinished subtask cancelled. A parent's status and merged result follow its subtasks in every apply.
@@ -42,7 +49,8 @@ import json
 from typing import Any
 
 from dtf_app import protocol
-from dtf_app.coordinator import orchestrator, scheduler
+from dtf_app.coordinator import orchestrator, quarantine, scheduler
+from dtf_app.coordinator import resources as resmod
 
 # Keep what the state holds of a run's output bounded: the full document goes to DuckDB.
 MAX_OUTPUT_CHARS = 4000
@@ -74,6 +82,8 @@ class State:
         self.disabled_nodes: list[str] = []
         # Orchestrated tasks (parent records; their subtasks are tasks with parent_id): orchestrator.py.
         self.orchestrations: dict[str, dict[str, Any]] = {}
+        # Workers running a canary round (quarantine.py); derived, rebuilt on restore.
+        self.canary_workers: set[str] = set()
 
     # ------------------------------------------------------------------ helpers
     def _set_status(self, task: TaskDoc, status: str) -> None:
@@ -135,6 +145,8 @@ class State:
                 result, events = {"error": f"{op} rejected: {type(exc).__name__}: {exc}"}, []
         if self.orchestrations and events:
             self._refresh_orchestrations(events, command.get("time"))
+        if events and self.canary_workers:
+            events.extend(self._refresh_canaries(events, command.get("time")))
         if index:
             self.applied_index = index
         return result, events
@@ -198,6 +210,16 @@ class State:
             worker = self.workers.get(item["worker_id"])
             if task is None or worker is None or task["status"] != "pending":
                 continue
+            if worker.get("quarantine") and quarantine.canary_for(task) != item["worker_id"]:
+                continue  # quarantined since the plan was made: only its canaries go there
+            reservation = None
+            if task.get("resources"):
+                reservation = resmod.allocate(worker, task["resources"], task.get("requirements"))
+                if reservation is None:
+                    continue  # a stale plan: the worker's resources are taken; the task stays pending
+                worker.setdefault("reserved", {})[task["task_id"]] = reservation
+                item = dict(item, reservation=reservation)
+            task["reservation"] = reservation
             task["attempts"] = item["attempt"]
             task["worker_id"] = item["worker_id"]
             task["start_time"] = None
@@ -238,6 +260,9 @@ class State:
         worker = self.workers.get(task.get("worker_id") or "")
         if worker is not None:
             worker.get("assigned", {}).pop(task["task_id"], None)
+            reserved = worker.get("reserved")
+            if reserved:
+                reserved.pop(task["task_id"], None)
 
     def _complete_tasks(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
         now = cmd["time"]
@@ -249,6 +274,9 @@ class State:
                 continue
             if task["status"] == "pending":
                 task["worker_id"] = task.get("last_worker_id")
+            worker = self.workers.get(task.get("worker_id") or "")
+            if worker is not None and worker.get("infra_failures"):
+                worker["infra_failures"] = 0  # "in a row": a task that ran resets the count
             result = dict(item.get("result") or {})
             task["start_time"] = task["start_time"] or item.get("start_time") or now
             task["end_time"] = item.get("end_time") or now
@@ -278,6 +306,11 @@ class State:
             if not self._is_current(task, item):
                 continue
             error_class = item.get("error_class")
+            worker = self.workers.get(task.get("worker_id") or "")
+            if worker is not None and protocol.is_infrastructure_error(error_class):
+                # Counted here (the worker's own reports and the leader's checks of it), not in WorkersLost:
+                # a machine that vanishes is offline, not a worker that breaks the tasks it runs.
+                worker["infra_failures"] = int(worker.get("infra_failures") or 0) + 1
             retry = bool(item.get("retry", True)) and protocol.is_retryable(error_class)
             events.extend(self._fail_attempt(task, item.get("error") or "failed", now, item, retry=retry,
                                              backoff=cmd.get("backoff"), error_class=error_class))
@@ -395,13 +428,15 @@ class State:
         existing = self.workers.get(info["worker_id"])
         worker = existing if existing is not None else {"registration_time": now, "assigned": {}}
         worker.update(info)
+        worker.pop("stopping", None)  # a worker told to stop or restart is back: it takes work again
         worker["status"] = "online"
         worker["last_heartbeat"] = now
         self.workers[info["worker_id"]] = worker
         events: Events = [_worker_event(worker)]
         # A worker that can run tasks parked as unschedulable makes them schedulable again.
         for task in self.tasks.values():
-            if task["status"] == "unschedulable" and scheduler.worker_satisfies(worker, task["requirements"]):
+            if task["status"] == "unschedulable" and scheduler.worker_satisfies(
+                    worker, task["requirements"], task.get("resources")):
                 task["error"] = None
                 self._set_status(task, self._initial_status(task))
                 if task["status"] == "pending":
@@ -430,6 +465,7 @@ class State:
             events.extend(self._fail_attempt(task, reason, now, {"worker_id": worker_id}, retry=True,
                                              backoff=backoff, error_class="worker_lost"))
         worker["assigned"] = {}
+        worker["reserved"] = {}
         return events
 
     def _enroll_worker(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
@@ -458,7 +494,79 @@ class State:
         if worker is None:
             return None, []
         worker["drained"] = bool(cmd.get("drained"))
+        if not worker["drained"] and worker.get("quarantine"):
+            # An operator's resume overrides the health monitor (its canary tasks, if any, still run).
+            worker["quarantine"] = None
+            worker["infra_failures"] = 0
+            self.canary_workers.discard(worker["worker_id"])
         return worker, [_worker_event(worker)]
+
+    def _stop_worker(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        """The worker was told to stop (or restart): nothing new goes to it until it registers again."""
+        worker = self.workers.get(cmd.get("worker_id"))  # type: ignore[arg-type]
+        if worker is None:
+            return None, []
+        worker["stopping"] = "restart" if cmd.get("restart") else "stop"
+        return worker, [_worker_event(worker)]
+
+    # ------------------------------------------------------------------ quarantine (quarantine.py)
+    def _quarantine_worker(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        worker = self.workers.get(cmd.get("worker_id"))  # type: ignore[arg-type]
+        if worker is None:
+            return None, []
+        if worker.get("quarantine"):
+            return worker, []  # already out: one record per episode
+        worker["quarantine"] = {"state": quarantine.QUARANTINED, "reason": str(cmd.get("reason") or "unhealthy"),
+                                "since": cmd["time"], "attempts": 0, "max_attempts": int(cmd.get("max_attempts", 2)),
+                                "canary_ids": [], "last_error": None}
+        worker["drained"] = True
+        return worker, [_worker_event(worker)]
+
+    def _start_canary(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        worker_id = cmd["worker_id"]
+        worker = self.workers.get(worker_id)
+        if worker is None or not quarantine.needs_canary(worker):
+            return None, []
+        docs = cmd["tasks"]
+        for doc in docs:
+            if quarantine.canary_for(doc) != worker_id or doc["task_id"] in self.tasks:
+                raise ValueError(f"canary task {doc.get('task_id')!r} is not a fresh canary of {worker_id!r}")
+        record = worker["quarantine"]
+        record.update(state=quarantine.CANARY, attempts=int(record["attempts"]) + 1,
+                      canary_ids=[doc["task_id"] for doc in docs])
+        self.canary_workers.add(worker_id)
+        created, events = self._submit_tasks({"time": cmd["time"], "tasks": docs})
+        events.append(_worker_event(worker))
+        return {"worker": worker, "tasks": created}, events
+
+    def _refresh_canaries(self, events: Events, now: Any) -> Events:
+        """A canary task changed: let its worker back in, or count the failed round."""
+        out: Events = []
+        for event in list(events):
+            owner = quarantine.canary_for(event["task"]) if event.get("kind") == "task" else None
+            worker = self.workers.get(owner or "")
+            record = worker.get("quarantine") if worker is not None else None
+            if not record or record.get("state") != quarantine.CANARY or \
+                    event["task"]["task_id"] not in record.get("canary_ids", ()):
+                continue
+            verdict = quarantine.round_outcome(record, self.tasks)
+            if verdict is None:
+                continue
+            self.canary_workers.discard(owner)  # type: ignore[arg-type]
+            if verdict == "passed":
+                worker["quarantine"] = None
+                worker["drained"] = False
+                worker["infra_failures"] = 0
+                worker["recovered"] = {"time": now, "attempts": record["attempts"], "reason": record["reason"]}
+            else:
+                failed = [self.tasks[i] for i in record["canary_ids"] if i in self.tasks]
+                record["last_error"] = next((t.get("error") or (t.get("result") or {}).get("status")
+                                             for t in failed if t["status"] != "completed"
+                                             or (t.get("result") or {}).get("status") != "success"), "failed")
+                record["state"] = (quarantine.RETIRED if record["attempts"] >= record["max_attempts"]
+                                   else quarantine.QUARANTINED)
+            out.append(_worker_event(worker))
+        return out
 
     def _create_api_key(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
         record = {"name": cmd["name"], "role": cmd["role"], "key_hash": cmd["key_hash"], "created": cmd["time"]}
@@ -590,6 +698,8 @@ class State:
         state.leaders = raw.get("leaders", [])
         state.disabled_nodes = raw.get("disabled_nodes", [])
         state.orchestrations = raw.get("orchestrations", {})
+        state.canary_workers = {wid for wid, w in state.workers.items()
+                                if (w.get("quarantine") or {}).get("state") == quarantine.CANARY}
         for task in raw["tasks"].values():
             state._add_task(task)
             for dep in task.get("dependencies") or []:
@@ -598,7 +708,7 @@ class State:
 
 
 def _worker_event(worker: dict[str, Any]) -> dict[str, Any]:
-    return {"kind": "worker", "worker": {k: v for k, v in worker.items() if k != "assigned"}}
+    return {"kind": "worker", "worker": {k: v for k, v in worker.items() if k not in ("assigned", "reserved")}}
 
 
 _HANDLERS = {
@@ -612,6 +722,9 @@ _HANDLERS = {
     "RegisterWorker": State._register_worker,
     "WorkersLost": State._workers_lost,
     "SetWorkerDrain": State._set_worker_drain,
+    "StopWorker": State._stop_worker,
+    "QuarantineWorker": State._quarantine_worker,
+    "StartCanary": State._start_canary,
     "CreateApiKey": State._create_api_key,
     "DeleteApiKey": State._delete_api_key,
     "EnrollWorker": State._enroll_worker,

@@ -10,7 +10,7 @@ exits are terminated too, so nothing a task started outlives it.
 ``TaskError`` means "the task could not run" (bad config at run time, missing test file, command not
 found): the agent reports outcome ``failed`` with ``str(exc)`` and the error's ``error_class``
 (protocol.ERROR_CLASSES: ``bad_config``, ``missing_file`` and ``unknown_runner`` are never retried;
-``crash`` is, like timeouts and lost workers).
+``crash`` is, like timeouts; ``worker_error`` is retried and counts towards the worker's quarantine).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import trio
 
 from dtf_app.fsutil import task_umask
 from dtf_app.plugins import RUNNERS_GROUP, load_plugin
+from dtf_app.protocol import DEVICE_ENV_VARS
 
 TAIL_LINES = 200
 TAIL_BYTES = 8 * 1024
@@ -194,7 +195,11 @@ def unfrozen_environ() -> dict[str, str]:
 
 
 def build_env(ctx: RunContext, task_env: object, where: str = "config.env") -> dict[str, str]:
-    """The subprocess environment: the worker's, then ``ctx.env``, then the task's ``env`` (validated)."""
+    """The subprocess environment: the worker's, then ``ctx.env``, then the task's ``env`` (validated).
+
+    The device variables of a reservation (protocol.DEVICE_ENV_VARS, set in ``ctx.env`` by the agent)
+    win over the task's own ``env``: a task runs on exactly the devices it reserved.
+    """
     if task_env is None:
         task_env = {}
     if not isinstance(task_env, Mapping) or not all(
@@ -205,6 +210,10 @@ def build_env(ctx: RunContext, task_env: object, where: str = "config.env") -> d
     env = unfrozen_environ()
     env.update(ctx.env)
     env.update({k: str(v) for k, v in task_env.items()})
+    for names in DEVICE_ENV_VARS.values():
+        for name in names:
+            if name in ctx.env:
+                env[name] = ctx.env[name]
     # Children are often Python; unbuffered output makes log lines arrive as they happen.
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
@@ -281,7 +290,9 @@ async def run_process(
     except PermissionError:
         raise TaskError(f"command {argv[0]!r} is not executable (permission denied)") from None
     except OSError as exc:
-        raise TaskError(f"command {argv[0]!r} could not be started: {exc}", error_class="crash") from None
+        # The worker could not start a process at all (no memory, no file descriptors, no space):
+        # the machine's fault, counted towards quarantine.
+        raise TaskError(f"command {argv[0]!r} could not be started: {exc}", error_class="worker_error") from None
 
     tail = OutputTail()
 
