@@ -4,8 +4,9 @@
     python bench/scheduler_bench.py --strategy packed --repeat 5
 
 Pending tasks have mixed priorities (0-100), 4 submitters with 20 task groups each, varied ages (aging
-applies), and 10 % need CUDA, which one worker in ten has. Every worker has 4 free slots and already holds
-nothing. The pass is :func:`dtf_app.coordinator.scheduler.plan_assignments` with the leader's inputs
+applies), and 10 % need CUDA, which one worker in ten has (4 devices of 80 GB). Reservations are active
+(resources.py): a quarter of the CPU tasks reserve cores and memory, and every CUDA task reserves one
+whole GPU. Every worker has 4 free slots and already holds nothing. The pass is :func:`dtf_app.coordinator.scheduler.plan_assignments` with the leader's inputs
 (the queue policy at the default aging rate, fair-share usage from the state, the balancer strategy with
 ``worker_cap`` 10). Each repeat starts from a fresh copy of the free slots and the same queue (a pass
 does not change the queue; the leader discards placed tasks when AssignTasks applies).
@@ -42,12 +43,19 @@ def build(pending: int, workers: int, seed: int = 1) -> tuple[dict, dict, schedu
             "requirements": {"hardware": ["cuda"]} if cuda else {},
             "submitter": f"user{i % 4}", "group": f"g{i % 80}", "attempts": 0,
         }
+        if cuda:
+            tasks[f"t{i}"]["resources"] = {"gpus": 1}
+        elif i % 4 == 1:
+            tasks[f"t{i}"]["resources"] = {"cpu_cores": 2.0, "memory_gb": 8.0}
     fleet: dict[str, dict] = {}
     for w in range(workers):
         gpu = w % 10 == 0
         fleet[f"w{w:04d}"] = {
             "worker_id": f"w{w:04d}", "hardware": ["cpu", "cuda"] if gpu else ["cpu"], "max_concurrent_tasks": 4,
-            "assigned": {}, "status": "online", "capabilities": {"memory": {"total_gb": 64}, "cpu": {"cores": 16}},
+            "assigned": {}, "reserved": {}, "status": "online",
+            "capabilities": {"memory": {"total_gb": 64}, "cpu": {"cores": 16},
+                             "gpu": {"devices": [{"index": d, "type": "cuda", "memory_gb": 80} for d in range(4)]}
+                             if gpu else {}},
         }
     queue = scheduler.ReadyQueue()
     for task in tasks.values():

@@ -221,8 +221,15 @@ class Placement:
             return window[0]
         held, cap, rank = self._held, self._cap, self._rank
         if self.strategy == "fair_share":
+            # Inline rather than min(key=...): this runs once per placed task, over worker_cap workers.
             submitter = submitter_of(task)
-            return min(window, key=lambda w: (self._submitters(w)[submitter], held[w] / cap[w], -free[w], rank[w]))
+            subs = self._submitters
+            best, best_key = window[0], None
+            for w in window:
+                key = (subs(w)[submitter], held[w] / cap[w], -free[w], rank[w])
+                if best_key is None or key < best_key:
+                    best, best_key = w, key
+            return best
         if self.strategy == "performance_aware" and self.history is not None:
             kind = perf_kind(task)
             history = self.history

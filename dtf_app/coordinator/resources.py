@@ -135,24 +135,34 @@ def allocate(worker: Mapping[str, Any], resources: Mapping[str, Any], requiremen
     Deterministic: the lowest free device indices, so every replica chooses the same.
     """
     used = usage(worker.get("reserved") if reserved is None else reserved)
+    return _allocate(cpu_capacity(worker), memory_capacity(worker), devices(worker), used, resources, requirements)
+
+
+def _allocate(cpu_cap: float, memory_cap: float, devs: list[dict[str, Any]], used: Mapping[str, Any],
+              resources: Mapping[str, Any], requirements: Mapping[str, Any] | None) -> Reservation | None:
+    """:func:`allocate` on capacities and usage already computed (the one rule for apply and the planner)."""
     out: Reservation = {}
     cpu = resources.get("cpu_cores")
     if cpu:
-        if used["cpu_cores"] + cpu > cpu_capacity(worker) + EPSILON:
+        if used["cpu_cores"] + cpu > cpu_cap + EPSILON:
             return None
         out["cpu_cores"] = cpu
     memory = resources.get("memory_gb")
     if memory:
-        if used["memory_gb"] + memory > memory_capacity(worker) + EPSILON:
+        if used["memory_gb"] + memory > memory_cap + EPSILON:
             return None
         out["memory_gb"] = memory
     count = resources.get("gpus")
     per_device = float(resources.get("gpu_memory_gb") or 0)
     if count or per_device:
         held = used["device_memory"]
+        exclusive = used["exclusive"]
+        wanted = _wanted_types(requirements)
         chosen: list[dict[str, Any]] = []
-        for device in _candidates(worker, requirements):
-            if device["index"] in used["exclusive"]:
+        for device in devs:
+            if wanted and device["type"] not in wanted:
+                continue
+            if device["index"] in exclusive:
                 continue
             if count:
                 # Whole devices: nobody else may have anything on it, and it must be big enough.
@@ -201,33 +211,61 @@ def device_env(reservation: Mapping[str, Any] | None) -> dict[str, str]:
     return dict.fromkeys(DEVICE_ENV_VARS.get(str(reservation.get("gpu_type")), ()), value)
 
 
+class _Room:
+    """One worker's capacities and reserved totals during a planning round (computed once per round)."""
+
+    __slots__ = ("cpu", "devices", "memory", "used")
+
+    def __init__(self, worker: Mapping[str, Any]) -> None:
+        self.cpu = cpu_capacity(worker)
+        self.memory = memory_capacity(worker)
+        self.devices = devices(worker)
+        self.used = usage(worker.get("reserved"))
+
+    def add(self, got: Reservation) -> None:
+        used = self.used
+        used["cpu_cores"] += float(got.get("cpu_cores") or 0)
+        used["memory_gb"] += float(got.get("memory_gb") or 0)
+        for index in got.get("gpus") or ():
+            used["device_memory"][index] = used["device_memory"].get(index, 0.0) + float(got.get("gpu_memory_gb") or 0)
+            if got.get("exclusive"):
+                used["exclusive"].add(index)
+
+
 class Ledger:
-    """Reservations of one planning round on top of the committed ones (the leader's scratch copy)."""
+    """Reservations of one planning round on top of the committed ones (the leader's scratch copy).
+
+    Each worker's capacities and reserved totals are computed once per round and updated as the round
+    reserves, so checking a task costs a few comparisons, not a walk over the worker's reservations.
+    The rule is :func:`_allocate`, the one apply uses, so what the round plans is what apply accepts.
+    """
 
     def __init__(self) -> None:
-        self._extra: dict[str, dict[str, Reservation]] = {}
+        self._rooms: dict[str, _Room] = {}
+
+    def _room(self, worker_id: str, worker: Mapping[str, Any]) -> _Room:
+        room = self._rooms.get(worker_id)
+        if room is None:
+            room = self._rooms[worker_id] = _Room(worker)
+        return room
+
+    def _allocate(self, worker_id: str, worker: Mapping[str, Any], task: Mapping[str, Any]) -> Reservation | None:
+        room = self._room(worker_id, worker)
+        return _allocate(room.cpu, room.memory, room.devices, room.used, task["resources"], task.get("requirements"))
 
     def try_reserve(self, worker_id: str, worker: Mapping[str, Any], task: Mapping[str, Any]) -> bool:
         """Reserve the task's resources on the worker for this round; False (nothing held) if they do not fit."""
-        resources = task.get("resources")
-        if not resources:
+        if not task.get("resources"):
             return True
-        extra = self._extra.get(worker_id)
-        reserved = {**(worker.get("reserved") or {}), **extra} if extra else worker.get("reserved")
-        got = allocate(worker, resources, task.get("requirements"), reserved)
+        got = self._allocate(worker_id, worker, task)
         if got is None:
             return False
-        self._extra.setdefault(worker_id, {})[task["task_id"]] = got
+        self._rooms[worker_id].add(got)
         return True
 
     def fits(self, worker_id: str, worker: Mapping[str, Any], task: Mapping[str, Any]) -> bool:
         """Would the task's resources fit on the worker now (this round's reservations included)?"""
-        resources = task.get("resources")
-        if not resources:
-            return True
-        extra = self._extra.get(worker_id)
-        reserved = {**(worker.get("reserved") or {}), **extra} if extra else worker.get("reserved")
-        return allocate(worker, resources, task.get("requirements"), reserved) is not None
+        return not task.get("resources") or self._allocate(worker_id, worker, task) is not None
 
 
 # ---------------------------------------------------------------------------------------------- utilisation
