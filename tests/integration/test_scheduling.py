@@ -5,7 +5,7 @@
 - preemption: a running low-priority task is given back for an urgent one and runs again without
   spending a retry (max_retries 0);
 - error classes: a missing test file fails at once with its reason; a timeout is retried (with backoff);
-- balancer strategies: each one's placement on a fixed scenario.
+- balancer strategies: each one's placement on a fixed scenario, and packed with GPU reservations.
 """
 
 from __future__ import annotations
@@ -160,3 +160,21 @@ def test_balancer_performance_aware_prefers_the_faster_worker(cluster: Cluster) 
     for _ in range(3):
         (one,) = _run_and_place(cluster, [task])
         assert one["worker_id"] == "b-fast"
+
+
+def test_packed_placement_composes_with_gpu_reservations(cluster: Cluster) -> None:
+    # Reservations and the balancer are one planning pass: ``packed`` fills the first worker only as far
+    # as its unreserved devices go. Each simulated MI250 box has 2 ROCm devices and 8 slots, so the third
+    # one-GPU task goes to the second box at once rather than waiting for a device on the first.
+    _start(cluster, balancer_strategy="packed")
+    for name in ("w-a", "w-b"):
+        cluster.start_worker(name, slots=8, simulate="amd-mi250.json")
+    cluster.wait_workers(2)
+    gpu_task = {**LONG, "requirements": {"hardware": ["rocm"]}, "resources": {"gpus": 1}}
+    done = _run_and_place(cluster, [gpu_task, gpu_task, gpu_task, LONG])
+    assert {t["status"] for t in done} == {"completed"}, [(t["task_id"], t.get("error")) for t in done]
+    gpu, cpu = done[:3], done[3]
+    assert sorted(t["worker_id"] for t in gpu) == ["w-a", "w-a", "w-b"]
+    assert sorted(t["reservation"]["gpus"][0] for t in gpu if t["worker_id"] == "w-a") == [0, 1]
+    # A task that reserves nothing still packs onto the first worker: only slots bound it there.
+    assert cpu["worker_id"] == "w-a"

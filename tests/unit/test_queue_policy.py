@@ -378,3 +378,53 @@ def test_submitter_and_group_are_validated_in_one_place() -> None:
     assert scheduler.validate_task({"type": "custom", "config": {"command": ["x"]}})["submitter"] is None
     with pytest.raises(scheduler.TaskValidationError, match="task.submitter must be 1-128 characters"):
         scheduler.validate_task({"type": "custom", "config": {"command": ["x"]}, "submitter": "two words"})
+
+
+# ------------------------------------------------------------------- reservations inside the balancer
+def _gpu_box(worker_id: str, devices: int, memory_gb: float = 64) -> dict[str, Any]:
+    return _worker(worker_id, slots=8, hardware=("cpu", "cuda"), reserved={}, capabilities={
+        "cpu": {"cores": 8}, "memory": {"total_gb": memory_gb},
+        "gpu": {"devices": [{"index": i, "type": "cuda", "memory_gb": 16} for i in range(devices)]}})
+
+
+@pytest.mark.parametrize("strategy", balancer.STRATEGIES)
+def test_every_strategy_chooses_only_among_workers_whose_capacity_fits(strategy: str) -> None:
+    # Slots alone would put everything on g1 (packed) or spread 2/2 (the others); its 2 devices and
+    # the memory left after a planned reservation decide instead, in the same pass.
+    workers = {"g1": _gpu_box("g1", 2), "g2": _gpu_box("g2", 4)}
+    tasks = {f"gpu{i}": _task(f"gpu{i}", seq=i, req={"hardware": ["cuda"]}, resources={"gpus": 1})
+             for i in range(5)}
+    tasks["big"] = _task("big", seq=9, resources={"memory_gb": 60})
+    tasks["big2"] = _task("big2", seq=10, resources={"memory_gb": 60})
+    queue = ReadyQueue()
+    for task in tasks.values():
+        queue.push(task)
+    plan = plan_assignments(queue, tasks, workers, {"g1": 8, "g2": 8}, now=0.0, policy=QueuePolicy(),
+                            strategy=strategy, worker_cap=10)
+    placed = dict(plan)
+    gpus_on = {w: sum(1 for t, wid in plan if wid == w and t.startswith("gpu")) for w in workers}
+    assert gpus_on["g1"] <= 2 and gpus_on["g2"] <= 4 and sum(gpus_on.values()) == 5
+    # One 60 GB task per 64 GB box: never both on one.
+    assert {placed["big"], placed["big2"]} == {"g1", "g2"}
+    # What the planner chose is what apply accepts: the state machine reserves every one of them.
+    state = State()
+    for worker in workers.values():
+        state.workers[worker["worker_id"]] = worker
+    for task in tasks.values():
+        state.tasks[task["task_id"]] = task
+    accepted, _ = state.apply({"op": "AssignTasks", "time": 1.0, "assignments": [
+        {"task_id": t, "worker_id": w, "attempt": 1} for t, w in plan]})
+    assert len(accepted) == len(plan) == 7
+
+
+def test_one_error_vocabulary_for_retries_and_quarantine() -> None:
+    from dtf_app import protocol
+    from dtf_app.coordinator import quarantine
+
+    assert protocol.NON_RETRYABLE_ERRORS <= set(protocol.ERROR_CLASSES)
+    assert protocol.INFRASTRUCTURE_ERRORS <= set(protocol.ERROR_CLASSES)
+    assert not protocol.NON_RETRYABLE_ERRORS & protocol.INFRASTRUCTURE_ERRORS  # the worker's fault: retried
+    assert not hasattr(quarantine, "is_infrastructure_error")  # defined once, in protocol.py
+    assert [c for c in protocol.ERROR_CLASSES if protocol.is_infrastructure_error(c)] == ["worker_error",
+                                                                                          "worker_lost"]
+    assert protocol.is_retryable(None) and not protocol.is_infrastructure_error(None)
