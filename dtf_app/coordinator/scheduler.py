@@ -798,6 +798,10 @@ def plan_preemptions(queue: ReadyQueue, tasks: Mapping[str, Mapping[str, Any]],
     return out
 
 
+def _describe(resources: Mapping[str, Any]) -> str:
+    return ", ".join(f"{key} {value:g}" for key, value in resources.items() if isinstance(value, int | float))
+
+
 def wait_reason(task: Mapping[str, Any], tasks: Mapping[str, Mapping[str, Any]],
                 workers: Mapping[str, Mapping[str, Any]], queue: ReadyQueue, *, now: float,
                 policy: QueuePolicy, connected: Iterable[str] | None = None) -> dict[str, Any] | None:
@@ -805,7 +809,8 @@ def wait_reason(task: Mapping[str, Any], tasks: Mapping[str, Mapping[str, Any]],
 
     Codes: ``blocked`` (``blocked_by``: unfinished dependencies), ``unschedulable`` (no known worker can
     run it), ``backoff`` (``until``: unix seconds), ``no_capable_worker`` (none online),
-    ``no_capable_worker_free`` (capable ones exist, every slot is taken; ``ahead``), ``behind``
+    ``no_capable_worker_free`` (capable ones exist, every slot is taken; ``ahead``), ``resources_reserved``
+    (a capable worker has a free slot, but what the task reserves is held by others there), ``behind``
     (``ahead``: ready tasks of higher effective priority, or equal and older, that go first), ``next``.
     """
     status = task.get("status")
@@ -846,6 +851,11 @@ def wait_reason(task: Mapping[str, Any], tasks: Mapping[str, Mapping[str, Any]],
         return {"code": "no_capable_worker_free", "ahead": ahead, "capable_workers": len(capable),
                 "message": f"no capable worker free ({len(capable)} capable, every slot taken); "
                            f"behind {ahead} task(s) of higher priority"}
+    resources = task.get("resources")
+    if resources and not any(resmod.allocate(workers[w], resources, req) is not None for w in free):
+        return {"code": "resources_reserved", "ahead": ahead, "capable_workers": len(capable),
+                "message": f"no capable worker with a free slot has its resources ({_describe(resources)}) "
+                           f"unreserved; behind {ahead} task(s) of higher priority"}
     if ahead:
         return {"code": "behind", "ahead": ahead, "message": f"behind {ahead} task(s) of higher priority"}
     return {"code": "next", "ahead": 0, "message": "next in line: waiting for the next scheduling round"}

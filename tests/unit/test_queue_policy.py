@@ -428,3 +428,15 @@ def test_one_error_vocabulary_for_retries_and_quarantine() -> None:
     assert [c for c in protocol.ERROR_CLASSES if protocol.is_infrastructure_error(c)] == ["worker_error",
                                                                                           "worker_lost"]
     assert protocol.is_retryable(None) and not protocol.is_infrastructure_error(None)
+
+
+def test_wait_reason_names_reserved_resources() -> None:
+    box = _gpu_box("g1", 1)
+    box["reserved"] = {"other": {"gpus": [0], "gpu_type": "cuda", "exclusive": True, "gpu_memory_gb": 16.0}}
+    task = _task("t", req={"hardware": ["cuda"]}, resources={"gpus": 1})
+    queue = ReadyQueue()
+    queue.push(task)
+    reason = scheduler.wait_reason(task, {"t": task}, {"g1": box}, queue, now=0.0, policy=QueuePolicy())
+    assert reason is not None and reason["code"] == "resources_reserved" and "gpus 1" in reason["message"]
+    box["reserved"] = {}
+    assert scheduler.wait_reason(task, {"t": task}, {"g1": box}, queue, now=0.0, policy=QueuePolicy())["code"] == "next"
