@@ -29,6 +29,7 @@ import trio
 from dtf_app import fsutil
 from dtf_app import protocol as proto
 from dtf_app.coordinator import balancer, quarantine, readiness, scheduler
+from dtf_app.coordinator import resources as resmod
 from dtf_app.raft.types import NotLeader, ProposalDropped
 from dtf_app.security import keys as keymod
 
@@ -248,12 +249,8 @@ class LeaderDuties:
                     "name": task.get("name"), "config": task["config"],
                     "timeout_seconds": task["timeout_seconds"], "priority": task["priority"],
                 }
-                reservation = item.get("reservation")
-                if reservation:
-                    # The devices apply chose (the same on every replica): the worker pins the task to them.
-                    frame["resources"] = task.get("resources")
-                    frame["devices"] = [{"index": i, "type": reservation.get("gpu_type")}
-                                        for i in reservation.get("gpus") or ()]
+                # The devices apply chose (the same on every replica): the worker pins the task to them.
+                frame.update(resmod.assignment_fields(task, item.get("reservation")))
                 per_worker.setdefault(item["worker_id"], []).append(frame)
             for worker_id, items in per_worker.items():
                 conn = coord.conns.get(worker_id)

@@ -194,7 +194,12 @@ _POLL = {"type": "object", "required": ["worker_id", "tasks", "new", "cancel"], 
                                          "properties": {"task_id": {"type": "string"}, "attempt": {"type": "integer"},
                                                         "type": {"type": "string"}, "config": {"type": "object"},
                                                         "parameters": {"type": "object"},
-                                                        "timeout_seconds": {"type": "number"}}}},
+                                                        "timeout_seconds": {"type": "number"},
+                                                        "resources": {"type": "object"},
+                                                        "devices": {"type": "array", "items": {
+                                                            "type": "object", "properties": {
+                                                                "index": {"type": "integer"},
+                                                                "type": {"type": ["string", "null"]}}}}}}},
     "new": {"type": "array", "items": {"type": "string"}},
     "cancel": {"type": "array", "items": {"type": "object"}},
     "heartbeat_interval": {"type": "number"}, "worker_timeout": {"type": "number"},

@@ -211,6 +211,15 @@ def device_env(reservation: Mapping[str, Any] | None) -> dict[str, str]:
     return dict.fromkeys(DEVICE_ENV_VARS.get(str(reservation.get("gpu_type")), ()), value)
 
 
+def assignment_fields(task: Mapping[str, Any], reservation: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What an assignment tells the worker of its reservation (the websocket ``assign`` frame and the HTTP
+    poll alike): the task's ``resources`` and the ``devices`` apply chose, which the agent pins the task to."""
+    if not reservation:
+        return {}
+    return {"resources": task.get("resources"),
+            "devices": [{"index": i, "type": reservation.get("gpu_type")} for i in reservation.get("gpus") or ()]}
+
+
 class _Room:
     """One worker's capacities and reserved totals during a planning round (computed once per round)."""
 
@@ -323,5 +332,5 @@ def recommend(util: Mapping[str, Any], *, pending: int, scale_up: float, scale_d
     return "steady"
 
 
-__all__ = ["Ledger", "ResourceError", "allocate", "device_env", "devices", "recommend", "unmet_capacity", "usage",
+__all__ = ["Ledger", "ResourceError", "allocate", "assignment_fields", "device_env", "devices", "recommend", "unmet_capacity", "usage",
            "utilisation", "validate", "worker_usage"]
