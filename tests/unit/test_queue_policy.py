@@ -440,3 +440,26 @@ def test_wait_reason_names_reserved_resources() -> None:
     assert reason is not None and reason["code"] == "resources_reserved" and "gpus 1" in reason["message"]
     box["reserved"] = {}
     assert scheduler.wait_reason(task, {"t": task}, {"g1": box}, queue, now=0.0, policy=QueuePolicy())["code"] == "next"
+
+
+def test_preemption_only_where_the_victims_release_makes_the_reservation_fit() -> None:
+    # g1's one device is held by a high-priority task; its low-priority task holds only a slot. g2's
+    # low-priority task holds g2's device. A GPU job preempts the one whose release frees a device.
+    workers = {"g1": _gpu_box("g1", 1), "g2": _gpu_box("g2", 1)}
+    for worker in workers.values():
+        worker["max_concurrent_tasks"] = 2
+    device = {"gpus": [0], "gpu_type": "cuda", "exclusive": True, "gpu_memory_gb": 16.0}
+    tasks = {"keep": _task("keep", priority=100, status="running", attempts=1, start_time=1.0),
+             "slot-only": _task("slot-only", priority=0, status="running", attempts=1, start_time=2.0),
+             "holder": _task("holder", priority=5, status="running", attempts=1, start_time=1.0),
+             "other": _task("other", priority=100, status="running", attempts=1, start_time=1.0),
+             "job": _task("job", priority=100, req={"hardware": ["cuda"]}, resources={"gpus": 1})}
+    workers["g1"]["assigned"] = {"keep": 1, "slot-only": 1}
+    workers["g1"]["reserved"] = {"keep": device}
+    workers["g2"]["assigned"] = {"holder": 1, "other": 1}
+    workers["g2"]["reserved"] = {"holder": device}
+    queue = ReadyQueue()
+    queue.push(tasks["job"])
+    out = scheduler.plan_preemptions(queue, tasks, workers, workers, now=10.0,
+                                     policy=QueuePolicy(preemption_threshold=50))
+    assert [(o["task_id"], o["worker_id"]) for o in out] == [("holder", "g2")]
