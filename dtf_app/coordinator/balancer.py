@@ -8,8 +8,8 @@ replicated: the answer becomes an ``AssignTasks`` command. Strategies:
   the fewest tasks of this task's submitter, then the least loaded;
 - ``least_loaded``: the lowest load (tasks held / slots), then the most free slots;
 - ``performance_aware``: the worker expected to run this kind of task fastest, from the history of
-  execution times per worker and then per hardware class (:class:`PerfHistory`, kept in the leader's
-  memory from the results it commits); workers without history count as the mean of those with one, and
+  execution times per worker and then per hardware class (:class:`PerfHistory`: seeded from DuckDB when
+  a node becomes leader, then kept in its memory from the results it commits); workers without history count as the mean of those with one, and
   with no history at all the choice is ``least_loaded``'s;
 - ``packed``: fill one worker before the next (in worker id order), for locality (one GPU box busy,
   the others left whole for big tasks).
@@ -75,11 +75,23 @@ def hardware_class(worker: Mapping[str, Any]) -> str:
     return "+".join(sorted(str(h) for h in worker.get("hardware") or ["cpu"])) + (f"/{first}" if first else "")
 
 
+HISTORY_SEED_ROWS = 20_000
+"""How many of the newest completed executions a new leader reads from DuckDB to seed its history."""
+
+HISTORY_SEED_SQL = (
+    "SELECT h.worker_id, t.type, t.config, h.execution_time_seconds AS seconds "
+    "FROM task_execution_history h JOIN distributed_tasks t ON t.task_id = h.task_id "
+    "WHERE h.status = 'completed' AND h.execution_time_seconds IS NOT NULL AND h.worker_id IS NOT NULL "
+    "ORDER BY h.id DESC LIMIT ?")
+"""The execution history ``performance_aware`` starts from (newest first; replayed oldest first)."""
+
+
 class PerfHistory:
     """Moving averages of execution seconds per (worker, kind) and per (hardware class, kind).
 
-    Leader memory, fed by every completion the leader commits; a new leader starts empty and learns again
-    (the choice falls back to least-loaded meanwhile), so no query runs on the scheduling path.
+    Leader memory, fed by every completion the leader commits, and seeded when a node becomes leader
+    from the execution history in its DuckDB file (:meth:`seed`, ``task_execution_history``), so a new
+    leader after a failover places like the old one; no query runs on the scheduling path.
     """
 
     def __init__(self) -> None:
@@ -93,6 +105,21 @@ class PerfHistory:
         for table, key in ((self.by_worker, (worker_id, kind)), (self.by_class, (hw_class, kind))):
             old = table.get(key)
             table[key] = seconds if old is None else (1 - EMA_WEIGHT) * old + EMA_WEIGHT * seconds
+
+    def seed(self, rows: list[Mapping[str, Any]], workers: Mapping[str, Mapping[str, Any]]) -> int:
+        """Replay rows of :data:`HISTORY_SEED_SQL` (newest first) for workers the state knows; returns
+        how many were used."""
+        used = 0
+        for row in reversed(rows):
+            worker = workers.get(str(row.get("worker_id")))
+            seconds = row.get("seconds")
+            if worker is None or not isinstance(seconds, int | float):
+                continue
+            config = row.get("config")
+            kind = perf_kind({"type": row.get("type"), "config": config if isinstance(config, Mapping) else {}})
+            self.record(str(row["worker_id"]), hardware_class(worker), kind, float(seconds))
+            used += 1
+        return used
 
     def expected(self, worker_id: str, hw_class: str, kind: str) -> float | None:
         """The expected execution seconds of ``kind`` on this worker (its own history, else its class's)."""

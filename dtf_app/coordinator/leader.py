@@ -150,6 +150,7 @@ class LeaderDuties:
                     self.running = True
                     coord.readiness.done(readiness.LOOPS)
                     async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self.seed_history)
                         nursery.start_soon(self.dispatch_loop)
                         nursery.start_soon(self.results_loop)
                         nursery.start_soon(self.liveness_loop)
@@ -159,6 +160,21 @@ class LeaderDuties:
                     log.warning("leader duties of term %d stopped: %s", term, group.exceptions[0])
             self.running = False
             self._scope = None
+
+    async def seed_history(self) -> None:
+        """performance_aware's history from this node's DuckDB file (the executions every replica stored),
+        read once per term in a thread; until it arrives the strategy falls back to least-loaded."""
+        self.history = balancer.PerfHistory()  # a term starts from the store, not from a previous term's memory
+        store = self.coord.store
+        if store is None or self.strategy != "performance_aware":
+            return
+        try:
+            rows = await store.query(balancer.HISTORY_SEED_SQL, [balancer.HISTORY_SEED_ROWS])
+        except Exception as exc:  # a store problem must not cost the leadership: learn from new results
+            log.warning("performance history not read from the store: %s", exc)
+            return
+        used = self.history.seed(rows, self.coord.state.workers)
+        log.info("performance history: %d execution(s) read from the store", used)
 
     # ------------------------------------------------------------------ loops
     def _free_slots(self) -> tuple[dict[str, int], dict[str, int]]:

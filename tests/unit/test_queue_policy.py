@@ -463,3 +463,33 @@ def test_preemption_only_where_the_victims_release_makes_the_reservation_fit() -
     out = scheduler.plan_preemptions(queue, tasks, workers, workers, now=10.0,
                                      policy=QueuePolicy(preemption_threshold=50))
     assert [(o["task_id"], o["worker_id"]) for o in out] == [("holder", "g2")]
+
+
+def test_performance_history_is_seeded_from_the_duckdb_execution_history() -> None:
+    # What a new leader reads (balancer.HISTORY_SEED_SQL on the real schema), replayed oldest first.
+    import json
+
+    import duckdb
+
+    from dtf_app.store import schema
+
+    con = duckdb.connect(":memory:")
+    schema.ensure_schema(con)
+    con.execute("INSERT INTO distributed_tasks (task_id, type, config) VALUES "
+                "('t1', 'custom', '{\"command\": [\"train\"]}'), ('t2', 'custom', '{\"command\": [\"train\"]}'), "
+                "('t3', 'custom', '{\"command\": [\"train\"]}')")
+    con.execute("INSERT INTO task_execution_history (id, task_id, worker_id, attempt, status, "
+                "execution_time_seconds) VALUES (1, 't1', 'slow', 1, 'completed', 9.0), "
+                "(2, 't2', 'fast', 1, 'completed', 1.0), (3, 't3', 'fast', 1, 'failed', 50.0), "
+                "(4, 't3', 'gone', 2, 'completed', 0.1)")
+    cursor = con.execute(balancer.HISTORY_SEED_SQL, [balancer.HISTORY_SEED_ROWS])
+    names = [d[0] for d in cursor.description]
+    rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    for row in rows:
+        row["config"] = json.loads(row["config"])
+    history = balancer.PerfHistory()
+    workers = {"slow": _worker("slow"), "fast": _worker("fast")}
+    assert history.seed(rows, workers) == 2  # the failed run and the unknown worker are left out
+    kind = balancer.perf_kind(_task("t", config={"command": ["train"]}))
+    assert history.expected("fast", balancer.hardware_class(workers["fast"]), kind) == 1.0
+    assert history.expected("slow", balancer.hardware_class(workers["slow"]), kind) == 9.0
