@@ -11,7 +11,8 @@ whole GPU. Every worker has 4 free slots and already holds nothing. The pass is 
 ``worker_cap`` 10). Each repeat starts from a fresh copy of the free slots and the same queue (a pass
 does not change the queue; the leader discards placed tasks when AssignTasks applies).
 
-Printed per size: the pass's time (median and best of the repeats), the tasks it placed, the cost per
+Printed per size: the pass's time (median and best of the repeats, and the median CPU time of the
+thread, which a machine loaded by other processes inflates less), the tasks it placed, the cost per
 placed task, and how the pass time grows from the first size to the next.
 """
 
@@ -64,15 +65,17 @@ def build(pending: int, workers: int, seed: int = 1) -> tuple[dict, dict, schedu
 
 
 def one_pass(tasks: dict, fleet: dict, queue: scheduler.ReadyQueue, strategy: str,
-             policy: scheduler.QueuePolicy, now: float) -> tuple[float, int]:
+             policy: scheduler.QueuePolicy, now: float) -> tuple[float, float, int]:
     free = {w: 4 for w in fleet}
+    cpu_started = time.thread_time()
     started = time.perf_counter()
     usage = scheduler.Usage.of(tasks, fleet)
     plan = scheduler.plan_assignments(queue, tasks, fleet, free, now=now, policy=policy, usage=usage,
                                       strategy=strategy, worker_cap=10)
     elapsed = time.perf_counter() - started
+    cpu = time.thread_time() - cpu_started
     queue.last_served.clear()  # the next repeat starts from the same leader memory
-    return elapsed, len(plan)
+    return elapsed, cpu, len(plan)
 
 
 def main() -> int:
@@ -88,13 +91,15 @@ def main() -> int:
     for pair in args.sizes.split(","):
         pending, workers = (int(x) for x in pair.split(":"))
         tasks, fleet, queue = build(pending, workers)
-        times, placed = [], 0
+        times, cpu_times, placed = [], [], 0
         for _ in range(args.repeat):
-            elapsed, placed = one_pass(tasks, fleet, queue, args.strategy, policy, now=10_000.0)
+            elapsed, cpu, placed = one_pass(tasks, fleet, queue, args.strategy, policy, now=10_000.0)
             times.append(elapsed)
-        median, best = statistics.median(times), min(times)
+            cpu_times.append(cpu)
+        median, best, cpu_median = statistics.median(times), min(times), statistics.median(cpu_times)
         line = (f"{pending:>7} pending / {workers:>5} workers: pass {median * 1000:7.1f} ms median "
-                f"({best * 1000:.1f} best), {placed} placed, {median / max(1, placed) * 1e6:6.1f} us per placed task")
+                f"({best * 1000:.1f} best, {cpu_median * 1000:.1f} ms CPU), {placed} placed, "
+                f"{median / max(1, placed) * 1e6:6.1f} us per placed task")
         if previous is not None:
             ratio = median / previous[1]
             line += f"; x{ratio:.1f} the time for x{pending / previous[0]:.0f} the pending tasks"

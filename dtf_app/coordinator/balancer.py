@@ -127,8 +127,16 @@ class PerfHistory:
         return own if own is not None else self.by_class.get((hw_class, kind))
 
 
-def _signature(req: Mapping[str, Any]) -> str:
-    return json.dumps(req, sort_keys=True, separators=(",", ":"), default=str) if req else ""
+def _signature(req: Mapping[str, Any]) -> Any:
+    """A hashable key of a requirements object: equal requirements, one candidate list per pass."""
+    if not req:
+        return ""
+    try:
+        key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in req.items()))
+        hash(key)
+        return key
+    except TypeError:  # a nested object: the slower, general form
+        return json.dumps(req, sort_keys=True, separators=(",", ":"), default=str)
 
 
 class _Candidates:
@@ -168,7 +176,7 @@ class Placement:
         self._held: dict[str, int] = {w: len(workers[w].get("assigned") or ()) for w in self._order}
         self._by_submitter: dict[str, Counter[str]] = {}
         self._classes: dict[str, str] = {}
-        self._candidates: dict[str, _Candidates] = {}
+        self._candidates: dict[Any, _Candidates] = {}
 
     # ------------------------------------------------------------------ load
     def held(self, worker_id: str) -> int:
@@ -212,41 +220,58 @@ class Placement:
         cands = self._for(task.get("requirements") or {})
         ids = cands.ids
         free = self.free
-        # Only tasks that reserve pay for the capacity check; a worker that cannot fit this one stays a
-        # candidate for the next (smaller) task.
+        # Only tasks that reserve pay for the capacity check, and only on the worker the strategy would
+        # pick (then the next best, ...): usually one check per task. A worker that cannot fit this task
+        # stays a candidate for the next (smaller) one.
         fits = self.fits if self.fits is not None and task.get("resources") else None
         if self.strategy == "packed":
             while cands.start < len(ids) and free.get(ids[cands.start], 0) <= 0:
                 cands.start += 1
             if fits is None:
                 return ids[cands.start] if cands.start < len(ids) else None
-            return next((w for w in ids[cands.start:] if free.get(w, 0) > 0 and fits(w, task)), None)
+            return next((ids[j] for j in range(cands.start, len(ids))
+                         if free.get(ids[j], 0) > 0 and fits(ids[j], task)), None)
         window: list[str] = []
         seen: set[str] = set()
         i = cands.offset
-        cap = self.worker_cap or len(ids)
-        while ids and len(window) < min(cap, len(ids)):
-            if i >= len(ids):
+        n = len(ids)
+        limit = min(self.worker_cap or n, n)
+        while len(window) < limit:
+            if i >= n:
                 i = 0
             worker_id = ids[i]
-            if free.get(worker_id, 0) <= 0:
+            if free[worker_id] <= 0:
                 # Full for the rest of the pass: drop it (order does not matter to a scored choice).
                 ids[i] = ids[-1]
                 ids.pop()
+                n -= 1
+                limit = min(limit, n)
                 continue
             if worker_id in seen:
                 break
             seen.add(worker_id)
-            i += 1
-            if fits is not None and not fits(worker_id, task):
-                continue
             window.append(worker_id)
+            i += 1
         if not window:
             return None
         cands.offset = i
-        if len(window) == 1:
-            return window[0]
-        held, cap, rank = self._held, self._cap, self._rank
+        if fits is None:
+            return window[0] if len(window) == 1 else self._best(task, window)
+        while window:
+            best = window[0] if len(window) == 1 else self._best(task, window)
+            if fits(best, task):
+                return best
+            window.remove(best)
+        # Nothing in the window fits: the best of the other capable workers that do (rare: a task bigger
+        # than what the compared workers have left).
+        others = [w for w in ids if w not in seen and free.get(w, 0) > 0 and fits(w, task)]
+        return self._best(task, others) if others else None
+
+    def _best(self, task: Mapping[str, Any], window: list[str]) -> str:
+        """The strategy's choice among ``window`` (capable workers with a free slot)."""
+        free, held, cap, rank = self.free, self._held, self._cap, self._rank
+        if self.strategy == "packed":
+            return min(window, key=rank.__getitem__)
         if self.strategy == "fair_share":
             # Inline rather than min(key=...): this runs once per placed task, over worker_cap workers.
             submitter = submitter_of(task)
