@@ -493,3 +493,16 @@ def test_performance_history_is_seeded_from_the_duckdb_execution_history() -> No
     kind = balancer.perf_kind(_task("t", config={"command": ["train"]}))
     assert history.expected("fast", balancer.hardware_class(workers["fast"]), kind) == 1.0
     assert history.expected("slow", balancer.hardware_class(workers["slow"]), kind) == 9.0
+
+
+@pytest.mark.parametrize("strategy", balancer.STRATEGIES)
+def test_a_task_that_fits_only_outside_the_compared_window_still_finds_its_worker(strategy: str) -> None:
+    # worker_cap 1 compares one worker; that one (g1, first in id order) has too little memory left, so
+    # the choice falls back to the other capable workers that fit.
+    workers = {"g1": _gpu_box("g1", 0, memory_gb=8), "g2": _gpu_box("g2", 0, memory_gb=64)}
+    tasks = {"big": _task("big", resources={"memory_gb": 32})}
+    queue = ReadyQueue()
+    queue.push(tasks["big"])
+    plan = plan_assignments(queue, tasks, workers, {"g1": 8, "g2": 8}, now=0.0, policy=QueuePolicy(),
+                            strategy=strategy, worker_cap=1)
+    assert plan == [("big", "g2")]
