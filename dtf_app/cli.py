@@ -153,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("command_argv", nargs="*", metavar="CMD", help="for --type custom: the command after --")
     submit.add_argument("--priority", type=int, help="higher runs first")
     submit.add_argument("--name", help="task name (numbered when there are several tasks)")
+    submit.add_argument("--submitter", metavar="NAME",
+                        help="who the tasks count against for fair share (default: the API key's name; set it "
+                             "when several people share one key, e.g. dtf up's)")
+    submit.add_argument("--group", metavar="NAME",
+                        help="task group: fair share spreads a submitter's slots across groups (default: the batch)")
     submit.add_argument("--requirements", metavar="JSON", help="requirements object, e.g. '{\"min_memory_gb\": 8}'")
     submit.add_argument("--hardware", metavar="KINDS", help="required hardware kinds, e.g. cuda or cpu,openvino")
     submit.add_argument("--tags", dest="req_tags", metavar="a,b", default=None, help="worker tags required")
@@ -177,11 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
         parser_.add_argument("task_id", metavar="ID")
         _add_client_options(parser_)
 
-    workers = sub.add_parser("workers", help="list workers, or forget one's enrolment")
+    workers = sub.add_parser("workers", help="list workers; drain, resume, stop or restart one; forget its enrolment")
     workers_sub = workers.add_subparsers(dest="action", metavar="ACTION", required=True)
     w_list = workers_sub.add_parser("list", help="list workers")
     w_list.add_argument("--status", help="only workers in this state (online, offline, ...)")
     _add_client_options(w_list)
+    for action, text in (
+            ("drain", "give the worker no new tasks (what it runs finishes)"),
+            ("resume", "give a drained or quarantined worker tasks again"),
+            ("stop", "the worker finishes what it runs, then exits"),
+            ("restart", "the worker finishes what it runs, then starts again")):
+        parser_ = workers_sub.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
+        parser_.add_argument("worker_id", metavar="ID")
+        _add_client_options(parser_)
     w_forget = workers_sub.add_parser(
         "forget", help="revoke a worker id's enrolment (admin), so a rebuilt machine can enrol under it",
         description="Revoke the credential bound to a worker id. A worker connected under the id is "
@@ -560,6 +573,10 @@ def build_submission(args: argparse.Namespace) -> list[dict]:
             task["max_retries"] = args.task_max_retries
         if args.name:
             task["name"] = args.name if len(tasks) == 1 else f"{args.name}-{i + 1}"
+        # Checked by the coordinator's validation (one place): a bad name is a 400 with the reason.
+        for key in ("submitter", "group"):
+            if getattr(args, key, None):
+                task[key] = getattr(args, key)
     return tasks
 
 
@@ -663,6 +680,18 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 def _cmd_workers(args: argparse.Namespace) -> int:
     from dtf_app import output
 
+    if args.action in ("drain", "resume", "stop", "restart"):
+        with make_client(args) as client:
+            data = client.control_worker(args.worker_id, args.action)
+        if args.json:
+            output.print_json(data)
+        else:
+            print({"drain": f"worker {args.worker_id} drained: it finishes its tasks and gets no new ones",
+                   "resume": f"worker {args.worker_id} resumed: it gets tasks again",
+                   "stop": f"worker {args.worker_id} told to stop: it finishes its tasks, then exits",
+                   "restart": f"worker {args.worker_id} told to restart: it finishes its tasks, then starts "
+                              "again"}[args.action])
+        return EXIT_OK
     if args.action == "forget":
         with make_client(args) as client:
             data = client.forget_worker(args.worker_id)

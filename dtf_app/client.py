@@ -228,6 +228,10 @@ class Client:
         """GET /api/workers/{id}."""
         return self.request("GET", f"/api/workers/{worker_id}")
 
+    def control_worker(self, worker_id: str, action: str) -> dict:
+        """POST /api/workers/{id}/drain|resume|stop|restart: the worker view after the command committed."""
+        return self.request("POST", f"/api/workers/{worker_id}/{action}")
+
     def forget_worker(self, worker_id: str) -> dict:
         """DELETE /api/workers/{id}/enrolment (admin): the id may enrol again (a rebuilt machine)."""
         return self.request("DELETE", f"/api/workers/{worker_id}/enrolment", needs="admin")

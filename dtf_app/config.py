@@ -70,6 +70,23 @@ class Settings:
     subtask_max_retries: int | None = None
     """Coordinator: max_retries of a subtask whose task_data gives none (multi_device_orchestrator.retry_limit;
     0 when retry_failed_subtasks is false); default max_retries."""
+    aging_rate: float = 1 / 6
+    """Coordinator: priority points a waiting task gains per second (task_scheduler.aging_rate); a priority-0
+    task reaches the top after 100 / aging_rate seconds (600 s by default). 0 turns aging off."""
+    preemption_threshold: int = 0
+    """Coordinator: a ready task this many priority points above a running one may preempt it when no slot
+    is free (task_scheduler.preemption_threshold); 0 = never preempt."""
+    retry_backoff: float = 1.0
+    """Coordinator: seconds before the first retry of a failed attempt, doubling per retry (0 = none)."""
+    retry_backoff_max: float = 60.0
+    """Coordinator: the longest retry backoff, in seconds."""
+    balancer_strategy: str = "fair_share"
+    """Coordinator: load_balancer.strategy: fair_share | least_loaded | performance_aware | packed."""
+    worker_cap: int = 10
+    """Coordinator: load_balancer.worker_cap: how many capable free workers each placement compares."""
+    task_cap_per_worker: int | None = None
+    """Coordinator: load_balancer.task_cap_per_worker: the most tasks one worker holds at once (running and
+    queued on it); default its slots plus the prefetch depth."""
     token_expiry: int = 3600
     """Lifetime of a JWT in seconds (``security.token_expiry`` in the deployment guide's JSON)."""
     advertise_url: str | None = None
@@ -112,6 +129,50 @@ class Settings:
     notices: list[tuple[str, str]] = field(default_factory=list, compare=False, repr=False,
                                            metadata={"internal": True})
     """(level, message) about the config file (ignored keys, folded ports), logged once at start."""
+    resource_management_enabled: bool = True
+    """Coordinator: evaluate utilisation and give scaling advice (``dynamic_resource_management.enabled``);
+    task reservations (``resources``) are honoured either way."""
+    scale_up_threshold: float = 0.8
+    """Coordinator: utilisation (0-1, the busiest resource) at or above which more capacity is advised."""
+    scale_down_threshold: float = 0.3
+    """Coordinator: utilisation at or below which (nothing waiting) less capacity is advised."""
+    evaluation_interval: float = 300.0
+    """Coordinator: seconds between two utilisation evaluations (``dynamic_resource_management``)."""
+    autoscale_hook: str | None = None
+    """Coordinator: a command (split like a shell would, no shell run) called by the leader with the
+    recommendation JSON on stdin when utilisation crosses a threshold."""
+    health_check_interval: float = 30.0
+    """Coordinator: seconds between two samples of its own health (``health_monitor.check_interval``)."""
+    health_failure_threshold: int = 3
+    """Coordinator: infrastructure failures in a row after which a worker is quarantined."""
+    health_recovery_attempts: int = 2
+    """Coordinator: canary rounds a quarantined worker gets before it stays out."""
+    health_report_interval: float | None = None
+    """Worker: seconds between two health samples (``health.report_interval``); default every heartbeat."""
+    health_cpu_threshold: float = 90.0
+    """Warning threshold of CPU use in percent (the worker's ``health.cpu_threshold``)."""
+    health_memory_threshold: float = 90.0
+    """Warning threshold of memory use in percent."""
+    health_disk_threshold: float = 95.0
+    """Warning threshold of disk use in percent (the data dir's disk)."""
+    health_temperature_threshold: float = 85.0
+    """Warning threshold of the hottest sensor in °C (where the machine has sensors)."""
+    health_load_threshold: float = 2.0
+    """Warning threshold of the 1-minute load average per CPU."""
+    health_network_threshold: float | None = None
+    """Warning threshold of network traffic in MB/s (sent + received); off by default."""
+    health_cpu_critical: float | None = None
+    """Critical threshold of CPU use (default halfway from the warning threshold to 100)."""
+    health_memory_critical: float | None = None
+    """Critical threshold of memory use (default halfway from the warning threshold to 100)."""
+    health_disk_critical: float | None = None
+    """Critical threshold of disk use (default halfway from the warning threshold to 100)."""
+    health_temperature_critical: float | None = None
+    """Critical temperature (default the warning threshold + 10 °C)."""
+    health_load_critical: float | None = None
+    """Critical load per CPU (default twice the warning threshold)."""
+    health_network_critical: float | None = None
+    """Critical network traffic in MB/s (default twice the warning threshold)."""
     test_python: str | None = None
     """Worker: the Python that runs ``dtf pytest`` chunks (has pytest and the suite's dependencies);
     default the worker's own interpreter (a frozen worker: ``DTF_PYTHON`` or ``python3`` on PATH)."""
@@ -156,6 +217,17 @@ _KINDS: dict[str, str] = {
     "orchestrator_enabled": "bool", "subtask_timeout": "optfloat", "subtask_priority": "optint",
     "subtask_max_retries": "optint",
     "test_python": "optstr",
+    "aging_rate": "float", "preemption_threshold": "int", "retry_backoff": "float", "retry_backoff_max": "float",
+    "balancer_strategy": "str", "worker_cap": "int", "task_cap_per_worker": "optint",
+    "resource_management_enabled": "bool", "scale_up_threshold": "float", "scale_down_threshold": "float",
+    "evaluation_interval": "float", "autoscale_hook": "optstr",
+    "health_check_interval": "float", "health_failure_threshold": "int", "health_recovery_attempts": "int",
+    "health_report_interval": "optfloat",
+    "health_cpu_threshold": "float", "health_memory_threshold": "float", "health_disk_threshold": "float",
+    "health_temperature_threshold": "float", "health_load_threshold": "float", "health_network_threshold": "optfloat",
+    "health_cpu_critical": "optfloat", "health_memory_critical": "optfloat", "health_disk_critical": "optfloat",
+    "health_temperature_critical": "optfloat", "health_load_critical": "optfloat",
+    "health_network_critical": "optfloat",
 }
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Settings) if not f.metadata.get("internal"))
 assert set(_KINDS) == set(FIELD_NAMES), "every Settings field needs a kind"
@@ -618,9 +690,49 @@ def validate(settings: Settings, sources: Mapping[str, str] | None = None) -> No
         value = getattr(settings, name)
         if value is not None and not low <= value <= high:
             raise ConfigError(f"{origin(name)}: {name} must be {accepted}, got {value}")
+    if not 0 <= settings.scale_down_threshold < settings.scale_up_threshold <= 1:
+        raise ConfigError(f"{origin('scale_up_threshold')} / {origin('scale_down_threshold')}: utilisation "
+                          "thresholds must satisfy 0 <= scale_down_threshold < scale_up_threshold <= 1, got "
+                          f"{settings.scale_down_threshold} and {settings.scale_up_threshold}")
+    for name in ("evaluation_interval", "health_check_interval"):
+        if not getattr(settings, name) > 0:
+            raise ConfigError(f"{origin(name)}: {name} must be a positive number of seconds, got {getattr(settings, name)}")
+    if settings.health_report_interval is not None and not settings.health_report_interval > 0:
+        raise ConfigError(f"{origin('health_report_interval')}: health_report_interval must be a positive number "
+                          f"of seconds, got {settings.health_report_interval}")
+    for name in [f.name for f in dataclasses.fields(Settings) if f.name.startswith("health_")
+                 and f.name.endswith(("_threshold", "_critical")) and f.name != "health_failure_threshold"]:
+        value = getattr(settings, name)
+        if value is not None and not value >= 0:
+            raise ConfigError(f"{origin(name)}: {name} must be a number of at least 0, got {value}")
+    if settings.autoscale_hook is not None:
+        import shlex
+
+        try:
+            hook = shlex.split(settings.autoscale_hook)
+        except ValueError as exc:
+            raise ConfigError(f"{origin('autoscale_hook')}: cannot split the command {settings.autoscale_hook!r}: "
+                              f"{exc}") from None
+        if not hook:
+            raise ConfigError(f"{origin('autoscale_hook')}: the autoscale hook command is empty")
+    minimums.update(health_failure_threshold=1, health_recovery_attempts=0)
     for name, minimum in minimums.items():
         if getattr(settings, name) < minimum:
             raise ConfigError(f"{origin(name)}: {name} must be at least {minimum}, got {getattr(settings, name)}")
+    from dtf_app.protocol import BALANCER_STRATEGIES as STRATEGIES
+
+    if settings.balancer_strategy not in STRATEGIES:
+        raise ConfigError(f"{origin('balancer_strategy')}: load_balancer.strategy must be one of "
+                          f"{', '.join(STRATEGIES)}, got {settings.balancer_strategy!r}")
+    for name, low, high, accepted in (("aging_rate", 0, 1e6, "a number of priority points per second, 0 or more"),
+                                      ("preemption_threshold", 0, 100, "an integer from 0 (off) to 100"),
+                                      ("retry_backoff", 0, 86400, "0 (none) to 86400 seconds"),
+                                      ("retry_backoff_max", 0, 86400, "0 to 86400 seconds"),
+                                      ("worker_cap", 1, 1_000_000, "at least 1"),
+                                      ("task_cap_per_worker", 1, 1_000_000, "at least 1")):
+        value = getattr(settings, name)
+        if value is not None and not low <= value <= high:
+            raise ConfigError(f"{origin(name)}: {name} must be {accepted}, got {value}")
     if settings.election_timeout_ms < 2 * settings.heartbeat_ms:
         raise ConfigError(f"{origin('election_timeout_ms')}: the election timeout ({settings.election_timeout_ms} ms) "
                           f"must be at least twice the heartbeat ({settings.heartbeat_ms} ms)")

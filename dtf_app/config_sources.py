@@ -52,9 +52,13 @@ SECTIONS: dict[str, dict[str, str | Ignored] | Ignored] = {
     # -- the design's coordinator.yaml
     "server": {"host": "host", "port": "port", "workers_port": "workers_port", "dashboard_port": FOLDED_PORT},
     "task_scheduler": {"max_queue_size": Ignored("DTF bounds the queue by request size limits, not by a "
-                                                 "count; every acknowledged task is kept")},
-    "dynamic_resource_management": Ignored("the scheduler reserves each task's requirements on the worker it "
-                                           "picks; there is no separate scale-up/scale-down evaluator"),
+                                                 "count; every acknowledged task is kept"),
+                       "aging_rate": "aging_rate", "preemption_threshold": "preemption_threshold",
+                       "retry_backoff": "retry_backoff", "retry_backoff_max": "retry_backoff_max"},
+    "dynamic_resource_management": {
+        "enabled": "resource_management_enabled", "scale_up_threshold": "scale_up_threshold",
+        "scale_down_threshold": "scale_down_threshold", "evaluation_interval": "evaluation_interval",
+        "autoscale_hook": "autoscale_hook"},
     "multi_device_orchestrator": {
         "enabled": "orchestrator_enabled", "subtask_timeout": "subtask_timeout",
         "default_priority": "subtask_priority", "retry_limit": "subtask_max_retries",
@@ -64,10 +68,17 @@ SECTIONS: dict[str, dict[str, str | Ignored] | Ignored] = {
                                                  "no model-parallel strategy that would split a model itself")},
     "result_aggregator": Ignored("aggregates are computed on demand from DuckDB (dtf results --aggregate); "
                                  "there is no cache or look-back setting"),
-    "health_monitor": Ignored("the coordinator checks each worker's heartbeats against worker_timeout "
-                              "(worker_management.worker_timeout); there is no separate health checker"),
-    "load_balancer": Ignored("the scheduler balances by free slots and priority with aging; the strategy "
-                             "is not configurable"),
+    "health_monitor": {
+        "check_interval": "health_check_interval", "failure_threshold": "health_failure_threshold",
+        "recovery_attempts": "health_recovery_attempts", "cpu_threshold": "health_cpu_threshold",
+        "memory_threshold": "health_memory_threshold", "disk_threshold": "health_disk_threshold",
+        "temperature_threshold": "health_temperature_threshold", "load_threshold": "health_load_threshold",
+        "network_threshold": "health_network_threshold", "cpu_critical": "health_cpu_critical",
+        "memory_critical": "health_memory_critical", "disk_critical": "health_disk_critical",
+        "temperature_critical": "health_temperature_critical", "load_critical": "health_load_critical",
+        "network_critical": "health_network_critical"},
+    "load_balancer": {"strategy": "balancer_strategy", "worker_cap": "worker_cap",
+                      "task_cap_per_worker": "task_cap_per_worker"},
     # -- the design's worker.yaml (`worker` / `coordinator` as tables of these keys)
     "worker": {"id": "worker_id", "name": "worker_name", "hardware_id": "hardware_id", "hostname": "hostname"},
     "coordinator": {"url": "coordinator", "urls": "coordinator", "api_key": "api_key"},
@@ -79,14 +90,11 @@ SECTIONS: dict[str, dict[str, str | Ignored] | Ignored] = {
     "reporting": {"metrics_interval": "heartbeat_interval",
                   "result_batch_size": Ignored("results stream to the coordinator as they finish, batched "
                                                "per websocket frame automatically")},
-    "health": {"report_interval": Ignored("health metrics travel with every heartbeat "
-                                          "(reporting.metrics_interval / heartbeat_interval)"),
-               "cpu_threshold": Ignored("alert thresholds are fixed in this build (cpu 90 %, memory 90 %, "
-                                        "disk 95 %)"),
-               "memory_threshold": Ignored("alert thresholds are fixed in this build (cpu 90 %, memory 90 %, "
-                                           "disk 95 %)"),
-               "disk_threshold": Ignored("alert thresholds are fixed in this build (cpu 90 %, memory 90 %, "
-                                         "disk 95 %)")},
+    "health": {"report_interval": "health_report_interval", "cpu_threshold": "health_cpu_threshold",
+               "memory_threshold": "health_memory_threshold", "disk_threshold": "health_disk_threshold",
+               "temperature_threshold": "health_temperature_threshold", "load_threshold": "health_load_threshold",
+               "network_threshold": "health_network_threshold", "cpu_critical": "health_cpu_critical",
+               "memory_critical": "health_memory_critical", "disk_critical": "health_disk_critical"},
 }
 """Section name -> {key: Settings field | Ignored | marker}, or Ignored for a whole section."""
 

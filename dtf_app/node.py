@@ -59,11 +59,30 @@ async def _serve(settings: Settings) -> None:
             if settings.mode == "peer":
                 settings = settings.replace(coordinator=[url])
         if settings.mode in ("worker", "peer"):
-            from dtf_app.worker.agent import run_worker
-
             if not settings.api_key:
                 settings = settings.replace(api_key=_local_worker_key(settings))
-            await nursery.start(run_worker, settings)
+            await nursery.start(_worker_service, settings)
+
+
+_restart_requested = False
+
+
+async def _worker_service(settings: Settings, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+    """The worker of this node, and what it does when the coordinator says stop or restart.
+
+    stop: the worker ends (a worker-mode process then exits 0; a peer keeps its coordinator). restart: a
+    worker-mode process starts again as a new program image with the same arguments (run_mode, after the
+    trio run has closed everything); a peer starts a fresh agent in-process.
+    """
+    global _restart_requested
+    from dtf_app.worker.agent import run_worker
+
+    action = await run_worker(settings, task_status=task_status)
+    while action == "restart" and settings.mode == "peer":
+        log.warning("restarting the local worker")
+        action = await run_worker(settings)
+    if action == "restart":
+        _restart_requested = True
 
 
 async def run_node(settings: Settings) -> None:
@@ -109,6 +128,8 @@ def run_mode(settings: Settings) -> int:
     fsutil.use_private_umask()
     try:
         trio.run(run_node, settings)
+        if _restart_requested:
+            _exec_self()
     except ConfigError:
         raise
     except KeyboardInterrupt:
@@ -122,6 +143,16 @@ def run_mode(settings: Settings) -> int:
         if pid_file is not None:
             pid_file.unlink(missing_ok=True)
     return 0
+
+
+def _exec_self() -> None:
+    """Replace this process with a fresh start of the same command line (same pid: the pid file holds)."""
+    argv = [sys.executable, *(sys.argv[1:] if getattr(sys, "frozen", False) else sys.orig_argv[1:])]
+    log.warning("restarting: %s", " ".join(argv))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
 
 
 def _write_pid_file(path: str | None) -> Path | None:

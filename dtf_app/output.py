@@ -119,6 +119,11 @@ def task_detail(task: Mapping[str, Any]) -> str:
     lines = [f"{key + ':':<12} {_cell(task.get(key), 200)}" for key in
              ("task_id", "name", "type", "status", "priority", "worker_id", "attempts", "create_time",
               "start_time", "end_time", "batch_id", "error")]
+    for key, label in (("submitter", "submitter"), ("group", "group"), ("preemptions", "preempted")):
+        if task.get(key):
+            lines.append(f"{label + ':':<12} {_cell(task.get(key), 200)}")
+    if task.get("wait_reason"):
+        lines.append(f"{'waiting:':<12} {_cell(task['wait_reason'], 300)}")
     lines.append(f"{'duration:':<12} {format_seconds(task_duration(task))}")
     lines.append(f"{'config:':<12} {json.dumps(task.get('config'), default=str)}")
     if task.get("requirements"):

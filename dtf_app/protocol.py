@@ -41,8 +41,18 @@ Steady state::
     worker -> {"type": "heartbeat", "metrics": {...health...}, "free_slots": int,
                "running": [{"task_id", "attempt"}]}
     coord  -> {"type": "cancel", "task_id", "attempt"}                          # kill the process group
+    coord  -> {"type": "control", "action": "drain" | "resume" | "stop" | "restart", "reason": str}
 
-TaskAssignment: ``{"task_id", "attempt", "type", "name", "config", "timeout_seconds", "priority"}``.
+A heartbeat's ``alerts`` (optional) are the worker's own health alerts against its ``health`` thresholds
+(:func:`dtf_app.health.evaluate`); the leader publishes them and quarantines a worker over a critical one.
+``control``: drain/resume are informational (the coordinator stops or restarts giving it tasks); on
+stop the worker takes no new task, finishes what it runs, waits for the acks and exits 0; on restart
+it does the same and then starts again (a new process with the same arguments, or a fresh agent in a
+peer).
+
+TaskAssignment: ``{"task_id", "attempt", "type", "name", "config", "timeout_seconds", "priority"}``, plus
+``"resources"`` and ``"devices"`` (``[{"index", "type"}]``) when the task reserved resources: the runner
+sets :data:`DEVICE_ENV_VARS` of the devices' type to exactly those indices.
 
 TaskOutcome::
 
@@ -50,6 +60,7 @@ TaskOutcome::
      "outcome": "completed" | "failed",   # completed: the runner ran and reported (tests may have failed)
      "start_time": float, "end_time": float,            # unix seconds
      "error": str | None,                               # why it could not run, for "failed"
+     "error_class": str | None,                         # ERROR_CLASSES: retryable or not, for "failed"
      "result": ResultDocument | None}
 
 ResultDocument (what a runner returns)::
@@ -90,6 +101,9 @@ RESULTS = "results"
 ACK = "ack"
 HEARTBEAT = "heartbeat"
 CANCEL = "cancel"
+CONTROL = "control"
+CONTROL_ACTIONS = ("drain", "resume", "stop", "restart")
+"""What the coordinator may tell a worker to do (``dtf workers drain|resume|stop|restart ID``)."""
 
 # Worker identity (see the module docstring): the header, and the error code of a refusal.
 WORKER_CREDENTIAL_HEADER = "X-Worker-Credential"
@@ -113,8 +127,52 @@ TASK_STATES = ("pending", "blocked", "unschedulable", "assigned", "running", "co
 TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 RESULT_STATUSES = ("success", "failure", "partial")
 
+# Why an attempt failed, as the worker (or the coordinator, for lost workers and timeouts) classifies it:
+# the ``error_class`` of a TaskOutcome. The one vocabulary for every decision about a failure: whether it
+# is retried (state.py's FailTasks), and whether it counts against the worker for quarantine
+# (quarantine.py); the runners and the agent pick the class where the error happens.
+#   bad_config, missing_file, unknown_runner  the task can never succeed by running again: fails at once
+#   timeout, crash                            the task's own run went wrong (a crash: its process died,
+#                                             exited on a signal): retried with backoff up to max_retries
+#   worker_error, worker_lost                 the worker broke (its runtime, disk, memory, a task it no
+#                                             longer runs): retried, and counted as infrastructure
+#   cancelled                                 the worker stopped mid-task: retried
+# None (an old worker, or a report that says nothing) is retried and counted against nobody.
+ERROR_CLASSES = ("bad_config", "missing_file", "unknown_runner", "timeout", "crash", "worker_error", "worker_lost",
+                 "cancelled")
+NON_RETRYABLE_ERRORS = frozenset({"bad_config", "missing_file", "unknown_runner"})
+INFRASTRUCTURE_ERRORS = frozenset({"worker_error", "worker_lost"})
+
+# The load balancer's strategies (``load_balancer.strategy``; dtf_app/coordinator/balancer.py).
+BALANCER_STRATEGIES = ("fair_share", "least_loaded", "performance_aware", "packed")
+
+
+def is_retryable(error_class: str | None) -> bool:
+    """Whether an attempt that failed with ``error_class`` may run again (unknown/None: yes, as before)."""
+    return error_class not in NON_RETRYABLE_ERRORS
+
+
+def is_infrastructure_error(error_class: str | None) -> bool:
+    """Whether an attempt that failed with ``error_class`` says the worker broke, not the task."""
+    return error_class in INFRASTRUCTURE_ERRORS
+
+
 # The hardware vocabulary of the source project (DESIGN.md §8).
 HARDWARE_KINDS = ("cpu", "cuda", "rocm", "mps", "openvino", "qualcomm", "webgpu", "webnn")
+
+# Quantities a task may reserve on its worker (``resources`` of the task document; coordinator/resources.py):
+# held from assignment until the attempt ends, so tasks never oversubscribe a worker or a GPU.
+RESOURCE_KEYS = ("cpu_cores", "memory_gb", "gpu_memory_gb", "gpus")
+MAX_RESOURCE_GPUS = 64
+# The variables that restrict a process to some devices, per device type: a task that reserved GPUs
+# runs with its devices' type's variables set to exactly their indices (e.g. CUDA_VISIBLE_DEVICES=1,2).
+DEVICE_ENV_VARS: dict[str, tuple[str, ...]] = {
+    "cuda": ("CUDA_VISIBLE_DEVICES",),
+    "rocm": ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"),
+}
+
+# Health alert levels (dtf_app/health.py), lowest first; ``health_alert`` pushes carry one.
+HEALTH_LEVELS = ("warning", "critical")
 
 # Identifiers chosen by clients and operators (worker ids, task ids given at submit, API key names, node
 # ids) use one safe alphabet: no spaces, quotes, newlines or control characters, so an id can be put in

@@ -178,7 +178,8 @@ def create_app(coord: Coordinator) -> QuartTrio:
         metrics = await trio.to_thread.run_sync(health.sample, str(coord.data_dir))
         for node in doc["nodes"]:
             if node["node_id"] == coord.node_id:
-                node.update(metrics=metrics, alerts=health.evaluate(metrics))
+                node.update(metrics=metrics, alerts=health.evaluate(
+                    metrics, coord.health_monitor.warning, coord.health_monitor.critical))
         return json_response(doc)
 
     @app.get("/api/cluster/visualize")
@@ -328,6 +329,48 @@ def create_app(coord: Coordinator) -> QuartTrio:
         """Give a drained worker tasks again."""
         return await _set_drain(worker_id, False)
 
+    @app.post("/api/workers/<worker_id>/resume")
+    @requires("cancel")
+    async def resume_worker(worker_id: str) -> Response:
+        """Give a drained or quarantined worker tasks again."""
+        return await _set_drain(worker_id, False)
+
+    async def _stop_worker(worker_id: str, restart: bool) -> Response:
+        if worker_id not in coord.state.workers:
+            raise ApiError(404, "not_found", f"no worker {worker_id!r}")
+        if not coord.is_leader:
+            return not_leader_response(coord)  # workers connect to the leader: only it can tell one
+        conn = coord.conns.get(worker_id)
+        if conn is None or conn.closed:
+            raise ApiError(409, "not_connected", f"worker {worker_id!r} is not connected to the leader, so it "
+                                                 f"cannot be told to {'restart' if restart else 'stop'}")
+        await coord.propose([{"op": "StopWorker", "worker_id": worker_id, "restart": restart,
+                              "reason": "operator"}])
+        return json_response(views.worker_view(coord, worker_id))
+
+    @app.post("/api/workers/<worker_id>/stop")
+    @requires("cancel")
+    async def stop_worker(worker_id: str) -> Response:
+        """The worker finishes what it runs and exits."""
+        return await _stop_worker(worker_id, False)
+
+    @app.post("/api/workers/<worker_id>/restart")
+    @requires("cancel")
+    async def restart_worker(worker_id: str) -> Response:
+        """The worker finishes what it runs and starts again."""
+        return await _stop_worker(worker_id, True)
+
+    @app.get("/api/scaling/recommendations")
+    @requires("read")
+    async def scaling_recommendations() -> Response:
+        return json_response({"node_id": coord.node_id, "is_leader": coord.is_leader,
+                              **coord.scaling.document()})
+
+    @app.get("/api/health/alerts")
+    @requires("read")
+    async def health_alerts() -> Response:
+        return json_response({"node_id": coord.node_id, **coord.health_monitor.document()})
+
     @app.get("/api/workers/<worker_id>")
     @requires("read")
     async def get_worker(worker_id: str) -> Response:
@@ -365,7 +408,8 @@ def create_app(coord: Coordinator) -> QuartTrio:
                 lambda i, doc: scheduler.validate_task(doc, "task" if single else f"tasks[{i}]",
                                                        default_max_retries=max_retries), docs)
             del body, docs
-            created = await coord.submit(normalised, allow_unschedulable=bool_arg("allow_unschedulable"))
+            created = await coord.submit(normalised, allow_unschedulable=bool_arg("allow_unschedulable"),
+                                         submitter=g.principal.name)
         except scheduler.TaskConflictError as exc:
             raise ApiError(409, "exists", str(exc)) from None
         except scheduler.TaskUnprocessableError as exc:
@@ -430,6 +474,10 @@ def create_app(coord: Coordinator) -> QuartTrio:
             raise ApiError(404, "not_found", f"no task {task_id!r}")
         view = task_view(task)
         view["log_tail"] = list(coord.task_logs.get(task_id, ()))
+        # Why it has not started yet (blocked, backoff, no capable worker free, behind N tasks), or null.
+        wait = views.wait_reason(coord, task)
+        view["wait_reason"] = wait["message"] if wait else None
+        view["wait"] = wait
         return json_response(view)
 
     @app.get("/api/tasks/<task_id>/attempts")
@@ -494,8 +542,8 @@ def create_app(coord: Coordinator) -> QuartTrio:
         if outcome == "completed":
             command = {"op": "CompleteTasks", "items": [item]}
         else:
-            command = {"op": "FailTasks", "items": [dict(item, error=item["error"] or "failed",
-                                                         retry=bool(body.get("retry", True)))]}
+            command = {"op": "FailTasks", "backoff": coord.duties.backoff,
+                       "items": [dict(item, error=item["error"] or "failed", retry=bool(body.get("retry", True)))]}
         (recorded,) = await coord.propose([command])
         from dtf_app.coordinator import http_workers
 

@@ -37,6 +37,7 @@ from quart_trio import QuartTrio
 
 from dtf_app import protocol as proto
 from dtf_app.coordinator import enrolment
+from dtf_app.coordinator import resources as resmod
 from dtf_app.coordinator.intake import WorkerConn
 from dtf_app.coordinator.service import Coordinator
 from dtf_app.security import keys as keymod
@@ -97,6 +98,7 @@ def assignments(coord: Coordinator, worker_id: str) -> list[dict[str, Any]]:
     """Every attempt the worker holds, as the websocket ``assign`` frame describes them, plus the sources'
     Task model names (``parameters`` for ``config``, ``status``, ``dependencies``)."""
     items = []
+    worker = coord.state.workers.get(worker_id) or {}
     for task_id, attempt in held(coord, worker_id).items():
         task = coord.state.tasks.get(task_id)
         if task is None:
@@ -104,7 +106,9 @@ def assignments(coord: Coordinator, worker_id: str) -> list[dict[str, Any]]:
         items.append({"task_id": task_id, "attempt": attempt, "type": task["type"], "name": task.get("name"),
                       "config": task["config"], "parameters": task["config"], "status": task["status"],
                       "timeout_seconds": task["timeout_seconds"], "priority": task["priority"],
-                      "dependencies": list(task.get("dependencies") or [])})
+                      "dependencies": list(task.get("dependencies") or []),
+                      # Its reserved devices, as the websocket frame gives them (the agent pins the task).
+                      **resmod.assignment_fields(task, (worker.get("reserved") or {}).get(task_id))})
     items.sort(key=lambda item: coord.state.tasks[item["task_id"]].get("seq", 0))
     return items
 

@@ -40,6 +40,8 @@ class WorkerConn:
         self.finished: set[str] = set()
         self.assigned_at: dict[str, float] = {}
         self.health: dict[str, Any] = {}
+        # Its latest health alerts (its own evaluation, or the leader's of its metrics): health_monitor.py.
+        self.alerts: list[dict[str, Any]] = []
         self.last_heartbeat: float | None = None
         self.closed = False
         # Set when the coordinator ends the connection itself with a close code (e.g. enrolment revoked).
@@ -129,6 +131,9 @@ def clean_outcome(raw: Any) -> dict[str, Any] | None:
         item["result"] = jsonsafe.sanitise(result)
     if item["error"] is not None:
         item["error"] = jsonsafe.sanitise(item["error"])
+        # Only the shared vocabulary; anything else (an older or foreign worker) is retried as before.
+        error_class = raw.get("error_class")
+        item["error_class"] = error_class if error_class in proto.ERROR_CLASSES else None
     return item
 
 
@@ -208,6 +213,7 @@ class WorkerIntake:
         # Heartbeats are leader-local liveness (too chatty for the log, and replicated state changes only
         # in apply); the leader's store gets them directly.
         conn.last_heartbeat = time.time()
+        coord.health_monitor.worker_heartbeat(conn, message)
         coord.store.put(None, [{"kind": "worker", "worker": {
             **{k: v for k, v in worker.items() if k != "assigned"},
             "last_heartbeat": conn.last_heartbeat, "status": "online", "hardware_metrics": conn.health}}])

@@ -1,10 +1,13 @@
 """Leader duties: what only the leader does, started on election and stopped on step-down.
 
-- dispatch: match ready tasks to free worker slots, commit ``AssignTasks``, push ``assign`` frames;
+- dispatch: match ready tasks to free worker slots (queue policy: scheduler.py; worker choice:
+  balancer.py), commit ``AssignTasks``, push ``assign`` frames; when preemption is on, commit
+  ``PreemptTasks`` for running tasks of much lower priority and push them ``cancel`` frames;
 - results: batch the outcomes that workers stream in into one ``CompleteTasks``/``FailTasks`` commit,
   then ``ack`` them (the worker drops its outbox rows only then);
 - liveness: workers silent for ``worker_timeout`` are committed as ``WorkersLost`` and their tasks
-  go back to pending (attempt + 1) or fail after ``max_retries``.
+  go back to pending (attempt + 1) or fail after ``max_retries``;
+- scaling advice (scaling.py) and the health monitor's quarantine decisions (health_monitor.py).
 
 :meth:`LeaderDuties.supervise` starts the loops once this node has applied its own term's first entry
 (so the state it acts on is complete) and the loops die with the cancel scope when it steps down. Every
@@ -15,6 +18,7 @@ leader's late proposal is refused, never applied).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -24,7 +28,8 @@ import trio
 
 from dtf_app import fsutil
 from dtf_app import protocol as proto
-from dtf_app.coordinator import readiness, scheduler
+from dtf_app.coordinator import balancer, quarantine, readiness, scheduler
+from dtf_app.coordinator import resources as resmod
 from dtf_app.raft.types import NotLeader, ProposalDropped
 from dtf_app.security import keys as keymod
 
@@ -47,6 +52,9 @@ PREFETCH_PER_SLOT_SHORT = 8
 SHORT_TASK_SECONDS = 0.05
 # A liveness round that wakes this much later than asked means the event loop was stalled.
 LOOP_STALL_TOLERANCE_S = 0.5
+# A task that made the leader preempt a running one is not the cause of another preemption this soon
+# (the freed slot is its own; if it went elsewhere, the next try waits this long).
+PREEMPT_HOLD_S = 10.0
 # The worker key a first start creates for local workers; `dtf up` reuses it (same name and file).
 LOCAL_WORKER_KEY_NAME = "dtf-up-workers"
 
@@ -64,6 +72,13 @@ class LeaderDuties:
         self._results_wakeup = trio.Event()
         self._results: list[tuple[WorkerConn, dict[str, Any]]] = []
         self._started: list[dict[str, Any]] = []
+        settings = coord.settings
+        self.policy = scheduler.QueuePolicy(aging_rate=float(settings.aging_rate),
+                                            preemption_threshold=int(settings.preemption_threshold))
+        self.backoff = [float(settings.retry_backoff), float(settings.retry_backoff_max)]
+        self.strategy = settings.balancer_strategy
+        self.history = balancer.PerfHistory()
+        self._preempting: dict[str, float] = {}  # task id -> when it caused a preemption
 
     # ------------------------------------------------------------------ inputs
     def elected(self) -> None:
@@ -102,6 +117,11 @@ class LeaderDuties:
         if start is None or end is None or end < start:
             return
         took = end - start
+        state = self.coord.state
+        task, worker = state.tasks.get(item.get("task_id")), state.workers.get(item.get("worker_id"))
+        if task is not None and worker is not None:
+            # performance_aware's history: leader memory, so no query runs on the scheduling path.
+            self.history.record(worker["worker_id"], balancer.hardware_class(worker), balancer.perf_kind(task), took)
         # An exponential moving average: reacts within a few dozen tasks when the workload changes.
         previous = self.recent_run_seconds
         self.recent_run_seconds = took if previous is None else 0.9 * previous + 0.1 * took
@@ -131,65 +151,150 @@ class LeaderDuties:
                     self.running = True
                     coord.readiness.done(readiness.LOOPS)
                     async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self.seed_history)
                         nursery.start_soon(self.dispatch_loop)
                         nursery.start_soon(self.results_loop)
                         nursery.start_soon(self.liveness_loop)
+                        nursery.start_soon(coord.scaling.loop)
+                        nursery.start_soon(coord.health_monitor.leader_loop)
                 except* (NotLeader, ProposalDropped) as group:
                     log.warning("leader duties of term %d stopped: %s", term, group.exceptions[0])
             self.running = False
             self._scope = None
 
+    async def seed_history(self) -> None:
+        """performance_aware's history from this node's DuckDB file (the executions every replica stored),
+        read once per term in a thread; until it arrives the strategy falls back to least-loaded."""
+        self.history = balancer.PerfHistory()  # a term starts from the store, not from a previous term's memory
+        store = self.coord.store
+        if store is None or self.strategy != "performance_aware":
+            return
+        try:
+            rows = await store.query(balancer.HISTORY_SEED_SQL, [balancer.HISTORY_SEED_ROWS])
+        except Exception as exc:  # a store problem must not cost the leadership: learn from new results
+            log.warning("performance history not read from the store: %s", exc)
+            return
+        used = self.history.seed(rows, self.coord.state.workers)
+        log.info("performance history: %d execution(s) read from the store", used)
+
     # ------------------------------------------------------------------ loops
-    async def dispatch_loop(self) -> None:
-        """Assign ready tasks to free slots; one AssignTasks commit per round."""
+    def _free_slots(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Idle slots and prefetch room per connected, undrained worker (task_cap_per_worker applied)."""
         coord = self.coord
+        state = coord.state
+        cap = coord.settings.task_cap_per_worker
+        idle: dict[str, int] = {}
+        prefetch: dict[str, int] = {}
+        depth = 1 + self.prefetch_per_slot()
+        for worker_id, conn in coord.conns.items():
+            worker = state.workers.get(worker_id)
+            if conn.closed or worker is None or worker.get("drained") or worker.get("stopping"):
+                continue  # a drained (or stopping) worker finishes what it holds and gets nothing new
+            held = len(worker.get("assigned") or {})
+            room = conn.capacity * depth - held
+            if cap is not None:
+                room = min(room, cap - held)
+            idle[worker_id] = max(0, min(conn.capacity - held, room))
+            prefetch[worker_id] = max(0, room - idle[worker_id])
+        return idle, prefetch
+
+    async def dispatch_loop(self) -> None:
+        """Assign ready tasks to free slots; one AssignTasks commit per round (plus PreemptTasks)."""
+        coord = self.coord
+        policy = self.policy
         while True:
-            await self._dispatch_wakeup.wait()
+            due = coord.queue.next_due()
+            # Backed-off tasks become ready at their not_before: wake for the earliest.
+            with trio.move_on_after(max(0.0, due - time.time()) + 0.01 if due is not None else math.inf):
+                await self._dispatch_wakeup.wait()
             self._dispatch_wakeup = trio.Event()
             await trio.sleep(DISPATCH_COALESCE_S)
             state, queue = coord.state, coord.queue
-            idle: dict[str, int] = {}
-            prefetch: dict[str, int] = {}
-            for worker_id, conn in coord.conns.items():
-                worker = state.workers.get(worker_id)
-                if conn.closed or worker is None or worker.get("drained"):
-                    continue  # a drained worker finishes what it holds and gets nothing new
-                held = len(worker.get("assigned") or {})
-                idle[worker_id] = max(0, conn.capacity - held)
-                prefetch[worker_id] = conn.capacity * (1 + self.prefetch_per_slot()) - held - idle[worker_id]
-            if not len(queue) or not any(n > 0 for n in (*idle.values(), *prefetch.values())):
+            idle, prefetch = self._free_slots()
+            preempting = policy.preemption_threshold > 0
+            canaries = self._plan_canaries()
+            if not canaries and (not len(queue) or
+                                 not (preempting or any(n > 0 for n in (*idle.values(), *prefetch.values())))):
                 continue
+            now = time.time()
+            options = {"now": now, "policy": policy, "strategy": self.strategy,
+                       "worker_cap": coord.settings.worker_cap, "history": self.history}
+            usage = scheduler.Usage.of(state.tasks, state.workers)
             # Idle slots everywhere first; only then queue extra tasks on workers (prefetch), so a
             # free worker never waits while a busy one holds work in its queue.
             # A reconnecting worker's finished-but-unrecorded tasks wait for their results, not a re-run.
             reported = {task_id for conn in coord.conns.values() for task_id in conn.finished}
-            plan = scheduler.plan_assignments(queue, state.tasks, state.workers, idle, skip=reported)
+            plan = scheduler.plan_assignments(queue, state.tasks, state.workers, idle, skip=reported, usage=usage,
+                                              **options) if idle else []
+            plan += canaries
             placed = {task_id for task_id, _ in plan}
+            preempt: list[dict[str, Any]] = []
+            if preempting:
+                self._preempting = {t: at for t, at in self._preempting.items() if now - at < PREEMPT_HOLD_S}
+                preempt = scheduler.plan_preemptions(queue, state.tasks, state.workers, idle, now=now, policy=policy,
+                                                     skip=placed | reported | set(self._preempting))
+                for item in preempt:
+                    # The freed slot is for the preempting task: queue nothing else behind it.
+                    prefetch.pop(item["worker_id"], None)
+                    self._preempting[item["by"]] = now
             if len(queue) > len(placed) and any(n > 0 for n in prefetch.values()):
                 plan += scheduler.plan_assignments(queue, state.tasks, state.workers, prefetch,
-                                                   skip=placed | reported, prefetch=True)
-            if not plan:
+                                                   skip=placed | reported, prefetch=True, usage=usage, **options)
+            if not plan and not preempt:
                 continue
-            assignments = [{"task_id": t, "worker_id": w, "attempt": state.tasks[t]["attempts"] + 1}
-                           for t, w in plan]
-            (accepted,) = await coord.propose([{"op": "AssignTasks", "assignments": assignments}])
+            commands: list[dict[str, Any]] = []
+            if plan:
+                commands.append({"op": "AssignTasks", "assignments": [
+                    {"task_id": t, "worker_id": w, "attempt": state.tasks[t]["attempts"] + 1} for t, w in plan]})
+            if preempt:
+                commands.append({"op": "PreemptTasks", "items": preempt})
+            results = await coord.propose(commands)
+            accepted = results[0] if plan else []
+            if preempt:
+                for item in results[-1] or []:
+                    log.info("preempting task %s (attempt %d) on worker %s for task %s (priority %s)",
+                             item["task_id"], item["attempt"], item["worker_id"], item["by"], item["by_priority"])
+                    conn = coord.conns.get(item["worker_id"])
+                    if conn is not None:
+                        conn.push({"type": proto.CANCEL, "task_id": item["task_id"], "attempt": item["attempt"]})
             per_worker: dict[str, list[dict[str, Any]]] = {}
-            now = time.monotonic()
+            mono = time.monotonic()
             for item in accepted:
                 task = coord.state.tasks[item["task_id"]]
-                per_worker.setdefault(item["worker_id"], []).append({
+                frame = {
                     "task_id": task["task_id"], "attempt": item["attempt"], "type": task["type"],
                     "name": task.get("name"), "config": task["config"],
                     "timeout_seconds": task["timeout_seconds"], "priority": task["priority"],
-                })
+                }
+                # The devices apply chose (the same on every replica): the worker pins the task to them.
+                frame.update(resmod.assignment_fields(task, item.get("reservation")))
+                per_worker.setdefault(item["worker_id"], []).append(frame)
             for worker_id, items in per_worker.items():
                 conn = coord.conns.get(worker_id)
                 if conn is not None:
                     for item in items:
-                        conn.assigned_at[item["task_id"]] = now
+                        conn.assigned_at[item["task_id"]] = mono
                     conn.push({"type": proto.ASSIGN, "tasks": items})
             coord.stats["assigned"] += len(accepted)
             self._dispatch_wakeup.set()  # there may be more to place
+
+    def _plan_canaries(self) -> list[tuple[str, str]]:
+        """Pending canary tasks of connected quarantined workers, each to its own worker (one at a time)."""
+        coord = self.coord
+        state = coord.state
+        plan: list[tuple[str, str]] = []
+        for worker_id in sorted(state.canary_workers):
+            conn = coord.conns.get(worker_id)
+            worker = state.workers.get(worker_id)
+            if conn is None or conn.closed or worker is None or worker.get("assigned"):
+                continue
+            record = worker.get("quarantine") or {}
+            for task_id in record.get("canary_ids") or ():
+                task = state.tasks.get(task_id)
+                if task is not None and task["status"] == "pending" and quarantine.canary_for(task) == worker_id:
+                    plan.append((task_id, worker_id))
+                    break
+        return plan
 
     async def results_loop(self) -> None:
         """Commit batches of started/finished reports, then ack each worker."""
@@ -211,14 +316,15 @@ class LeaderDuties:
                 self.note_run_time(item)
             failed = [{"task_id": item["task_id"], "attempt": item["attempt"], "worker_id": conn.worker_id,
                        "error": item.get("error") or "failed", "start_time": item.get("start_time"),
-                       "end_time": item.get("end_time"), "retry": True}
+                       "end_time": item.get("end_time"), "retry": True, "error_class": item.get("error_class")}
                       for conn, item in results if item.get("outcome") != "completed"]
             # retry=True even for "cancelled": a task the user cancelled is already terminal (the report
-            # is ignored), so a "cancelled" here means the worker was stopped mid-task: run it again.
+            # is ignored), so a "cancelled" here means the worker was stopped mid-task: run it again. The
+            # state machine refuses the retry itself when the error class is one no retry can fix.
             if completed:
                 commands.append({"op": "CompleteTasks", "items": completed})
             if failed:
-                commands.append({"op": "FailTasks", "items": failed})
+                commands.append({"op": "FailTasks", "items": failed, "backoff": self.backoff})
             if not commands:
                 continue
             await coord.propose(commands)
@@ -267,7 +373,7 @@ class LeaderDuties:
                         conn.end()
                 log.warning("workers lost (silent for more than %.1f s): %s", timeout, ", ".join(sorted(set(lost))))
                 await coord.propose([{"op": "WorkersLost", "worker_ids": sorted(set(lost)),
-                                      "reason": "worker lost (no heartbeat)"}])
+                                      "reason": "worker lost (no heartbeat)", "backoff": self.backoff}])
             stale = []
             wall = time.time()
             for wid, conn in coord.conns.items():
@@ -279,13 +385,14 @@ class LeaderDuties:
                     since = conn.assigned_at.get(task_id, started)
                     if task_id not in conn.running and task_id not in conn.finished and now - max(since, started) > grace:
                         stale.append({"task_id": task_id, "attempt": attempt, "worker_id": wid, "retry": True,
-                                      "error": f"worker {wid} no longer runs it"})
+                                      "error": f"worker {wid} no longer runs it", "error_class": "worker_lost"})
                     elif task.get("start_time") and wall - task["start_time"] > task["timeout_seconds"] + grace + 30:
                         conn.push({"type": proto.CANCEL, "task_id": task_id, "attempt": attempt})
                         stale.append({"task_id": task_id, "attempt": attempt, "worker_id": wid, "retry": True,
-                                      "error": f"timed out after {task['timeout_seconds']} s (coordinator)"})
+                                      "error": f"timed out after {task['timeout_seconds']} s (coordinator)",
+                                      "error_class": "timeout"})
             if stale:
-                await coord.propose([{"op": "FailTasks", "items": stale}])
+                await coord.propose([{"op": "FailTasks", "items": stale, "backoff": self.backoff}])
 
 
 def _write_secret(path: Path, secret: str) -> None:

@@ -17,8 +17,10 @@ from dtf_app.protocol import (
     BATCH_SIZE_RANGE,
     BENCH_BACKENDS,
     BENCH_INT_RANGES,
+    ERROR_CLASSES,
     ID_ALPHABET,
     ID_PATTERN,
+    MAX_RESOURCE_GPUS,
     WORKER_CREDENTIAL_HEADER,
 )
 from dtf_app.security.keys import ROLES
@@ -54,6 +56,17 @@ _REQUIREMENTS = {"type": ["object", "null"], "additionalProperties": False, "pro
     "tags": {"type": "array", "items": {"type": "string"}},
     "os": {"type": "string", "pattern": _any_case(scheduler.OS_NAMES),
            "description": "linux, windows or macos (darwin is macos), in any letter case"},
+}}
+
+_RESOURCES = {"type": ["object", "null"], "additionalProperties": False, "description": (
+    "quantities reserved on the worker from assignment until the attempt ends (never oversubscribed); "
+    "gpus: whole devices held exclusively, the task runs with CUDA_VISIBLE_DEVICES / HIP_VISIBLE_DEVICES "
+    "set to exactly them"), "properties": {
+    "cpu_cores": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6},
+    "memory_gb": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6},
+    "gpu_memory_gb": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6,
+                      "description": "alone: a share of one device; with gpus: what each device must have"},
+    "gpus": {"type": "integer", "minimum": 1, "maximum": MAX_RESOURCE_GPUS},
 }}
 
 _STR_LIST = {"type": "array", "items": {"type": "string"}}
@@ -92,6 +105,7 @@ def _task_in(kind: str) -> dict[str, Any]:
                      "maximum": scheduler.PRIORITY_RANGE[1], "description": "higher runs first"},
         "config": _CONFIGS[kind],
         "requirements": _REQUIREMENTS,
+        "resources": _RESOURCES,
         "dependencies": {"type": ["array", "null"], "items": {"type": "string"},
                          "description": "ids of tasks that must complete first: existing ones or ones in the "
                                         "same request (422 otherwise, or for a cycle)"},
@@ -100,6 +114,10 @@ def _task_in(kind: str) -> dict[str, Any]:
         "name": {"type": ["string", "null"], "maxLength": 500},
         "task_id": {**_ID, "type": ["string", "null"], "description": "optional; generated when absent or null"},
         "metadata": {"type": ["object", "null"]},
+        "submitter": {**_ID, "type": ["string", "null"],
+                      "description": "who the task counts against for fair share; default the API key's name"},
+        "group": {**_ID, "type": ["string", "null"],
+                  "description": "fair share spreads a submitter's slots across groups; default the batch"},
     }}
 
 
@@ -181,7 +199,12 @@ _POLL = {"type": "object", "required": ["worker_id", "tasks", "new", "cancel"], 
                                          "properties": {"task_id": {"type": "string"}, "attempt": {"type": "integer"},
                                                         "type": {"type": "string"}, "config": {"type": "object"},
                                                         "parameters": {"type": "object"},
-                                                        "timeout_seconds": {"type": "number"}}}},
+                                                        "timeout_seconds": {"type": "number"},
+                                                        "resources": {"type": "object"},
+                                                        "devices": {"type": "array", "items": {
+                                                            "type": "object", "properties": {
+                                                                "index": {"type": "integer"},
+                                                                "type": {"type": ["string", "null"]}}}}}}},
     "new": {"type": "array", "items": {"type": "string"}},
     "cancel": {"type": "array", "items": {"type": "object"}},
     "heartbeat_interval": {"type": "number"}, "worker_timeout": {"type": "number"},
@@ -299,6 +322,8 @@ def build_spec(version: str) -> dict[str, Any]:
     task_id, worker_id, result_id, name = _path("task_id"), _path("worker_id"), _path("result_id"), _path("name")
     outcome = {"type": "object", "properties": {"attempt": {"type": "integer"}, "result": {"type": "object"},
                                                  "error": {"type": "string"}, "retry": {"type": "boolean"},
+                                                 "error_class": {"type": ["string", "null"],
+                                                                 "enum": [*ERROR_CLASSES, None]},
                                                  "start_time": {"type": ["number", "null"]},
                                                  "end_time": {"type": ["number", "null"]}}}
     paging = [_query("limit", {"type": "integer", "minimum": 1, "maximum": 100_000}),
@@ -385,6 +410,16 @@ def build_spec(version: str) -> dict[str, Any]:
                                                         params=[worker_id])},
         "/api/workers/{worker_id}/enable": {"post": _op("give a drained worker tasks again",
                                                          params=[worker_id])},
+        "/api/workers/{worker_id}/resume": {"post": _op(
+            "give a drained or quarantined worker tasks again (ends a quarantine)", params=[worker_id])},
+        "/api/workers/{worker_id}/stop": {"post": _op(
+            "the worker takes no new task, finishes what it runs and exits (409 if it is not connected)",
+            params=[worker_id])},
+        "/api/workers/{worker_id}/restart": {"post": _op(
+            "the worker finishes what it runs and starts again (409 if it is not connected)", params=[worker_id])},
+        "/api/scaling/recommendations": {"get": _op(
+            "utilisation and scaling advice: the latest evaluation and the recent ones (leader)")},
+        "/api/health/alerts": {"get": _op("current health alert levels of this node and the workers, recent alerts")},
         "/api/tasks/{task_id}/attempts": {"get": _op("recorded attempts: worker, status, times, error", params=[task_id])},
         "/api/tasks/{task_id}/cancel": {"post": _op("cancel (409 if already finished)", params=[task_id])},
         "/api/tasks/{task_id}/complete": {"post": _op(

@@ -59,7 +59,7 @@ async def orchestrate(coord: Coordinator, body: Any, *, allow_unschedulable: boo
                                                 "task_id")
     known = list(coord.state.workers.values())
     for doc in subtasks:
-        reason = scheduler.infeasibility_reason(known, doc["requirements"])
+        reason = scheduler.infeasibility_reason(known, doc["requirements"], doc.get("resources"))
         if reason is not None:
             if not allow_unschedulable:
                 raise OrchestrateRefused(422, "unschedulable", f"subtask {doc['name']} cannot run on any worker: "

@@ -21,11 +21,13 @@ from typing import Any
 import trio
 
 PUBLISHED_CHANNELS: tuple[str, ...] = ("task_updates", "worker_updates", "orchestrated_task_updates",
-                                       "cluster_status", "leadership_updates")
+                                       "cluster_status", "leadership_updates", "health_alerts")
 """Channels a ``subscribe`` is accepted for: each has a publisher behind it (cluster_status: the cluster
 monitor's ``cluster_status_update`` / ``cluster_health_update`` after each probe round; leadership_updates:
 ``leadership_update`` on every change of leader this node sees; orchestrated_task_updates:
-``orchestrated_task_update`` whenever an orchestrated task or one of its subtasks changes, orchestrator.py)."""
+``orchestrated_task_update`` whenever an orchestrated task or one of its subtasks changes, orchestrator.py;
+health_alerts: ``health_alert`` when an alert of this node or of a worker appears or changes level,
+health_monitor.py; filter on ``node``, ``worker``, ``source``, ``metric`` or ``level``)."""
 
 PLANNED_CHANNELS: dict[str, str] = {}
 """Channels of the source design that nothing publishes yet, with the capability each waits for."""

@@ -82,6 +82,7 @@ async def serve_coordinator(settings: Settings, *, task_status: trio.TaskStatus[
             await nursery.start(coord.replicator.run)
             nursery.start_soon(coord.duties.supervise)
             nursery.start_soon(coord.monitor.run)
+            nursery.start_soon(coord.health_monitor.node_loop)
             registration = localreg.register(coord.url, coord.data_dir)
             if coord.cluster.is_single:
                 await coord.recover()

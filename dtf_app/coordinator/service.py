@@ -96,6 +96,11 @@ class Coordinator:
         from dtf_app.coordinator.cluster import ClusterMonitor
 
         self.monitor = ClusterMonitor(self)
+        from dtf_app.coordinator.health_monitor import HealthMonitor
+        from dtf_app.coordinator.scaling import ScalingAdvisor
+
+        self.health_monitor = HealthMonitor(self)
+        self.scaling = ScalingAdvisor(self)
         self.stats = {"submitted": 0, "assigned": 0, "recorded": 0}
         # A single node waits for recovery, its bootstrap key and its loops; a cluster member for
         # recovery, a known leader and having applied what is committed (plus its loops while it leads).
@@ -393,6 +398,18 @@ class Coordinator:
                         result.get("node_id"), index, ", ".join(f"{k}={v}" for k, v in result["members"].items()))
         if op == "SetNodeEnabled" and isinstance(result, dict) and result.get("node_id") == self.node_id:
             self._apply_enabled(bool(result.get("enabled")))
+        if op in ("SetWorkerDrain", "StopWorker") and isinstance(result, dict):
+            # Tell the worker (drain/resume are informational; stop and restart it acts on).
+            conn = self.conns.get(result["worker_id"])
+            if conn is not None:
+                action = ((result.get("stopping") or "stop") if op == "StopWorker"
+                          else "drain" if result.get("drained") else "resume")
+                conn.push({"type": proto.CONTROL, "action": action, "reason": command.get("reason") or "operator"})
+        if op == "QuarantineWorker" and isinstance(result, dict):
+            conn = self.conns.get(result["worker_id"])
+            if conn is not None:
+                conn.push({"type": proto.CONTROL, "action": "drain",
+                           "reason": (result.get("quarantine") or {}).get("reason") or "quarantined"})
         if op == "CancelTask" and isinstance(result, dict) and result.get("worker_id"):
             conn = self.conns.get(result["worker_id"])
             if conn is not None and result.get("status") == "cancelled":
@@ -437,17 +454,20 @@ class Coordinator:
             command.setdefault("time", now)
         return await self.replicator.propose(commands)
 
-    async def submit(self, docs: list[dict[str, Any]], *, allow_unschedulable: bool = False) -> list[dict[str, Any]]:
+    async def submit(self, docs: list[dict[str, Any]], *, allow_unschedulable: bool = False,
+                     submitter: str | None = None) -> list[dict[str, Any]]:
         """Validate-then-commit a batch of normalised task docs (filled in place); returns the created tasks.
 
-        Raises scheduler.TaskUnprocessableError for dependency/feasibility problems (-> 422).
+        ``submitter`` (the caller's API key name) is what fair share counts a task against unless the
+        task names its own. Raises scheduler.TaskUnprocessableError for dependency/feasibility problems (-> 422).
         """
         # One submit at a time: the checks below yield to the event loop, and no other submit may add
         # the same task ids between them and the commit.
         async with self._submit_lock:
-            return await self._submit(docs, allow_unschedulable)
+            return await self._submit(docs, allow_unschedulable, submitter)
 
-    async def _submit(self, docs: list[dict[str, Any]], allow_unschedulable: bool) -> list[dict[str, Any]]:
+    async def _submit(self, docs: list[dict[str, Any]], allow_unschedulable: bool,
+                      submitter: str | None = None) -> list[dict[str, Any]]:
         batch_id = uuid.uuid4().hex[:12]
         many = len(docs) > 1
         in_batch: dict[str, dict[str, Any]] = {}
@@ -473,7 +493,9 @@ class Coordinator:
             # batch would otherwise exist once more in memory).
             task = doc
             task["task_id"], task["batch_id"] = task_id, batch_id
-            reason = scheduler.infeasibility_reason(workers, doc["requirements"])
+            if not task.get("submitter") and submitter:
+                task["submitter"] = submitter
+            reason = scheduler.infeasibility_reason(workers, doc["requirements"], doc.get("resources"))
             if reason is not None:
                 if not allow_unschedulable:
                     raise scheduler.TaskUnprocessableError(

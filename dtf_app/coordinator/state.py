@@ -9,12 +9,20 @@ the command's result for the proposer and a list of store events for the DuckDB 
 Commands (``{"op": ..., "time": float, ...}``):
 
 - ``SubmitTasks`` {tasks: [task docs with task_id, batch_id, seq]} -> pending / blocked / unschedulable
-- ``AssignTasks`` {assignments: [{task_id, worker_id, attempt}]} -> assigned (attempts = attempt)
+- ``AssignTasks`` {assignments: [{task_id, worker_id, attempt}]} -> assigned (attempts = attempt); a task
+  with ``resources`` reserves them on the worker (resources.allocate: devices chosen here, identically on
+  every replica; an assignment that no longer fits is refused); every end of the attempt releases them
 - ``StartTasks`` {items: [{task_id, attempt, start_time}]} -> running
 - ``CompleteTasks`` {items: [TaskOutcome with outcome "completed"]} -> completed (+ result)
-- ``FailTasks`` {items: [{task_id, attempt, error, retry: bool}]} -> pending again or failed
+- ``FailTasks`` {items: [{task_id, attempt, error, error_class?, retry: bool}], backoff?: [base, max]}
+  -> pending again (with ``not_before`` = time + min(max, base * 2^(retries spent - 1)) when the attempt
+  ran and a backoff is given) or failed; a non-retryable ``error_class`` (protocol.NON_RETRYABLE_ERRORS)
+  fails the task at once with its reason
+- ``PreemptTasks`` {items: [{task_id, attempt, worker_id, by, by_priority}]} -> pending again, without
+  spending a retry (``preemptions`` + 1; retries spent = attempts - preemptions); the proposer then sends
+  the worker a cancel frame
 - ``CancelTask`` {task_id, reason} -> cancelled
-- ``RegisterWorker`` {worker: {...}} ; ``WorkersLost`` {worker_ids: [...], reason}
+- ``RegisterWorker`` {worker: {...}} ; ``WorkersLost`` {worker_ids: [...], reason, backoff?}
 - ``CreateApiKey`` {name, role, key_hash} ; ``DeleteApiKey`` {name}
 - ``EnrollWorker`` {worker_id, credential_hash, key_name} -> {"enrolled": bool}: binds a worker id to the
   hash of its per-worker credential, first come first served (the commit order decides a race)
@@ -27,6 +35,11 @@ Commands (``{"op": ..., "time": float, ...}``):
 - ``ChangeMembers`` {change: "add"|"remove", node_id, members: {node_id: url}}: not a normal log entry but
   the application half of a Raft config entry (``dtf cluster add|remove``), applied from it by the
   replicator, so the member URLs change atomically with the voters; ``members`` is the full map after
+- ``SetWorkerDrain`` {worker_id, drained} (an operator drains or resumes a worker; resume also ends a quarantine)
+- ``QuarantineWorker`` {worker_id, reason, max_attempts} -> drained and quarantined (quarantine.py);
+  ``StartCanary`` {worker_id, tasks} -> the canary round's tasks submitted; the worker is let back in when
+  they all succeed, or retired after ``max_attempts`` failed rounds
+- ``StopWorker`` {worker_id, restart} -> no new tasks until the worker registers again (it finishes, exits)
 - ``Orchestrate`` {orchestration: parent record, tasks: [subtask docs with parent_id]} -> the parent and its
   subtasks, atomically (orchestrator.py); ``CancelOrchestration`` {task_id, reason} -> the parent and every
   unfinished subtask cancelled. A parent's status and merged result follow its subtasks in every apply.
@@ -40,7 +53,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from dtf_app.coordinator import orchestrator, scheduler
+from dtf_app import protocol
+from dtf_app.coordinator import orchestrator, quarantine, scheduler
+from dtf_app.coordinator import resources as resmod
 
 # Keep what the state holds of a run's output bounded: the full document goes to DuckDB.
 MAX_OUTPUT_CHARS = 4000
@@ -76,6 +91,8 @@ class State:
         # leader replicates the bootstrap list. ``members_index``: the log index of the last change.
         self.members: dict[str, str] = {}
         self.members_index = 0
+        # Workers running a canary round (quarantine.py); derived, rebuilt on restore.
+        self.canary_workers: set[str] = set()
 
     # ------------------------------------------------------------------ helpers
     def _set_status(self, task: TaskDoc, status: str) -> None:
@@ -140,6 +157,8 @@ class State:
         if op in ("SetMembers", "ChangeMembers") and isinstance(result, dict) and result.get("changed", True) \
                 and "error" not in result:
             self.members_index = index
+        if events and self.canary_workers:
+            events.extend(self._refresh_canaries(events, command.get("time")))
         if index:
             self.applied_index = index
         return result, events
@@ -171,6 +190,8 @@ class State:
         for task in fresh:
             if task["status"] != "unschedulable":
                 task["status"] = self._initial_status(task)
+            if task["status"] == "pending":
+                task["ready_since"] = now
             self.counts[task["status"]] = self.counts.get(task["status"], 0) + 1
         for task in fresh:
             events.append(self._task_event(task))
@@ -201,9 +222,20 @@ class State:
             worker = self.workers.get(item["worker_id"])
             if task is None or worker is None or task["status"] != "pending":
                 continue
+            if worker.get("quarantine") and quarantine.canary_for(task) != item["worker_id"]:
+                continue  # quarantined since the plan was made: only its canaries go there
+            reservation = None
+            if task.get("resources"):
+                reservation = resmod.allocate(worker, task["resources"], task.get("requirements"))
+                if reservation is None:
+                    continue  # a stale plan: the worker's resources are taken; the task stays pending
+                worker.setdefault("reserved", {})[task["task_id"]] = reservation
+                item = dict(item, reservation=reservation)
+            task["reservation"] = reservation
             task["attempts"] = item["attempt"]
             task["worker_id"] = item["worker_id"]
             task["start_time"] = None
+            task.pop("not_before", None)
             self._set_status(task, "assigned")
             worker.setdefault("assigned", {})[task["task_id"]] = item["attempt"]
             accepted.append(item)
@@ -240,6 +272,9 @@ class State:
         worker = self.workers.get(task.get("worker_id") or "")
         if worker is not None:
             worker.get("assigned", {}).pop(task["task_id"], None)
+            reserved = worker.get("reserved")
+            if reserved:
+                reserved.pop(task["task_id"], None)
 
     def _complete_tasks(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
         now = cmd["time"]
@@ -251,6 +286,9 @@ class State:
                 continue
             if task["status"] == "pending":
                 task["worker_id"] = task.get("last_worker_id")
+            worker = self.workers.get(task.get("worker_id") or "")
+            if worker is not None and worker.get("infra_failures"):
+                worker["infra_failures"] = 0  # "in a row": a task that ran resets the count
             result = dict(item.get("result") or {})
             task["start_time"] = task["start_time"] or item.get("start_time") or now
             task["end_time"] = item.get("end_time") or now
@@ -279,13 +317,20 @@ class State:
             task = self.tasks.get(item["task_id"])
             if not self._is_current(task, item):
                 continue
-            events.extend(self._fail_attempt(task, item.get("error") or "failed", now, item,
-                                             retry=bool(item.get("retry", True))))
+            error_class = item.get("error_class")
+            worker = self.workers.get(task.get("worker_id") or "")
+            if worker is not None and protocol.is_infrastructure_error(error_class):
+                # Counted here (the worker's own reports and the leader's checks of it), not in WorkersLost:
+                # a machine that vanishes is offline, not a worker that breaks the tasks it runs.
+                worker["infra_failures"] = int(worker.get("infra_failures") or 0) + 1
+            retry = bool(item.get("retry", True)) and protocol.is_retryable(error_class)
+            events.extend(self._fail_attempt(task, item.get("error") or "failed", now, item, retry=retry,
+                                             backoff=cmd.get("backoff"), error_class=error_class))
             recorded += 1
         return recorded, events
 
     def _fail_attempt(self, task: TaskDoc, error: str, now: float, item: dict[str, Any] | None,
-                      *, retry: bool) -> Events:
+                      *, retry: bool, backoff: Any = None, error_class: str | None = None) -> Events:
         # An attempt that never started (assigned, perhaps queued on the worker, when the worker or the
         # coordinator went away) was no execution: it neither counts against max_retries nor appears in
         # the execution history.
@@ -293,21 +338,52 @@ class State:
         events: Events = [] if never_started else [self._history_event(task, "failed", error, item or {})]
         self._release(task)
         task["error"] = error
+        task["error_class"] = error_class if isinstance(error_class, str) else None
         if never_started:
             task["attempts"] -= 1
-        if retry and task["attempts"] <= task.get("max_retries", 3):
+        # Preempted runs were given back, not failed: they spend no retry.
+        spent = task["attempts"] - int(task.get("preemptions") or 0)
+        if retry and spent <= task.get("max_retries", 3):
             task["last_worker_id"] = task["worker_id"]
             task["worker_id"] = None
             task["start_time"] = None
+            if not never_started and isinstance(backoff, list | tuple) and len(backoff) == 2 and backoff[0] > 0:
+                task["not_before"] = now + min(float(backoff[1]), float(backoff[0]) * 2 ** max(0, spent - 1))
             self._set_status(task, "pending")
             events.append(self._task_event(task))
             return events
         task["end_time"] = now
-        task["error"] = error if not retry else f"{error} (gave up after {task['attempts']} attempts)"
+        if not retry and not protocol.is_retryable(error_class):
+            task["error"] = f"{error} (not retried: {error_class} errors cannot succeed by running again)"
+        elif retry:
+            task["error"] = f"{error} (gave up after {spent} attempts)"
         self._set_status(task, "failed")
         events.append(self._task_event(task))
         events.extend(self._cascade_dependents(task, now))
         return events
+
+    def _preempt_tasks(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        """Give running attempts back for higher-priority tasks: pending again, no retry spent."""
+        events: Events = []
+        accepted: list[dict[str, Any]] = []
+        for item in cmd["items"]:
+            task = self.tasks.get(item["task_id"])
+            if not item.get("worker_id") or not self._is_current(task, item):
+                continue
+            reason = (f"preempted by task {item.get('by')} (priority {item.get('by_priority')}); "
+                      "requeued without spending a retry")
+            events.append(self._history_event(task, "preempted", reason, {**item, "end_time": cmd["time"]}))
+            self._release(task)
+            task["preemptions"] = int(task.get("preemptions") or 0) + 1
+            # A completion that raced the cancel is still recorded (late_ok: the attempt did run).
+            task["last_worker_id"] = task["worker_id"]
+            task["worker_id"] = None
+            task["start_time"] = None
+            task["error"] = reason
+            self._set_status(task, "pending")
+            events.append(self._task_event(task))
+            accepted.append(item)
+        return accepted, events
 
     def _release_dependents(self, task: TaskDoc, now: float) -> Events:
         events: Events = []
@@ -320,6 +396,8 @@ class State:
                 self._set_status(waiting, status)
                 if status == "failed":
                     waiting["end_time"] = now
+                else:
+                    waiting["ready_since"] = now
                 events.append(self._task_event(waiting))
         return events
 
@@ -362,25 +440,30 @@ class State:
         existing = self.workers.get(info["worker_id"])
         worker = existing if existing is not None else {"registration_time": now, "assigned": {}}
         worker.update(info)
+        worker.pop("stopping", None)  # a worker told to stop or restart is back: it takes work again
         worker["status"] = "online"
         worker["last_heartbeat"] = now
         self.workers[info["worker_id"]] = worker
         events: Events = [_worker_event(worker)]
         # A worker that can run tasks parked as unschedulable makes them schedulable again.
         for task in self.tasks.values():
-            if task["status"] == "unschedulable" and scheduler.worker_satisfies(worker, task["requirements"]):
+            if task["status"] == "unschedulable" and scheduler.worker_satisfies(
+                    worker, task["requirements"], task.get("resources")):
                 task["error"] = None
                 self._set_status(task, self._initial_status(task))
+                if task["status"] == "pending":
+                    task["ready_since"] = now
                 events.append(self._task_event(task))
         return worker, events
 
     def _workers_lost(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
         events: Events = []
         for worker_id in cmd["worker_ids"]:
-            events.extend(self._take_back(worker_id, cmd.get("reason") or f"worker {worker_id} lost", cmd["time"]))
+            events.extend(self._take_back(worker_id, cmd.get("reason") or f"worker {worker_id} lost", cmd["time"],
+                                          backoff=cmd.get("backoff")))
         return None, events
 
-    def _take_back(self, worker_id: str, reason: str, now: float) -> Events:
+    def _take_back(self, worker_id: str, reason: str, now: float, *, backoff: Any = None) -> Events:
         """Mark a worker offline and put its live attempts back (pending again, or failed)."""
         worker = self.workers.get(worker_id)
         if worker is None:
@@ -391,8 +474,10 @@ class State:
             task = self.tasks.get(task_id)
             if task is None or task["attempts"] != attempt or task["status"] not in ("assigned", "running"):
                 continue
-            events.extend(self._fail_attempt(task, reason, now, {"worker_id": worker_id}, retry=True))
+            events.extend(self._fail_attempt(task, reason, now, {"worker_id": worker_id}, retry=True,
+                                             backoff=backoff, error_class="worker_lost"))
         worker["assigned"] = {}
+        worker["reserved"] = {}
         return events
 
     def _enroll_worker(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
@@ -421,7 +506,79 @@ class State:
         if worker is None:
             return None, []
         worker["drained"] = bool(cmd.get("drained"))
+        if not worker["drained"] and worker.get("quarantine"):
+            # An operator's resume overrides the health monitor (its canary tasks, if any, still run).
+            worker["quarantine"] = None
+            worker["infra_failures"] = 0
+            self.canary_workers.discard(worker["worker_id"])
         return worker, [_worker_event(worker)]
+
+    def _stop_worker(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        """The worker was told to stop (or restart): nothing new goes to it until it registers again."""
+        worker = self.workers.get(cmd.get("worker_id"))  # type: ignore[arg-type]
+        if worker is None:
+            return None, []
+        worker["stopping"] = "restart" if cmd.get("restart") else "stop"
+        return worker, [_worker_event(worker)]
+
+    # ------------------------------------------------------------------ quarantine (quarantine.py)
+    def _quarantine_worker(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        worker = self.workers.get(cmd.get("worker_id"))  # type: ignore[arg-type]
+        if worker is None:
+            return None, []
+        if worker.get("quarantine"):
+            return worker, []  # already out: one record per episode
+        worker["quarantine"] = {"state": quarantine.QUARANTINED, "reason": str(cmd.get("reason") or "unhealthy"),
+                                "since": cmd["time"], "attempts": 0, "max_attempts": int(cmd.get("max_attempts", 2)),
+                                "canary_ids": [], "last_error": None}
+        worker["drained"] = True
+        return worker, [_worker_event(worker)]
+
+    def _start_canary(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
+        worker_id = cmd["worker_id"]
+        worker = self.workers.get(worker_id)
+        if worker is None or not quarantine.needs_canary(worker):
+            return None, []
+        docs = cmd["tasks"]
+        for doc in docs:
+            if quarantine.canary_for(doc) != worker_id or doc["task_id"] in self.tasks:
+                raise ValueError(f"canary task {doc.get('task_id')!r} is not a fresh canary of {worker_id!r}")
+        record = worker["quarantine"]
+        record.update(state=quarantine.CANARY, attempts=int(record["attempts"]) + 1,
+                      canary_ids=[doc["task_id"] for doc in docs])
+        self.canary_workers.add(worker_id)
+        created, events = self._submit_tasks({"time": cmd["time"], "tasks": docs})
+        events.append(_worker_event(worker))
+        return {"worker": worker, "tasks": created}, events
+
+    def _refresh_canaries(self, events: Events, now: Any) -> Events:
+        """A canary task changed: let its worker back in, or count the failed round."""
+        out: Events = []
+        for event in list(events):
+            owner = quarantine.canary_for(event["task"]) if event.get("kind") == "task" else None
+            worker = self.workers.get(owner or "")
+            record = worker.get("quarantine") if worker is not None else None
+            if not record or record.get("state") != quarantine.CANARY or \
+                    event["task"]["task_id"] not in record.get("canary_ids", ()):
+                continue
+            verdict = quarantine.round_outcome(record, self.tasks)
+            if verdict is None:
+                continue
+            self.canary_workers.discard(owner)  # type: ignore[arg-type]
+            if verdict == "passed":
+                worker["quarantine"] = None
+                worker["drained"] = False
+                worker["infra_failures"] = 0
+                worker["recovered"] = {"time": now, "attempts": record["attempts"], "reason": record["reason"]}
+            else:
+                failed = [self.tasks[i] for i in record["canary_ids"] if i in self.tasks]
+                record["last_error"] = next((t.get("error") or (t.get("result") or {}).get("status")
+                                             for t in failed if t["status"] != "completed"
+                                             or (t.get("result") or {}).get("status") != "success"), "failed")
+                record["state"] = (quarantine.RETIRED if record["attempts"] >= record["max_attempts"]
+                                   else quarantine.QUARANTINED)
+            out.append(_worker_event(worker))
+        return out
 
     def _create_api_key(self, cmd: dict[str, Any]) -> tuple[Any, Events]:
         record = {"name": cmd["name"], "role": cmd["role"], "key_hash": cmd["key_hash"], "created": cmd["time"]}
@@ -571,6 +728,8 @@ class State:
         state.orchestrations = raw.get("orchestrations", {})
         state.members = raw.get("members", {})
         state.members_index = raw.get("members_index", 0)
+        state.canary_workers = {wid for wid, w in state.workers.items()
+                                if (w.get("quarantine") or {}).get("state") == quarantine.CANARY}
         for task in raw["tasks"].values():
             state._add_task(task)
             for dep in task.get("dependencies") or []:
@@ -586,7 +745,7 @@ def _members_map(raw: Any) -> dict[str, str]:
 
 
 def _worker_event(worker: dict[str, Any]) -> dict[str, Any]:
-    return {"kind": "worker", "worker": {k: v for k, v in worker.items() if k != "assigned"}}
+    return {"kind": "worker", "worker": {k: v for k, v in worker.items() if k not in ("assigned", "reserved")}}
 
 
 _HANDLERS = {
@@ -595,10 +754,14 @@ _HANDLERS = {
     "StartTasks": State._start_tasks,
     "CompleteTasks": State._complete_tasks,
     "FailTasks": State._fail_tasks,
+    "PreemptTasks": State._preempt_tasks,
     "CancelTask": State._cancel_task,
     "RegisterWorker": State._register_worker,
     "WorkersLost": State._workers_lost,
     "SetWorkerDrain": State._set_worker_drain,
+    "StopWorker": State._stop_worker,
+    "QuarantineWorker": State._quarantine_worker,
+    "StartCanary": State._start_canary,
     "CreateApiKey": State._create_api_key,
     "DeleteApiKey": State._delete_api_key,
     "EnrollWorker": State._enroll_worker,

@@ -23,6 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from dtf_app import __version__, health
+from dtf_app.coordinator import resources
 
 if TYPE_CHECKING:
     from dtf_app.coordinator.service import Coordinator
@@ -45,14 +46,19 @@ def hardware_id(worker: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(profile, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def health_status(metrics: dict[str, Any]) -> dict[str, Any]:
-    """``{"status": healthy|warning|critical|unknown, "alerts": [...], "cpu_percent", ...}`` of a sample."""
+def health_status(metrics: dict[str, Any], alerts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``{"status": healthy|warning|critical|unknown, "alerts": [...], "cpu_percent", ...}`` of a sample.
+
+    ``alerts``: the ones already evaluated against the source's own thresholds (a worker's heartbeat);
+    without them the sample is evaluated against the defaults.
+    """
     if not metrics:
         return {"status": "unknown", "alerts": []}
-    try:
-        alerts = health.evaluate(metrics)
-    except (TypeError, ValueError):
-        alerts = []
+    if alerts is None:
+        try:
+            alerts = health.evaluate(metrics)
+        except (TypeError, ValueError):
+            alerts = []
     severities = {a["severity"] for a in alerts}
     status = "critical" if "critical" in severities else "warning" if severities else "healthy"
     out: dict[str, Any] = {"status": status, "alerts": alerts}
@@ -65,7 +71,7 @@ def health_status(metrics: dict[str, Any]) -> dict[str, Any]:
 def add_source_fields(view: dict[str, Any], worker: dict[str, Any]) -> None:
     """Add the source Worker model's fields to a worker view, in place."""
     assigned = worker.get("assigned") or {}
-    health_doc = health_status(view.get("health") or {})
+    health_doc = health_status(view.get("health") or {}, view.get("alerts"))
     view["hardware_id"] = hardware_id(worker)
     view["last_seen"] = view.get("last_heartbeat")
     view["current_task"] = next(iter(sorted(assigned)), None) if isinstance(assigned, dict) else None
@@ -82,6 +88,20 @@ def add_source_fields(view: dict[str, Any], worker: dict[str, Any]) -> None:
             view["status"] = "error"
         elif capacity and view.get("running", 0) >= capacity:
             view["status"] = "busy"
+
+
+def wait_reason(coord: Coordinator, task: dict[str, Any]) -> dict[str, Any] | None:
+    """Why a task that has not started waits (scheduler.wait_reason), with times in the API's format."""
+    from dtf_app.coordinator import scheduler
+
+    # The leader knows which workers are connected to it; a follower judges by the replicated status.
+    connected = [w for w, c in coord.conns.items() if not c.closed] if coord.is_leader else None
+    reason = scheduler.wait_reason(task, coord.state.tasks, coord.state.workers, coord.queue, now=time.time(),
+                                   policy=coord.duties.policy, connected=connected)
+    if reason is not None and reason["code"] == "backoff":
+        reason["message"] = f"{reason['message']}; retry after {iso(reason['until'])}"
+        reason["until"] = iso(reason["until"])
+    return reason
 
 
 def iso(ts: float | None) -> str | None:
@@ -112,10 +132,16 @@ def worker_view(coord: Coordinator, worker_id: str) -> dict[str, Any] | None:
     view.update(
         status="online" if connected else "offline", connected=connected,
         running=running, free_slots=max(0, capacity - running),
+        # Tasks held (running or queued on it) per slot: the balancer's load (above 1: prefetched extras).
+        load=round(running / capacity, 3) if capacity else 0.0,
         health=conn.health if conn is not None else {},
         registration_time=iso(worker.get("registration_time")),
         last_heartbeat=iso(worker.get("last_heartbeat")),
         enrolled=worker_id in coord.state.enrolments,  # bound to a credential (dtf workers forget frees it)
+        # Reserved vs capacity per resource (task ``resources``; coordinator/resources.py).
+        resources=resources.worker_usage(worker),
+        alerts=conn.alerts if conn is not None else [],
+        quarantine=worker.get("quarantine"),
     )
     if conn is not None:
         view["last_heartbeat"] = iso(time.time() - (time.monotonic() - conn.last_seen))

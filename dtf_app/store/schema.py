@@ -124,6 +124,31 @@ LEADERSHIP_COLUMNS: dict[str, str] = {
     "log_index": "BIGINT",
 }
 
+HEALTH_ALERT_COLUMNS: dict[str, str] = {
+    "timestamp": "TIMESTAMP",
+    "source_kind": "VARCHAR",  # node | worker
+    "source_id": "VARCHAR",
+    "metric": "VARCHAR",
+    "value": "DOUBLE",
+    "threshold": "DOUBLE",
+    "level": "VARCHAR",  # warning | critical
+    "message": "VARCHAR",
+    "node_id": "VARCHAR",  # the coordinator that recorded it
+}
+
+SCALING_COLUMNS: dict[str, str] = {
+    "timestamp": "TIMESTAMP",
+    "node_id": "VARCHAR",
+    "term": "BIGINT",
+    "recommendation": "VARCHAR",  # scale_up | steady | scale_down
+    "utilisation": "DOUBLE",
+    "ratios": "JSON",
+    "pending_tasks": "INTEGER",
+    "workers": "INTEGER",
+    "hook_called": "BOOLEAN",
+    "hook_status": "VARCHAR",
+}
+
 META_COLUMNS: dict[str, str] = {"key": "VARCHAR PRIMARY KEY", "value": "VARCHAR"}
 
 TABLES: dict[str, dict[str, str]] = {
@@ -135,6 +160,9 @@ TABLES: dict[str, dict[str, str]] = {
     "test_results": TEST_RESULT_COLUMNS,
     "benchmark_results": BENCHMARK_RESULT_COLUMNS,
     "leadership_history": LEADERSHIP_COLUMNS,
+    # Leader-local observations (not log entries), written by the node that made them.
+    "health_alerts": HEALTH_ALERT_COLUMNS,
+    "scaling_recommendations": SCALING_COLUMNS,
 }
 
 # Statements that bring a database from version ``n - 1`` to ``n``. Version 1 is the base schema, which

@@ -50,7 +50,7 @@ from dtf_app.store import schema
 log = logging.getLogger(__name__)
 
 EVENT_KINDS: dict[str, str] = {"task": "task", "worker": "worker", "history": "row", "result": "result",
-                               "leadership": "row"}
+                               "leadership": "row", "health_alert": "row", "scaling": "row"}
 """Event kind -> the key that holds its payload."""
 
 
@@ -217,6 +217,8 @@ _WRITERS = {
     "test_results": _TableWriter("test_results", upsert=False),
     "benchmark_results": _TableWriter("benchmark_results", upsert=False),
     "leadership_history": _TableWriter("leadership_history", upsert=False),
+    "health_alerts": _TableWriter("health_alerts", upsert=False),
+    "scaling_recommendations": _TableWriter("scaling_recommendations", upsert=False),
 }
 
 Batch = list[tuple[int | None, list[dict[str, Any]]]]
@@ -528,6 +530,8 @@ class Store:
         # Rows rebuilt from a snapshot (``if_absent``): written only where the table lacks them.
         absent_results: list[dict[str, Any]] = []
         absent_leadership: list[dict[str, Any]] = []
+        alerts: list[dict[str, Any]] = []
+        scaling: list[dict[str, Any]] = []
         next_id = self._next_history_id
         for event in events:
             kind = event["kind"]
@@ -550,6 +554,10 @@ class Store:
                 next_id += 1
             elif kind == "leadership":
                 leadership.append(event["row"])
+            elif kind == "health_alert":
+                alerts.append(event["row"])
+            elif kind == "scaling":
+                scaling.append(event["row"])
             else:
                 _add_result(event["result"], results, tests, benchmarks)
         con.execute("BEGIN TRANSACTION")
@@ -573,6 +581,8 @@ class Store:
             _WRITERS["test_results"].write(con, tests)
             _WRITERS["benchmark_results"].write(con, benchmarks)
             _WRITERS["leadership_history"].write(con, leadership)
+            _WRITERS["health_alerts"].write(con, alerts)
+            _WRITERS["scaling_recommendations"].write(con, scaling)
             if last_index != self._last_applied:
                 con.execute("INSERT OR REPLACE INTO store_meta VALUES ('last_applied_index', ?)", [str(last_index)])
             con.execute("COMMIT")

@@ -60,6 +60,8 @@ MAX_BUFFERED_LOG_LINES = 1000
 RESULTS_PER_MESSAGE = 300
 OUTBOX_BATCH = 500
 OUTBOX_LINGER = 0.02
+# A stopping worker waits this long for the acks of its last outcomes (the outbox keeps the rest).
+STOP_ACK_WAIT_S = 30.0
 """Let outcomes gather this long before a commit: a DuckDB commit has a fixed cost (WAL sync, and a GIL
 hand-over from the writer thread each time), so fewer, bigger commits leave the trio thread more time."""
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -112,6 +114,22 @@ def websocket_url(url: str) -> str:
             exit_code=2,
         )
     return text if text.endswith("/ws/worker") else text + "/ws/worker"
+
+
+def device_env(devices: Any) -> dict[str, str]:
+    """The environment restricting a task to the devices it reserved (an assignment's ``devices``)."""
+    by_type: dict[str, list[str]] = {}
+    for device in devices if isinstance(devices, list) else []:
+        if not isinstance(device, dict):
+            continue
+        index, kind = device.get("index"), device.get("type")
+        if isinstance(index, int) and not isinstance(index, bool) and index >= 0 and isinstance(kind, str):
+            by_type.setdefault(kind, []).append(str(index))
+    env: dict[str, str] = {}
+    for kind, indices in by_type.items():
+        for name in protocol.DEVICE_ENV_VARS.get(kind, ()):
+            env[name] = ",".join(indices)
+    return env
 
 
 def _task_key(document: dict[str, Any]) -> OutboxKey | None:
@@ -184,6 +202,17 @@ class WorkerAgent:
         # The secret bound to worker_id at enrolment, presented on every connection.
         self._credential_path = credential_path(settings, worker_id)
         self.credential = credential or load_credential(self._credential_path)
+        # Health: sampled every report_interval (default each heartbeat), evaluated against this worker's
+        # own thresholds (the design's worker `health` section); the alerts travel with the heartbeat.
+        from dtf_app import health
+
+        self._health_thresholds = health.thresholds_from(settings)
+        self._health_sample: dict[str, Any] = {}
+        self._health_alerts: list[dict[str, Any]] = []
+        self._health_sampled_at = -math.inf
+        # Set by a ``control`` stop/restart frame: no new tasks, finish, wait for the acks, then leave.
+        self.exit_action: str | None = None
+        self._service_scope: trio.CancelScope | None = None
 
     # ----------------------------------------------------------------------------------------- service
     async def run(self, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -201,7 +230,8 @@ class WorkerAgent:
                 nursery.start_soon(self._outbox_writer)
                 nursery.start_soon(self._janitor)
                 try:
-                    await self._connection_loop(task_status)
+                    with trio.CancelScope() as self._service_scope:
+                        await self._connection_loop(task_status)
                 except WorkerError as exc:
                     fatal = exc
                 # Stop taking work and cancel running tasks; the runners kill their process groups.
@@ -468,6 +498,8 @@ class WorkerAgent:
                 self._handle_cancel(message)
             elif kind == protocol.ACK:
                 self._handle_ack(message)
+            elif kind == protocol.CONTROL:
+                self._handle_control(message)
             elif kind == protocol.ERROR:
                 self._handle_error(message, "coordinator")
                 if (self._fatal is not None or self._next_url is not None) and self._session_scope:
@@ -509,14 +541,19 @@ class WorkerAgent:
     async def _heartbeat_loop(self) -> None:
         while True:
             await trio.sleep(self._heartbeat_interval)
-            try:
-                metrics = await trio.to_thread.run_sync(self._sample_health)
-            except Exception as exc:  # a failing metric must not cost the worker its liveness
-                logger.warning("health sample failed: %s", exc)
-                metrics = {}
+            report_every = self.settings.health_report_interval or 0.0
+            if time.monotonic() - self._health_sampled_at >= report_every:
+                self._health_sampled_at = time.monotonic()
+                try:
+                    self._health_sample = await trio.to_thread.run_sync(self._sample_health)
+                    self._health_alerts = self._evaluate_health(self._health_sample)
+                except Exception as exc:  # a failing metric must not cost the worker its liveness
+                    logger.warning("health sample failed: %s", exc)
+                    self._health_sample, self._health_alerts = {}, []
             await self._send({
                 "type": protocol.HEARTBEAT,
-                "metrics": metrics,
+                "metrics": self._health_sample,
+                "alerts": self._health_alerts,
                 "free_slots": self._free_slots(),
                 "running": self._running_list(),
             })
@@ -539,6 +576,17 @@ class WorkerAgent:
                     self._session_scope.cancel()
                 return
 
+    def _evaluate_health(self, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+        from dtf_app import health
+
+        alerts = health.evaluate(metrics, *self._health_thresholds) if metrics else []
+        before = {a["metric"]: a["severity"] for a in self._health_alerts}
+        for alert in alerts:
+            if before.get(alert["metric"]) != alert["severity"]:
+                logger.log(logging.WARNING if alert["severity"] == "critical" else logging.INFO,
+                           "health %s: %s", alert["severity"], alert["message"])
+        return alerts
+
     # ----------------------------------------------------------------------------- message handlers
     def _handle_assign(self, message: dict[str, Any]) -> None:
         tasks = message.get("tasks")
@@ -560,6 +608,11 @@ class WorkerAgent:
                 continue
             if self._task_nursery is None:
                 return
+            if self.exit_action is not None:
+                # Stopping: the coordinator stopped sending work; one that crossed the stop is left to it
+                # (it is re-queued once this worker is gone).
+                logger.info("stopping: not starting task %s", key[0])
+                continue
             record = _RunningTask(key)
             self._running[key] = record
             self._task_nursery.start_soon(self._run_task, task, record)
@@ -577,6 +630,33 @@ class WorkerAgent:
                 logger.info("cancelling task %s attempt %d", key[0], key[1])
                 record.cancel_requested = True
                 record.scope.cancel()
+
+    def _handle_control(self, message: dict[str, Any]) -> None:
+        action, reason = message.get("action"), str(message.get("reason") or "")
+        if action not in protocol.CONTROL_ACTIONS:
+            logger.warning("ignoring control frame with unknown action %r", action)
+            return
+        if action in ("drain", "resume"):
+            logger.warning("coordinator %s this worker%s", "drained" if action == "drain" else "resumed",
+                           f" ({reason})" if reason else "")
+            return
+        if self.exit_action is not None:
+            return
+        self.exit_action = action
+        logger.warning("coordinator asked this worker to %s: finishing %d task(s) first", action, len(self._running))
+        if self._task_nursery is not None:
+            self._task_nursery.start_soon(self._leave_when_idle)
+
+    async def _leave_when_idle(self) -> None:
+        """Stop/restart: wait for running tasks and their acks (the outbox keeps what is not acked), then end."""
+        while self._running:
+            await trio.sleep(0.1)
+        with trio.move_on_after(STOP_ACK_WAIT_S):
+            while self._unacked and self._ws is not None:
+                await trio.sleep(0.1)
+        logger.warning("worker %s: %s now", self.worker_id, "restarting" if self.exit_action == "restart" else "stopping")
+        if self._service_scope is not None:
+            self._service_scope.cancel()
 
     def _handle_ack(self, message: dict[str, Any]) -> None:
         items = message.get("items")
@@ -613,11 +693,11 @@ class WorkerAgent:
                     except Exception as exc:  # a full disk or a bug here fails the task, never the worker
                         logger.exception("task %s attempt %d: worker error", task_id, attempt)
                         outcome = self._outcome(
-                            record.key, start_time, "failed", error=f"worker error: {type(exc).__name__}: {exc}"
-                        )
+                            record.key, start_time, "failed", error=f"worker error: {type(exc).__name__}: {exc}",
+                            error_class="worker_error")
             if outcome is None or record.cancel_requested:
                 # Only a "cancel" message cancels record.scope; whatever the runner made of it, say so.
-                outcome = self._outcome(record.key, start_time, "failed", error="cancelled")
+                outcome = self._outcome(record.key, start_time, "failed", error="cancelled", error_class="cancelled")
         finally:
             self._running.pop(record.key, None)
             buffer = self._logs.get(record.key)
@@ -653,45 +733,54 @@ class WorkerAgent:
         try:
             runner = self._get_runner(str(task_type))
         except self._task_error as exc:
-            return self._outcome(key, start_time, "failed", error=str(exc))
+            return self._outcome(key, start_time, "failed", error=str(exc),
+                                 error_class=getattr(exc, "error_class", "unknown_runner"))
         except Exception as exc:
-            return self._outcome(key, start_time, "failed", error=f"no runner for task type {task_type!r}: {exc}")
+            return self._outcome(key, start_time, "failed", error=f"no runner for task type {task_type!r}: {exc}",
+                                 error_class="unknown_runner")
         # A task without its own limit gets the worker's (execution.timeout), if one is set.
         timeout = task.get("timeout_seconds") or self.settings.task_timeout
         limit = float(timeout) if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0 else math.inf
+        env = {"DTF_TASK_ID": key[0], "DTF_ATTEMPT": str(key[1]), "DTF_WORKER_ID": self.worker_id}
+        pinned = device_env(task.get("devices"))
+        if pinned:
+            env.update(pinned)
+            env["DTF_RESERVED_DEVICES"] = ",".join(str(d.get("index")) for d in task["devices"])
         context = self._run_context(
             task_id=key[0], attempt=key[1], work_dir=work_dir, log=self._log_callback(key),
-            env={"DTF_TASK_ID": key[0], "DTF_ATTEMPT": str(key[1]), "DTF_WORKER_ID": self.worker_id},
-            settings=self.settings,
+            env=env, settings=self.settings,
         )
         result: Any = None
         error: str | None = None
+        error_class = "crash"
         with trio.move_on_after(limit) as timeout_scope:
             try:
                 result = await runner.run(task, context)
             except self._task_error as exc:
                 error = str(exc) or type(exc).__name__
+                error_class = getattr(exc, "error_class", "bad_config")
             except Exception as exc:  # a runner bug fails the task, never the worker
                 logger.debug("runner for task %s raised", key[0], exc_info=True)
                 error = f"{type(exc).__name__}: {exc}"
         if timeout_scope.cancelled_caught or (error is not None and timeout_scope.cancel_called):
-            return self._outcome(key, start_time, "failed", error=f"timed out after {limit:g} s")
+            return self._outcome(key, start_time, "failed", error=f"timed out after {limit:g} s", error_class="timeout")
         if error is not None:
-            return self._outcome(key, start_time, "failed", error=error)
+            return self._outcome(key, start_time, "failed", error=error, error_class=error_class)
         if not isinstance(result, dict):
             return self._outcome(
-                key, start_time, "failed", error=f"runner returned {type(result).__name__}, not a result document"
-            )
+                key, start_time, "failed", error=f"runner returned {type(result).__name__}, not a result document",
+                error_class="crash")
         return self._outcome(key, start_time, "completed", result=result)
 
     @staticmethod
     def _outcome(
         key: OutboxKey, start_time: float, outcome: str, *, error: str | None = None,
-        result: dict[str, Any] | None = None,
+        result: dict[str, Any] | None = None, error_class: str | None = None,
     ) -> dict[str, Any]:
         return {
             "task_id": key[0], "attempt": key[1], "outcome": outcome, "start_time": start_time,
             "end_time": time.time(), "error": error, "result": result,
+            "error_class": error_class if error is not None else None,
         }
 
     def _log_callback(self, key: OutboxKey) -> Callable[[str], None]:
@@ -800,8 +889,10 @@ async def run_worker(
     get_runner: Callable[[str], Any] | None = None,
     detect_hardware: Callable[[str | None], dict[str, Any]] | None = None,
     sample_health: Callable[[], dict[str, Any]] | None = None,
-) -> None:
-    """Run a worker until cancelled; ``task_status.started(worker_id)`` after the first welcome.
+) -> str | None:
+    """Run a worker until cancelled or told to leave; ``task_status.started(worker_id)`` after the first welcome.
+
+    Returns ``"stop"`` or ``"restart"`` when the coordinator said so (a ``control`` frame), else None.
 
     ``get_runner``, ``detect_hardware`` and ``sample_health`` default to :mod:`dtf_app.worker.runners`,
     :func:`dtf_app.hardware.detect` and :func:`dtf_app.health.sample`; tests and embedders may pass their own.
@@ -853,6 +944,7 @@ async def run_worker(
         )
         try:
             await agent.run(task_status)
+            return agent.exit_action
         finally:
             with trio.CancelScope(shield=True):
                 await outbox.aclose()

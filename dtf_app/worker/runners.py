@@ -8,7 +8,9 @@ short grace) before re-raising. A task owns its process group: leftovers still a
 exits are terminated too, so nothing a task started outlives it.
 
 ``TaskError`` means "the task could not run" (bad config at run time, missing test file, command not
-found): the agent reports outcome ``failed`` with ``str(exc)``.
+found): the agent reports outcome ``failed`` with ``str(exc)`` and the error's ``error_class``
+(protocol.ERROR_CLASSES: ``bad_config``, ``missing_file`` and ``unknown_runner`` are never retried;
+``crash`` is, like timeouts; ``worker_error`` is retried and counts towards the worker's quarantine).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import trio
 
 from dtf_app.fsutil import task_umask
 from dtf_app.plugins import RUNNERS_GROUP, load_plugin
+from dtf_app.protocol import DEVICE_ENV_VARS
 
 TAIL_LINES = 200
 TAIL_BYTES = 8 * 1024
@@ -41,7 +44,15 @@ _NEW_GROUP: dict = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if _W
 
 
 class TaskError(Exception):
-    """The task could not run; the message says what was wrong and what would be accepted."""
+    """The task could not run; the message says what was wrong and what would be accepted.
+
+    ``error_class`` says whether running it again could help (protocol.ERROR_CLASSES); the default,
+    ``bad_config``, is for a task whose own document is wrong, which no retry can fix.
+    """
+
+    def __init__(self, message: str, *, error_class: str = "bad_config") -> None:
+        super().__init__(message)
+        self.error_class = error_class
 
 
 @dataclass
@@ -83,9 +94,9 @@ def get_runner(task_type: str) -> Runner:
     try:
         factory = load_plugin(RUNNERS_GROUP, task_type)
     except LookupError as exc:
-        raise TaskError(f"this worker cannot run {task_type!r} tasks: {exc}") from None
+        raise TaskError(f"this worker cannot run {task_type!r} tasks: {exc}", error_class="unknown_runner") from None
     except ImportError as exc:
-        raise TaskError(f"the {task_type!r} runner is broken on this worker: {exc}") from None
+        raise TaskError(f"the {task_type!r} runner is broken on this worker: {exc}", error_class="unknown_runner") from None
     runner = factory() if isinstance(factory, type) else factory
     if not isinstance(runner, Runner):
         raise TaskError(f"the {task_type!r} runner plugin ({factory!r}) has no async run(task, ctx) method")
@@ -184,7 +195,11 @@ def unfrozen_environ() -> dict[str, str]:
 
 
 def build_env(ctx: RunContext, task_env: object, where: str = "config.env") -> dict[str, str]:
-    """The subprocess environment: the worker's, then ``ctx.env``, then the task's ``env`` (validated)."""
+    """The subprocess environment: the worker's, then ``ctx.env``, then the task's ``env`` (validated).
+
+    The device variables of a reservation (protocol.DEVICE_ENV_VARS, set in ``ctx.env`` by the agent)
+    win over the task's own ``env``: a task runs on exactly the devices it reserved.
+    """
     if task_env is None:
         task_env = {}
     if not isinstance(task_env, Mapping) or not all(
@@ -195,6 +210,10 @@ def build_env(ctx: RunContext, task_env: object, where: str = "config.env") -> d
     env = unfrozen_environ()
     env.update(ctx.env)
     env.update({k: str(v) for k, v in task_env.items()})
+    for names in DEVICE_ENV_VARS.values():
+        for name in names:
+            if name in ctx.env:
+                env[name] = ctx.env[name]
     # Children are often Python; unbuffered output makes log lines arrive as they happen.
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
@@ -266,11 +285,14 @@ async def run_process(
             **({} if _WINDOWS else {"umask": task_umask()}),
         )
     except FileNotFoundError:
-        raise TaskError(f"command not found: {argv[0]!r} (not on PATH of the worker, or a wrong path)") from None
+        raise TaskError(f"command not found: {argv[0]!r} (not on PATH of the worker, or a wrong path)",
+                        error_class="missing_file") from None
     except PermissionError:
         raise TaskError(f"command {argv[0]!r} is not executable (permission denied)") from None
     except OSError as exc:
-        raise TaskError(f"command {argv[0]!r} could not be started: {exc}") from None
+        # The worker could not start a process at all (no memory, no file descriptors, no space):
+        # the machine's fault, counted towards quarantine.
+        raise TaskError(f"command {argv[0]!r} could not be started: {exc}", error_class="worker_error") from None
 
     tail = OutputTail()
 

@@ -170,7 +170,7 @@ class BenchmarkRunner:
         elapsed = time.perf_counter() - started
         if proc.returncode != 0 or not payload:
             raise TaskError(f"the benchmark process exited with code {proc.returncode} without a result; "
-                            f"output tail:\n{proc.output[-4000:]}")
+                            f"output tail:\n{proc.output[-4000:]}", error_class="crash")
         if payload.get("fatal"):
             raise TaskError(f"benchmark could not run: {payload['fatal']}")
         rows, errors = payload["rows"], payload["errors"]

@@ -93,7 +93,8 @@ class CustomRunner:
             target: object = importlib.import_module(module_name)
         except Exception as exc:  # import of user code can raise anything
             raise TaskError(f"config.callable {spec!r}: cannot import {module_name!r} on this worker: "
-                            f"{type(exc).__name__}: {exc}") from None
+                            f"{type(exc).__name__}: {exc}",
+                            error_class="missing_file" if isinstance(exc, ImportError) else "crash") from None
         for part in attr_path.split("."):
             try:
                 target = getattr(target, part)

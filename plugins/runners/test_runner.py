@@ -72,8 +72,9 @@ class TestRunner:
         if proc.returncode not in (0, 1, 5):
             meaning = {2: "interrupted (collection errors or a keyboard interrupt)", 3: "internal error",
                        4: "usage error (bad arguments)"}.get(proc.returncode, "did not complete")
+            # A usage error is the task's own arguments; an internal error or an interrupt may pass next time.
             raise TaskError(f"pytest exited with code {proc.returncode}: {meaning}; output tail:\n"
-                            f"{proc.output[-4000:]}")
+                            f"{proc.output[-4000:]}", error_class="bad_config" if proc.returncode == 4 else "crash")
         tests = parse_junit(junit, Path(rootdir[0]) if rootdir else cwd) if junit.exists() else []
         counts = {outcome: sum(1 for t in tests if t["outcome"] == outcome) for outcome in _OUTCOME_RANK}
         metrics = {"tests_total": len(tests), "passed": counts["passed"], "failed": counts["failed"],
@@ -112,7 +113,7 @@ def _targets(test_file: object, cwd: Path) -> list[str]:
             raise TaskError(f"config.test_file entry {target!r} has no path before '::'")
         if not (cwd / path_part).exists():
             raise TaskError(f"config.test_file {path_part!r} does not exist on this worker "
-                            f"(looked in working directory {cwd})")
+                            f"(looked in working directory {cwd})", error_class="missing_file")
     return targets
 
 
@@ -124,7 +125,7 @@ def parse_junit(path: Path, rootdir: Path) -> list[dict]:
     try:
         tree = ET.parse(path)
     except ET.ParseError as exc:
-        raise TaskError(f"pytest wrote an unreadable JUnit XML file {path}: {exc}") from None
+        raise TaskError(f"pytest wrote an unreadable JUnit XML file {path}: {exc}", error_class="crash") from None
     rows: dict[str, dict] = {}
     for case in tree.iter("testcase"):
         nodeid = _nodeid(case.get("classname", ""), case.get("name", ""), case.get("file"), rootdir)

@@ -153,7 +153,8 @@ class Cluster:
     # -------------------------------------------------------------- workers
     def start_worker(self, name: str, *, slots: int = 2, simulate: str | None = None,
                      tags: str | None = None, python_args: tuple[str, ...] = (),
-                     data_dir: Path | None = None, api_key: str | None = None) -> Node:
+                     data_dir: Path | None = None, api_key: str | None = None,
+                     env: dict[str, str] | None = None) -> Node:
         """A worker process; its data dir (default ``workers/<name>``) keeps its credential across restarts."""
         args = ["--mode", "worker", "--coordinator", self.url, "--worker-id", name, "--data-dir",
                 str(data_dir or self.worker_dir(name)), "--max-concurrent-tasks", str(slots),
@@ -162,7 +163,8 @@ class Cluster:
             args += ["--simulate-hardware", str(ASSETS / "hardware" / simulate)]
         if tags:
             args += ["--tags", tags]
-        node = self.node(args, self.root / f"worker-{name}.log", env={"DTF_API_KEY": api_key or self.worker_key},
+        node = self.node(args, self.root / f"worker-{name}.log", env={"DTF_API_KEY": api_key or self.worker_key,
+                                                                    **(env or {})},
                          python_args=python_args)
         self.workers.append(node)
         return node
@@ -315,11 +317,12 @@ class HACluster:
         return wait_for(attempt, 60, interval=0.2, what="a submit to be accepted")
 
     def start_worker(self, name: str, worker_key: str, slots: int = 2, heartbeat: float = 1.0,
-                     urls: str | None = None) -> Node:
+                     urls: str | None = None, simulate: str | None = None) -> Node:
         node = Node(["--mode", "worker", "--coordinator", urls or self.urls, "--worker-id", name, "--data-dir",
                      str(self.root / "workers" / name), "--max-concurrent-tasks", str(slots),
                      "--heartbeat-interval", str(heartbeat),
-                     "--reconnect-attempts", "100"],
+                     "--reconnect-attempts", "100",
+                     *(["--simulate-hardware", str(ASSETS / "hardware" / simulate)] if simulate else [])],
                     self.root / f"worker-{name}.log", env={**self.env(), "DTF_API_KEY": worker_key})
         self.workers.append(node)
         return node

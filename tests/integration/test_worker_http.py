@@ -207,3 +207,24 @@ def test_followers_send_an_http_worker_to_the_leader_and_it_follows_a_failover(h
     assert worker.complete(task["task_id"], worker.run(body["tasks"][0])).json()["recorded"] is True
     done = ha.task(task["task_id"])
     assert done is not None and done["status"] == "completed" and done["worker_id"] == "http-ha"
+
+
+def test_a_polling_worker_is_told_its_reserved_devices(cluster: Cluster) -> None:
+    # The HTTP poll describes an assignment as the websocket frame does, reservation included, so a
+    # worker without a websocket can pin each task to the devices apply chose for it.
+    cluster.start_coordinator()
+    worker = HttpWorker(cluster.url, cluster.worker_key, "http-gpu")
+    gpus = [{"index": i, "type": "cuda", "name": "sim", "memory_gb": 16} for i in range(2)]
+    assert worker.register(capabilities={"hardware": ["cpu", "cuda"], "gpu": {"count": 2, "devices": gpus},
+                                         "memory": {"total_gb": 32}, "cpu": {"cores": 4}},
+                           max_concurrent_tasks=2).status_code == 201
+    assert worker.poll(wait=0).status_code == 200
+    cluster.wait_workers(1)
+    task = {"type": "custom", "config": {"command": ["true"]}, "requirements": {"hardware": ["cuda"]},
+            "resources": {"gpus": 1}}
+    created = cluster.submit([task, task])
+    assert created.status_code == 201, created.text
+    body = _poll_until(worker, lambda b: len(b["tasks"]) == 2, "both assignments")
+    assert sorted(t["devices"][0]["index"] for t in body["tasks"]) == [0, 1]
+    assert all(t["devices"] == [{"index": t["devices"][0]["index"], "type": "cuda"}] and
+               t["resources"] == {"gpus": 1} for t in body["tasks"])

@@ -37,8 +37,10 @@ def test_alerts_above_default_thresholds() -> None:
     assert set(by_metric) == {"cpu_percent", "memory_percent", "disk_percent"}
     assert by_metric["cpu_percent"]["severity"] == "warning"
     assert by_metric["memory_percent"]["severity"] == "critical"
-    assert by_metric["disk_percent"]["threshold"] == DEFAULT_THRESHOLDS["disk_percent"]
-    assert "cpu percent is 92.0%, above the 90% threshold" == by_metric["cpu_percent"]["message"]
+    # The threshold an alert names is the one it crossed: the critical one for a critical alert.
+    assert by_metric["cpu_percent"]["threshold"] == DEFAULT_THRESHOLDS["cpu_percent"]
+    assert by_metric["disk_percent"]["threshold"] == (DEFAULT_THRESHOLDS["disk_percent"] + 100) / 2
+    assert "cpu percent is 92.0%, above the 90% warning threshold" == by_metric["cpu_percent"]["message"]
 
 
 def test_custom_thresholds_and_temperature() -> None:
@@ -56,4 +58,25 @@ def test_unknown_threshold_is_a_clear_error() -> None:
 def test_real_sample_evaluates() -> None:
     # Whatever this machine's state, a real sample must be evaluable and yield well-formed alerts.
     for alert in evaluate(sample()):
-        assert alert["value"] > alert["threshold"]
+        assert alert["value"] >= alert["threshold"]
+
+
+def test_explicit_critical_threshold_alerts_and_takes_out() -> None:
+    from dtf_app.health import takes_out
+
+    alerts = evaluate({"cpu_percent": 3.0, "load_per_cpu": 9.0}, critical={"cpu_percent": 0.0})
+    by_metric = {a["metric"]: a for a in alerts}
+    assert by_metric["cpu_percent"]["level"] == "critical" and by_metric["cpu_percent"]["threshold"] == 0.0
+    assert takes_out(by_metric["cpu_percent"])  # set by the operator: acts
+    assert by_metric["load_per_cpu"]["severity"] == "critical"
+    assert not takes_out(by_metric["load_per_cpu"])  # a busy machine at a default threshold: only an alert
+    assert takes_out(evaluate({"memory_percent": 99.0})[0])
+
+
+def test_thresholds_from_settings() -> None:
+    from dtf_app.config import Settings
+    from dtf_app.health import thresholds_from
+
+    warning, critical = thresholds_from(Settings(health_cpu_threshold=70.0, health_disk_critical=99.0))
+    assert warning["cpu_percent"] == 70.0 and critical == {"disk_percent": 99.0}
+    assert "net_mb_per_s" not in warning  # off unless set

@@ -111,10 +111,18 @@ def test_design_coordinator_yaml_with_jwt_secret(monkeypatch: pytest.MonkeyPatch
     assert (settings.host, settings.port, settings.workers_port) == ("0.0.0.0", 8080, 8081)
     assert settings.db_path == "./benchmark_db.duckdb" and settings.token_expiry == 86400
     text = notices_text(settings)
-    for ignored in ("server.dashboard_port", "task_scheduler.max_queue_size", "'dynamic_resource_management'",
+    for ignored in ("server.dashboard_port", "task_scheduler.max_queue_size",
                     "multi_device_orchestrator.model_parallel_auto_splitting", "'result_aggregator'",
-                    "'health_monitor'", "'load_balancer'", "security.jwt_secret"):
+                    "security.jwt_secret"):
         assert text.count(ignored) == 1, ignored
+    # The load balancer's, the resource manager's and the health monitor's sections are used, key by key.
+    assert "load_balancer" not in text
+    assert (settings.balancer_strategy, settings.worker_cap, settings.task_cap_per_worker) == ("fair_share", 10, 5)
+    assert "dynamic_resource_management" not in text and "health_monitor" not in text
+    assert (settings.resource_management_enabled, settings.scale_up_threshold, settings.scale_down_threshold,
+            settings.evaluation_interval) == (True, 0.8, 0.3, 300.0)
+    assert (settings.health_check_interval, settings.health_failure_threshold,
+            settings.health_recovery_attempts) == (30.0, 3, 2)
     # The orchestrator's section is used: subtask defaults (retry_failed_subtasks true keeps retry_limit).
     assert settings.orchestrator_enabled is True
     assert (settings.subtask_timeout, settings.subtask_priority, settings.subtask_max_retries) == (3600.0, 5, 3)
@@ -133,9 +141,12 @@ def test_design_worker_yaml_with_worker_api_key(monkeypatch: pytest.MonkeyPatch)
     assert settings.coordinator == ["https://coordinator.example.com:8081"]
     assert (settings.max_concurrent_tasks, settings.task_timeout, settings.heartbeat_interval) == (4, 3600.0, 15.0)
     text = notices_text(settings)
-    for ignored in ("execution.working_dir", "execution.cache_dir", "reporting.result_batch_size",
-                    "health.report_interval", "health.cpu_threshold"):
+    for ignored in ("execution.working_dir", "execution.cache_dir", "reporting.result_batch_size"):
         assert ignored in text, ignored
+    # The worker's health section: its thresholds and sampling interval are used.
+    assert "health." not in text
+    assert (settings.health_report_interval, settings.health_cpu_threshold, settings.health_memory_threshold,
+            settings.health_disk_threshold) == (30.0, 90.0, 90.0, 90.0)
 
 
 def test_design_ha_block_makes_a_three_member_cluster() -> None:
