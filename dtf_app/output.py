@@ -168,7 +168,13 @@ def workers_table(workers: Sequence[Mapping[str, Any]]) -> str:
         host = w.get("hostname")
         if labels.get("name"):
             host = f"{host} ({labels['name']})" if host else labels["name"]
-        rows.append((w.get("worker_id"), host, w.get("status"), hardware,
+        status = w.get("status")
+        quarantine = w.get("quarantine")
+        if isinstance(quarantine, Mapping) and quarantine.get("state"):
+            status = f"{status} ({quarantine['state']})"  # quarantined, canary or retired: why it gets no work
+        elif w.get("drained"):
+            status = f"{status} (drained)"
+        rows.append((w.get("worker_id"), host, status, hardware,
                      f"{w.get('running', 0)}/{w.get('max_concurrent_tasks', '?')}", w.get("tags") or None,
                      w.get("last_heartbeat")))
     return table(rows, ("worker id", "host", "status", "hardware", "running", "tags", "last heartbeat"))

@@ -34,7 +34,7 @@ Commands (``{"op": ..., "time": float, ...}``):
   the first leader while no membership is replicated yet; ignored once one is
 - ``ChangeMembers`` {change: "add"|"remove", node_id, members: {node_id: url}}: not a normal log entry but
   the application half of a Raft config entry (``dtf cluster add|remove``), applied from it by the
-  replicator, so the member URLs change atomically with the voters; ``members`` is the full map after
+  replicator, so the member URLs change atomically with the voters; ``members`` is the full map after the change
 - ``SetWorkerDrain`` {worker_id, drained} (an operator drains or resumes a worker; resume also ends a quarantine)
 - ``QuarantineWorker`` {worker_id, reason, max_attempts} -> drained and quarantined (quarantine.py);
   ``StartCanary`` {worker_id, tasks} -> the canary round's tasks submitted; the worker is let back in when
