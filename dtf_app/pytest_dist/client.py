@@ -41,8 +41,12 @@ from dtf_app.pytest_dist import bundle as bundlemod
 from dtf_app.pytest_dist.chunks import expand_reports, suite_key
 from dtf_app.pytest_dist.schedule import GROUPS, capacity, plan_chunks
 
-POLL_INITIAL = 0.05
 POLL_MAX = 0.25
+STREAM_WAIT_MS = 250
+"""Long poll of the run's live events: answered at once when there are some, else after this."""
+STEAL_MIN_SECONDS = 1.0
+"""A chunk's tail is only worth stealing when it is estimated to take longer than a new chunk costs."""
+UNKNOWN_TEST_SECONDS = 0.05
 SHARDS_PER_SLOT = 3
 DEFAULT_CHUNK_TIMEOUT = 3600
 # pytest options that only concern reporting: they stay on the client and are not sent to workers, so
@@ -194,6 +198,19 @@ class DistPlugin:
         self._held: dict[str, list[tuple[dict[str, Any], Any]]] = {}
         self.flaky: list[tuple[str, str, str]] = []
         self.rootdir = Path.cwd()
+        # Streaming and stealing (see _follow).
+        self._event_seq = 0
+        self._tasks: dict[str, dict[str, Any]] = {}
+        self._ready: set[str] = set()
+        self._seen: set[tuple[str, str]] = set()
+        self._reported: dict[str, set[str]] = {}
+        self._running_since: dict[str, float] = {}
+        self._rerun_wanted: dict[str, list[str]] = {}
+        self._rerun_tasks: set[str] = set()
+        self._steal_out: dict[str, str] = {}
+        self._steal_none: set[str] = set()
+        self._slots: dict[str, int] = {}
+        self._durations: dict[str, float] = {}
 
     # -- pytest hooks
     def pytest_report_teststatus(self, report: Any, config: Any) -> Any:
@@ -281,11 +298,13 @@ class DistPlugin:
         slot_counts = [(w["worker_id"], int(w.get("max_concurrent_tasks") or 1)) for w in workers]
         slots = sum(n for _, n in slot_counts)
         self._worker_ids = [w["worker_id"] for w in workers]
+        self._slots = dict(slot_counts)
         history = {} if self.opts.dtf_no_history else self.client.request(
             "GET", "/api/pytest/history", params={"suite": suite})
         # Durations come normalised to an average worker; the capacity counts each slot by its worker's
         # measured speed factor (1.0 for a worker without enough history), see schedule.worker_speeds.
         durations: dict[str, float] = dict(history.get("tests") or {})
+        self._durations = durations
         speeds: dict[str, float] = {w: float(f) for w, f in (history.get("worker_speeds") or {}).items()
                                     if isinstance(f, int | float) and f > 0}
         effective = capacity(slot_counts, speeds)
@@ -371,42 +390,131 @@ class DistPlugin:
 
     # -- following the run
     def _follow(self, session: Any, reporter: Any, task_ids: list[str]) -> None:
-        pending = list(task_ids)
-        delay = POLL_INITIAL
-        while pending:
-            run = self.client.request("GET", f"/api/pytest/runs/{self.run_id}")
-            by_id = {t["task_id"]: t for t in run["tasks"]}
-            finished = [by_id[t] for t in pending if t in by_id and by_id[t]["status"] in
-                        ("completed", "failed", "cancelled")]
-            if not finished:
-                time.sleep(delay)
-                delay = min(POLL_MAX, delay * 1.5)
-                continue
-            delay = POLL_INITIAL
-            done_ids = {t["task_id"] for t in finished}
-            pending = [t for t in pending if t not in done_ids]
-            completed = [t for t in finished if t["status"] == "completed"]
-            reports: dict[str, list[dict[str, Any]]] = {}
-            if completed:
-                rows = self.client.request("GET", "/api/pytest/reports",
-                                           params={"task_ids": ",".join(t["task_id"] for t in completed)})
-                for row in rows["tests"]:
-                    reports.setdefault(row["task_id"], []).append(row)
-            for task in finished:
-                extra = self._replay_task(session, task, reports.get(task["task_id"], []))
-                pending.extend(extra)
-                if session.shouldfail or session.shouldstop:
-                    self._cancel(pending)
-                    return
+        """Replay tests as their chunks stream them; a finished chunk's stored result fills any gap.
 
-    def _replay_task(self, session: Any, task: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
-        """Replay one finished chunk; returns the ids of chunks submitted for tests the plan missed."""
+        Each loop: a long poll of the run's live events (per-test reports, steal answers), then the run's
+        task list (finished chunks, new ones such as a stolen tail), then, when a worker has gone idle
+        while chunks still run, a steal request for the tail of the chunk with the most work left."""
+        pending = set(task_ids)
+        finished: set[str] = set()
+        while pending:
+            try:
+                batch = self.client.request("GET", f"/api/pytest/runs/{self.run_id}/events",
+                                            params={"after": self._event_seq, "wait_ms": STREAM_WAIT_MS})
+            except Exception as exc:
+                from dtf_app.client import ClientError
+
+                if not isinstance(exc, ClientError) or exc.exit_code != 2:
+                    raise
+                batch = {"events": [], "next": self._event_seq}  # an older coordinator: results only
+                time.sleep(POLL_MAX)
+            self._event_seq = int(batch.get("next") or self._event_seq)
+            for event in batch.get("events") or []:
+                self._on_event(session, event)
+                if session.shouldfail or session.shouldstop:
+                    self._cancel([t for t in pending if t not in finished])
+                    return
+            run = self.client.request("GET", f"/api/pytest/runs/{self.run_id}")
+            tasks = run["tasks"]
+            by_id = {t["task_id"]: t for t in tasks}
+            self._tasks = by_id
+            for task in tasks:
+                if task["task_id"] not in finished and task["task_id"] not in pending:
+                    pending.add(task["task_id"])  # a stolen tail (or a chunk another client added)
+            done = [t for t in tasks if t["task_id"] in pending and t["status"] in ("completed", "failed", "cancelled")]
+            if done:
+                reports: dict[str, list[dict[str, Any]]] = {}
+                completed = [t for t in done if t["status"] == "completed"]
+                if completed:
+                    rows = self.client.request("GET", "/api/pytest/reports",
+                                               params={"task_ids": ",".join(t["task_id"] for t in completed)})
+                    for row in rows["tests"]:
+                        reports.setdefault(row["task_id"], []).append(row)
+                for task in done:
+                    pending.discard(task["task_id"])
+                    finished.add(task["task_id"])
+                    self._steal_out.pop(task["task_id"], None)
+                    pending.update(self._replay_task(session, task, reports.get(task["task_id"], [])))
+                    if session.shouldfail or session.shouldstop:
+                        self._cancel([t for t in pending if t not in finished])
+                        return
+            self._maybe_steal(tasks)
+
+    def _on_event(self, session: Any, event: dict[str, Any]) -> None:
+        kind, task_id = event.get("kind"), str(event.get("task_id"))
+        if kind == "ready":
+            self._running_since.setdefault(task_id, time.monotonic())
+            if task_id not in self._ready:
+                self._ready.add(task_id)
+                raw = {k: event.get(k) for k in ("collect_errors", "collected", "deselected", "warnings")}
+                self._on_ready(session, raw, self._paths_for(event.get("working_dir")))
+        elif kind == "test" and task_id in self._ready:
+            row = event.get("row")
+            if isinstance(row, dict) and isinstance(row.get("nodeid"), str):
+                self._reported.setdefault(task_id, set()).add(row["nodeid"])
+                task = {"task_id": task_id, "worker_id": event.get("worker_id")}
+                if self._replay_row(session, task, row):
+                    self._rerun_wanted.setdefault(task_id, []).append(row["nodeid"])
+        elif kind == "stolen":
+            self._steal_out.pop(task_id, None)
+            moved = event.get("nodeids") or []
+            if not moved:
+                self._steal_none.add(task_id)
+            elif _verbosity(session.config) > 0:
+                self._say(session.config.pluginmanager.get_plugin("terminalreporter"),
+                          f"dtf: {len(moved)} tests moved from chunk {task_id} to {event.get('new_task')}")
+
+    def _maybe_steal(self, tasks: list[dict[str, Any]]) -> None:
+        """Work stealing at the end of a run: a worker with a free slot and nothing of this run left to
+        take asks the running chunk with the most estimated work left to give up its tail."""
+        if not self._slots or any(t["status"] in ("pending", "blocked", "assigned") for t in tasks):
+            return
+        running = [t for t in tasks if t["status"] == "running"]
+        busy: dict[str, int] = {}
+        for task in running:
+            busy[task.get("worker_id") or ""] = busy.get(task.get("worker_id") or "", 0) + 1
+        asked_for = set(self._steal_out.values())
+        idle = [w for w, n in self._slots.items() if busy.get(w, 0) < n and w not in asked_for]
+        if not idle:
+            return
+        now = time.monotonic()
+        candidates = []
+        for task in running:
+            spec = (task.get("config") or {}).get("pytest_dist") or {}
+            ids = spec.get("nodeids")
+            if task["task_id"] in self._steal_out or task["task_id"] in self._steal_none or not ids \
+                    or task["task_id"] not in self._ready:
+                continue
+            done = self._reported.get(task["task_id"], set())
+            left = [n for n in ids if n not in done]
+            if len(left) < 2:
+                continue
+            by_history = sum(self._durations.get(n, UNKNOWN_TEST_SECONDS) for n in left)
+            elapsed = now - self._running_since.get(task["task_id"], now)
+            by_rate = elapsed / len(done) * len(left) if done else elapsed + by_history
+            estimate = max(by_history, by_rate)
+            if estimate >= STEAL_MIN_SECONDS:
+                candidates.append((estimate, task))
+        candidates.sort(key=lambda c: -c[0])
+        for worker, (_, task) in zip(idle, candidates, strict=False):
+            from dtf_app.client import ClientError
+
+            try:
+                self.client.request("POST", f"/api/pytest/runs/{self.run_id}/steal", needs="submit",
+                                    body={"task_id": task["task_id"], "for_worker": worker,
+                                          "group": self.opts.dtf_group})
+            except ClientError:
+                continue  # finished meanwhile
+            self._steal_out[task["task_id"]] = worker
+
+    def _paths_for(self, working_dir: Any) -> tuple[str, str] | None:
+        if not working_dir or not self._base.get("bundle"):
+            return None
+        return str(working_dir).rstrip("/") + "/", str(self.rootdir).rstrip("/") + "/"
+
+    def _on_ready(self, session: Any, raw: dict[str, Any], paths: tuple[str, str] | None) -> None:
+        """A chunk's collection facts (errors, deselected, warnings), each shown once per run."""
         config = session.config
-        if task["status"] != "completed":
-            self._chunk_failed(session, task, task.get("error") or task["status"])
-            return []
-        result = task.get("result") or {}
-        raw = ((result.get("raw_data") or {}).get("pytest_dist")) or {}
         for data in raw.get("collect_errors") or []:
             nodeid = data.get("nodeid", "")
             if nodeid in self._replayed_collect:
@@ -414,11 +522,11 @@ class DistPlugin:
             self._replayed_collect.add(nodeid)
             if data.get("outcome") == "failed":
                 self._collect_failures += 1
-            config.hook.pytest_collectreport(report=_deserialize(config, data, self._bundle_paths(result)))
+            config.hook.pytest_collectreport(report=_deserialize(config, data, paths))
         if self._collect_failures and not config.getoption("continue_on_collection_errors", False):
             count = self._collect_failures
             session.shouldstop = f"{count} error{'s' if count != 1 else ''} during collection"
-            return []
+            return
         if not self._deselected_done:
             self._deselected_done = True
             if not self._planned and raw.get("collected") is not None:
@@ -431,10 +539,33 @@ class DistPlugin:
             if key not in self._session_warnings:
                 self._session_warnings.add(key)
                 _replay_warning(config, warning)
+        self._paths = paths
+
+    def _replay_row(self, session: Any, task: dict[str, Any], row: dict[str, Any]) -> bool:
+        """Replay a test's row unless it was already (streamed, or run by another chunk); True: rerun it."""
+        task_id = task["task_id"]
+        key = (task_id if task_id in self._rerun_tasks else "", row["nodeid"])
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return self._replay_or_hold(session, task, row)
+
+    def _replay_task(self, session: Any, task: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+        """Finish one chunk from its stored result (what the stream missed); returns new chunks' ids."""
+        if task["status"] != "completed":
+            self._chunk_failed(session, task, task.get("error") or task["status"])
+            return []
+        result = task.get("result") or {}
+        raw = ((result.get("raw_data") or {}).get("pytest_dist")) or {}
+        if task["task_id"] not in self._ready:
+            self._ready.add(task["task_id"])
+            self._on_ready(session, raw, self._bundle_paths(result))
+        if session.shouldstop:
+            return []
         self._paths = self._bundle_paths(result)
-        rerun: list[str] = []
+        rerun: list[str] = list(self._rerun_wanted.pop(task["task_id"], []))
         for row in rows:
-            if self._replay_or_hold(session, task, row):
+            if self._replay_row(session, task, row):
                 rerun.append(row["nodeid"])
             if session.shouldfail or session.shouldstop:
                 return []
@@ -445,7 +576,9 @@ class DistPlugin:
             spec = self._chunk(nodeids=rerun, digest=None)
             if others and task.get("worker_id"):
                 spec["requirements"] = {"exclude_workers": [task["worker_id"]]}
-            extra += [t["task_id"] for t in self.client.submit([spec])]
+            created = [t["task_id"] for t in self.client.submit([spec])]
+            self._rerun_tasks.update(created)
+            extra += created
         if raw.get("nodeids") is not None and self._planned:
             # The workers' collection differs from the history the plan came from: run what it missed.
             new = [n for n in raw["nodeids"] if n not in self._planned]
@@ -454,7 +587,7 @@ class DistPlugin:
                 session.testscollected = len(self._planned)
                 spec = self._chunk(nodeids=new, digest=raw.get("digest"))
                 created = self.client.submit([spec])
-                extra = [t["task_id"] for t in created]
+                extra += [t["task_id"] for t in created]
         return extra
 
     def _bundle_paths(self, result: dict[str, Any]) -> tuple[str, str] | None:
