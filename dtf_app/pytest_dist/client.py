@@ -560,6 +560,9 @@ class DistPlugin:
         if task["task_id"] not in self._ready:
             self._ready.add(task["task_id"])
             self._on_ready(session, raw, self._bundle_paths(result))
+        else:
+            # Streamed already; but warnings raised outside any test came only with the result.
+            self._on_ready(session, {"warnings": raw.get("warnings")}, self._bundle_paths(result))
         if session.shouldstop:
             return []
         self._paths = self._bundle_paths(result)

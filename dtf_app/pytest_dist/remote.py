@@ -248,15 +248,19 @@ class _Remote:
             while index + 1 < len(wanted):
                 index += 1
                 item = wanted[index]
-                for other in _COMMANDS.poll():
+                polled = _COMMANDS.poll()
+                while polled:
+                    other = polled.pop(0)
+                    if other.get("cmd") != "steal":
+                        # "exit", or a later chunk (the commands after it are its own): read when this one is done.
+                        _COMMANDS.pending[:0] = [other, *polled]
+                        break
                     if other.get("cmd") == "steal":
                         mode = str(other.get("group") or "file")
                         keys = [steal_key(i.nodeid, mode, group_of(i)) for i in wanted]
                         cut = give_up(keys, index)
                         given, wanted = wanted[cut:], wanted[:cut]
                         _send({"ev": "stolen", "id": command.get("id"), "nodeids": [i.nodeid for i in given]})
-                    else:
-                        _COMMANDS.pending.append(other)  # "exit": read when this chunk is done
                 nextitem = wanted[index + 1] if index + 1 < len(wanted) else None
                 self.current, self.current_nodeid = [], item.nodeid
                 # Captured sections of an earlier run of the same item must not repeat in this one.
