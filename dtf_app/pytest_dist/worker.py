@@ -258,7 +258,8 @@ class _Progress:
             try:
                 response = await self._http.post(f"{base}/api/pytest/runs/{self.run_id}/progress",
                                                   content=json.dumps(body, default=str))
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
+                logger.warning("cannot post chunk progress to %s: %s", base, exc)
                 continue
             if response.status_code == 200:
                 if self.urls[0] != base:
@@ -266,8 +267,11 @@ class _Progress:
                     self.urls.insert(0, base)  # stick with the one that answers
                 return response.json()
             if response.status_code == 409:
+                logger.info("chunk progress: %s", response.text[:300])
                 self.enabled = False  # this attempt is no longer the chunk's: stop posting
                 return None
+            logger.warning("chunk progress refused by %s: HTTP %d %s", base, response.status_code,
+                           response.text[:300])
         return None
 
     async def flush(self) -> None:

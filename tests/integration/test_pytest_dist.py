@@ -357,3 +357,62 @@ def test_an_idle_worker_steals_the_tail_of_a_long_chunk(two_workers: Cluster, tm
         victim_rows = two_workers.api("GET", "/api/pytest/reports",
                                       params={"task_ids": victim["task_id"]}).json()["tests"]
         assert not set(given[0]["nodeids"]) & {r["nodeid"] for r in victim_rows}
+
+
+def test_reports_stream_live_and_exitfirst_stops_a_running_chunk(two_workers: Cluster, tmp_path: Path) -> None:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "pytest.ini").write_text("[pytest]\n")
+    go = tmp_path / "go"
+    never = tmp_path / "never"
+    # test_second cannot finish before the client has shown test_first: only a live stream lets it pass.
+    (suite / "test_live.py").write_text(textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+
+        def test_first():
+            pass
+
+        def test_second():
+            deadline = time.monotonic() + 120
+            while not Path({str(go)!r}).exists():
+                assert time.monotonic() < deadline, "the client never showed test_first live"
+                time.sleep(0.05)
+    """))
+    client = subprocess.Popen([sys.executable, "-m", "dtf_app", "pytest", "--coordinator", two_workers.url,
+                               "--api-key", two_workers.admin_key, "-p", "no:cacheprovider", "-v"], cwd=suite,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env=_env({"DTF_STATE_DIR": str(two_workers.root / "state"), "PYTHONUNBUFFERED": "1"}))
+    seen = b""
+    try:
+        assert client.stdout is not None
+        # Not line by line: with -v pytest ends a test's line only when the next one starts.
+        while chunk := os.read(client.stdout.fileno(), 65536):
+            seen += chunk
+            if b"test_live.py::test_first PASSED" in seen and not go.exists():
+                go.write_text("x")
+        code = client.wait(60)
+    finally:
+        client.kill()
+    output = seen.decode(errors="replace")
+    assert code == 0 and summary(output) == "2 passed", output
+
+    # -x: the first failure ends the run while the rest of its chunk is still running (it would wait
+    # for a file that never comes), and that chunk is cancelled.
+    (suite / "test_live.py").write_text(textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+
+        def test_fails():
+            assert False, "stop here"
+
+        def test_hangs():
+            deadline = time.monotonic() + 240
+            while not Path({str(never)!r}).exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+    """))
+    stopped = dtf_pytest(two_workers, suite, "-x", timeout=180)
+    assert stopped.returncode == 1, stopped.stdout + stopped.stderr
+    assert "stopping after 1 failures" in stopped.stdout and summary(stopped.stdout) == "1 failed"
+    tasks = two_workers.api("GET", f"/api/pytest/runs/{run_ids(stopped.stdout)}").json()["tasks"]
+    assert any(t["status"] == "cancelled" for t in tasks), tasks
