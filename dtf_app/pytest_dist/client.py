@@ -190,7 +190,8 @@ class DistPlugin:
         self._planned: set[str] = set()
         self._chunk_no = 0
         self._base: dict[str, Any] = {}
-        self._paths: tuple[str, str] | None = None
+        # Per chunk: (its worker's bundle root, this rootdir); workers unpack bundles in different places.
+        self._task_paths: dict[str, tuple[str, str] | None] = {}
         self._session_warnings: set[tuple[Any, Any, Any]] = set()
         self._collect_failures = 0
         self._worker_ids: list[str] = []
@@ -444,10 +445,11 @@ class DistPlugin:
         kind, task_id = event.get("kind"), str(event.get("task_id"))
         if kind == "ready":
             self._running_since.setdefault(task_id, time.monotonic())
+            self._task_paths[task_id] = self._paths_for(event.get("working_dir"))  # this attempt's worker
             if task_id not in self._ready:
                 self._ready.add(task_id)
                 raw = {k: event.get(k) for k in ("collect_errors", "collected", "deselected", "warnings")}
-                self._on_ready(session, raw, self._paths_for(event.get("working_dir")))
+                self._on_ready(session, raw, self._task_paths[task_id])
         elif kind == "test" and task_id in self._ready:
             row = event.get("row")
             if isinstance(row, dict) and isinstance(row.get("nodeid"), str):
@@ -539,7 +541,6 @@ class DistPlugin:
             if key not in self._session_warnings:
                 self._session_warnings.add(key)
                 _replay_warning(config, warning)
-        self._paths = paths
 
     def _replay_row(self, session: Any, task: dict[str, Any], row: dict[str, Any]) -> bool:
         """Replay a test's row unless it was already (streamed, or run by another chunk); True: rerun it."""
@@ -565,7 +566,7 @@ class DistPlugin:
             self._on_ready(session, {"warnings": raw.get("warnings")}, self._bundle_paths(result))
         if session.shouldstop:
             return []
-        self._paths = self._bundle_paths(result)
+        self._task_paths[task["task_id"]] = self._bundle_paths(result)
         rerun: list[str] = list(self._rerun_wanted.pop(task["task_id"], []))
         for row in rows:
             if self._replay_row(session, task, row):
@@ -611,13 +612,14 @@ class DistPlugin:
             return True
         self._held.pop(nodeid, None)
         for previous, _worker in earlier:
-            self._replay_test(session, previous, as_rerun=True)
+            self._replay_test(session, previous, as_rerun=True, paths=self._task_paths.get(task["task_id"]))
         if earlier and not failed:
             self.flaky.append((nodeid, str(earlier[-1][1]), str(task.get("worker_id"))))
-        self._replay_test(session, row)
+        self._replay_test(session, row, paths=self._task_paths.get(task["task_id"]))
         return False
 
-    def _replay_test(self, session: Any, row: dict[str, Any], *, as_rerun: bool = False) -> None:
+    def _replay_test(self, session: Any, row: dict[str, Any], *, as_rerun: bool = False,
+                     paths: tuple[str, str] | None = None) -> None:
         config = session.config
         packed = row.get("report") or {}
         reports = expand_reports(row["nodeid"], packed.get("r") or [])
@@ -631,7 +633,7 @@ class DistPlugin:
         for warning in packed.get("w") or []:
             _replay_warning(config, warning)
         for data in reports:
-            config.hook.pytest_runtest_logreport(report=_deserialize(config, data, self._paths))
+            config.hook.pytest_runtest_logreport(report=_deserialize(config, data, paths))
         config.hook.pytest_runtest_logfinish(nodeid=row["nodeid"], location=location)
 
     def _chunk_failed(self, session: Any, task: dict[str, Any], why: str) -> None:
