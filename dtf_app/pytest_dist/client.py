@@ -47,6 +47,7 @@ STREAM_WAIT_MS = 250
 STEAL_MIN_SECONDS = 1.0
 """A chunk's tail is only worth stealing when it is estimated to take longer than a new chunk costs."""
 UNKNOWN_TEST_SECONDS = 0.05
+CLIENT_PLUGIN_MODES = ("auto", "all")
 SHARDS_PER_SLOT = 3
 DEFAULT_CHUNK_TIMEOUT = 3600
 # pytest options that only concern reporting: they stay on the client and are not sent to workers, so
@@ -78,6 +79,8 @@ are pytest's own. dtf options (everything else goes to pytest):
   --dtf-group G          what stays in one chunk: file (default), class or test; xdist_group marks always
   --dtf-no-history       plan as on a first run (shards by file) instead of from the duration history
   --dtf-timeout S        timeout of each chunk in seconds (default 3600)
+  --dtf-client-plugins M auto (default): this process loads the environment's pytest plugins only when
+                         the arguments or the ini file use an option only a plugin knows; all: always
 Workers run chunks with their test_python setting (DTF_TEST_PYTHON): the Python with pytest and the
 suite's dependencies. Refused: -n (use the cluster), --pdb/--trace, --collect-only.
 """
@@ -99,12 +102,16 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--dtf-no-history", action="store_true")
     parser.add_argument("--dtf-timeout", type=float, default=DEFAULT_CHUNK_TIMEOUT)
     parser.add_argument("--reruns", type=int, default=0)
+    parser.add_argument("--dtf-client-plugins", default="auto")
     try:
         opts, rest = parser.parse_known_args(argv)
     except SystemExit:
         raise DistUsageError("bad dtf pytest option (see dtf pytest --help)") from None
     if opts.dtf_group not in GROUPS:
         raise DistUsageError(f"--dtf-group must be one of {', '.join(GROUPS)}, got {opts.dtf_group!r}")
+    if opts.dtf_client_plugins not in CLIENT_PLUGIN_MODES:
+        raise DistUsageError(f"--dtf-client-plugins must be one of {', '.join(CLIENT_PLUGIN_MODES)}, "
+                             f"got {opts.dtf_client_plugins!r}")
     if not 0 <= opts.reruns <= 10:
         raise DistUsageError(f"--reruns must be from 0 to 10, got {opts.reruns}")
     if not opts.dtf_timeout > 0:
@@ -707,6 +714,46 @@ def _replay_warning(config: Any, data: dict[str, Any]) -> None:
         "location": None})
 
 
+def needs_plugins(args: list[str], invocation: Path) -> bool:
+    """Whether an invocation needs the environment's pytest plugins on the client: True when an argument
+    (or ``addopts``, ``PYTEST_ADDOPTS``) is an option, or the ini file has a key, that core pytest does
+    not define, or when that cannot be told. Plugins named with ``-p`` load either way."""
+    import shlex
+
+    try:
+        from _pytest.config import get_config
+        from _pytest.config.findpaths import determine_setup
+
+        parser = get_config([])._parser
+        known = {name for group in [parser._anonymous, *parser._groups] for opt in group.options
+                 for name in opt.names()}
+        inifile = rootdir = None
+        for i, token in enumerate(args):
+            for flag in ("-c", "--config-file", "--rootdir"):
+                value = args[i + 1] if token == flag and i + 1 < len(args) else (
+                    token.split("=", 1)[1] if token.startswith(flag + "=") else None)
+                if value is not None:
+                    inifile, rootdir = (inifile, value) if flag == "--rootdir" else (value, rootdir)
+        _, _, inicfg = determine_setup(inifile=inifile, args=[a for a in args if not a.startswith("-")],
+                                       rootdir_cmd_arg=rootdir, invocation_dir=invocation)
+        # addopts and minversion are declared late, by pytest's own start-up; required_plugins is
+        # unknown on purpose: the plugins it names must be loaded.
+        if set(inicfg) - set(parser._inidict) - {"addopts", "minversion"}:
+            return True
+        addopts = inicfg.get("addopts", "")
+        addopts = shlex.split(addopts) if isinstance(addopts, str) else list(addopts)
+        tokens = [*args, *addopts, *shlex.split(os.environ.get("PYTEST_ADDOPTS", ""))]
+        for token in tokens:
+            if token.startswith("--"):
+                if token != "--" and token.split("=", 1)[0] not in known:
+                    return True
+            elif token.startswith("-") and len(token) > 1 and token[:2] not in known:
+                return True
+        return False
+    except Exception:  # any surprise (another pytest's internals): load them, as plain pytest does
+        return True
+
+
 def main(argv: list[str]) -> int:
     """Entry point of ``dtf pytest``; returns pytest's exit code (or dtf's: 2 usage, 3 unreachable, 4 auth)."""
     from dtf_app.client import resolve_target
@@ -721,7 +768,16 @@ def main(argv: list[str]) -> int:
     # rewrites (and, with no writable bytecode cache, recompiles from source) every installed plugin's
     # modules at each start, seconds of CPU before the first chunk is submitted. It goes first, so an
     # explicit --assert of the user's still wins here, and it is not among what workers get.
-    code = pytest.main(["--assert=plain", *pytest_args], plugins=[plugin])
+    autoload_was = os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
+    if opts.dtf_client_plugins == "auto" and autoload_was is None and not needs_plugins(pytest_args, Path.cwd()):
+        # The client runs no test code: the plugins that collect, parametrize or run tests (hypothesis,
+        # anyio, asyncio, ...) have nothing to do here, and importing them is most of its start-up.
+        os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    try:
+        code = pytest.main(["--assert=plain", *pytest_args], plugins=[plugin])
+    finally:
+        if autoload_was is None:
+            os.environ.pop("PYTEST_DISABLE_PLUGIN_AUTOLOAD", None)
     if plugin.exit_code is not None:
         return plugin.exit_code
     return int(code)

@@ -374,3 +374,18 @@ def test_run_stream_buffers_events_in_order_rotates_and_hands_out_steal_requests
         assert streams.take_steal("r", "t1") is None  # handed out once
 
     trio.run(main)
+
+
+def test_client_loads_plugins_only_when_the_invocation_uses_what_only_a_plugin_defines(tmp_path: Path) -> None:
+    from dtf_app.pytest_dist.client import needs_plugins
+
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    slow: slow\naddopts = -rA\n")
+    assert not needs_plugins(["-q", "-k", "not slow", "-p", "no:cacheprovider", f"--junitxml={tmp_path}/x.xml",
+                              "--pyargs", "networkx"], tmp_path)
+    assert needs_plugins(["--timeout=3"], tmp_path)  # pytest-timeout's option
+    (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_mode = auto\n")  # pytest-asyncio's ini key
+    assert needs_plugins([], tmp_path)
+    (tmp_path / "pytest.ini").write_text("[pytest]\naddopts = --hypothesis-show-statistics\n")
+    assert needs_plugins([], tmp_path)
+    with pytest.raises(DistUsageError, match="--dtf-client-plugins must be one of auto, all"):
+        parse_args(["--dtf-client-plugins", "some"])
