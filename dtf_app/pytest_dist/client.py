@@ -20,7 +20,13 @@ The run lives in the cluster: if this process dies, the chunks still finish, and
 Options of dtf itself (the rest goes to pytest): ``--coordinator``, ``--api-key``, ``--data-dir``,
 ``--config`` (as for every dtf command), ``--attach RUN``, ``--reruns N`` (a failing test runs again, on
 another worker when there is one; one that passes there is reported flaky), ``--dtf-group file|class|test`` (what must stay
-in one chunk; default file), ``--dtf-no-history`` (plan as on a first run), ``--dtf-timeout S`` (per chunk).
+in one chunk; default file), ``--dtf-no-history`` (plan as on a first run), ``--dtf-timeout S`` (per chunk), ``--dtf-client-plugins auto|all`` (see :func:`needs_plugins`).
+
+Reports stream: workers post each finished test to the coordinator's run stream
+(:mod:`dtf_app.coordinator.pytest_stream`), which this client long-polls and replays at once; a chunk's
+stored result, fetched when it finishes, fills in whatever the stream missed (each test once). When a
+worker goes idle with no chunk left to take, the client asks a running chunk to give up its tail; the
+worker's session answers with the tests it dropped and the coordinator submits them as a new chunk.
 """
 
 from __future__ import annotations
