@@ -218,6 +218,7 @@ class DistPlugin:
         self._ready: set[str] = set()
         self._seen: set[tuple[str, str]] = set()
         self._reported: dict[str, set[str]] = {}
+        self._stream_attempt: dict[str, Any] = {}
         self._running_since: dict[str, float] = {}
         self._rerun_wanted: dict[str, list[str]] = {}
         self._rerun_tasks: set[str] = set()
@@ -438,7 +439,9 @@ class DistPlugin:
             done = [t for t in tasks if t["task_id"] in pending and t["status"] in ("completed", "failed", "cancelled")]
             if done:
                 reports: dict[str, list[dict[str, Any]]] = {}
-                completed = [t for t in done if t["status"] == "completed"]
+                # The stored reports are fetched only for chunks the stream did not deliver whole (a
+                # chunk's node ids are unique, so its count of streamed tests tells).
+                completed = [t for t in done if t["status"] == "completed" and not self._streamed_whole(t)]
                 if completed:
                     rows = self.client.request("GET", "/api/pytest/reports",
                                                params={"task_ids": ",".join(t["task_id"] for t in completed)})
@@ -454,6 +457,13 @@ class DistPlugin:
                         return
             self._maybe_steal(tasks)
 
+    def _streamed_whole(self, task: dict[str, Any]) -> bool:
+        metrics = (task.get("result") or {}).get("metrics") or {}
+        total = metrics.get("tests_total")
+        streamed = self._reported.get(task["task_id"], set())
+        return (task["task_id"] in self._ready and isinstance(total, int) and total == len(streamed)
+                and (task.get("attempts") or 1) == self._stream_attempt.get(task["task_id"]))
+
     def _on_event(self, session: Any, event: dict[str, Any]) -> None:
         kind, task_id = event.get("kind"), str(event.get("task_id"))
         if kind == "ready":
@@ -466,7 +476,11 @@ class DistPlugin:
         elif kind == "test" and task_id in self._ready:
             row = event.get("row")
             if isinstance(row, dict) and isinstance(row.get("nodeid"), str):
-                self._reported.setdefault(task_id, set()).add(row["nodeid"])
+                if self._stream_attempt.get(task_id) != event.get("attempt"):
+                    # Another attempt (a retry): count only its tests towards "streamed whole".
+                    self._stream_attempt[task_id] = event.get("attempt")
+                    self._reported[task_id] = set()
+                self._reported[task_id].add(row["nodeid"])
                 task = {"task_id": task_id, "worker_id": event.get("worker_id")}
                 if self._replay_row(session, task, row):
                     self._rerun_wanted.setdefault(task_id, []).append(row["nodeid"])

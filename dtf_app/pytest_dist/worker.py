@@ -426,8 +426,7 @@ async def run_chunk(task: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     ok = False
     progress.session = session
     progress.add({"kind": "ready", "collect_errors": ready.get("errors") or [], "collected": ready.get("collected"),
-                  "deselected": ready.get("deselected"), "warnings": stray[:100], "working_dir": str(cwd),
-                  "nodeids": nodeids})
+                  "deselected": ready.get("deselected"), "warnings": stray[:100], "working_dir": str(cwd)})
     try:
         async with trio.open_nursery() as nursery:
             if progress.enabled:
