@@ -22,6 +22,7 @@ which is the leader the chunks were submitted to (workers fetch from the coordin
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,6 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from dtf_app import jsonsafe
 from dtf_app.coordinator.pytest_stream import RunStreams
 from dtf_app.coordinator.service import Coordinator
 from dtf_app.coordinator.views import task_view
@@ -38,7 +38,12 @@ from dtf_app.pytest_dist.schedule import GROUPS, normalised_durations, worker_sp
 
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 MAX_IDS_PER_QUERY = 10_000
-MAX_EVENTS_PER_POST = 10_000
+MAX_EVENTS_BYTES = 16 * 1024 * 1024
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
 HISTORY_RUNS = 5
 """Mean over this many latest results per test: recent enough to follow changes, stable against noise."""
 
@@ -144,12 +149,19 @@ def register(app: QuartTrio, coord: Coordinator) -> None:
             # Another attempt or another worker holds the chunk now: this sender's reports are stale.
             raise ApiError(409, "stale", f"task {task['task_id']} attempt {body.get('attempt')!r} is not running "
                                          f"on worker {str(body.get('worker_id'))[:80]!r}")
-        events = body.get("events") or []
-        if not isinstance(events, list) or len(events) > MAX_EVENTS_PER_POST \
-                or not all(isinstance(e, dict) for e in events):
-            raise ApiError(400, "invalid_body", f"events must be an array of at most {MAX_EVENTS_PER_POST} objects")
+        raw_events = body.get("events_json", "[]")
+        if not isinstance(raw_events, str) or len(raw_events) > MAX_EVENTS_BYTES:
+            raise ApiError(400, "invalid_body", f"events_json must be a JSON array (as a string) of at most "
+                                                f"{MAX_EVENTS_BYTES} characters")
+        try:
+            events = json.loads(raw_events, parse_constant=_no_constant)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_body", f"events_json is not strict JSON: {exc}") from None
+        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+            raise ApiError(400, "invalid_body", "events_json must be a JSON array of objects")
         base = {"task_id": task["task_id"], "attempt": task["attempts"], "worker_id": task.get("worker_id")}
-        out = [dict(e, **base) for e in events]
+        # Stored and forwarded as the string it came as (the client parses it): no re-encoding here.
+        out = [dict(base, kind="batch", events=raw_events)] if events else []
         answer: dict[str, Any] = {"steal": None, "stolen_task": None}
         stolen = body.get("stolen")
         if stolen is not None:
@@ -157,7 +169,7 @@ def register(app: QuartTrio, coord: Coordinator) -> None:
             out.append(dict(base, kind="stolen", nodeids=stolen.get("nodeids") if answer["stolen_task"] else [],
                             new_task=answer["stolen_task"]))
         if out:
-            streams.append(run_id, out, [len(jsonsafe.dumps(e)) for e in out])
+            streams.append(run_id, out, [len(e.get("events") or "") + 200 for e in out])
         answer["steal"] = streams.take_steal(run_id, task["task_id"])
         if body.get("taken"):
             # A retry of a chunk skips what its earlier attempts gave up to stolen-tail chunks.

@@ -424,7 +424,7 @@ class DistPlugin:
                 batch = {"events": [], "next": self._event_seq}  # an older coordinator: results only
                 time.sleep(POLL_MAX)
             self._event_seq = int(batch.get("next") or self._event_seq)
-            for event in batch.get("events") or []:
+            for event in _expand(batch.get("events") or []):
                 self._on_event(session, event)
                 if session.shouldfail or session.shouldstop:
                     self._cancel([t for t in pending if t not in finished])
@@ -687,6 +687,22 @@ class DistPlugin:
             reporter.write_line(text)
         else:
             print(text, file=sys.stderr)
+
+
+def _expand(events: list[dict[str, Any]]) -> Any:
+    """The run stream's entries, a worker's batch (its events as one JSON string) opened up."""
+    for entry in events:
+        if entry.get("kind") != "batch":
+            yield entry
+            continue
+        try:
+            inner = json.loads(entry.get("events") or "[]")
+        except ValueError:
+            continue  # best effort: the chunk's stored result has these tests
+        base = {k: entry.get(k) for k in ("task_id", "attempt", "worker_id")}
+        for event in inner if isinstance(inner, list) else []:
+            if isinstance(event, dict):
+                yield dict(event, **base)
 
 
 def _verbosity(config: Any) -> int:

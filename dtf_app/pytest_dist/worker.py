@@ -231,6 +231,7 @@ class _Progress:
         self._lock = trio.Lock()
         self._stdin_lock = trio.Lock()
         self._http: Any = None
+        self._warned = False
 
     def add(self, event: dict[str, Any]) -> None:
         if self.enabled:
@@ -266,12 +267,17 @@ class _Progress:
                     self.urls.remove(base)
                     self.urls.insert(0, base)  # stick with the one that answers
                 return response.json()
-            if response.status_code == 409:
-                logger.info("chunk progress: %s", response.text[:300])
-                self.enabled = False  # this attempt is no longer the chunk's: stop posting
+            if response.status_code in (404, 405, 409):
+                # 409: this attempt is no longer the chunk's; 404/405: a coordinator without the run
+                # stream (older), or one that does not know the task. Stop posting; the result has it all.
+                logger.info("chunk progress not taken by %s (HTTP %d): %s", base, response.status_code,
+                            response.text[:300])
+                self.enabled = False
                 return None
-            logger.warning("chunk progress refused by %s: HTTP %d %s", base, response.status_code,
-                           response.text[:300])
+            if not self._warned:
+                self._warned = True
+                logger.warning("chunk progress refused by %s: HTTP %d %s", base, response.status_code,
+                               response.text[:300])
         return None
 
     async def flush(self) -> None:
@@ -279,8 +285,11 @@ class _Progress:
         async with self._lock:
             while self.enabled and (self.events or self.answers or self._first):
                 batch, self.events = self.events[:PROGRESS_BATCH], self.events[PROGRESS_BATCH:]
+                # The events go as one JSON string: the coordinator only stores and forwards them, so it
+                # checks that string (C-speed parse) instead of walking every report field.
                 body: dict[str, Any] = {"task_id": self.task_id, "attempt": self.attempt,
-                                        "worker_id": self.worker_id, "events": batch}
+                                        "worker_id": self.worker_id,
+                                        "events_json": json.dumps(batch, separators=(",", ":"), default=str)}
                 answer = self.answers.pop(0) if self.answers else None
                 if answer is not None:
                     body["stolen"] = answer
@@ -333,7 +342,7 @@ class _Progress:
         if not self.enabled:
             return []
         reply = await self._post({"task_id": self.task_id, "attempt": self.attempt, "worker_id": self.worker_id,
-                                  "events": [], "taken": True})
+                                  "events_json": "[]", "taken": True})
         return list((reply or {}).get("taken") or [])
 
 
@@ -460,6 +469,9 @@ async def run_chunk(task: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
                     elif kind == "stolen":
                         progress.answer(list(message.get("nodeids") or []))
                     elif kind == "done":
+                        if done is not None:  # a local run of a stolen tail: the first answer's facts stay
+                            message = dict(done, missing=[*done.get("missing", []), *message.get("missing", [])],
+                                           stopped=message.get("stopped"))
                         done = message
                         break
                 progress.running = False
