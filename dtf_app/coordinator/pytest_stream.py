@@ -58,7 +58,8 @@ class RunStreams:
             for key in [k for k, r in self._runs.items() if now - r.touched > RUN_IDLE_SECONDS]:
                 del self._runs[key]
             while len(self._runs) >= MAX_RUNS:
-                oldest = min(self._runs, key=lambda k: self._runs[k].touched)
+                # Runs nobody posted to yet (a reader's guess at a run id) go first, then the oldest.
+                oldest = min(self._runs, key=lambda k: (self._runs[k].next_seq > 0, self._runs[k].touched))
                 del self._runs[oldest]
             run = self._runs[run_id] = _Run()
         run.touched = time.monotonic()
