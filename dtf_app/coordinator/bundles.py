@@ -7,6 +7,9 @@
 - ``GET /api/pytest/runs/{run_id}`` (read): the chunk tasks of a run (``config.pytest_dist.run_id``).
 - ``GET /api/pytest/reports?task_ids=a,b`` (read): the serialized pytest reports of finished chunks,
   from DuckDB (``test_results.report``), in the order each chunk ran them.
+- ``POST /api/pytest/runs/{run_id}/progress`` (worker), ``GET /api/pytest/runs/{run_id}/events`` (read),
+  ``POST /api/pytest/runs/{run_id}/steal`` (submit): live per-test reports and work stealing, see
+  :mod:`dtf_app.coordinator.pytest_stream`.
 - ``GET /api/pytest/history?suite=KEY`` (read): per-test mean durations of the suite's latest
   collection (the same digest), normalised to an average worker by each worker's speed factor
   (``worker_speeds``, measured on the same tests), and their ``xdist_group`` marks, which the client
@@ -19,6 +22,7 @@ which is the leader the chunks were submitted to (workers fetch from the coordin
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -27,12 +31,19 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from dtf_app.coordinator.pytest_stream import RunStreams
 from dtf_app.coordinator.service import Coordinator
 from dtf_app.coordinator.views import task_view
-from dtf_app.pytest_dist.schedule import normalised_durations, worker_speeds
+from dtf_app.pytest_dist.schedule import GROUPS, normalised_durations, worker_speeds
 
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 MAX_IDS_PER_QUERY = 10_000
+MAX_EVENTS_BYTES = 16 * 1024 * 1024
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
 HISTORY_RUNS = 5
 """Mean over this many latest results per test: recent enough to follow changes, stable against noise."""
 
@@ -63,8 +74,10 @@ def _write_durably(path: Path, data: bytes) -> None:
 
 def register(app: QuartTrio, coord: Coordinator) -> None:
     """Add the routes to the app (one call in api.create_app)."""
-    from dtf_app.coordinator import http
-    from dtf_app.coordinator.http import ApiError, json_response
+    from dtf_app.coordinator import http, scheduler
+    from dtf_app.coordinator.http import ApiError, int_arg, json_body, json_response
+
+    streams = RunStreams()
 
     def authorize(*permissions: str) -> None:
         http.authorize(coord, *permissions)
@@ -116,6 +129,115 @@ def register(app: QuartTrio, coord: Coordinator) -> None:
             raise ApiError(404, "not_found", f"no dtf pytest run {run_id!r} (see dtf tasks list --type test)")
         tasks.sort(key=lambda t: t["seq"])
         return json_response({"run_id": run_id, "tasks": [task_view(t) for t in tasks]})
+
+    def run_chunk_task(run_id: str, task_id: Any) -> dict[str, Any]:
+        task = coord.state.tasks.get(task_id) if isinstance(task_id, str) else None
+        spec = (task.get("config") or {}).get("pytest_dist") if task else None
+        if not isinstance(spec, dict) or spec.get("run_id") != run_id:
+            raise ApiError(404, "not_found", f"no chunk task {str(task_id)[:80]!r} in dtf pytest run {run_id!r}")
+        return task
+
+    @app.post("/api/pytest/runs/<run_id>/progress")
+    async def post_progress(run_id: str) -> Response:
+        authorize("worker")
+        body = await json_body()
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid_body", "the body must be an object {task_id, attempt, worker_id, events}")
+        task = run_chunk_task(run_id, body.get("task_id"))
+        if (task.get("worker_id") != body.get("worker_id") or task.get("attempts") != body.get("attempt")
+                or task.get("status") not in ("assigned", "running")):
+            # Another attempt or another worker holds the chunk now: this sender's reports are stale.
+            raise ApiError(409, "stale", f"task {task['task_id']} attempt {body.get('attempt')!r} is not running "
+                                         f"on worker {str(body.get('worker_id'))[:80]!r}")
+        raw_events = body.get("events_json", "[]")
+        if not isinstance(raw_events, str) or len(raw_events) > MAX_EVENTS_BYTES:
+            raise ApiError(400, "invalid_body", f"events_json must be a JSON array (as a string) of at most "
+                                                f"{MAX_EVENTS_BYTES} characters")
+        try:
+            events = json.loads(raw_events, parse_constant=_no_constant)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_body", f"events_json is not strict JSON: {exc}") from None
+        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+            raise ApiError(400, "invalid_body", "events_json must be a JSON array of objects")
+        base = {"task_id": task["task_id"], "attempt": task["attempts"], "worker_id": task.get("worker_id")}
+        # Stored and forwarded as the string it came as (the client parses it): no re-encoding here.
+        out = [dict(base, kind="batch", events=raw_events)] if events else []
+        answer: dict[str, Any] = {"steal": None, "stolen_task": None}
+        stolen = body.get("stolen")
+        if stolen is not None:
+            answer["stolen_task"] = await submit_stolen(run_id, task, stolen)
+            out.append(dict(base, kind="stolen", nodeids=stolen.get("nodeids") if answer["stolen_task"] else [],
+                            new_task=answer["stolen_task"]))
+        if out:
+            streams.append(run_id, out, [len(e.get("events") or "") + 200 for e in out])
+        answer["steal"] = streams.take_steal(run_id, task["task_id"])
+        if body.get("taken"):
+            # A retry of a chunk skips what its earlier attempts gave up to stolen-tail chunks.
+            answer["taken"] = [n for t in coord.state.tasks.values()
+                               if ((t.get("config") or {}).get("pytest_dist") or {}).get("stolen_from") == task["task_id"]
+                               for n in t["config"]["pytest_dist"].get("nodeids") or []]
+        return json_response(answer)
+
+    async def submit_stolen(run_id: str, task: dict[str, Any], stolen: Any) -> str | None:
+        """The tail a chunk gave up, as a new chunk task of the run; its task id (None: nothing given up)."""
+        if not isinstance(stolen, dict) or not isinstance(stolen.get("nodeids"), list) \
+                or not all(isinstance(n, str) for n in stolen["nodeids"]):
+            raise ApiError(400, "invalid_body", "stolen must be {nodeids: [str], seq: int, exclude: bool}")
+        nodeids = stolen["nodeids"]
+        if not nodeids:
+            return None
+        spec = dict(task["config"]["pytest_dist"])
+        if spec.get("nodeids") is not None and not set(nodeids) <= set(spec["nodeids"]):
+            raise ApiError(400, "invalid_body", "stolen nodeids must be tests of the chunk they come from")
+        seq = stolen.get("seq", 0)
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 1000:
+            raise ApiError(400, "invalid_body", "stolen.seq must be an integer from 0 to 999")
+        spec.update(nodeids=nodeids, shard=None, stolen_from=task["task_id"])
+        requirements = dict(task.get("requirements") or {})
+        if stolen.get("exclude") and task.get("worker_id"):
+            requirements["exclude_workers"] = sorted({*(requirements.get("exclude_workers") or []), task["worker_id"]})
+        # A deterministic id: a worker that repeats the post (its answer was lost) gets 409, not a second copy.
+        new_id = f"{task['task_id']}-s{task['attempts']}-{seq}"
+        doc = {"type": "test", "task_id": new_id, "name": f"{task.get('name') or task['task_id']} (stolen tail)",
+               "config": {"pytest_dist": spec}, "requirements": requirements or None,
+               "timeout_seconds": task.get("timeout_seconds"), "max_retries": task.get("max_retries"),
+               "priority": task.get("priority")}
+        doc = {k: v for k, v in doc.items() if v is not None}
+        if new_id in coord.state.tasks:
+            return new_id
+        try:
+            normalised = scheduler.validate_task(doc, "stolen", default_max_retries=coord.settings.max_retries)
+            await coord.submit([normalised])
+        except scheduler.TaskConflictError:
+            pass  # submitted by an earlier post of the same answer
+        except (scheduler.TaskValidationError, scheduler.TaskUnprocessableError) as exc:
+            raise ApiError(422, "unschedulable", f"cannot submit the stolen tail: {exc}") from None
+        return new_id
+
+    @app.get("/api/pytest/runs/<run_id>/events")
+    async def get_events(run_id: str) -> Response:
+        authorize("read")
+        after = int_arg("after", 0, maximum=10**12)
+        wait = int_arg("wait_ms", 0, maximum=10_000) / 1000.0
+        return json_response(await streams.read(run_id, after, wait))
+
+    @app.post("/api/pytest/runs/<run_id>/steal")
+    async def post_steal(run_id: str) -> Response:
+        authorize("submit")
+        body = await json_body()
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid_body", "the body must be an object {task_id, for_worker}")
+        task = run_chunk_task(run_id, body.get("task_id"))
+        for_worker = body.get("for_worker")
+        if for_worker is not None and not isinstance(for_worker, str):
+            raise ApiError(400, "invalid_body", "for_worker must be a worker id or null")
+        group = body.get("group", "file")
+        if group not in GROUPS:
+            raise ApiError(400, "invalid_body", f"group must be one of {', '.join(GROUPS)}, got {str(group)[:40]!r}")
+        if task.get("status") != "running":
+            raise ApiError(409, "not_running", f"task {task['task_id']} is {task.get('status')}, not running")
+        streams.request_steal(run_id, task["task_id"], for_worker, group)
+        return json_response({"requested": True, "task_id": task["task_id"]}, 202)
 
     @app.get("/api/pytest/reports")
     async def get_reports() -> Response:

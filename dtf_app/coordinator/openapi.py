@@ -492,6 +492,24 @@ def build_spec(version: str) -> dict[str, Any]:
             "get": _op("a suite bundle's bytes (worker or read)", params=[sha]),
         },
         "/api/pytest/runs/{run_id}": {"get": _op("the chunk tasks of a dtf pytest run", params=[run_id])},
+        "/api/pytest/runs/{run_id}/progress": {"post": _op(
+            "a running chunk's newly finished tests and steal answer (worker); the reply carries a steal "
+            "request", params=[run_id], body={
+                "type": "object", "required": ["task_id", "attempt", "worker_id"], "properties": {
+                    "task_id": {"type": "string"}, "attempt": {"type": "integer"}, "worker_id": {"type": "string"},
+                    "events_json": {"type": "string", "description": "a JSON array of event objects, as a string"},
+                    "stolen": {"type": "object", "required": ["nodeids"], "properties": {
+                        "nodeids": {"type": "array", "items": {"type": "string"}},
+                        "seq": {"type": "integer", "minimum": 0, "maximum": 999}, "exclude": {"type": "boolean"}}},
+                    "taken": {"type": "boolean"}}})},
+        "/api/pytest/runs/{run_id}/events": {"get": _op("a run's live events after a sequence number (long poll)", params=[
+            run_id, _query("after", {"type": "integer", "minimum": 0}),
+            _query("wait_ms", {"type": "integer", "minimum": 0, "maximum": 10_000})])},
+        "/api/pytest/runs/{run_id}/steal": {"post": _op(
+            "ask a running chunk to give up its tail (work stealing)", "202", params=[run_id], body={
+                "type": "object", "required": ["task_id"], "properties": {
+                    "task_id": {"type": "string"}, "for_worker": {"type": ["string", "null"]},
+                    "group": {"type": "string", "enum": ["file", "class", "test"]}}})},
         "/api/pytest/reports": {"get": _op("serialized pytest reports of finished chunks", params=[
             _required_query("task_ids", {"type": "string", "minLength": 1}, "comma-separated task ids")])},
         "/api/pytest/history": {"get": _op("per-test mean durations of a suite's latest collection", params=[

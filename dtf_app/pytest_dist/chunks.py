@@ -11,7 +11,8 @@ A chunk is an ordinary ``test`` task whose config carries ``pytest_dist`` instea
      "nodeids": [str] | null,  # the tests to run, in order ...
      "shard": [i, n] | null,   # ... or the i-th of n shards of the collection (first run, no history)
      "digest": str | null,     # digest of the collection the client planned from (see remote.py)
-     "verbose": int}           # the client's -v/-q level (assertion explanations depend on it); optional
+     "verbose": int,           # the client's -v/-q level (assertion explanations depend on it); optional
+     "stolen_from": str}       # the chunk task whose not-yet-started tail this is (work stealing); optional
 
 Reports travel back in the result's ``tests`` rows (one per test, kept in DuckDB, not in the replicated
 state): ``{"nodeid", "outcome", "duration", "message", "report": {"i": n, "r": [report, ...]}}`` where a
@@ -27,7 +28,8 @@ from typing import Any
 
 MAX_NODEIDS_PER_CHUNK = 100_000
 MAX_ARGS = 500
-_KEYS = ("run_id", "chunk", "suite", "args", "bundle", "workdir", "nodeids", "shard", "digest", "verbose")
+_KEYS = ("run_id", "chunk", "suite", "args", "bundle", "workdir", "nodeids", "shard", "digest", "verbose",
+         "stolen_from")
 
 
 class ChunkError(ValueError):
@@ -78,6 +80,9 @@ def validate_chunk(doc: Any, where: str = "pytest_dist") -> dict[str, Any]:
     verbose = doc.get("verbose", 0)
     if not isinstance(verbose, int) or isinstance(verbose, bool) or not -5 <= verbose <= 5:
         raise ChunkError(f"{where}.verbose must be an integer from -5 to 5 (pytest's -q/-v level), got {verbose!r}")
+    stolen_from = doc.get("stolen_from")
+    if stolen_from is not None and not (isinstance(stolen_from, str) and 0 < len(stolen_from) <= 200):
+        raise ChunkError(f"{where}.stolen_from must be a task id or null")
     return doc
 
 

@@ -20,7 +20,13 @@ The run lives in the cluster: if this process dies, the chunks still finish, and
 Options of dtf itself (the rest goes to pytest): ``--coordinator``, ``--api-key``, ``--data-dir``,
 ``--config`` (as for every dtf command), ``--attach RUN``, ``--reruns N`` (a failing test runs again, on
 another worker when there is one; one that passes there is reported flaky), ``--dtf-group file|class|test`` (what must stay
-in one chunk; default file), ``--dtf-no-history`` (plan as on a first run), ``--dtf-timeout S`` (per chunk).
+in one chunk; default file), ``--dtf-no-history`` (plan as on a first run), ``--dtf-timeout S`` (per chunk), ``--dtf-client-plugins auto|all`` (see :func:`needs_plugins`).
+
+Reports stream: workers post each finished test to the coordinator's run stream
+(:mod:`dtf_app.coordinator.pytest_stream`), which this client long-polls and replays at once; a chunk's
+stored result, fetched when it finishes, fills in whatever the stream missed (each test once). When a
+worker goes idle with no chunk left to take, the client asks a running chunk to give up its tail; the
+worker's session answers with the tests it dropped and the coordinator submits them as a new chunk.
 """
 
 from __future__ import annotations
@@ -41,8 +47,13 @@ from dtf_app.pytest_dist import bundle as bundlemod
 from dtf_app.pytest_dist.chunks import expand_reports, suite_key
 from dtf_app.pytest_dist.schedule import GROUPS, capacity, plan_chunks
 
-POLL_INITIAL = 0.05
 POLL_MAX = 0.25
+STREAM_WAIT_MS = 250
+"""Long poll of the run's live events: answered at once when there are some, else after this."""
+STEAL_MIN_SECONDS = 1.0
+"""A chunk's tail is only worth stealing when it is estimated to take longer than a new chunk costs."""
+UNKNOWN_TEST_SECONDS = 0.05
+CLIENT_PLUGIN_MODES = ("auto", "all")
 SHARDS_PER_SLOT = 3
 DEFAULT_CHUNK_TIMEOUT = 3600
 # pytest options that only concern reporting: they stay on the client and are not sent to workers, so
@@ -74,6 +85,8 @@ are pytest's own. dtf options (everything else goes to pytest):
   --dtf-group G          what stays in one chunk: file (default), class or test; xdist_group marks always
   --dtf-no-history       plan as on a first run (shards by file) instead of from the duration history
   --dtf-timeout S        timeout of each chunk in seconds (default 3600)
+  --dtf-client-plugins M auto (default): this process loads the environment's pytest plugins only when
+                         the arguments or the ini file use an option only a plugin knows; all: always
 Workers run chunks with their test_python setting (DTF_TEST_PYTHON): the Python with pytest and the
 suite's dependencies. Refused: -n (use the cluster), --pdb/--trace, --collect-only.
 """
@@ -95,12 +108,16 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--dtf-no-history", action="store_true")
     parser.add_argument("--dtf-timeout", type=float, default=DEFAULT_CHUNK_TIMEOUT)
     parser.add_argument("--reruns", type=int, default=0)
+    parser.add_argument("--dtf-client-plugins", default="auto")
     try:
         opts, rest = parser.parse_known_args(argv)
     except SystemExit:
         raise DistUsageError("bad dtf pytest option (see dtf pytest --help)") from None
     if opts.dtf_group not in GROUPS:
         raise DistUsageError(f"--dtf-group must be one of {', '.join(GROUPS)}, got {opts.dtf_group!r}")
+    if opts.dtf_client_plugins not in CLIENT_PLUGIN_MODES:
+        raise DistUsageError(f"--dtf-client-plugins must be one of {', '.join(CLIENT_PLUGIN_MODES)}, "
+                             f"got {opts.dtf_client_plugins!r}")
     if not 0 <= opts.reruns <= 10:
         raise DistUsageError(f"--reruns must be from 0 to 10, got {opts.reruns}")
     if not opts.dtf_timeout > 0:
@@ -186,7 +203,8 @@ class DistPlugin:
         self._planned: set[str] = set()
         self._chunk_no = 0
         self._base: dict[str, Any] = {}
-        self._paths: tuple[str, str] | None = None
+        # Per chunk: (its worker's bundle root, this rootdir); workers unpack bundles in different places.
+        self._task_paths: dict[str, tuple[str, str] | None] = {}
         self._session_warnings: set[tuple[Any, Any, Any]] = set()
         self._collect_failures = 0
         self._worker_ids: list[str] = []
@@ -194,6 +212,20 @@ class DistPlugin:
         self._held: dict[str, list[tuple[dict[str, Any], Any]]] = {}
         self.flaky: list[tuple[str, str, str]] = []
         self.rootdir = Path.cwd()
+        # Streaming and stealing (see _follow).
+        self._event_seq = 0
+        self._tasks: dict[str, dict[str, Any]] = {}
+        self._ready: set[str] = set()
+        self._seen: set[tuple[str, str]] = set()
+        self._reported: dict[str, set[str]] = {}
+        self._stream_attempt: dict[str, Any] = {}
+        self._running_since: dict[str, float] = {}
+        self._rerun_wanted: dict[str, list[str]] = {}
+        self._rerun_tasks: set[str] = set()
+        self._steal_out: dict[str, str] = {}
+        self._steal_none: set[str] = set()
+        self._slots: dict[str, int] = {}
+        self._durations: dict[str, float] = {}
 
     # -- pytest hooks
     def pytest_report_teststatus(self, report: Any, config: Any) -> Any:
@@ -281,11 +313,13 @@ class DistPlugin:
         slot_counts = [(w["worker_id"], int(w.get("max_concurrent_tasks") or 1)) for w in workers]
         slots = sum(n for _, n in slot_counts)
         self._worker_ids = [w["worker_id"] for w in workers]
+        self._slots = dict(slot_counts)
         history = {} if self.opts.dtf_no_history else self.client.request(
             "GET", "/api/pytest/history", params={"suite": suite})
         # Durations come normalised to an average worker; the capacity counts each slot by its worker's
         # measured speed factor (1.0 for a worker without enough history), see schedule.worker_speeds.
         durations: dict[str, float] = dict(history.get("tests") or {})
+        self._durations = durations
         speeds: dict[str, float] = {w: float(f) for w, f in (history.get("worker_speeds") or {}).items()
                                     if isinstance(f, int | float) and f > 0}
         effective = capacity(slot_counts, speeds)
@@ -371,42 +405,145 @@ class DistPlugin:
 
     # -- following the run
     def _follow(self, session: Any, reporter: Any, task_ids: list[str]) -> None:
-        pending = list(task_ids)
-        delay = POLL_INITIAL
-        while pending:
-            run = self.client.request("GET", f"/api/pytest/runs/{self.run_id}")
-            by_id = {t["task_id"]: t for t in run["tasks"]}
-            finished = [by_id[t] for t in pending if t in by_id and by_id[t]["status"] in
-                        ("completed", "failed", "cancelled")]
-            if not finished:
-                time.sleep(delay)
-                delay = min(POLL_MAX, delay * 1.5)
-                continue
-            delay = POLL_INITIAL
-            done_ids = {t["task_id"] for t in finished}
-            pending = [t for t in pending if t not in done_ids]
-            completed = [t for t in finished if t["status"] == "completed"]
-            reports: dict[str, list[dict[str, Any]]] = {}
-            if completed:
-                rows = self.client.request("GET", "/api/pytest/reports",
-                                           params={"task_ids": ",".join(t["task_id"] for t in completed)})
-                for row in rows["tests"]:
-                    reports.setdefault(row["task_id"], []).append(row)
-            for task in finished:
-                extra = self._replay_task(session, task, reports.get(task["task_id"], []))
-                pending.extend(extra)
-                if session.shouldfail or session.shouldstop:
-                    self._cancel(pending)
-                    return
+        """Replay tests as their chunks stream them; a finished chunk's stored result fills any gap.
 
-    def _replay_task(self, session: Any, task: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
-        """Replay one finished chunk; returns the ids of chunks submitted for tests the plan missed."""
+        Each loop: a long poll of the run's live events (per-test reports, steal answers), then the run's
+        task list (finished chunks, new ones such as a stolen tail), then, when a worker has gone idle
+        while chunks still run, a steal request for the tail of the chunk with the most work left."""
+        pending = set(task_ids)
+        finished: set[str] = set()
+        while pending:
+            try:
+                batch = self.client.request("GET", f"/api/pytest/runs/{self.run_id}/events",
+                                            params={"after": self._event_seq, "wait_ms": STREAM_WAIT_MS})
+            except Exception as exc:
+                from dtf_app.client import ClientError
+
+                if not isinstance(exc, ClientError) or exc.exit_code != 2:
+                    raise
+                batch = {"events": [], "next": self._event_seq}  # an older coordinator: results only
+                time.sleep(POLL_MAX)
+            self._event_seq = int(batch.get("next") or self._event_seq)
+            for event in _expand(batch.get("events") or []):
+                self._on_event(session, event)
+                if session.shouldfail or session.shouldstop:
+                    self._cancel([t for t in pending if t not in finished])
+                    return
+            run = self.client.request("GET", f"/api/pytest/runs/{self.run_id}")
+            tasks = run["tasks"]
+            by_id = {t["task_id"]: t for t in tasks}
+            self._tasks = by_id
+            for task in tasks:
+                if task["task_id"] not in finished and task["task_id"] not in pending:
+                    pending.add(task["task_id"])  # a stolen tail (or a chunk another client added)
+            done = [t for t in tasks if t["task_id"] in pending and t["status"] in ("completed", "failed", "cancelled")]
+            if done:
+                reports: dict[str, list[dict[str, Any]]] = {}
+                # The stored reports are fetched only for chunks the stream did not deliver whole (a
+                # chunk's node ids are unique, so its count of streamed tests tells).
+                completed = [t for t in done if t["status"] == "completed" and not self._streamed_whole(t)]
+                if completed:
+                    rows = self.client.request("GET", "/api/pytest/reports",
+                                               params={"task_ids": ",".join(t["task_id"] for t in completed)})
+                    for row in rows["tests"]:
+                        reports.setdefault(row["task_id"], []).append(row)
+                for task in done:
+                    pending.discard(task["task_id"])
+                    finished.add(task["task_id"])
+                    self._steal_out.pop(task["task_id"], None)
+                    pending.update(self._replay_task(session, task, reports.get(task["task_id"], [])))
+                    if session.shouldfail or session.shouldstop:
+                        self._cancel([t for t in pending if t not in finished])
+                        return
+            self._maybe_steal(tasks)
+
+    def _streamed_whole(self, task: dict[str, Any]) -> bool:
+        metrics = (task.get("result") or {}).get("metrics") or {}
+        total = metrics.get("tests_total")
+        streamed = self._reported.get(task["task_id"], set())
+        return (task["task_id"] in self._ready and isinstance(total, int) and total == len(streamed)
+                and (task.get("attempts") or 1) == self._stream_attempt.get(task["task_id"]))
+
+    def _on_event(self, session: Any, event: dict[str, Any]) -> None:
+        kind, task_id = event.get("kind"), str(event.get("task_id"))
+        if kind == "ready":
+            self._running_since.setdefault(task_id, time.monotonic())
+            self._task_paths[task_id] = self._paths_for(event.get("working_dir"))  # this attempt's worker
+            if task_id not in self._ready:
+                self._ready.add(task_id)
+                raw = {k: event.get(k) for k in ("collect_errors", "collected", "deselected", "warnings")}
+                self._on_ready(session, raw, self._task_paths[task_id])
+        elif kind == "test" and task_id in self._ready:
+            row = event.get("row")
+            if isinstance(row, dict) and isinstance(row.get("nodeid"), str):
+                if self._stream_attempt.get(task_id) != event.get("attempt"):
+                    # Another attempt (a retry): count only its tests towards "streamed whole".
+                    self._stream_attempt[task_id] = event.get("attempt")
+                    self._reported[task_id] = set()
+                self._reported[task_id].add(row["nodeid"])
+                task = {"task_id": task_id, "worker_id": event.get("worker_id")}
+                if self._replay_row(session, task, row):
+                    self._rerun_wanted.setdefault(task_id, []).append(row["nodeid"])
+        elif kind == "stolen":
+            self._steal_out.pop(task_id, None)
+            moved = event.get("nodeids") or []
+            if not moved:
+                self._steal_none.add(task_id)
+            elif _verbosity(session.config) > 0:
+                self._say(session.config.pluginmanager.get_plugin("terminalreporter"),
+                          f"dtf: {len(moved)} tests moved from chunk {task_id} to {event.get('new_task')}")
+
+    def _maybe_steal(self, tasks: list[dict[str, Any]]) -> None:
+        """Work stealing at the end of a run: a worker with a free slot and nothing of this run left to
+        take asks the running chunk with the most estimated work left to give up its tail."""
+        if not self._slots or any(t["status"] in ("pending", "blocked", "assigned") for t in tasks):
+            return
+        running = [t for t in tasks if t["status"] == "running"]
+        busy: dict[str, int] = {}
+        for task in running:
+            busy[task.get("worker_id") or ""] = busy.get(task.get("worker_id") or "", 0) + 1
+        asked_for = set(self._steal_out.values())
+        idle = [w for w, n in self._slots.items() if busy.get(w, 0) < n and w not in asked_for]
+        if not idle:
+            return
+        now = time.monotonic()
+        candidates = []
+        for task in running:
+            spec = (task.get("config") or {}).get("pytest_dist") or {}
+            ids = spec.get("nodeids")
+            if task["task_id"] in self._steal_out or task["task_id"] in self._steal_none or not ids \
+                    or task["task_id"] not in self._ready:
+                continue
+            done = self._reported.get(task["task_id"], set())
+            left = [n for n in ids if n not in done]
+            if len(left) < 2:
+                continue
+            by_history = sum(self._durations.get(n, UNKNOWN_TEST_SECONDS) for n in left)
+            elapsed = now - self._running_since.get(task["task_id"], now)
+            by_rate = elapsed / len(done) * len(left) if done else elapsed + by_history
+            estimate = max(by_history, by_rate)
+            if estimate >= STEAL_MIN_SECONDS:
+                candidates.append((estimate, task))
+        candidates.sort(key=lambda c: -c[0])
+        for worker, (_, task) in zip(idle, candidates, strict=False):
+            from dtf_app.client import ClientError
+
+            try:
+                self.client.request("POST", f"/api/pytest/runs/{self.run_id}/steal", needs="submit",
+                                    body={"task_id": task["task_id"], "for_worker": worker,
+                                          "group": self.opts.dtf_group})
+            except ClientError:
+                continue  # finished meanwhile
+            self._steal_out[task["task_id"]] = worker
+
+    def _paths_for(self, working_dir: Any) -> tuple[str, str] | None:
+        if not working_dir or not self._base.get("bundle"):
+            return None
+        return str(working_dir).rstrip("/") + "/", str(self.rootdir).rstrip("/") + "/"
+
+    def _on_ready(self, session: Any, raw: dict[str, Any], paths: tuple[str, str] | None) -> None:
+        """A chunk's collection facts (errors, deselected, warnings), each shown once per run."""
         config = session.config
-        if task["status"] != "completed":
-            self._chunk_failed(session, task, task.get("error") or task["status"])
-            return []
-        result = task.get("result") or {}
-        raw = ((result.get("raw_data") or {}).get("pytest_dist")) or {}
         for data in raw.get("collect_errors") or []:
             nodeid = data.get("nodeid", "")
             if nodeid in self._replayed_collect:
@@ -414,11 +551,11 @@ class DistPlugin:
             self._replayed_collect.add(nodeid)
             if data.get("outcome") == "failed":
                 self._collect_failures += 1
-            config.hook.pytest_collectreport(report=_deserialize(config, data, self._bundle_paths(result)))
+            config.hook.pytest_collectreport(report=_deserialize(config, data, paths))
         if self._collect_failures and not config.getoption("continue_on_collection_errors", False):
             count = self._collect_failures
             session.shouldstop = f"{count} error{'s' if count != 1 else ''} during collection"
-            return []
+            return
         if not self._deselected_done:
             self._deselected_done = True
             if not self._planned and raw.get("collected") is not None:
@@ -431,10 +568,35 @@ class DistPlugin:
             if key not in self._session_warnings:
                 self._session_warnings.add(key)
                 _replay_warning(config, warning)
-        self._paths = self._bundle_paths(result)
-        rerun: list[str] = []
+
+    def _replay_row(self, session: Any, task: dict[str, Any], row: dict[str, Any]) -> bool:
+        """Replay a test's row unless it was already (streamed, or run by another chunk); True: rerun it."""
+        task_id = task["task_id"]
+        key = (task_id if task_id in self._rerun_tasks else "", row["nodeid"])
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return self._replay_or_hold(session, task, row)
+
+    def _replay_task(self, session: Any, task: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+        """Finish one chunk from its stored result (what the stream missed); returns new chunks' ids."""
+        if task["status"] != "completed":
+            self._chunk_failed(session, task, task.get("error") or task["status"])
+            return []
+        result = task.get("result") or {}
+        raw = ((result.get("raw_data") or {}).get("pytest_dist")) or {}
+        if task["task_id"] not in self._ready:
+            self._ready.add(task["task_id"])
+            self._on_ready(session, raw, self._bundle_paths(result))
+        else:
+            # Streamed already; but warnings raised outside any test came only with the result.
+            self._on_ready(session, {"warnings": raw.get("warnings")}, self._bundle_paths(result))
+        if session.shouldstop:
+            return []
+        self._task_paths[task["task_id"]] = self._bundle_paths(result)
+        rerun: list[str] = list(self._rerun_wanted.pop(task["task_id"], []))
         for row in rows:
-            if self._replay_or_hold(session, task, row):
+            if self._replay_row(session, task, row):
                 rerun.append(row["nodeid"])
             if session.shouldfail or session.shouldstop:
                 return []
@@ -445,7 +607,9 @@ class DistPlugin:
             spec = self._chunk(nodeids=rerun, digest=None)
             if others and task.get("worker_id"):
                 spec["requirements"] = {"exclude_workers": [task["worker_id"]]}
-            extra += [t["task_id"] for t in self.client.submit([spec])]
+            created = [t["task_id"] for t in self.client.submit([spec])]
+            self._rerun_tasks.update(created)
+            extra += created
         if raw.get("nodeids") is not None and self._planned:
             # The workers' collection differs from the history the plan came from: run what it missed.
             new = [n for n in raw["nodeids"] if n not in self._planned]
@@ -454,7 +618,7 @@ class DistPlugin:
                 session.testscollected = len(self._planned)
                 spec = self._chunk(nodeids=new, digest=raw.get("digest"))
                 created = self.client.submit([spec])
-                extra = [t["task_id"] for t in created]
+                extra += [t["task_id"] for t in created]
         return extra
 
     def _bundle_paths(self, result: dict[str, Any]) -> tuple[str, str] | None:
@@ -475,13 +639,14 @@ class DistPlugin:
             return True
         self._held.pop(nodeid, None)
         for previous, _worker in earlier:
-            self._replay_test(session, previous, as_rerun=True)
+            self._replay_test(session, previous, as_rerun=True, paths=self._task_paths.get(task["task_id"]))
         if earlier and not failed:
             self.flaky.append((nodeid, str(earlier[-1][1]), str(task.get("worker_id"))))
-        self._replay_test(session, row)
+        self._replay_test(session, row, paths=self._task_paths.get(task["task_id"]))
         return False
 
-    def _replay_test(self, session: Any, row: dict[str, Any], *, as_rerun: bool = False) -> None:
+    def _replay_test(self, session: Any, row: dict[str, Any], *, as_rerun: bool = False,
+                     paths: tuple[str, str] | None = None) -> None:
         config = session.config
         packed = row.get("report") or {}
         reports = expand_reports(row["nodeid"], packed.get("r") or [])
@@ -495,7 +660,7 @@ class DistPlugin:
         for warning in packed.get("w") or []:
             _replay_warning(config, warning)
         for data in reports:
-            config.hook.pytest_runtest_logreport(report=_deserialize(config, data, self._paths))
+            config.hook.pytest_runtest_logreport(report=_deserialize(config, data, paths))
         config.hook.pytest_runtest_logfinish(nodeid=row["nodeid"], location=location)
 
     def _chunk_failed(self, session: Any, task: dict[str, Any], why: str) -> None:
@@ -522,6 +687,22 @@ class DistPlugin:
             reporter.write_line(text)
         else:
             print(text, file=sys.stderr)
+
+
+def _expand(events: list[dict[str, Any]]) -> Any:
+    """The run stream's entries, a worker's batch (its events as one JSON string) opened up."""
+    for entry in events:
+        if entry.get("kind") != "batch":
+            yield entry
+            continue
+        try:
+            inner = json.loads(entry.get("events") or "[]")
+        except ValueError:
+            continue  # best effort: the chunk's stored result has these tests
+        base = {k: entry.get(k) for k in ("task_id", "attempt", "worker_id")}
+        for event in inner if isinstance(inner, list) else []:
+            if isinstance(event, dict):
+                yield dict(event, **base)
 
 
 def _verbosity(config: Any) -> int:
@@ -569,6 +750,46 @@ def _replay_warning(config: Any, data: dict[str, Any]) -> None:
         "location": None})
 
 
+def needs_plugins(args: list[str], invocation: Path) -> bool:
+    """Whether an invocation needs the environment's pytest plugins on the client: True when an argument
+    (or ``addopts``, ``PYTEST_ADDOPTS``) is an option, or the ini file has a key, that core pytest does
+    not define, or when that cannot be told. Plugins named with ``-p`` load either way."""
+    import shlex
+
+    try:
+        from _pytest.config import get_config
+        from _pytest.config.findpaths import determine_setup
+
+        parser = get_config([])._parser
+        known = {name for group in [parser._anonymous, *parser._groups] for opt in group.options
+                 for name in opt.names()}
+        inifile = rootdir = None
+        for i, token in enumerate(args):
+            for flag in ("-c", "--config-file", "--rootdir"):
+                value = args[i + 1] if token == flag and i + 1 < len(args) else (
+                    token.split("=", 1)[1] if token.startswith(flag + "=") else None)
+                if value is not None:
+                    inifile, rootdir = (inifile, value) if flag == "--rootdir" else (value, rootdir)
+        _, _, inicfg = determine_setup(inifile=inifile, args=[a for a in args if not a.startswith("-")],
+                                       rootdir_cmd_arg=rootdir, invocation_dir=invocation)
+        # addopts and minversion are declared late, by pytest's own start-up; required_plugins is
+        # unknown on purpose: the plugins it names must be loaded.
+        if set(inicfg) - set(parser._inidict) - {"addopts", "minversion"}:
+            return True
+        addopts = inicfg.get("addopts", "")
+        addopts = shlex.split(addopts) if isinstance(addopts, str) else list(addopts)
+        tokens = [*args, *addopts, *shlex.split(os.environ.get("PYTEST_ADDOPTS", ""))]
+        for token in tokens:
+            if token.startswith("--"):
+                if token != "--" and token.split("=", 1)[0] not in known:
+                    return True
+            elif token.startswith("-") and len(token) > 1 and token[:2] not in known:
+                return True
+        return False
+    except Exception:  # any surprise (another pytest's internals): load them, as plain pytest does
+        return True
+
+
 def main(argv: list[str]) -> int:
     """Entry point of ``dtf pytest``; returns pytest's exit code (or dtf's: 2 usage, 3 unreachable, 4 auth)."""
     from dtf_app.client import resolve_target
@@ -583,7 +804,16 @@ def main(argv: list[str]) -> int:
     # rewrites (and, with no writable bytecode cache, recompiles from source) every installed plugin's
     # modules at each start, seconds of CPU before the first chunk is submitted. It goes first, so an
     # explicit --assert of the user's still wins here, and it is not among what workers get.
-    code = pytest.main(["--assert=plain", *pytest_args], plugins=[plugin])
+    autoload_was = os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
+    if opts.dtf_client_plugins == "auto" and autoload_was is None and not needs_plugins(pytest_args, Path.cwd()):
+        # The client runs no test code: the plugins that collect, parametrize or run tests (hypothesis,
+        # anyio, asyncio, ...) have nothing to do here, and importing them is most of its start-up.
+        os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    try:
+        code = pytest.main(["--assert=plain", *pytest_args], plugins=[plugin])
+    finally:
+        if autoload_was is None:
+            os.environ.pop("PYTEST_DISABLE_PLUGIN_AUTOLOAD", None)
     if plugin.exit_code is not None:
         return plugin.exit_code
     return int(code)

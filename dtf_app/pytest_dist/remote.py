@@ -10,6 +10,7 @@ The session collects once (the suite is imported once per process), then replace
 
     {"cmd": "run", "id": str, "nodeids": [str] | null, "shard": [i, n] | null, "digest": str | null,
      "verbose": int}   # the client's -v/-q level: a failed assertion's explanation depends on it
+    {"cmd": "steal", "group": "file" | "class" | "test"}   # give up the tail of the running chunk
     {"cmd": "exit"}
 
 and answers on a private copy of the original stdout (fd 1 itself is pointed at stderr, so whatever a
@@ -22,7 +23,16 @@ test or plugin prints cannot corrupt the protocol), one JSON object per line:
      "group": str | None}                                                    # its xdist_group mark
     {"ev": "warning", "nodeid": str, "when": str, "message": str, "category": str, "filename": str,
      "lineno": int}
+    {"ev": "stolen", "id": str, "nodeids": [str]}   # the answer to a steal: exactly the ids given up
     {"ev": "done", "id": str, "missing": [nodeid], "nodeids": [str] | null}
+
+Work stealing: between two tests of a chunk the session looks (without blocking) for a ``steal``
+command. The test about to run was already named as the previous one's ``nextitem`` (its fixtures'
+teardown depended on it), so it stays; of the tests after it, whole groups (file, class or test, as the
+client groups; an ``xdist_group`` mark always wins), those of the next test's group excepted, are given
+up from the end, about half of what is left. The ``stolen`` answer names them, and they are dropped from
+this chunk before anything else runs: the answer, not the request, decides what moved. A steal that
+arrives when no chunk runs (the chunk just ended) gets no answer; the caller reads ``done`` as "none".
 
 ``nodeids`` in ``done`` is the whole collection, sent only when the caller's ``digest`` (of the
 collection it planned from) differs from this session's, so the caller can schedule what it missed.
@@ -35,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import select
 import sys
 import time
 import zlib
@@ -47,7 +58,7 @@ _PROTO = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
 os.dup2(2, 1)
 # Commands come on a private copy of stdin too (pytest's capture replaces sys.stdin); a test that reads
 # fd 0 gets end-of-file instead of our commands.
-_COMMANDS = os.fdopen(os.dup(0), "r", encoding="utf-8")
+_COMMANDS_FD = os.dup(0)
 _null = os.open(os.devnull, os.O_RDONLY)
 os.dup2(_null, 0)
 os.close(_null)
@@ -56,6 +67,75 @@ os.close(_null)
 def _send(message: dict) -> None:
     _PROTO.write(json.dumps(message, separators=(",", ":"), default=str) + "\n")
     _PROTO.flush()
+
+
+class _Commands:
+    """Command lines from the worker, read blocking (between chunks) or polled (between tests)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = b""
+        self.eof = False
+        self.pending: list[dict] = []
+
+    def _read(self) -> None:
+        data = os.read(self.fd, 1 << 16)
+        if not data:
+            self.eof = True
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        self.pending.extend(json.loads(line) for line in lines if line.strip())
+
+    def poll(self) -> list[dict]:
+        """The commands that have arrived, without waiting."""
+        try:
+            while not self.eof and select.select([self.fd], [], [], 0)[0]:
+                self._read()
+        except (OSError, ValueError):
+            pass  # no select on this pipe (a platform without it): no stealing, nothing else changes
+        out, self.pending = self.pending, []
+        return out
+
+    def next(self) -> dict | None:
+        """The next command, waiting for it; None at end of input."""
+        while not self.pending and not self.eof:
+            self._read()
+        return self.pending.pop(0) if self.pending else None
+
+
+_COMMANDS = _Commands(_COMMANDS_FD)
+
+
+def steal_key(nodeid: str, group_mode: str, mark: str | None) -> str:
+    """What must stay together when a chunk gives up its tail (schedule.group_key, xdist_group first)."""
+    if mark:
+        return "group:" + mark
+    if group_mode == "test":
+        return nodeid
+    parts = nodeid.split("::")
+    if group_mode == "class" and len(parts) > 2:
+        return "::".join(parts[:2])
+    return parts[0]
+
+
+def give_up(keys: list[str], committed: int) -> int:
+    """Where to cut a chunk's remaining tests (``keys``: their group keys, in run order) when asked for
+    its tail: the index from which they are given up (``len(keys)``: nothing).
+
+    ``keys[:committed + 1]`` stay (started, or about to start); so does the rest of the group of
+    ``keys[committed]``; of what is left about half is given up, in whole groups, from the end."""
+    start = committed + 1
+    while start < len(keys) and keys[start] == keys[committed]:
+        start += 1
+    left = len(keys) - start
+    if left <= 0:
+        return len(keys)
+    cut = len(keys)
+    while cut > start and len(keys) - cut < (left + 1) // 2:
+        group = keys[cut - 1]
+        while cut > start and keys[cut - 1] == group:
+            cut -= 1
+    return cut
 
 
 def collection_digest(nodeids: list[str]) -> str:
@@ -154,17 +234,33 @@ class _Remote:
         _send({"ev": "ready", "collected": len(nodeids), "deselected": self.deselected, "digest": digest,
                "errors": self.errors, "python": sys.version.split()[0], "pytest": pytest.__version__,
                "collect_seconds": time.perf_counter() - self.collect_started, "pid": os.getpid()})
-        for line in _COMMANDS:
-            if not line.strip():
-                continue
-            command = json.loads(line)
-            if command.get("cmd") == "exit":
+        while True:
+            command = _COMMANDS.next()
+            if command is None or command.get("cmd") == "exit":
                 break
+            if command.get("cmd") != "run":
+                continue  # a steal that came after its chunk ended: "done" already answered it
             wanted, missing = self._select(command, items, nodeids)
             # -v/-q stay off the session's arguments (they would start a new session), but the assertion
             # explanation reads the verbosity when an assertion fails: set it for this chunk.
             self.config.option.verbose = int(command.get("verbose") or 0)
-            for index, item in enumerate(wanted):
+            index = -1
+            while index + 1 < len(wanted):
+                index += 1
+                item = wanted[index]
+                polled = _COMMANDS.poll()
+                while polled:
+                    other = polled.pop(0)
+                    if other.get("cmd") != "steal":
+                        # "exit", or a later chunk (the commands after it are its own): read when this one is done.
+                        _COMMANDS.pending[:0] = [other, *polled]
+                        break
+                    if other.get("cmd") == "steal":
+                        mode = str(other.get("group") or "file")
+                        keys = [steal_key(i.nodeid, mode, group_of(i)) for i in wanted]
+                        cut = give_up(keys, index)
+                        given, wanted = wanted[cut:], wanted[:cut]
+                        _send({"ev": "stolen", "id": command.get("id"), "nodeids": [i.nodeid for i in given]})
                 nextitem = wanted[index + 1] if index + 1 < len(wanted) else None
                 self.current, self.current_nodeid = [], item.nodeid
                 # Captured sections of an earlier run of the same item must not repeat in this one.

@@ -198,6 +198,153 @@ async def _pump_stderr(session: Session) -> None:
 
 _POOL = SessionPool()
 
+PROGRESS_INTERVAL = 0.25
+"""How often a running chunk posts its newly finished tests (and learns of a steal request)."""
+PROGRESS_BATCH = 2000
+
+
+class _Progress:
+    """A running chunk's side channel to the coordinator (:mod:`dtf_app.coordinator.pytest_stream`):
+    posts finished tests as they come, passes steal requests to the session, submits what it gave up.
+
+    Best effort for the reports (the chunk's result carries them all); not for a stolen tail: the
+    tests a session gave up run either in the chunk the coordinator submitted for them or, when that
+    submission failed, in this chunk after all (:attr:`local`)."""
+
+    def __init__(self, chunk: dict[str, Any], ctx: RunContext, settings: Any) -> None:
+        self.run_id = chunk["run_id"]
+        self.task_id, self.attempt = ctx.task_id, ctx.attempt
+        self.worker_id = ctx.env.get("DTF_WORKER_ID", "")
+        self.urls = [u.rstrip("/") for u in (getattr(settings, "coordinator", None) or [])]
+        self.api_key = getattr(settings, "api_key", None)
+        self.enabled = bool(self.urls) and bool(self.worker_id)
+        self.events: list[dict[str, Any]] = []
+        self.answers: list[dict[str, Any]] = []
+        self.local: list[str] = []
+        self.given: list[dict[str, Any]] = []
+        self.session: Session | None = None
+        self.running = False
+        self.steal_sent = False
+        self.answered = False
+        self.exclude = True
+        self._seq = 0
+        self._lock = trio.Lock()
+        self._stdin_lock = trio.Lock()
+        self._http: Any = None
+        self._warned = False
+
+    def add(self, event: dict[str, Any]) -> None:
+        if self.enabled:
+            self.events.append(event)
+
+    def answer(self, nodeids: list[str]) -> None:
+        self.answered = True
+        self.answers.append({"nodeids": nodeids, "seq": self._seq, "exclude": self.exclude})
+        self._seq += 1
+
+    async def start_command(self, command: dict[str, Any]) -> None:
+        assert self.session is not None and self.session.proc.stdin is not None
+        async with self._stdin_lock:
+            await self.session.proc.stdin.send_all(json.dumps(command).encode() + b"\n")
+        self.running, self.steal_sent, self.answered = True, False, False
+
+    async def _post(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """One post, trying each coordinator; the answer, or None (unreachable, refused, stale)."""
+        import httpx
+
+        if self._http is None:
+            headers = {"X-API-Key": self.api_key} if self.api_key else {}
+            self._http = httpx.AsyncClient(timeout=10, headers=headers)
+        for base in list(self.urls):
+            try:
+                response = await self._http.post(f"{base}/api/pytest/runs/{self.run_id}/progress",
+                                                  content=json.dumps(body, default=str))
+            except httpx.HTTPError as exc:
+                logger.warning("cannot post chunk progress to %s: %s", base, exc)
+                continue
+            if response.status_code == 200:
+                if self.urls[0] != base:
+                    self.urls.remove(base)
+                    self.urls.insert(0, base)  # stick with the one that answers
+                return response.json()
+            if response.status_code in (404, 405, 409):
+                # 409: this attempt is no longer the chunk's; 404/405: a coordinator without the run
+                # stream (older), or one that does not know the task. Stop posting; the result has it all.
+                logger.info("chunk progress not taken by %s (HTTP %d): %s", base, response.status_code,
+                            response.text[:300])
+                self.enabled = False
+                return None
+            if not self._warned:
+                self._warned = True
+                logger.warning("chunk progress refused by %s: HTTP %d %s", base, response.status_code,
+                               response.text[:300])
+        return None
+
+    async def flush(self) -> None:
+        """Post what is buffered (reports, answers); act on a steal request in the reply."""
+        async with self._lock:
+            while self.enabled and (self.events or self.answers or self._first):
+                batch, self.events = self.events[:PROGRESS_BATCH], self.events[PROGRESS_BATCH:]
+                # The events go as one JSON string: the coordinator only stores and forwards them, so it
+                # checks that string (C-speed parse) instead of walking every report field.
+                body: dict[str, Any] = {"task_id": self.task_id, "attempt": self.attempt,
+                                        "worker_id": self.worker_id,
+                                        "events_json": json.dumps(batch, separators=(",", ":"), default=str)}
+                answer = self.answers.pop(0) if self.answers else None
+                if answer is not None:
+                    body["stolen"] = answer
+                reply = None
+                for _ in range(3 if answer and answer["nodeids"] else 1):
+                    reply = await self._post(body)
+                    if reply is not None or not self.enabled:
+                        break
+                self._first = False
+                if answer is not None and answer["nodeids"]:
+                    if reply is not None and reply.get("stolen_task"):
+                        self.given.append({"nodeids": answer["nodeids"], "task_id": reply["stolen_task"]})
+                    else:
+                        self.local.extend(answer["nodeids"])
+                if reply is None:
+                    self.events = []  # reports are best effort; the result has them all
+                    continue
+                request = reply.get("steal")
+                if request and self.running and not self.steal_sent and self.session is not None:
+                    self.exclude = request.get("for_worker") not in (None, self.worker_id)
+                    self.steal_sent = True
+                    assert self.session.proc.stdin is not None
+                    async with self._stdin_lock:
+                        await self.session.proc.stdin.send_all(json.dumps(
+                            {"cmd": "steal", "group": request.get("group") or "file"}).encode() + b"\n")
+                if not batch and answer is None:
+                    break
+
+    _first = True  # the first post goes out even when empty: it tells the client the chunk started
+
+    async def flush_answers(self) -> None:
+        if self.answers:
+            await self.flush()
+        for answer in self.answers:  # posting disabled meanwhile: nothing was submitted for them
+            self.local.extend(answer["nodeids"])
+        self.answers = []
+
+    async def loop(self) -> None:
+        try:
+            while self.enabled:
+                await self.flush()
+                await trio.sleep(PROGRESS_INTERVAL)
+        finally:
+            if self._http is not None:
+                with trio.CancelScope(shield=True):
+                    await self._http.aclose()
+
+    async def taken_before(self) -> list[str]:
+        """The tests earlier attempts of this chunk gave up to stolen-tail chunks (a retry skips them)."""
+        if not self.enabled:
+            return []
+        reply = await self._post({"task_id": self.task_id, "attempt": self.attempt, "worker_id": self.worker_id,
+                                  "events_json": "[]", "taken": True})
+        return list((reply or {}).get("taken") or [])
+
 
 def _plugin_dir(data_dir: Path) -> Path:
     """A directory holding only the remote plugin, for the session's PYTHONPATH."""
@@ -273,46 +420,75 @@ async def run_chunk(task: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     env.setdefault("PYTHONUNBUFFERED", "1")
     key = (str(cwd), python, tuple(args))
     started = time.perf_counter()
+    progress = _Progress(chunk, ctx, settings)
+    nodeids = chunk.get("nodeids")
+    if ctx.attempt > 1 and nodeids is not None:
+        # A retry: tests an earlier attempt gave up to another chunk run there, not here too.
+        taken = set(await progress.taken_before())
+        nodeids = [n for n in nodeids if n not in taken]
     session, reused = await _POOL.acquire(key, cwd, env, ctx.log)
     ready = session.ready
     tests: list[dict[str, Any]] = []
-    warnings: list[dict[str, Any]] = []
+    pending_warnings: list[dict[str, Any]] = []
     stray: list[dict[str, Any]] = [] if reused else list(ready.get("early_warnings") or [])
     done: dict[str, Any] | None = None
     ok = False
+    progress.session = session
+    progress.add({"kind": "ready", "collect_errors": ready.get("errors") or [], "collected": ready.get("collected"),
+                  "deselected": ready.get("deselected"), "warnings": stray[:100], "working_dir": str(cwd)})
     try:
-        command = {"cmd": "run", "id": f"{chunk['run_id']}/{chunk.get('chunk', 0)}",
-                   "nodeids": chunk.get("nodeids"), "shard": chunk.get("shard"), "digest": chunk.get("digest"),
-                   "verbose": chunk.get("verbose", 0)}
-        assert session.proc.stdin is not None
-        await session.proc.stdin.send_all(json.dumps(command).encode() + b"\n")
-        while True:
-            message = await _next_message(session)
-            if message is None:
-                raise TaskError(f"the pytest session exited during the chunk (exit code {session.proc.returncode}); "
-                                f"output tail:\n{session.tail.text()}")
-            kind = message.get("ev")
-            if kind == "test":
-                nodeid = str(message.get("nodeid"))
-                reports = message.get("reports") or []
-                row = summarize(nodeid, reports)
-                row["report"] = {"i": len(tests), "r": compact_reports(reports)}
-                if message.get("group"):
-                    row["report"]["g"] = str(message["group"])
-                tests.append(row)
-            elif kind == "warning":
-                warnings.append(message)
-            elif kind == "done":
-                done = message
-                break
+        async with trio.open_nursery() as nursery:
+            if progress.enabled:
+                nursery.start_soon(progress.loop)
+            command: dict[str, Any] | None = {
+                "cmd": "run", "id": f"{chunk['run_id']}/{chunk.get('chunk', 0)}", "nodeids": nodeids,
+                "shard": chunk.get("shard"), "digest": chunk.get("digest"), "verbose": chunk.get("verbose", 0)}
+            while command is not None:
+                await progress.start_command(command)
+                while True:
+                    message = await _next_message(session)
+                    if message is None:
+                        raise TaskError(f"the pytest session exited during the chunk (exit code "
+                                        f"{session.proc.returncode}); output tail:\n{session.tail.text()}")
+                    kind = message.get("ev")
+                    if kind == "test":
+                        nodeid = str(message.get("nodeid"))
+                        reports = message.get("reports") or []
+                        row = summarize(nodeid, reports)
+                        row["report"] = {"i": len(tests), "r": compact_reports(reports)}
+                        if message.get("group"):
+                            row["report"]["g"] = str(message["group"])
+                        mine = [w for w in pending_warnings if w.get("nodeid") == nodeid]
+                        if mine:
+                            row["report"]["w"] = mine
+                            pending_warnings = [w for w in pending_warnings if w.get("nodeid") != nodeid]
+                        tests.append(row)
+                        progress.add({"kind": "test", "row": row})
+                    elif kind == "warning":
+                        pending_warnings.append(message)
+                    elif kind == "stolen":
+                        progress.answer(list(message.get("nodeids") or []))
+                    elif kind == "done":
+                        if done is not None:  # a local run of a stolen tail: the first answer's facts stay
+                            message = dict(done, missing=[*done.get("missing", []), *message.get("missing", [])],
+                                           stopped=message.get("stopped"))
+                        done = message
+                        break
+                progress.running = False
+                if progress.steal_sent and not progress.answered:
+                    progress.answer([])  # the steal came after the last test: nothing given up
+                await progress.flush_answers()
+                command = None
+                if progress.local and not done.get("stopped"):
+                    # The coordinator could not take the stolen tail: it runs here after all.
+                    command = {"cmd": "run", "id": f"{chunk['run_id']}/{chunk.get('chunk', 0)}/local",
+                               "nodeids": progress.local, "shard": None, "digest": None,
+                               "verbose": chunk.get("verbose", 0)}
+                    progress.local = []
+            await progress.flush()
+            nursery.cancel_scope.cancel()
         ok = not done.get("stopped")
-        by_test = {row["nodeid"]: row for row in tests}
-        for warning in warnings:
-            row = by_test.get(warning.get("nodeid"))
-            if row is not None:
-                row["report"].setdefault("w", []).append(warning)
-            else:
-                stray.append(warning)
+        stray.extend(pending_warnings)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         raise TaskError(f"lost the pytest session: {exc}; output tail:\n{session.tail.text()}") from None
     finally:
@@ -330,7 +506,8 @@ async def run_chunk(task: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
            "deselected": ready.get("deselected"), "collect_errors": ready.get("errors") or [],
            "collect_seconds": ready.get("collect_seconds"), "session_reused": reused,
            "session_pid": ready.get("pid"), "missing": done.get("missing") or [],
-           "warnings": stray[:100], "python": python, "pytest": ready.get("pytest")}
+           "warnings": stray[:100], "python": python, "pytest": ready.get("pytest"),
+           "stolen": progress.given}
     if done.get("nodeids") is not None:
         raw["nodeids"] = done["nodeids"]
     return {

@@ -291,3 +291,128 @@ def test_reruns_go_to_another_worker_and_mark_flaky_tests(two_workers: Cluster, 
     run = two_workers.api("GET", f"/api/pytest/runs/{run_ids(result.stdout)}").json()["tasks"]
     reruns = [t for t in run if t["requirements"].get("exclude_workers")]
     assert reruns and all(t["worker_id"] not in t["requirements"]["exclude_workers"] for t in reruns)
+
+
+def test_an_idle_worker_steals_the_tail_of_a_long_chunk(two_workers: Cluster, tmp_path: Path) -> None:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "pytest.ini").write_text("[pytest]\n")
+    flag = tmp_path / "second-run"
+    # The history the first run leaves says test_a is the long one and the others take nothing; on the
+    # second run it is the other way round, so the plan ([a] and [b..g]) leaves one worker idle early.
+    (suite / "test_a.py").write_text(textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+
+        def test_a():
+            if not Path({str(flag)!r}).exists():
+                time.sleep(3)
+    """))
+    for name in "bcdefg":
+        (suite / f"test_{name}.py").write_text(textwrap.dedent(f"""
+            import time
+            from pathlib import Path
+
+            import pytest
+
+            def test_{name}():
+                if Path({str(flag)!r}).exists():
+                    time.sleep(1.0)
+                assert {name!r} != "e", "e fails"
+
+            @pytest.mark.skip(reason="never")
+            def test_{name}_skipped():
+                pass
+        """))
+    first = dtf_pytest(two_workers, suite)
+    assert first.returncode == 1, first.stdout + first.stderr
+    flag.write_text("x")
+    plain = plain_pytest(suite)
+    second = dtf_pytest(two_workers, suite, "-v")
+    assert second.returncode == plain.returncode == 1, second.stdout + second.stderr
+    assert summary(second.stdout) == summary(plain.stdout)
+    assert "planned from history" in second.stdout
+    # Each test is reported exactly once (live from the stream, or from the stored result).
+    for name in "abcdefg":
+        for test in ([f"test_{name}"] if name == "a" else [f"test_{name}", f"test_{name}_skipped"]):
+            lines = [ln for ln in second.stdout.splitlines() if ln.startswith(f"test_{name}.py::{test} ")]
+            assert len(lines) == 1, (test, second.stdout)
+    tasks = two_workers.api("GET", f"/api/pytest/runs/{run_ids(second.stdout)}").json()["tasks"]
+    stolen = [t for t in tasks if t["config"]["pytest_dist"].get("stolen_from")]
+    assert stolen, [(t["task_id"], t["config"]["pytest_dist"]["nodeids"], t["worker_id"]) for t in tasks]
+    by_id = {t["task_id"]: t for t in tasks}
+    ran: list[str] = []
+    for task in tasks:
+        assert task["status"] == "completed"
+        rows = two_workers.api("GET", "/api/pytest/reports", params={"task_ids": task["task_id"]}).json()["tests"]
+        ran += [r["nodeid"] for r in rows]
+    assert sorted(ran) == sorted(set(ran)) and len(ran) == 13  # none twice, none lost
+    for tail in stolen:
+        victim = by_id[tail["config"]["pytest_dist"]["stolen_from"]]
+        assert tail["worker_id"] != victim["worker_id"]  # it ran on the idle worker
+        given = victim["result"]["raw_data"]["pytest_dist"]["stolen"]
+        # The victim's answer decided: the tail is exactly what it said it gave up, and it ran none of it.
+        assert [g["task_id"] for g in given] == [tail["task_id"]]
+        assert given[0]["nodeids"] == tail["config"]["pytest_dist"]["nodeids"]
+        victim_rows = two_workers.api("GET", "/api/pytest/reports",
+                                      params={"task_ids": victim["task_id"]}).json()["tests"]
+        assert not set(given[0]["nodeids"]) & {r["nodeid"] for r in victim_rows}
+
+
+def test_reports_stream_live_and_exitfirst_stops_a_running_chunk(two_workers: Cluster, tmp_path: Path) -> None:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "pytest.ini").write_text("[pytest]\n")
+    go = tmp_path / "go"
+    never = tmp_path / "never"
+    # test_second cannot finish before the client has shown test_first: only a live stream lets it pass.
+    (suite / "test_live.py").write_text(textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+
+        def test_first():
+            pass
+
+        def test_second():
+            deadline = time.monotonic() + 120
+            while not Path({str(go)!r}).exists():
+                assert time.monotonic() < deadline, "the client never showed test_first live"
+                time.sleep(0.05)
+    """))
+    client = subprocess.Popen([sys.executable, "-m", "dtf_app", "pytest", "--coordinator", two_workers.url,
+                               "--api-key", two_workers.admin_key, "-p", "no:cacheprovider", "-v"], cwd=suite,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env=_env({"DTF_STATE_DIR": str(two_workers.root / "state"), "PYTHONUNBUFFERED": "1"}))
+    seen = b""
+    try:
+        assert client.stdout is not None
+        # Not line by line: with -v pytest ends a test's line only when the next one starts.
+        while chunk := os.read(client.stdout.fileno(), 65536):
+            seen += chunk
+            if b"test_live.py::test_first PASSED" in seen and not go.exists():
+                go.write_text("x")
+        code = client.wait(60)
+    finally:
+        client.kill()
+    output = seen.decode(errors="replace")
+    assert code == 0 and summary(output) == "2 passed", output
+
+    # -x: the first failure ends the run while the rest of its chunk is still running (it would wait
+    # for a file that never comes), and that chunk is cancelled.
+    (suite / "test_live.py").write_text(textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+
+        def test_fails():
+            assert False, "stop here"
+
+        def test_hangs():
+            deadline = time.monotonic() + 240
+            while not Path({str(never)!r}).exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+    """))
+    stopped = dtf_pytest(two_workers, suite, "-x", timeout=180)
+    assert stopped.returncode == 1, stopped.stdout + stopped.stderr
+    assert "stopping after 1 failures" in stopped.stdout and summary(stopped.stdout) == "1 failed"
+    tasks = two_workers.api("GET", f"/api/pytest/runs/{run_ids(stopped.stdout)}").json()["tasks"]
+    assert any(t["status"] == "cancelled" for t in tasks), tasks

@@ -306,3 +306,86 @@ def test_junit_of_plain_test_rows_is_pytest_s_format_and_valid(tmp_path: Path) -
     assert cases["test_bad"].get("classname") == "tests.test_x.TestK"
     assert cases["test_bad"].find("failure").get("message") == "AssertionError: nope"
     assert cases["test_skip"].find("skipped").get("message") == "later"
+
+
+def test_remote_session_gives_up_whole_groups_of_its_tail_and_says_exactly_which(tmp_path: Path) -> None:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "pytest.ini").write_text("[pytest]\n")
+    (suite / "test_a.py").write_text("def test_a1():\n    pass\n\ndef test_a2():\n    pass\n")
+    (suite / "test_b.py").write_text("def test_b1():\n    pass\n\ndef test_b2():\n    pass\n")
+    (suite / "test_c.py").write_text("def test_c1():\n    pass\n")
+    (tmp_path / "plugin").mkdir()
+    shutil.copy(REMOTE, tmp_path / "plugin" / "dtf_pytest_remote.py")
+    every = ["test_a.py::test_a1", "test_a.py::test_a2", "test_b.py::test_b1", "test_b.py::test_b2",
+             "test_c.py::test_c1"]
+    # All commands arrive at once, so the steal is already waiting when the first test is about to run.
+    commands = [{"cmd": "run", "id": "c1", "nodeids": every}, {"cmd": "steal", "group": "file"},
+                {"cmd": "run", "id": "c2", "nodeids": every[2:]}, {"cmd": "steal", "group": "test"},
+                {"cmd": "exit"}]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "dtf_pytest_remote", "-p", "no:cacheprovider"],
+                          cwd=suite, input="".join(json.dumps(c) + "\n" for c in commands), capture_output=True,
+                          text=True, timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(tmp_path / "plugin")})
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    kinds = [(e["ev"], e.get("nodeid") or e.get("id")) for e in events if e["ev"] != "ready"]
+    # c1: test_a1 was about to start (committed) and test_a2 shares its file: they stay; the rest went,
+    # answered before anything else ran, and none of it runs here.
+    assert kinds[:4] == [("stolen", "c1"), ("test", "test_a.py::test_a1"), ("test", "test_a.py::test_a2"),
+                         ("done", "c1")], proc.stderr
+    assert events[1]["nodeids"] == every[2:]
+    # c2, grouped per test: b1 is committed; of b2 and c1 the last one goes.
+    assert kinds[4:] == [("stolen", "c2"), ("test", "test_b.py::test_b1"), ("test", "test_b.py::test_b2"),
+                         ("done", "c2")]
+    assert [e for e in events if e["ev"] == "stolen"][1]["nodeids"] == ["test_c.py::test_c1"]
+
+
+def test_run_stream_buffers_events_in_order_rotates_and_hands_out_steal_requests() -> None:
+    import trio
+
+    from dtf_app.coordinator import pytest_stream
+
+    async def main() -> None:
+        streams = pytest_stream.RunStreams()
+        assert (await streams.read("r", 0, 0)) == {"events": [], "next": 0, "dropped": False}
+        streams.append("r", [{"kind": "test", "n": 1}, {"kind": "test", "n": 2}], [10, 10])
+        got = await streams.read("r", 0, 0)
+        assert [e["n"] for e in got["events"]] == [1, 2] and got["next"] == 2
+        assert (await streams.read("r", 2, 0))["events"] == []
+
+        async def later() -> None:
+            await trio.sleep(0.05)
+            streams.append("r", [{"kind": "test", "n": 3}], [10])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(later)
+            waited = await streams.read("r", 2, 30)  # a long poll wakes on the append
+        assert [e["n"] for e in waited["events"]] == [3] and waited["events"][0]["seq"] == 2
+        old = pytest_stream.MAX_EVENTS_PER_RUN
+        pytest_stream.MAX_EVENTS_PER_RUN = 2
+        try:
+            streams.append("r", [{"kind": "test", "n": 4}], [10])
+        finally:
+            pytest_stream.MAX_EVENTS_PER_RUN = old
+        rotated = await streams.read("r", 0, 0)
+        assert rotated["dropped"] and [e["n"] for e in rotated["events"]] == [3, 4]
+        assert streams.take_steal("r", "t1") is None
+        streams.request_steal("r", "t1", "w2", "file")
+        assert streams.take_steal("r", "t1") == {"for_worker": "w2", "group": "file"}
+        assert streams.take_steal("r", "t1") is None  # handed out once
+
+    trio.run(main)
+
+
+def test_client_loads_plugins_only_when_the_invocation_uses_what_only_a_plugin_defines(tmp_path: Path) -> None:
+    from dtf_app.pytest_dist.client import needs_plugins
+
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    slow: slow\naddopts = -rA\n")
+    assert not needs_plugins(["-q", "-k", "not slow", "-p", "no:cacheprovider", f"--junitxml={tmp_path}/x.xml",
+                              "--pyargs", "networkx"], tmp_path)
+    assert needs_plugins(["--timeout=3"], tmp_path)  # pytest-timeout's option
+    (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_mode = auto\n")  # pytest-asyncio's ini key
+    assert needs_plugins([], tmp_path)
+    (tmp_path / "pytest.ini").write_text("[pytest]\naddopts = --hypothesis-show-statistics\n")
+    assert needs_plugins([], tmp_path)
+    with pytest.raises(DistUsageError, match="--dtf-client-plugins must be one of auto, all"):
+        parse_args(["--dtf-client-plugins", "some"])
