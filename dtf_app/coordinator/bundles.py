@@ -7,7 +7,8 @@
 - ``GET /api/pytest/runs/{run_id}`` (read): the chunk tasks of a run (``config.pytest_dist.run_id``).
 - ``GET /api/pytest/reports?task_ids=a,b`` (read): the serialized pytest reports of finished chunks,
   from DuckDB (``test_results.report``), in the order each chunk ran them.
-- ``POST /api/pytest/runs/{run_id}/progress`` (worker), ``GET /api/pytest/runs/{run_id}/events`` (read),
+- ``POST /api/pytest/runs/{run_id}/progress`` (worker key plus the chunk's worker's own
+  ``X-Worker-Credential``), ``GET /api/pytest/runs/{run_id}/events`` (read),
   ``POST /api/pytest/runs/{run_id}/steal`` (submit): live per-test reports and work stealing, see
   :mod:`dtf_app.coordinator.pytest_stream`.
 - ``GET /api/pytest/history?suite=KEY`` (read): per-test mean durations of the suite's latest
@@ -74,7 +75,8 @@ def _write_durably(path: Path, data: bytes) -> None:
 
 def register(app: QuartTrio, coord: Coordinator) -> None:
     """Add the routes to the app (one call in api.create_app)."""
-    from dtf_app.coordinator import http, scheduler
+    from dtf_app import protocol
+    from dtf_app.coordinator import enrolment, http, scheduler
     from dtf_app.coordinator.http import ApiError, int_arg, json_body, json_response
 
     streams = RunStreams()
@@ -144,7 +146,15 @@ def register(app: QuartTrio, coord: Coordinator) -> None:
         if not isinstance(body, dict):
             raise ApiError(400, "invalid_body", "the body must be an object {task_id, attempt, worker_id, events}")
         task = run_chunk_task(run_id, body.get("task_id"))
-        if (task.get("worker_id") != body.get("worker_id") or task.get("attempts") != body.get("attempt")
+        worker_id = body.get("worker_id")
+        try:
+            # The worker key is shared by all workers: only the one enrolled under the chunk's worker id
+            # may speak for its chunk (else any worker could forge another's reports or steal answers).
+            enrolment.verify(coord.state.enrolments, worker_id if isinstance(worker_id, str) else "",
+                             enrolment.credential_from_headers(request.headers))
+        except enrolment.CredentialRefused as exc:
+            raise ApiError(403, protocol.CREDENTIAL_REFUSED, str(exc)) from None
+        if (task.get("worker_id") != worker_id or task.get("attempts") != body.get("attempt")
                 or task.get("status") not in ("assigned", "running")):
             # Another attempt or another worker holds the chunk now: this sender's reports are stale.
             raise ApiError(409, "stale", f"task {task['task_id']} attempt {body.get('attempt')!r} is not running "

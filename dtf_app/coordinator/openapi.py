@@ -493,7 +493,8 @@ def build_spec(version: str) -> dict[str, Any]:
         },
         "/api/pytest/runs/{run_id}": {"get": _op("the chunk tasks of a dtf pytest run", params=[run_id])},
         "/api/pytest/runs/{run_id}/progress": {"post": _op(
-            "a running chunk's newly finished tests and steal answer (worker); the reply carries a steal "
+            "a running chunk's newly finished tests and steal answer (worker key and the X-Worker-Credential "
+            "of the worker running the chunk, else 403 credential_refused); the reply carries a steal "
             "request", params=[run_id], body={
                 "type": "object", "required": ["task_id", "attempt", "worker_id"], "properties": {
                     "task_id": {"type": "string"}, "attempt": {"type": "integer"}, "worker_id": {"type": "string"},

@@ -217,6 +217,7 @@ class _Progress:
         self.worker_id = ctx.env.get("DTF_WORKER_ID", "")
         self.urls = [u.rstrip("/") for u in (getattr(settings, "coordinator", None) or [])]
         self.api_key = getattr(settings, "api_key", None)
+        self.credential = getattr(ctx, "credential", None)
         self.enabled = bool(self.urls) and bool(self.worker_id)
         self.events: list[dict[str, Any]] = []
         self.answers: list[dict[str, Any]] = []
@@ -253,7 +254,12 @@ class _Progress:
         import httpx
 
         if self._http is None:
+            from dtf_app import protocol
+
             headers = {"X-API-Key": self.api_key} if self.api_key else {}
+            if self.credential:
+                # The coordinator takes a chunk's reports only from the worker enrolled under its id.
+                headers[protocol.WORKER_CREDENTIAL_HEADER] = self.credential
             self._http = httpx.AsyncClient(timeout=10, headers=headers)
         for base in list(self.urls):
             try:
@@ -267,9 +273,10 @@ class _Progress:
                     self.urls.remove(base)
                     self.urls.insert(0, base)  # stick with the one that answers
                 return response.json()
-            if response.status_code in (404, 405, 409):
+            if response.status_code in (403, 404, 405, 409):
                 # 409: this attempt is no longer the chunk's; 404/405: a coordinator without the run
-                # stream (older), or one that does not know the task. Stop posting; the result has it all.
+                # stream (older), or one that does not know the task; 403: our credential is refused.
+                # Stop posting; the result has it all.
                 logger.info("chunk progress not taken by %s (HTTP %d): %s", base, response.status_code,
                             response.text[:300])
                 self.enabled = False

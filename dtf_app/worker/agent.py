@@ -748,7 +748,7 @@ class WorkerAgent:
             env["DTF_RESERVED_DEVICES"] = ",".join(str(d.get("index")) for d in task["devices"])
         context = self._run_context(
             task_id=key[0], attempt=key[1], work_dir=work_dir, log=self._log_callback(key),
-            env=env, settings=self.settings,
+            env=env, settings=self.settings, credential=self.credential,
         )
         result: Any = None
         error: str | None = None

@@ -69,6 +69,9 @@ class RunContext:
     """Extra environment for subprocesses, applied over the worker's own and under the task's ``env``."""
     settings: Any = None
     """The worker's Settings (coordinator URLs, API key, data dir, test_python), for runners that need them."""
+    credential: str | None = None
+    """The worker's enrolment credential, for a runner's own calls that act as this worker (the pytest
+    chunk's progress posts). Deliberately not in ``env``: the task's code has no business with it."""
 
 
 @runtime_checkable

@@ -6,6 +6,7 @@ only get it from the bundle. Every comparison is against plain pytest run on the
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -359,6 +360,24 @@ def test_an_idle_worker_steals_the_tail_of_a_long_chunk(two_workers: Cluster, tm
         assert not set(given[0]["nodeids"]) & {r["nodeid"] for r in victim_rows}
 
 
+def forged_reports_are_refused(cluster: Cluster, run_id: str) -> None:
+    """While a chunk runs, the worker key alone, or another worker's credential, cannot speak for it."""
+    before = cluster.api("GET", f"/api/pytest/runs/{run_id}").json()["tasks"]
+    running = [t for t in before if t["status"] == "running"]
+    assert running, before
+    task = running[0]
+    other = "w2" if task["worker_id"] == "w1" else "w1"
+    body = {"task_id": task["task_id"], "attempt": task["attempts"], "worker_id": task["worker_id"],
+            "events_json": json.dumps([{"kind": "report", "nodeid": "test_live.py::test_second"}]),
+            "stolen": {"nodeids": ["test_live.py::test_second"], "seq": 0, "exclude": True}}
+    for headers in ({}, {"X-Worker-Credential": cluster.credential(other)}):
+        refused = cluster.api("POST", f"/api/pytest/runs/{run_id}/progress", key=cluster.worker_key,
+                              json=body, headers=headers)
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "credential_refused", refused.text
+    after = cluster.api("GET", f"/api/pytest/runs/{run_id}").json()["tasks"]
+    assert len(after) == len(before), "a refused post must not submit a stolen tail"
+
+
 def test_reports_stream_live_and_exitfirst_stops_a_running_chunk(two_workers: Cluster, tmp_path: Path) -> None:
     suite = tmp_path / "suite"
     suite.mkdir()
@@ -390,6 +409,7 @@ def test_reports_stream_live_and_exitfirst_stops_a_running_chunk(two_workers: Cl
         while chunk := os.read(client.stdout.fileno(), 65536):
             seen += chunk
             if b"test_live.py::test_first PASSED" in seen and not go.exists():
+                forged_reports_are_refused(two_workers, run_ids(seen.decode(errors="replace")))
                 go.write_text("x")
         code = client.wait(60)
     finally:
