@@ -4,7 +4,8 @@
   checked, written to ``<data-dir>/bundles/`` and fsynced (file and directory) before the 201, so an
   acknowledged bundle survives a crash. ``HEAD`` says whether it is there (the client skips the upload).
 - ``GET /api/bundles/{sha256}`` (worker or read): the bytes, for a worker's cache.
-- ``GET /api/pytest/runs/{run_id}`` (read): the chunk tasks of a run (``config.pytest_dist.run_id``).
+- ``GET /api/pytest/runs/{run_id}`` (read): the chunk tasks of a run (``config.pytest_dist.run_id``);
+  ``task_ids=a,b`` only those, ``view=brief`` only their id, status, worker and attempt count.
 - ``GET /api/pytest/reports?task_ids=a,b`` (read): the serialized pytest reports of finished chunks,
   from DuckDB (``test_results.report``), in the order each chunk ran them.
 - ``POST /api/pytest/runs/{run_id}/progress`` (worker key plus the chunk's worker's own
@@ -40,6 +41,8 @@ from dtf_app.pytest_dist.schedule import GROUPS, normalised_durations, worker_sp
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 MAX_IDS_PER_QUERY = 10_000
 MAX_EVENTS_BYTES = 16 * 1024 * 1024
+RUN_VIEWS = ("full", "brief")
+BRIEF_FIELDS = ("task_id", "status", "worker_id", "attempts")
 
 
 def _no_constant(name: str) -> float:
@@ -124,12 +127,26 @@ def register(app: QuartTrio, coord: Coordinator) -> None:
     @app.get("/api/pytest/runs/<run_id>")
     async def get_run(run_id: str) -> Response:
         authorize("read")
+        view = request.args.get("view") or "full"
+        if view not in RUN_VIEWS:
+            raise ApiError(400, "invalid_parameter", f"view must be one of {', '.join(RUN_VIEWS)}, got {view[:40]!r}")
+        wanted = [i for i in (request.args.get("task_ids") or "").split(",") if i]
+        if len(wanted) > MAX_IDS_PER_QUERY:
+            raise ApiError(400, "invalid_parameter", f"at most {MAX_IDS_PER_QUERY} task ids per request")
         tasks = [t for t in coord.state.tasks.values()
                  if isinstance(t.get("config"), dict) and isinstance(t["config"].get("pytest_dist"), dict)
                  and t["config"]["pytest_dist"].get("run_id") == run_id]
         if not tasks:
             raise ApiError(404, "not_found", f"no dtf pytest run {run_id!r} (see dtf tasks list --type test)")
         tasks.sort(key=lambda t: t["seq"])
+        if wanted:
+            keep = set(wanted)
+            tasks = [t for t in tasks if t["task_id"] in keep]
+        if view == "brief":
+            # What a following client polls several times a second: the chunks' states without their
+            # configs and results (thousands of node ids and reports), which it fetches once, by id.
+            return json_response({"run_id": run_id, "tasks": [
+                {k: t.get(k) for k in BRIEF_FIELDS} for t in tasks]})
         return json_response({"run_id": run_id, "tasks": [task_view(t) for t in tasks]})
 
     def run_chunk_task(run_id: str, task_id: Any) -> dict[str, Any]:

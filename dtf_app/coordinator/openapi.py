@@ -491,7 +491,10 @@ def build_spec(version: str) -> dict[str, Any]:
             "put": _bundle_put_op(sha),
             "get": _op("a suite bundle's bytes (worker or read)", params=[sha]),
         },
-        "/api/pytest/runs/{run_id}": {"get": _op("the chunk tasks of a dtf pytest run", params=[run_id])},
+        "/api/pytest/runs/{run_id}": {"get": _op("the chunk tasks of a dtf pytest run", params=[
+            run_id, _query("view", {"type": "string", "enum": ["full", "brief"]},
+                           "brief: only task_id, status, worker_id and attempts of each chunk"),
+            _query("task_ids", {"type": "string"}, "comma-separated: only these chunks")])},
         "/api/pytest/runs/{run_id}/progress": {"post": _op(
             "a running chunk's newly finished tests and steal answer (worker key and the X-Worker-Credential "
             "of the worker running the chunk, else 403 credential_refused); the reply carries a steal "

@@ -48,6 +48,10 @@ from dtf_app.pytest_dist.chunks import expand_reports, suite_key
 from dtf_app.pytest_dist.schedule import GROUPS, capacity, plan_chunks
 
 POLL_MAX = 0.25
+LISTING_INTERVAL = 0.25
+"""The chunks' states are looked at at most this often (events in between are replayed at once)."""
+FULL_VIEW_BATCH = 200
+_DONE = ("completed", "failed", "cancelled")
 STREAM_WAIT_MS = 250
 """Long poll of the run's live events: answered at once when there are some, else after this."""
 STEAL_MIN_SECONDS = 1.0
@@ -228,6 +232,15 @@ class DistPlugin:
         self._durations: dict[str, float] = {}
 
     # -- pytest hooks
+    def pytest_configure(self, config: Any) -> None:
+        try:
+            from _pytest.unraisableexception import gc_collect_iterations_key
+        except ImportError:
+            return
+        # No test code runs in this process, so nothing here can leave an unraisable exception behind;
+        # pytest's five full collections at the end (over every replayed report) would only delay exit.
+        config.stash[gc_collect_iterations_key] = 0
+
     def pytest_report_teststatus(self, report: Any, config: Any) -> Any:
         if getattr(report, "outcome", None) == "rerun":
             return "rerun", "R", ("RERUN", {"yellow": True})
@@ -412,6 +425,7 @@ class DistPlugin:
         while chunks still run, a steal request for the tail of the chunk with the most work left."""
         pending = set(task_ids)
         finished: set[str] = set()
+        last_listing = -LISTING_INTERVAL
         while pending:
             try:
                 batch = self.client.request("GET", f"/api/pytest/runs/{self.run_id}/events",
@@ -429,14 +443,15 @@ class DistPlugin:
                 if session.shouldfail or session.shouldstop:
                     self._cancel([t for t in pending if t not in finished])
                     return
-            run = self.client.request("GET", f"/api/pytest/runs/{self.run_id}")
-            tasks = run["tasks"]
-            by_id = {t["task_id"]: t for t in tasks}
-            self._tasks = by_id
+            now = time.monotonic()
+            if now - last_listing < LISTING_INTERVAL:
+                continue  # events came at once: replay them, look at the chunks' states a little later
+            last_listing = now
+            tasks = self._listing(finished)
             for task in tasks:
                 if task["task_id"] not in finished and task["task_id"] not in pending:
                     pending.add(task["task_id"])  # a stolen tail (or a chunk another client added)
-            done = [t for t in tasks if t["task_id"] in pending and t["status"] in ("completed", "failed", "cancelled")]
+            done = [t for t in tasks if t["task_id"] in pending and t["status"] in _DONE]
             if done:
                 reports: dict[str, list[dict[str, Any]]] = {}
                 # The stored reports are fetched only for chunks the stream did not deliver whole (a
@@ -456,6 +471,27 @@ class DistPlugin:
                         self._cancel([t for t in pending if t not in finished])
                         return
             self._maybe_steal(tasks)
+
+    def _listing(self, finished: set[str]) -> list[dict[str, Any]]:
+        """The run's chunks: their states from the brief listing, polled several times a second; each
+        chunk's config (its node ids) and its result fetched once, when first seen and when finished."""
+        brief = self.client.request("GET", f"/api/pytest/runs/{self.run_id}", params={"view": "brief"})["tasks"]
+        need: list[str] = []
+        for task in brief:
+            task_id = task["task_id"]
+            cached = self._tasks.get(task_id)
+            if "config" in task:
+                self._tasks[task_id] = task  # a coordinator without the brief view answered in full
+            elif cached is None or (task["status"] in _DONE and task_id not in finished
+                                    and cached.get("status") != task["status"]):
+                need.append(task_id)
+        for i in range(0, len(need), FULL_VIEW_BATCH):
+            ids = ",".join(need[i:i + FULL_VIEW_BATCH])
+            for task in self.client.request("GET", f"/api/pytest/runs/{self.run_id}",
+                                            params={"task_ids": ids})["tasks"]:
+                self._tasks[task["task_id"]] = task
+        # The brief fields are at least as new as a cached full view (fetched just now or earlier).
+        return [dict(self._tasks[t["task_id"]], **t) if t["task_id"] in self._tasks else t for t in brief]
 
     def _streamed_whole(self, task: dict[str, Any]) -> bool:
         metrics = (task.get("result") or {}).get("metrics") or {}
