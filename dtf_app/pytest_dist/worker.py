@@ -281,6 +281,8 @@ class _Progress:
                             response.text[:300])
                 self.enabled = False
                 return None
+            if response.status_code in (307, 503):
+                continue  # a follower (or no leader yet): the next coordinator may be the leader
             if not self._warned:
                 self._warned = True
                 logger.warning("chunk progress refused by %s: HTTP %d %s", base, response.status_code,
@@ -486,6 +488,11 @@ async def run_chunk(task: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
                     progress.answer([])  # the steal came after the last test: nothing given up
                 await progress.flush_answers()
                 command = None
+                if progress.local and not done.get("stopped"):
+                    # A post whose answer was lost may still have submitted its tail: what the
+                    # coordinator holds runs there, the rest here (each test once, in one place).
+                    taken = set(await progress.taken_before())
+                    progress.local = [n for n in progress.local if n not in taken]
                 if progress.local and not done.get("stopped"):
                     # The coordinator could not take the stolen tail: it runs here after all.
                     command = {"cmd": "run", "id": f"{chunk['run_id']}/{chunk.get('chunk', 0)}/local",

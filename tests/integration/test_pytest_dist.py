@@ -263,6 +263,15 @@ def test_the_run_outlives_its_client_and_attach_replays_it(two_workers: Cluster,
     bad = dtf_pytest(two_workers, suite, "--attach", "no-such-run")
     assert bad.returncode == 2 and "no dtf pytest run" in bad.stdout + bad.stderr
 
+    # What a following client polls: the brief view (states only) and full views of chosen chunks.
+    full = two_workers.api("GET", f"/api/pytest/runs/{run_id}").json()["tasks"]
+    brief = two_workers.api("GET", f"/api/pytest/runs/{run_id}", params={"view": "brief"}).json()["tasks"]
+    assert brief == [{k: t[k] for k in ("task_id", "status", "worker_id", "attempts")} for t in full]
+    chosen = two_workers.api("GET", f"/api/pytest/runs/{run_id}", params={"task_ids": full[-1]["task_id"]}).json()
+    assert [t["task_id"] for t in chosen["tasks"]] == [full[-1]["task_id"]] and "result" in chosen["tasks"][0]
+    refused = two_workers.api("GET", f"/api/pytest/runs/{run_id}", params={"view": "everything"})
+    assert refused.status_code == 400 and "view must be one of full, brief" in refused.text
+
 
 def test_reruns_go_to_another_worker_and_mark_flaky_tests(two_workers: Cluster, tmp_path: Path) -> None:
     suite = tmp_path / "suite"
