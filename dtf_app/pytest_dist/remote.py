@@ -42,6 +42,7 @@ of a suite, before there is any history to plan from).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -230,6 +231,9 @@ class _Remote:
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
         items = {item.nodeid: item for item in session.items}
         nodeids = list(items)
+        # The suite's modules and the collected items live as long as this session: out of the cyclic
+        # collector's sight, every later full collection (during tests, chunk after chunk) skips them.
+        gc.freeze()
         digest = collection_digest(nodeids)
         _send({"ev": "ready", "collected": len(nodeids), "deselected": self.deselected, "digest": digest,
                "errors": self.errors, "python": sys.version.split()[0], "pytest": pytest.__version__,
@@ -273,10 +277,25 @@ class _Remote:
                     _send({"ev": "done", "id": command.get("id"), "missing": missing, "stopped": str(session.shouldstop)})
                     return True
                 session.shouldfail = False
+            self._forget_reports()
             mismatch = command.get("digest") not in (None, digest)
             _send({"ev": "done", "id": command.get("id"), "missing": missing,
                    "nodeids": nodeids if mismatch else None})
         return True
+
+    def _forget_reports(self) -> None:
+        """Drop what pytest's terminal reporter kept of the chunk (every report, for a summary nobody
+        reads): a session that runs the suite run after run would otherwise grow, and its collections
+        slow down, with each run."""
+        reporter = self.config.pluginmanager.getplugin("terminalreporter")
+        if reporter is None:
+            return
+        stats = getattr(reporter, "stats", None)
+        if isinstance(stats, dict):
+            stats.clear()
+        reported = getattr(reporter, "_progress_nodeids_reported", None)
+        if isinstance(reported, set):
+            reported.clear()
 
     @staticmethod
     def _select(command: dict, items: dict, nodeids: list[str]) -> tuple[list, list[str]]:
