@@ -78,8 +78,7 @@ def _write_durably(path: Path, data: bytes) -> None:
 
 def register(app: QuartTrio, coord: Coordinator) -> None:
     """Add the routes to the app (one call in api.create_app)."""
-    from dtf_app import protocol
-    from dtf_app.coordinator import enrolment, http, scheduler
+    from dtf_app.coordinator import http, scheduler
     from dtf_app.coordinator.http import ApiError, int_arg, json_body, json_response
 
     streams = RunStreams()
@@ -164,13 +163,9 @@ def register(app: QuartTrio, coord: Coordinator) -> None:
             raise ApiError(400, "invalid_body", "the body must be an object {task_id, attempt, worker_id, events}")
         task = run_chunk_task(run_id, body.get("task_id"))
         worker_id = body.get("worker_id")
-        try:
-            # The worker key is shared by all workers: only the one enrolled under the chunk's worker id
-            # may speak for its chunk (else any worker could forge another's reports or steal answers).
-            enrolment.verify(coord.state.enrolments, worker_id if isinstance(worker_id, str) else "",
-                             enrolment.credential_from_headers(request.headers))
-        except enrolment.CredentialRefused as exc:
-            raise ApiError(403, protocol.CREDENTIAL_REFUSED, str(exc)) from None
+        # The worker key is shared by all workers: only the one enrolled under the chunk's worker id
+        # may speak for its chunk (else any worker could forge another's reports or steal answers).
+        http.act_as(coord, worker_id if isinstance(worker_id, str) else "")
         if (task.get("worker_id") != worker_id or task.get("attempts") != body.get("attempt")
                 or task.get("status") not in ("assigned", "running")):
             # Another attempt or another worker holds the chunk now: this sender's reports are stale.

@@ -43,6 +43,7 @@ from typing import Any
 
 import pytest
 
+from dtf_app.protocol import TERMINAL_STATES
 from dtf_app.pytest_dist import bundle as bundlemod
 from dtf_app.pytest_dist.chunks import expand_reports, suite_key
 from dtf_app.pytest_dist.schedule import GROUPS, capacity, plan_chunks
@@ -51,7 +52,6 @@ POLL_MAX = 0.25
 LISTING_INTERVAL = 0.25
 """The chunks' states are looked at at most this often (events in between are replayed at once)."""
 FULL_VIEW_BATCH = 200
-_DONE = ("completed", "failed", "cancelled")
 STREAM_WAIT_MS = 250
 """Long poll of the run's live events: answered at once when there are some, else after this."""
 STEAL_MIN_SECONDS = 1.0
@@ -451,7 +451,7 @@ class DistPlugin:
             for task in tasks:
                 if task["task_id"] not in finished and task["task_id"] not in pending:
                     pending.add(task["task_id"])  # a stolen tail (or a chunk another client added)
-            done = [t for t in tasks if t["task_id"] in pending and t["status"] in _DONE]
+            done = [t for t in tasks if t["task_id"] in pending and t["status"] in TERMINAL_STATES]
             if done:
                 reports: dict[str, list[dict[str, Any]]] = {}
                 # The stored reports are fetched only for chunks the stream did not deliver whole (a
@@ -482,7 +482,7 @@ class DistPlugin:
             cached = self._tasks.get(task_id)
             if "config" in task:
                 self._tasks[task_id] = task  # a coordinator without the brief view answered in full
-            elif cached is None or (task["status"] in _DONE and task_id not in finished
+            elif cached is None or (task["status"] in TERMINAL_STATES and task_id not in finished
                                     and cached.get("status") != task["status"]):
                 need.append(task_id)
         for i in range(0, len(need), FULL_VIEW_BATCH):

@@ -492,13 +492,12 @@ async def run_chunk(task: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
                     # A post whose answer was lost may still have submitted its tail: what the
                     # coordinator holds runs there, the rest here (each test once, in one place).
                     taken = set(await progress.taken_before())
-                    progress.local = [n for n in progress.local if n not in taken]
-                if progress.local and not done.get("stopped"):
-                    # The coordinator could not take the stolen tail: it runs here after all.
-                    command = {"cmd": "run", "id": f"{chunk['run_id']}/{chunk.get('chunk', 0)}/local",
-                               "nodeids": progress.local, "shard": None, "digest": None,
-                               "verbose": chunk.get("verbose", 0)}
-                    progress.local = []
+                    local, progress.local = [n for n in progress.local if n not in taken], []
+                    if local:
+                        # The coordinator could not take the stolen tail: it runs here after all.
+                        command = {"cmd": "run", "id": f"{chunk['run_id']}/{chunk.get('chunk', 0)}/local",
+                                   "nodeids": local, "shard": None, "digest": None,
+                                   "verbose": chunk.get("verbose", 0)}
             await progress.flush()
             nursery.cancel_scope.cancel()
         ok = not done.get("stopped")
