@@ -306,6 +306,13 @@ class Replicator:
                             "with `dtf cluster add %s URL` (it keeps trying meanwhile)", peer_id, reason,
                             self.node_id)
             return
+        if self.driver.node.hears_leader:
+            # A leader is replicating to this node, so its configuration lists it: the peer refusing it
+            # lags behind (it has not applied the entry that added this node yet). Counting it would let
+            # a node just added declare itself removed, and a cluster that then loses one more member
+            # could be left with no node that both may campaign and holds the longest log.
+            self._refused_by.clear()
+            return
         self._refused_by.add(peer_id)
         others = [v for v in self.driver.node.voters if v != self.node_id]
         # A majority of the others no longer list us: we missed our own removal entry (a leader stops

@@ -168,10 +168,15 @@ class Coordinator:
         for task in state.tasks.values():
             if task["status"] == "pending":
                 self.queue.push(task)
-        if self.replicator.driver is not None:
-            self.replicator.driver.node.can_campaign = (self.node_id not in state.disabled_nodes
-                                                        and not self.replicator.removed)
+        self._set_can_campaign()
         self.duties.wake()
+
+    def _set_can_campaign(self) -> None:
+        """One rule for whether this node may start elections: a member no operator disabled."""
+        driver = self.replicator.driver
+        if driver is not None:
+            driver.node.can_campaign = (self.node_id not in self.state.disabled_nodes
+                                        and not self.replicator.removed)
 
     # ------------------------------------------------------------------ membership
     def _on_members(self, members: dict[str, str]) -> None:
@@ -182,9 +187,8 @@ class Coordinator:
         static = {k: v for k, v in self.replicator.peers.items() if v and k != self.node_id}
         merged = {k: static.get(k, v) for k, v in members.items()}
         self.cluster = cluster_rule.ClusterSpec(self.node_id, dict(sorted(merged.items())))
-        driver = self.replicator.driver
-        if driver is not None and self.replicator.removed:
-            driver.node.can_campaign = False
+        # Removed, or added back (which is how a removed node campaigns again): the rule decides.
+        self._set_can_campaign()
 
     async def bootstrap_members(self) -> None:
         """A leader of a cluster whose membership is not yet replicated replicates the static list (every
@@ -425,7 +429,7 @@ class Coordinator:
         driver = self.replicator.driver
         if driver is None:
             return
-        driver.node.can_campaign = enabled and not self.replicator.removed
+        self._set_can_campaign()
         if not enabled and self.is_leader:
             best = self._best_successor()
             if best is not None:

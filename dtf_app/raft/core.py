@@ -127,6 +127,12 @@ class RaftNode:
         return self._lead
 
     @property
+    def hears_leader(self) -> bool:
+        """True while another node leads and has been heard from within an election timeout."""
+        return (self._lead is not None and self._lead != self._id
+                and self._election_elapsed < self.config.election_ticks)
+
+    @property
     def commit_index(self) -> int:
         return self._log.committed
 

@@ -94,3 +94,35 @@ async def test_snapshots_compact_the_log_after_the_store_hook_and_restore(tmp_pa
         assert sorted(again.state.tasks) == sorted(f"t{i}" for i in range(40))
         nursery.cancel_scope.cancel()
     again.close()
+
+
+def test_refusals_from_lagging_peers_do_not_remove_a_node_a_leader_replicates_to(tmp_path: Path) -> None:
+    """A node just added is refused by members that have not applied its addition yet; while a leader
+    is replicating to it those refusals are stale, and it must stay able to campaign. Without a leader
+    to hear from, refusals by a majority of the other voters do mean it was removed."""
+    from dtf_app.raft.types import Message, MessageType
+
+    peers = {"c1": "http://127.0.0.1:1", "c2": "http://127.0.0.1:2", "c3": "http://127.0.0.1:3",
+             "c4": "http://127.0.0.1:4"}
+    rep = Replicator(tmp_path / "raft", State(), Recorder(), node_id="c4", peers=peers, secret=b"s" * 32)
+    rep.open()
+    try:
+        assert rep.driver is not None
+        node = rep.driver.node
+        rep.state.members = dict(peers)  # it applied the entry that added it
+        node.step(Message(MessageType.HEARTBEAT, "c3", "c4", 1, commit=0))
+        assert node.hears_leader and node.leader_id == "c3"
+        rep._not_member("c1", "'c4' is not in this node's member list (c1, c2, c3)")
+        rep._not_member("c2", "'c4' is not in this node's member list (c1, c2, c3)")
+        assert not rep.removed and node.can_campaign
+
+        # The leader went quiet for an election timeout: now a majority of the others refusing it counts.
+        for _ in range(rep.election_ticks):
+            node.tick()
+        assert not node.hears_leader
+        rep._not_member("c1", "'c4' is no longer a member of this cluster")
+        assert not rep.removed
+        rep._not_member("c2", "'c4' is no longer a member of this cluster")
+        assert rep.removed and not node.can_campaign
+    finally:
+        rep.close()
