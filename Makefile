@@ -22,8 +22,10 @@ demo: $(STAMP)
 	rm -rf $(DEMO_DIR)
 	$(BIN)/dtf up --workers 2 --headless --data-dir $(DEMO_DIR) --run-file assets/tasks/demo.json
 
+# Two pytest processes, a whole test file at a time each (module fixtures start their cluster once).
+TEST_JOBS ?= 2
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit tests/raft -x

@@ -38,6 +38,10 @@ class WorkerConn:
         self.running: set[str] = set()
         # Tasks it has outcomes for that are on their way (listed in its hello): never run them again.
         self.finished: set[str] = set()
+        # Tasks whose outcome arrived and waits in the results loop for its commit: neither running nor
+        # assigned-and-missing. A slow commit (a huge batch ahead of it in the log) must not turn them into
+        # "worker no longer runs it" failures, which count against the worker's health.
+        self.reported: set[str] = set()
         self.assigned_at: dict[str, float] = {}
         self.health: dict[str, Any] = {}
         # Its latest health alerts (its own evaluation, or the leader's of its metrics): health_monitor.py.
@@ -190,6 +194,7 @@ class WorkerIntake:
                     continue
                 conn.running.discard(item["task_id"])
                 conn.finished.discard(item["task_id"])
+                conn.reported.add(item["task_id"])
                 taken.append(item)
             coord.duties.take_results(conn, taken)
         elif kind == proto.STARTED:

@@ -328,6 +328,8 @@ class LeaderDuties:
             if not commands:
                 continue
             await coord.propose(commands)
+            for conn, item in results:
+                conn.reported.discard(item["task_id"])  # committed: the worker's assignment is settled
             coord.stats["recorded"] += len(completed)
             acks: dict[str, list[dict[str, Any]]] = {}
             by_id: dict[str, WorkerConn] = {}
@@ -383,7 +385,8 @@ class LeaderDuties:
                 for task_id, attempt in (worker.get("assigned") or {}).items():
                     task = coord.state.tasks[task_id]
                     since = conn.assigned_at.get(task_id, started)
-                    if task_id not in conn.running and task_id not in conn.finished and now - max(since, started) > grace:
+                    accounted = task_id in conn.running or task_id in conn.finished or task_id in conn.reported
+                    if not accounted and now - max(since, started) > grace:
                         stale.append({"task_id": task_id, "attempt": attempt, "worker_id": wid, "retry": True,
                                       "error": f"worker {wid} no longer runs it", "error_class": "worker_lost"})
                     elif task.get("start_time") and wall - task["start_time"] > task["timeout_seconds"] + grace + 30:

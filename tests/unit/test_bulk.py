@@ -1,5 +1,6 @@
 """Big batches in slices: dependency order across commands, chunked encoding, the sliced submit, the
-liveness loop not blaming workers for the coordinator's own stalls, and the task log bounds."""
+liveness loop not blaming workers for the coordinator's own stalls nor for outcomes waiting for their
+commit, and the task log bounds."""
 
 from __future__ import annotations
 
@@ -118,6 +119,42 @@ async def test_liveness_does_not_count_a_stalled_loop_against_workers(tmp_path: 
                 await trio.sleep(0.1)
         assert proposed[0][0]["op"] == "WorkersLost" and proposed[0][0]["worker_ids"] == ["w"]
         nursery.cancel_scope.cancel()
+
+
+async def test_an_outcome_waiting_for_its_commit_is_not_a_task_the_worker_lost(tmp_path: Path) -> None:
+    """A result that arrived but whose commit is slow (a huge batch ahead of it) is accounted for: the
+    liveness loop must not fail it as "no longer runs it" (a worker_lost failure counts against the
+    worker's health). A task that really went missing is failed in the same pass, which shows the pass
+    looked at both."""
+    coord = Coordinator(Settings(data_dir=str(tmp_path), worker_timeout=60.0, heartbeat_interval=0.1))
+    send, _receive = trio.open_memory_channel[dict](10)
+    conn = WorkerConn("w", 2, send)
+    coord.conns["w"] = conn
+    coord.state.workers["w"] = {"worker_id": "w", "status": "online", "assigned": {"done": 1, "missing": 1}}
+    for task_id in ("done", "missing"):
+        coord.state.tasks[task_id] = {"task_id": task_id, "status": "assigned", "attempts": 1, "start_time": None,
+                                      "timeout_seconds": 3600.0}
+        conn.assigned_at[task_id] = time.monotonic()
+    proposed: list[list[dict]] = []
+
+    async def propose(commands: list[dict]) -> list[None]:
+        proposed.append(commands)
+        return [None] * len(commands)
+
+    coord.propose = propose  # type: ignore[method-assign]
+    # The outcome arrives; the results loop is not running, as if its commit were stuck behind a big one.
+    coord.intake.message(conn, {"type": proto.RESULTS, "items": [
+        {"task_id": "done", "attempt": 1, "outcome": "completed", "result": {"status": "success"}}]})
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(coord.duties.liveness_loop)
+        with trio.fail_after(60):
+            while not proposed:
+                conn.last_seen = time.monotonic()  # heartbeats keep coming
+                await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    failed = [item["task_id"] for commands in proposed for command in commands if command["op"] == "FailTasks"
+              for item in command["items"]]
+    assert failed == ["missing"], proposed
 
 
 def test_task_logs_bounds_per_task_and_per_worker(monkeypatch: pytest.MonkeyPatch) -> None:
