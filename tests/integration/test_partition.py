@@ -156,6 +156,11 @@ def test_a_partitioned_minority_node_accepts_no_writes_and_catches_up(mesh_clust
     leader = ha.wait_leader()
     ha.load_key()
     minority = next(i for i in ha.ids if i != leader)
+    # A follower in good standing first: it knows the leader and has applied what it committed (the admin
+    # key among it). Cut off sooner, it would not know the key, and its answers would be 401s.
+    commit = ha.status(leader)["commit_index"]
+    wait_for(lambda: (s := ha.status(minority))["leader_id"] == leader and s["applied_index"] >= commit, 60,
+             what="the follower to catch up before it is cut off")
     mesh.isolate(minority)
     # Cut off, the follower campaigns (PreVote keeps its term from disrupting the majority later) and
     # never leads; every write sent to it is redirected or refused, never taken.
