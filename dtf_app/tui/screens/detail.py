@@ -154,9 +154,13 @@ class TaskDetailScreen(Screen[None]):
         tests = self.query_one("#tests", DataTable)
         rows = [r for r in (self.result or {}).get("tests") or [] if isinstance(r, dict)]
         if tests.row_count != len(rows):
-            tests.clear()
-            for row in rows:
-                outcome = str(row.get("outcome"))
+            # Columns sized from the rows here: DataTable widens auto-width columns only when the app goes
+            # idle, which a busy dashboard may not do for a long while (node ids were seen cut to "test").
+            cells = [(str(row.get("outcome")), str(row.get("nodeid")), f"{fmt.number(row.get('duration')) or 0:.3f}")
+                     for row in rows]
+            tests.clear(columns=True)
+            for index, label in enumerate(("outcome", "test", "seconds")):
+                tests.add_column(label, width=max([len(label), *(len(c[index]) for c in cells)]))
+            for outcome, nodeid, seconds in cells:
                 style = "green" if outcome == "passed" else "red" if outcome in ("failed", "error") else "yellow"
-                tests.add_row(Text(outcome, style=style),
-                              str(row.get("nodeid")), f"{fmt.number(row.get('duration')) or 0:.3f}")
+                tests.add_row(Text(outcome, style=style), nodeid, seconds)
