@@ -120,8 +120,12 @@ async def _sender(receive: trio.MemoryReceiveChannel[dict[str, Any]], done: trio
 async def worker_socket() -> None:
     """``WS /ws/worker``: hello -> welcome, then assignments out and reports in."""
     coord: Coordinator = g.coord
+    # A follower sends the worker to the leader before it looks at the key: the key may be one the leader
+    # created and acknowledged that this follower has not applied yet, and a 4401 would stop the worker.
+    if await _refuse_if_follower(coord):
+        return
     principal = await _authorized(coord, "worker")
-    if principal is None or await _refuse_if_follower(coord):
+    if principal is None:
         return
     await websocket.accept()
     try:
@@ -209,8 +213,10 @@ def _response(kind: str, request_id: Any, **data: Any) -> dict[str, Any]:
 async def client_socket() -> None:
     """``WS /ws``: subscribe to task/worker updates and ask for status."""
     coord: Coordinator = g.coord
+    if await _refuse_if_follower(coord):  # before the key, as for workers: the leader judges it
+        return
     principal = await _authorized(coord, "read")
-    if not principal or await _refuse_if_follower(coord):
+    if not principal:
         return
     await websocket.accept()
     send, receive = trio.open_memory_channel[dict[str, Any]](

@@ -177,3 +177,42 @@ def test_a_partitioned_minority_node_accepts_no_writes_and_catches_up(mesh_clust
     mesh.heal()
     wait_for(lambda: ha.api("GET", minority, "/api/tasks", params={"stale": "true"}).json()["total"] == 5, 90,
              what="the healed node to catch up")
+
+
+def test_a_lagging_follower_sends_a_worker_with_a_new_key_to_the_leader(mesh_cluster: Any) -> None:
+    """A worker key the leader created and acknowledged is not yet on a follower cut off from it. A
+    worker (or dashboard) dialling that follower is sent to the leader, never refused with 4401: a
+    4401 stops a worker for good, and the key is valid."""
+    import json
+
+    import trio
+    from trio_websocket import ConnectionClosed, open_websocket_url
+
+    ha, mesh = mesh_cluster
+    for node_id in ha.ids:
+        ha.start(node_id)
+    leader = ha.wait_leader()
+    ha.load_key()
+    follower = next(i for i in ha.ids if i != leader)
+    commit = ha.status(leader)["commit_index"]
+    wait_for(lambda: (s := ha.status(follower))["leader_id"] == leader and s["applied_index"] >= commit, 60,
+             what="the follower to catch up before it is cut off")
+    mesh.isolate(follower)
+    created = ha.api("POST", leader, "/api/keys", json={"name": "new-workers", "role": "worker"})
+    assert created.status_code == 201, created.text
+    key = created.json()["key"]
+
+    async def dial(path: str) -> tuple[dict[str, Any], int]:
+        url = ha.url(follower).replace("http://", "ws://") + path
+        async with open_websocket_url(url, extra_headers=[(b"X-API-Key", key.encode())]) as ws:
+            first = json.loads(await ws.get_message())
+            with pytest.raises(ConnectionClosed) as info:
+                with trio.fail_after(30):
+                    await ws.get_message()
+            return first, info.value.reason.code
+
+    for path in ("/ws/worker", "/ws"):
+        first, code = trio.run(dial, path)
+        assert first["type"] == "error" and first["code"] in ("not_leader", "no_leader"), (path, first)
+        assert code == 4307, (path, first, code)
+    mesh.heal()
