@@ -149,19 +149,25 @@ def test_an_isolated_leader_steps_down_and_the_majority_carries_on(mesh_cluster:
     assert rows[0] == rows[1] == rows[2], "the replicas' DuckDB files disagree"
 
 
-def test_a_partitioned_minority_node_accepts_no_writes_and_catches_up(mesh_cluster: Any) -> None:
-    ha, mesh = mesh_cluster
+def _cut_off_a_follower(ha: HACluster, mesh: ProxyMesh) -> tuple[str, str]:
+    """Start the cluster and isolate a follower in good standing: (leader, follower). It first knows the
+    leader and has applied what it committed (the admin key among it); cut off sooner, it would not know
+    the key, and its answers would be 401s."""
     for node_id in ha.ids:
         ha.start(node_id)
     leader = ha.wait_leader()
     ha.load_key()
-    minority = next(i for i in ha.ids if i != leader)
-    # A follower in good standing first: it knows the leader and has applied what it committed (the admin
-    # key among it). Cut off sooner, it would not know the key, and its answers would be 401s.
+    follower = next(i for i in ha.ids if i != leader)
     commit = ha.status(leader)["commit_index"]
-    wait_for(lambda: (s := ha.status(minority))["leader_id"] == leader and s["applied_index"] >= commit, 60,
+    wait_for(lambda: (s := ha.status(follower))["leader_id"] == leader and s["applied_index"] >= commit, 60,
              what="the follower to catch up before it is cut off")
-    mesh.isolate(minority)
+    mesh.isolate(follower)
+    return leader, follower
+
+
+def test_a_partitioned_minority_node_accepts_no_writes_and_catches_up(mesh_cluster: Any) -> None:
+    ha, mesh = mesh_cluster
+    leader, minority = _cut_off_a_follower(ha, mesh)
     # Cut off, the follower campaigns (PreVote keeps its term from disrupting the majority later) and
     # never leads; every write sent to it is redirected or refused, never taken.
     for _ in range(5):
@@ -189,15 +195,7 @@ def test_a_lagging_follower_sends_a_worker_with_a_new_key_to_the_leader(mesh_clu
     from trio_websocket import ConnectionClosed, open_websocket_url
 
     ha, mesh = mesh_cluster
-    for node_id in ha.ids:
-        ha.start(node_id)
-    leader = ha.wait_leader()
-    ha.load_key()
-    follower = next(i for i in ha.ids if i != leader)
-    commit = ha.status(leader)["commit_index"]
-    wait_for(lambda: (s := ha.status(follower))["leader_id"] == leader and s["applied_index"] >= commit, 60,
-             what="the follower to catch up before it is cut off")
-    mesh.isolate(follower)
+    leader, follower = _cut_off_a_follower(ha, mesh)
     created = ha.api("POST", leader, "/api/keys", json={"name": "new-workers", "role": "worker"})
     assert created.status_code == 201, created.text
     key = created.json()["key"]
